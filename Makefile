@@ -1,0 +1,40 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch is enough for the demo and the tests (tiny models). On a GPU machine,
+# install the CUDA build of torch first and set TORCH_SPEC= (empty) to keep it.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test check lint typecheck test-fast clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@command -v redis-server >/dev/null || { echo "redis-server is required (apt-get install redis-server / brew install redis)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(if $(TORCH_SPEC),$(PY) -m pip install -q "$(TORCH_SPEC)")
+	$(PY) -m pip install -q -e ".[worker,dev]"
+	touch $@
+
+demo: install
+	$(PY) -m wanq.dev
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+typecheck: install
+	$(PY) -m mypy api shared wanq worker
+
+check: lint typecheck
+
+test: install lint
+	$(PY) -m pytest -p no:cacheprovider
+
+test-fast: install
+	$(PY) -m pytest -x -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) .wanq out test-artifacts

@@ -1,0 +1,51 @@
+"""Maps wanq's errors, validation errors and an unreachable Redis onto HTTP responses, once."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from shared.errors import RateLimited, WanqError
+
+log = logging.getLogger("wanq.api")
+
+
+def error_body(message: str, code: str, param: str | None = None, type_: str = "invalid_request_error") -> dict[str, object]:
+    """OpenAI's error shape, so that the `openai` SDK raises its usual exceptions with our message."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(WanqError)
+    async def _wanq_error(request: Request, exc: WanqError) -> JSONResponse:
+        headers = {}
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(exc.retry_after_s)
+        if exc.http_status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="wanq"'
+        if exc.http_status == 503:
+            headers["Retry-After"] = "5"
+        type_ = "invalid_request_error" if exc.http_status < 500 else "server_error"
+        return JSONResponse(error_body(exc.message, exc.code, exc.param, type_), status_code=exc.http_status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path", "header")]
+        field = ".".join(loc) or "request"
+        value = err.get("input")
+        message = f"invalid '{field}' {value!r}: {err.get('msg')}" if value is not None else f"'{field}': {err.get('msg')}"
+        return JSONResponse(error_body(message, "invalid_request", field), status_code=400)
+
+    @app.exception_handler(redis.RedisError)
+    async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        log.warning("redis unavailable: %s", exc)
+        return JSONResponse(
+            error_body("the job store is unavailable; retry shortly", "service_unavailable", None, "server_error"),
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )

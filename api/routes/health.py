@@ -1,0 +1,35 @@
+"""Liveness (`/healthz`: the process answers) and readiness (`/readyz`: Redis and storage reachable)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from api.deps import ServicesDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="The API process is up")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Redis and the object store are reachable")
+async def readyz(services: ServicesDep) -> JSONResponse:
+    checks: dict[str, Any] = {}
+
+    def redis_ok() -> None:
+        services.store.redis.ping()
+
+    for name, probe in (("redis", redis_ok), ("storage", services.storage.ping)):
+        try:
+            await asyncio.wait_for(asyncio.to_thread(probe), timeout=5)
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unavailable: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)

@@ -1,0 +1,346 @@
+"""`/v1/videos`: create, retrieve, list, cancel, delete, download and follow video jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import RedirectResponse, StreamingResponse
+from starlette.datastructures import UploadFile
+
+from api.deps import Principal, PrincipalDep, Services, ServicesDep
+from shared import images
+from shared.errors import Conflict, Gone, InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from shared.queue import enqueue
+from shared.schemas import JobError, JobRecord, JobStatus
+from shared.specs import VideoRequest, parse_request, resolve_spec
+from shared.storage import CONTENT_TYPES
+
+router = APIRouter(prefix="/v1/videos", tags=["videos"])
+
+Variant = Literal["video", "thumbnail", "spritesheet"]
+POLL_AFTER_MS = "1000"
+
+_create_schema = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/VideoRequest"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["prompt"],
+                    "properties": {
+                        **{name: {"type": "string"} for name in VideoRequest.model_fields if name != "webhook_events"},
+                        "webhook_events": {"type": "array", "items": {"type": "string"}},
+                        "input_reference": {"type": "string", "format": "binary"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def load_job(services: Services, principal: Principal, job_id: str) -> JobRecord:
+    """The caller's job, or 404 exactly as for an id that does not exist."""
+    record = services.store.get(job_id)
+    if record is None or (record.tenant != principal.tenant and not principal.admin):
+        raise NotFound(f"no video with id {job_id!r}", param="video_id")
+    return record
+
+
+def video_object(services: Services, record: JobRecord) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if record.status is JobStatus.queued:
+        position = services.store.queue_position(record)
+        extra["queue_position"] = position
+        extra["estimated_start_at"] = _estimated_start(services, record, position)
+    return record.to_video(**extra)
+
+
+def _estimated_start(services: Services, record: JobRecord, position: int | None) -> int | None:
+    if position is None:
+        return None
+    workers = len(services.store.live_workers(record.spec.model))
+    mean = services.store.mean_duration(record.spec.model)
+    if not workers or mean is None:
+        return None
+    # Jobs ahead drain across the live workers; the running ones are assumed half done.
+    return int(time.time() + mean * (position // workers + 0.5))
+
+
+async def _read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
+    """The create request's fields and the uploaded image, from JSON or multipart/form-data."""
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_bytes:
+        raise PayloadTooLarge(f"request body of {length} bytes exceeds {max_bytes}", param="body")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data" or content_type == "application/x-www-form-urlencoded":
+        form = await request.form(max_files=1, max_fields=64)
+        fields: dict[str, Any] = {}
+        image: bytes | None = None
+        for key in set(form.keys()):
+            values = form.getlist(key)
+            if key == "input_reference" and isinstance(values[0], UploadFile):
+                image = await values[0].read(max_bytes + 1)
+                continue
+            if any(isinstance(v, UploadFile) for v in values):
+                raise InvalidRequest(f"field '{key}' must not be a file", param=key)
+            fields[key] = values if key == "webhook_events" else values[0]
+        return fields, image
+    if content_type in ("application/json", ""):
+        raw = await request.body()
+        if len(raw) > max_bytes:
+            raise PayloadTooLarge(f"request body of {len(raw)} bytes exceeds {max_bytes}", param="body")
+        try:
+            data = json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidRequest(f"body is not valid JSON: {exc}", param="body") from None
+        if not isinstance(data, dict):
+            raise InvalidRequest("body must be a JSON object", param="body")
+        # OpenAI's JSON form of a reference: {"input_reference": {"image_url": "..."}}.
+        ref = data.pop("input_reference", None)
+        if isinstance(ref, dict) and isinstance(ref.get("image_url"), str) and "image_url" not in data:
+            data["image_url"] = ref["image_url"]
+        elif ref is not None:
+            raise InvalidRequest('\'input_reference\' in JSON must be {"image_url": "..."}', param="input_reference")
+        return data, None
+    raise InvalidRequest(f"unsupported content type {content_type!r}; send JSON or multipart/form-data", param="content-type")
+
+
+def _image_bytes(services: Services, req: VideoRequest, upload: bytes | None) -> bytes | None:
+    limits = services.settings.jobs
+    if upload is not None and req.image_url is not None:
+        raise InvalidRequest("send either 'input_reference' or 'image_url', not both", param="image_url")
+    if upload is not None:
+        return upload
+    if req.image_url is None:
+        return None
+    if req.image_url.startswith("data:"):
+        return images.decode_data_url(req.image_url, max_bytes=limits.max_image_bytes)
+    if req.image_url.startswith("https://") or req.image_url.startswith("http://"):
+        from shared.fetch import fetch_image  # imported lazily: most requests carry no URL
+
+        return fetch_image(req.image_url, services.settings)
+    raise InvalidRequest(f"invalid 'image_url' {req.image_url[:60]!r}: use an https:// or data: URL", param="image_url")
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes
+
+
+@router.post("", status_code=202, openapi_extra=_create_schema, summary="Create a video job")
+async def create_video(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
+    settings = services.settings
+    # 1. Read and type-check the body
+    fields, upload = await _read_body(request, settings.api.max_body_bytes)
+    req = parse_request(fields)
+    image_data = await asyncio.to_thread(_image_bytes, services, req, upload)
+
+    # 2. Resolve against the model's defaults and limits
+    job_id = f"video_{uuid.uuid4().hex}"
+    image_key = services.storage.key(job_id, "image") if image_data is not None else None
+    spec = resolve_spec(
+        req,
+        settings.catalog(),
+        settings.default_model,
+        settings.jobs,
+        has_image=image_data is not None,
+        image_key=image_key,
+    )
+
+    # 3. Store the fitted image beside the job, then the record, then enqueue
+    if image_data is not None and image_key is not None:
+        png = await asyncio.to_thread(_fit_image, image_data, spec.width, spec.height, settings)
+        await asyncio.to_thread(services.storage.put_bytes, png, image_key, CONTENT_TYPES["image"])
+    record = JobRecord(
+        id=job_id,
+        tenant=principal.tenant,
+        spec=spec,
+        total_steps=spec.num_inference_steps,
+        webhook_url=req.webhook_url,
+        webhook_events=req.webhook_events,
+    )
+    body = await asyncio.to_thread(_submit, services, record)
+    return Response(
+        content=json.dumps(body),
+        status_code=202,
+        media_type="application/json",
+        headers={"Location": f"/v1/videos/{job_id}", "openai-poll-after-ms": POLL_AFTER_MS},
+    )
+
+
+def _fit_image(data: bytes, width: int, height: int, settings: Any) -> bytes:
+    image = images.load_image(data, max_bytes=settings.jobs.max_image_bytes, max_pixels=settings.jobs.max_image_pixels)
+    return images.to_png(images.fit_to(image, width, height))
+
+
+def _submit(services: Services, record: JobRecord) -> dict[str, Any]:
+    services.store.create(record)
+    try:
+        enqueue(services.celery, record.id, record.spec.model)
+    except Exception as exc:
+        # The record exists: fail it visibly rather than leave a job nobody will run.
+        services.store.transition(
+            record.id,
+            allowed=[JobStatus.queued],
+            patch={
+                "status": "failed",
+                "error": JobError(code="service_unavailable", message=f"could not enqueue: {exc}").model_dump(),
+                "completed_at": time.time(),
+            },
+        )
+        raise ServiceUnavailable("the job queue is unavailable; retry shortly") from exc
+    return video_object(services, record)
+
+
+@router.get("", summary="List video jobs, newest first")
+def list_videos(
+    services: ServicesDep,
+    principal: PrincipalDep,
+    after: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+) -> dict[str, Any]:
+    ids, has_more = services.store.list_ids(principal.tenant, after=after, limit=limit, newest_first=order == "desc")
+    records = services.store.get_many(ids)
+    data = [video_object(services, r) for r in records]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+@router.get("/{video_id}", summary="Retrieve a video job")
+def retrieve_video(video_id: str, services: ServicesDep, principal: PrincipalDep, response: Response) -> dict[str, Any]:
+    record = load_job(services, principal, video_id)
+    if not record.status.is_terminal():
+        response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
+    return video_object(services, record)
+
+
+@router.post("/{video_id}/cancel", summary="Cancel a queued or running video job")
+def cancel_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    record = load_job(services, principal, video_id)
+    return video_object(services, request_cancel(services, record))
+
+
+def request_cancel(services: Services, record: JobRecord) -> JobRecord:
+    """A queued job ends now; a running one is flagged and stops at its next denoising step."""
+    store = services.store
+    result = store.transition(
+        record.id,
+        allowed=[JobStatus.queued],
+        patch={
+            "status": "canceled",
+            "stage": "done",
+            "completed_at": time.time(),
+            "error": {"code": "canceled", "message": "canceled before it started"},
+        },
+    )
+    if result.ok and result.record:
+        return result.record
+    result = store.transition(record.id, allowed=[JobStatus.in_progress], patch={"cancel_requested": True})
+    if result.ok and result.record:
+        return result.record
+    current = result.record or record
+    raise Conflict(f"video {record.id} is already {current.status.value} and cannot be canceled", param="video_id")
+
+
+@router.delete("/{video_id}", summary="Delete a video job and its outputs")
+def delete_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
+    record = load_job(services, principal, video_id)
+    if not record.status.is_terminal():
+        try:
+            request_cancel(services, record)
+        except Conflict:
+            pass  # it ended meanwhile
+    services.store.delete(record)
+    services.storage.delete_prefix(services.storage.job_prefix(record.id))
+    return {"id": record.id, "object": "video.deleted", "deleted": True}
+
+
+@router.get("/{video_id}/content", summary="Download the MP4, its thumbnail or its spritesheet")
+def download_content(
+    video_id: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    variant: Annotated[Variant, Query()] = "video",
+) -> Response:
+    record = load_job(services, principal, video_id)
+    if record.status is not JobStatus.completed:
+        raise Conflict(f"video {video_id} is {record.status.value}; content exists once it is completed", param="video_id")
+    if record.expires_at is not None and record.expires_at <= time.time():
+        raise Gone(f"the outputs of video {video_id} expired at {int(record.expires_at)}", param="video_id")
+    key = record.outputs.get(variant)
+    if key is None:
+        raise NotFound(f"video {video_id} has no {variant}", param="variant")
+    if services.settings.s3.presigned_content:
+        return RedirectResponse(services.storage.presigned_url(key), status_code=302)
+    try:
+        chunks, length = services.storage.open_stream(key)
+    except KeyError:
+        raise Gone(f"the outputs of video {video_id} are no longer stored", param="video_id") from None
+    headers = {"Content-Disposition": f'inline; filename="{video_id}.{key.rsplit(".", 1)[-1]}"'}
+    if length is not None:
+        headers["Content-Length"] = str(length)
+    return StreamingResponse(chunks, media_type=CONTENT_TYPES[variant], headers=headers)
+
+
+@router.get("/{video_id}/events", summary="Server-Sent Events: every status and progress change")
+async def video_events(video_id: str, request: Request, services: ServicesDep, principal: PrincipalDep) -> StreamingResponse:
+    record = await asyncio.to_thread(load_job, services, principal, video_id)
+    pubsub = services.aioredis.pubsub()
+    # Subscribe before reading the current state, so no change can fall between the two.
+    await pubsub.subscribe(services.store.events_channel(video_id))
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            current = await asyncio.to_thread(services.store.get, video_id) or record
+            yield _sse(await asyncio.to_thread(video_object, services, current))
+            last_seen = current.model_dump_json()
+            if current.status.is_terminal():
+                return
+            idle = 0.0
+            while not await request.is_disconnected():
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None:
+                    idle += 1.0
+                    if idle >= 15.0:
+                        idle = 0.0
+                        yield b": keep-alive\n\n"
+                    continue
+                idle = 0.0
+                raw = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
+                if raw == last_seen:
+                    continue
+                last_seen = raw
+                update = JobRecord.model_validate_json(raw)
+                yield _sse(update.to_video())
+                if update.status.is_terminal():
+                    return
+        finally:
+            await pubsub.aclose()
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(video: dict[str, Any]) -> bytes:
+    return f"event: video\nid: {video['status']}-{video['progress']}-{video['step']}\ndata: {json.dumps(video)}\n\n".encode()

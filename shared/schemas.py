@@ -1,0 +1,164 @@
+"""The job as both sides see it: its status, stages, generation spec, record and public video object."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    in_progress = "in_progress"
+    completed = "completed"
+    failed = "failed"
+    canceled = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.completed, JobStatus.failed, JobStatus.canceled})
+
+
+class Stage(StrEnum):
+    queued = "queued"
+    loading = "loading"
+    encoding_prompt = "encoding_prompt"
+    denoising = "denoising"
+    decoding = "decoding"
+    encoding_video = "encoding_video"
+    uploading = "uploading"
+    done = "done"
+
+
+# Share of the progress bar each stage covers, in order; denoising moves with its steps.
+_STAGE_SPANS: dict[Stage, tuple[int, int]] = {
+    Stage.queued: (0, 0),
+    Stage.loading: (0, 2),
+    Stage.encoding_prompt: (2, 5),
+    Stage.denoising: (5, 88),
+    Stage.decoding: (88, 94),
+    Stage.encoding_video: (94, 98),
+    Stage.uploading: (98, 99),
+    Stage.done: (100, 100),
+}
+
+
+def progress_for(stage: Stage, step: int = 0, total_steps: int = 0) -> int:
+    """Progress in percent: the stage's start, plus its share of steps while denoising."""
+    start, end = _STAGE_SPANS[stage]
+    if stage is Stage.denoising and total_steps > 0:
+        return start + (end - start) * min(step, total_steps) // total_steps
+    return start
+
+
+class GenerationSpec(BaseModel):
+    """Everything a worker needs to generate one video; resolved and validated by the API."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+    num_inference_steps: int
+    guidance_scale: float
+    guidance_scale_2: float | None
+    flow_shift: float
+    seed: int
+    image_key: str | None = None
+    """Storage key of the conditioning image (already resized and cropped to width x height)."""
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def seconds(self) -> str:
+        value = self.num_frames / self.fps
+        return f"{value:g}" if value != int(value) else str(int(value))
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobRecord(BaseModel):
+    """What Redis holds for a job. State changes go through `JobStore` transitions only."""
+
+    id: str
+    tenant: str = "default"
+    spec: GenerationSpec
+    status: JobStatus = JobStatus.queued
+    stage: Stage = Stage.queued
+    progress: int = 0
+    step: int = 0
+    total_steps: int = 0
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    completed_at: float | None = None
+    expires_at: float | None = None
+    error: JobError | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    attempts: int = 0
+    worker: str | None = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+    """Variant name -> storage key."""
+    cancel_requested: bool = False
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
+
+    # Redis' Lua cjson turns empty JSON objects into empty arrays; read them back as objects.
+    @field_validator("timings", "outputs", mode="before")
+    @classmethod
+    def _empty_array_is_empty_object(cls, value: Any) -> Any:
+        return {} if value == [] else value
+
+    @field_validator("webhook_events", mode="before")
+    @classmethod
+    def _empty_object_is_empty_array(cls, value: Any) -> Any:
+        return [] if value == {} else value
+
+    def to_video(self, **extra: Any) -> dict[str, Any]:
+        """The public object: OpenAI's Video shape plus wanq's own fields."""
+        spec = self.spec
+        video: dict[str, Any] = {
+            "id": self.id,
+            "object": "video",
+            "model": spec.model,
+            "status": self.status.value,
+            "progress": self.progress,
+            "created_at": int(self.created_at),
+            "completed_at": int(self.completed_at) if self.completed_at else None,
+            "expires_at": int(self.expires_at) if self.expires_at else None,
+            "error": self.error.model_dump() if self.error else None,
+            "seconds": spec.seconds,
+            "size": spec.size,
+            "prompt": spec.prompt,
+            "remixed_from_video_id": None,
+            "stage": self.stage.value,
+            "step": self.step,
+            "total_steps": self.total_steps or spec.num_inference_steps,
+            "num_frames": spec.num_frames,
+            "fps": spec.fps,
+            "seed": spec.seed,
+            "negative_prompt": spec.negative_prompt,
+            "num_inference_steps": spec.num_inference_steps,
+            "guidance_scale": spec.guidance_scale,
+            "guidance_scale_2": spec.guidance_scale_2,
+            "flow_shift": spec.flow_shift,
+            "has_image": spec.image_key is not None,
+            "started_at": int(self.started_at) if self.started_at else None,
+            "timings": self.timings,
+            "attempts": self.attempts,
+            "cancel_requested": self.cancel_requested,
+        }
+        video.update(extra)
+        return video

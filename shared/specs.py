@@ -1,0 +1,194 @@
+"""Turns a create request (OpenAI's fields plus Wan's) into a validated `GenerationSpec`.
+
+Rules, applied in this order:
+- Omitted fields take the model's own defaults (shared/catalog.py).
+- Duration: `num_frames` wins when given; else `seconds` becomes the 4k+1 frame count nearest to
+  seconds x fps (4 s at 16 fps -> 65 frames); else the model's default frame count. The reported
+  `seconds` is always num_frames / fps.
+- Every check names the field and the value it refused.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.catalog import ModelSpec
+from shared.errors import InvalidRequest, ModelNotAvailable
+from shared.schemas import GenerationSpec
+from shared.settings import JobSettings
+
+MAX_SEED = 2**32 - 1
+
+
+class VideoRequest(BaseModel):
+    """The body of `POST /v1/videos` (JSON or multipart form fields)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    prompt: str = Field(description="What the video shows.")
+    model: str | None = Field(default=None, description="A model id from GET /v1/models.")
+    size: str | None = Field(default=None, description='"WIDTHxHEIGHT", e.g. "1280x720".')
+    seconds: float | None = Field(default=None, description="Duration; num_frames wins if both are given.")
+    negative_prompt: str | None = None
+    num_frames: int | None = Field(default=None, description="4k+1 frames.")
+    fps: int | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    guidance_scale_2: float | None = Field(default=None, description="Low-noise expert guidance (A14B).")
+    seed: int | None = None
+    flow_shift: float | None = None
+    image_url: str | None = Field(default=None, description="https:// or data: URL of the first frame.")
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
+
+
+def parse_request(data: dict[str, Any]) -> VideoRequest:
+    """Validates types; the first problem becomes an InvalidRequest naming the field and value."""
+    try:
+        return VideoRequest.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        if err["type"] == "extra_forbidden":
+            raise InvalidRequest(f"unknown field '{field}'", param=field) from None
+        if err["type"] == "missing":
+            raise InvalidRequest(f"'{field}' is required", param=field) from None
+        value = _short(err.get("input"))
+        raise InvalidRequest(f"invalid '{field}' {value}: {err['msg']}", param=field) from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check(ok: bool, field: str, value: Any, why: str) -> None:
+    if not ok:
+        raise InvalidRequest(f"invalid '{field}' {_short(value)}: {why}", param=field)
+
+
+def parse_size(size: str, multiple: int) -> tuple[int, int]:
+    parts = size.lower().split("x")
+    _check(len(parts) == 2 and all(p.isdigit() for p in parts), "size", size, 'expected "WIDTHxHEIGHT"')
+    width, height = int(parts[0]), int(parts[1])
+    _check(width > 0 and height > 0, "size", size, "width and height must be positive")
+    _check(
+        width % multiple == 0 and height % multiple == 0,
+        "size",
+        size,
+        f"width and height must be multiples of {multiple} for this model "
+        f"(e.g. {_round_to(width, multiple)}x{_round_to(height, multiple)})",
+    )
+    return width, height
+
+
+def _round_to(value: int, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
+
+
+def frames_for_seconds(seconds: float, fps: int) -> int:
+    """The 4k+1 frame count nearest to seconds x fps."""
+    return 4 * max(1, round(seconds * fps / 4)) + 1
+
+
+def resolve_spec(
+    req: VideoRequest,
+    catalog: dict[str, ModelSpec],
+    default_model: str,
+    limits: JobSettings,
+    *,
+    has_image: bool,
+    image_key: str | None = None,
+) -> GenerationSpec:
+    # 1. Model
+    model_id = req.model or default_model
+    model = catalog.get(model_id)
+    if model is None:
+        raise ModelNotAvailable(f"model {model_id!r} is not served here; available: {', '.join(catalog)}", param="model")
+
+    # 2. Prompt and image
+    _check(bool(req.prompt.strip()), "prompt", req.prompt, "must not be empty")
+    _check(
+        len(req.prompt) <= limits.max_prompt_chars,
+        "prompt",
+        f"<{len(req.prompt)} characters>",
+        f"at most {limits.max_prompt_chars} characters",
+    )
+    negative = model.negative_prompt if req.negative_prompt is None else req.negative_prompt
+    _check(
+        len(negative) <= limits.max_prompt_chars,
+        "negative_prompt",
+        f"<{len(negative)} characters>",
+        f"at most {limits.max_prompt_chars} characters",
+    )
+    if model.image == "required" and not has_image:
+        raise InvalidRequest(
+            f"model {model.id!r} animates an image: send 'input_reference' (file) or 'image_url'",
+            param="input_reference",
+        )
+    if model.image == "none" and has_image:
+        raise InvalidRequest(
+            f"model {model.id!r} is text-to-video only and takes no image; drop 'input_reference'/'image_url'",
+            param="input_reference",
+        )
+
+    # 3. Size
+    width, height = parse_size(req.size, model.size_multiple) if req.size else (model.width, model.height)
+    _check(
+        width * height <= limits.max_pixels,
+        "size",
+        req.size or model.size,
+        f"at most {limits.max_pixels} pixels (width x height)",
+    )
+
+    # 4. Duration
+    fps = model.fps if req.fps is None else req.fps
+    _check(1 <= fps <= 60, "fps", fps, "must be between 1 and 60")
+    if req.num_frames is not None:
+        frames = req.num_frames
+        _check(frames % 4 == 1, "num_frames", frames, "must be 4k+1 (e.g. 17, 49, 81, 121)")
+    elif req.seconds is not None:
+        _check(math.isfinite(req.seconds) and req.seconds > 0, "seconds", req.seconds, "must be positive")
+        frames = frames_for_seconds(min(req.seconds, 1e6), fps)
+        _check(frames <= limits.max_frames, "seconds", req.seconds, f"at most {limits.max_frames} frames at {fps} fps")
+    else:
+        frames = model.num_frames
+    _check(5 <= frames <= limits.max_frames, "num_frames", frames, f"must be between 5 and {limits.max_frames}")
+
+    # 5. Sampling
+    steps = model.num_inference_steps if req.num_inference_steps is None else req.num_inference_steps
+    _check(1 <= steps <= limits.max_steps, "num_inference_steps", steps, f"must be between 1 and {limits.max_steps}")
+    guidance = model.guidance_scale if req.guidance_scale is None else req.guidance_scale
+    _check(math.isfinite(guidance) and 0 <= guidance <= 30, "guidance_scale", guidance, "must be between 0 and 30")
+    guidance_2 = model.guidance_scale_2 if req.guidance_scale_2 is None else req.guidance_scale_2
+    if model.guidance_scale_2 is None and req.guidance_scale_2 is not None:
+        raise InvalidRequest(
+            f"invalid 'guidance_scale_2' {req.guidance_scale_2!r}: model {model.id!r} has a single expert",
+            param="guidance_scale_2",
+        )
+    if guidance_2 is not None:
+        _check(math.isfinite(guidance_2) and 0 <= guidance_2 <= 30, "guidance_scale_2", guidance_2, "must be between 0 and 30")
+    shift = model.flow_shift if req.flow_shift is None else req.flow_shift
+    _check(math.isfinite(shift) and 0 < shift <= 100, "flow_shift", shift, "must be in (0, 100]")
+    seed = random.randint(0, MAX_SEED) if req.seed is None else req.seed
+    _check(0 <= seed <= MAX_SEED, "seed", seed, f"must be between 0 and {MAX_SEED}")
+
+    return GenerationSpec(
+        model=model.id,
+        prompt=req.prompt,
+        negative_prompt=negative,
+        width=width,
+        height=height,
+        num_frames=frames,
+        fps=fps,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        guidance_scale_2=guidance_2,
+        flow_shift=shift,
+        seed=seed,
+        image_key=image_key,
+    )

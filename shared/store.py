@@ -1,0 +1,198 @@
+"""The job store: job records in Redis, changed only by atomic transitions that also publish the change.
+
+Layout (prefix `wanq`):
+  wanq:job:{id}             the record, JSON
+  wanq:jobs:{tenant}        sorted set of the tenant's job ids by creation time (listing)
+  wanq:queued:{model}       sorted set of queued job ids by creation time (queue position)
+  wanq:events:{id}          pub/sub channel: every new record state of the job, as JSON
+  wanq:worker:{id}          a live worker's heartbeat (expires), wanq:workers:{model} its index
+  wanq:durations:{model}    recent job run times (estimated start of queued jobs)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from shared.schemas import TERMINAL_STATUSES, JobRecord, JobStatus
+
+# KEYS: none (names derive from the record). ARGV: prefix, job id, allowed statuses (JSON list),
+# patch and guards (JSON lists of [field, value] pairs: cjson cannot tell {} from []), record TTL
+# once terminal.
+# Returns {1, record} on success, {-1, record} when a status or guard check fails, {0, ""} if missing.
+_TRANSITION = """
+local prefix, id = ARGV[1], ARGV[2]
+local key = prefix .. ':job:' .. id
+local raw = redis.call('GET', key)
+if not raw then return {0, ''} end
+local job = cjson.decode(raw)
+local allowed = cjson.decode(ARGV[3])
+local ok = (#allowed == 0)
+for _, s in ipairs(allowed) do if s == job.status then ok = true end end
+if not ok then return {-1, raw} end
+for _, pair in ipairs(cjson.decode(ARGV[5])) do
+  if job[pair[1]] ~= pair[2] then return {-1, raw} end
+end
+for _, pair in ipairs(cjson.decode(ARGV[4])) do job[pair[1]] = pair[2] end
+local out = cjson.encode(job)
+redis.call('SET', key, out, 'KEEPTTL')
+if job.status ~= 'queued' then
+  redis.call('ZREM', prefix .. ':queued:' .. job.spec.model, id)
+end
+if job.status == 'completed' or job.status == 'failed' or job.status == 'canceled' then
+  redis.call('EXPIRE', key, tonumber(ARGV[6]))
+end
+redis.call('PUBLISH', prefix .. ':events:' .. id, out)
+return {1, out}
+"""
+
+
+@dataclass(frozen=True)
+class TransitionResult:
+    ok: bool
+    record: JobRecord | None
+    """The record after the change, or as it stood when the change was refused; None if missing."""
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, *, prefix: str = "wanq", record_ttl_s: int = 30 * 24 * 3600) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.record_ttl_s = record_ttl_s
+        self._transition = client.register_script(_TRANSITION)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> JobStore:
+        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30), **kwargs)
+
+    # Keys
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def tenant_jobs_key(self, tenant: str) -> str:
+        return f"{self.prefix}:jobs:{tenant}"
+
+    def queued_key(self, model: str) -> str:
+        return f"{self.prefix}:queued:{model}"
+
+    def events_channel(self, job_id: str) -> str:
+        return f"{self.prefix}:events:{job_id}"
+
+    # Records
+    def create(self, record: JobRecord) -> None:
+        score = record.created_at
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(self.job_key(record.id), record.model_dump_json(), nx=True)
+        pipe.zadd(self.tenant_jobs_key(record.tenant), {record.id: score})
+        if record.status is JobStatus.queued:
+            pipe.zadd(self.queued_key(record.spec.model), {record.id: score})
+        created, *_ = pipe.execute()
+        if not created:
+            raise RuntimeError(f"job {record.id} already exists")
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.redis.get(self.job_key(job_id))
+        return JobRecord.model_validate_json(raw) if raw else None
+
+    def get_many(self, job_ids: Iterable[str]) -> list[JobRecord]:
+        ids = list(job_ids)
+        if not ids:
+            return []
+        raws = self.redis.mget([self.job_key(i) for i in ids])
+        return [JobRecord.model_validate_json(r) for r in raws if r]
+
+    def transition(
+        self,
+        job_id: str,
+        *,
+        allowed: Iterable[JobStatus] = (),
+        patch: dict[str, Any],
+        guards: dict[str, Any] | None = None,
+    ) -> TransitionResult:
+        """Applies `patch` atomically if the status is in `allowed` (empty = any) and guards hold."""
+        code, raw = self._transition(
+            args=[
+                self.prefix,
+                job_id,
+                json.dumps([s.value for s in allowed]),
+                json.dumps(list(patch.items())),
+                json.dumps(list((guards or {}).items())),
+                self.record_ttl_s,
+            ]
+        )
+        record = JobRecord.model_validate_json(raw) if raw else None
+        return TransitionResult(ok=code == 1, record=record)
+
+    def delete(self, record: JobRecord) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self.job_key(record.id))
+        pipe.zrem(self.tenant_jobs_key(record.tenant), record.id)
+        pipe.zrem(self.queued_key(record.spec.model), record.id)
+        pipe.execute()
+
+    def list_ids(self, tenant: str, *, after: str | None, limit: int, newest_first: bool) -> tuple[list[str], bool]:
+        """One page of a tenant's job ids, after the cursor id (exclusive); returns (ids, has_more)."""
+        key = self.tenant_jobs_key(tenant)
+        start = 0
+        if after is not None:
+            rank = self.redis.zrevrank(key, after) if newest_first else self.redis.zrank(key, after)
+            if rank is None:
+                return [], False
+            start = rank + 1
+        fetch = self.redis.zrevrange if newest_first else self.redis.zrange
+        ids = [i.decode() if isinstance(i, bytes) else i for i in fetch(key, start, start + limit)]
+        return ids[:limit], len(ids) > limit
+
+    def queue_position(self, record: JobRecord) -> int | None:
+        """0-based place among the model's queued jobs, oldest first."""
+        rank = self.redis.zrank(self.queued_key(record.spec.model), record.id)
+        return None if rank is None else int(rank)
+
+    def queued_count(self, model: str) -> int:
+        return int(self.redis.zcard(self.queued_key(model)))
+
+    # Run times of finished jobs, for estimates.
+    def record_duration(self, model: str, seconds: float, keep: int = 20) -> None:
+        key = f"{self.prefix}:durations:{model}"
+        pipe = self.redis.pipeline()
+        pipe.lpush(key, f"{seconds:.3f}")
+        pipe.ltrim(key, 0, keep - 1)
+        pipe.execute()
+
+    def mean_duration(self, model: str) -> float | None:
+        values = [float(v) for v in self.redis.lrange(f"{self.prefix}:durations:{model}", 0, -1)]
+        return sum(values) / len(values) if values else None
+
+    # Workers
+    def heartbeat(self, worker_id: str, model: str, info: dict[str, Any], ttl_s: float) -> None:
+        now = time.time()
+        pipe = self.redis.pipeline()
+        pipe.set(f"{self.prefix}:worker:{worker_id}", json.dumps({**info, "model": model, "seen_at": now}), px=int(ttl_s * 1000))
+        pipe.zadd(f"{self.prefix}:workers:{model}", {worker_id: now})
+        pipe.zremrangebyscore(f"{self.prefix}:workers:{model}", 0, now - 3600)
+        pipe.execute()
+
+    def forget_worker(self, worker_id: str, model: str) -> None:
+        pipe = self.redis.pipeline()
+        pipe.delete(f"{self.prefix}:worker:{worker_id}")
+        pipe.zrem(f"{self.prefix}:workers:{model}", worker_id)
+        pipe.execute()
+
+    def worker_alive(self, worker_id: str) -> bool:
+        return bool(self.redis.exists(f"{self.prefix}:worker:{worker_id}"))
+
+    def live_workers(self, model: str) -> list[dict[str, Any]]:
+        ids = self.redis.zrange(f"{self.prefix}:workers:{model}", 0, -1)
+        if not ids:
+            return []
+        raws = self.redis.mget([f"{self.prefix}:worker:{i.decode() if isinstance(i, bytes) else i}" for i in ids])
+        return [json.loads(r) for r in raws if r]
+
+
+def is_terminal(status: str | JobStatus) -> bool:
+    return JobStatus(status) in TERMINAL_STATUSES

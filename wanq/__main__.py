@@ -1,0 +1,3 @@
+from wanq.cli import main
+
+main()

@@ -1,0 +1,207 @@
+"""Starts a whole local wanq stack as child processes: redis-server, an S3 endpoint (moto), the API
+and workers on tiny models. Used by `wanq dev`, `make demo`, the test suite and the benchmarks.
+
+Every piece runs as its own process, configured only through `WANQ_` variables, exactly as in
+production; nothing is faked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.catalog import PRESETS
+
+AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "wanq-local",
+    "AWS_SECRET_ACCESS_KEY": "wanq-local-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Managed:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    processes: list[Managed] = field(default_factory=list)
+    redis_url: str = ""
+    s3_url: str = ""
+    api_url: str = ""
+    model_paths: dict[str, Path] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+
+    # Processes ---------------------------------------------------------------------------------
+    def spawn(self, name: str, args: list[str], extra_env: Mapping[str, str] | None = None) -> Managed:
+        log_path = self.workdir / "logs" / f"{name}.log"
+        env = {**os.environ, **AWS_TEST_ENV, **self.env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+        log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        log_file.close()
+        managed = Managed(name, proc, log_path)
+        self.processes.append(managed)
+        return managed
+
+    def start_redis(self, port: int | None = None, *, appendonly: bool = False) -> str:
+        port = port or free_port()
+        data = self.workdir / f"redis-{port}"
+        data.mkdir(exist_ok=True)
+        redis_server = shutil.which("redis-server")
+        if redis_server is None:
+            raise RuntimeError("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
+        self.spawn(
+            f"redis-{port}",
+            [
+                redis_server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--dir",
+                str(data),
+                "--appendonly",
+                "yes" if appendonly else "no",
+                "--protected-mode",
+                "no",
+            ],
+        )
+        wait_until(lambda: port_open("127.0.0.1", port), 10, f"redis-server on port {port}")
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        self.env["WANQ_REDIS_URL"] = self.redis_url
+        return self.redis_url
+
+    def start_s3(self, port: int | None = None) -> str:
+        port = port or free_port()
+        self.spawn(f"s3-{port}", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
+        wait_until(lambda: port_open("127.0.0.1", port), 30, f"the S3 endpoint (moto) on port {port}")
+        self.s3_url = f"http://127.0.0.1:{port}"
+        self.env["WANQ_S3_ENDPOINT_URL"] = self.s3_url
+        self.env.setdefault("WANQ_S3_CREATE_BUCKET", "true")
+        return self.s3_url
+
+    def build_tiny_models(self, models: list[str], folder: Path | None = None) -> dict[str, Path]:
+        from worker.tiny_model import write_tiny_model
+
+        folder = folder or self.workdir / "models"
+        for model in models:
+            spec = PRESETS[model]
+            path = folder / model
+            if not (path / "model_index.json").exists():
+                write_tiny_model(path, spec.variant)
+            self.model_paths[model] = path
+        return self.model_paths
+
+    def start_api(self, port: int | None = None) -> str:
+        port = port or free_port()
+        self.spawn(f"api-{port}", [sys.executable, "-m", "wanq", "api", "--host", "127.0.0.1", "--port", str(port)])
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: self._healthy(self.api_url), 60, f"the API on port {port}")
+        return self.api_url
+
+    def start_worker(self, model: str, *, extra_env: Mapping[str, str] | None = None, name: str | None = None) -> Managed:
+        path = self.model_paths[model]
+        count = sum(1 for p in self.processes if p.name.startswith(f"worker-{model}"))
+        return self.spawn(
+            name or f"worker-{model}-{count}",
+            [sys.executable, "-m", "wanq", "worker", "--model", model, "--model-path", str(path), "--loglevel", "WARNING"],
+            extra_env,
+        )
+
+    def wait_for_workers(self, model: str, count: int = 1, timeout: float = 120) -> None:
+        def ready() -> bool:
+            response = httpx.get(f"{self.api_url}/v1/models", headers=self.admin_headers(), timeout=5)
+            for item in response.json().get("data", []):
+                if item["id"] == model:
+                    return int(item["live_workers"]) >= count
+            return False
+
+        wait_until(ready, timeout, f"{count} live worker(s) for {model}", interval=0.2)
+
+    def admin_headers(self) -> dict[str, str]:
+        key = self.env.get("WANQ_DEV_ADMIN_KEY")
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    @staticmethod
+    def _healthy(url: str) -> bool:
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        # Workers and the API first, then the services they talk to.
+        for managed in sorted(self.processes, key=lambda m: m.name.startswith(("redis", "s3"))):
+            managed.stop()
+        self.processes.clear()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,248 @@
+"""Runs one job: claim it, generate, export, upload, record the outcome. No Celery in here.
+
+Every state change is a guarded transition in the job store, so a redelivered or duplicated message
+can never produce two outcomes: a job is claimed by one attempt at a time, and only the attempt
+that claimed it may move it on.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from shared.errors import JobCanceled, JobTimeout, OutOfMemory, StorageUnavailable, WanqError
+from shared.schemas import GenerationSpec, JobRecord, JobStatus, Stage, progress_for
+from shared.settings import Settings
+from shared.storage import CONTENT_TYPES, Storage
+from shared.store import JobStore
+from worker import export
+
+log = logging.getLogger("wanq.worker")
+
+
+class Engine(Protocol):
+    def generate(
+        self, spec: GenerationSpec, image: Image.Image | None = None, *, on_stage: Any = None, on_step: Any = None
+    ) -> Any: ...
+
+
+class JobVanished(Exception):
+    """The record was deleted while the job ran (DELETE /v1/videos/{id})."""
+
+
+@dataclass
+class Claim:
+    record: JobRecord
+    attempt: int
+
+
+class JobRunner:
+    def __init__(self, settings: Settings, store: JobStore, storage: Storage, engine: Engine, worker_id: str) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.engine = engine
+        self.worker_id = worker_id
+        self.current_job: str | None = None
+
+    # -----------------------------------------------------------------------------------------
+    def run(self, job_id: str) -> str:
+        """Runs the job if this message should; returns what happened (for logs and tests)."""
+        claim = self.claim(job_id)
+        if claim is None:
+            return "skipped"
+        self.current_job = job_id
+        try:
+            return self._run_claimed(claim)
+        finally:
+            self.current_job = None
+
+    def claim(self, job_id: str) -> Claim | None:
+        record = self.store.get(job_id)
+        if record is None or record.status.is_terminal():
+            return None
+        running_elsewhere = record.status is JobStatus.in_progress and record.worker not in (None, self.worker_id)
+        if running_elsewhere and self.store.worker_alive(str(record.worker)):
+            return None  # a duplicate delivery: the job is running elsewhere
+        attempt = record.attempts + 1
+        if record.cancel_requested:
+            self._finish(record, attempt - 1, JobStatus.canceled, "canceled", "canceled before it started")
+            return None
+        if attempt > self.settings.jobs.max_attempts:
+            self._finish(
+                record,
+                record.attempts,
+                JobStatus.failed,
+                "internal_error",
+                f"gave up after {record.attempts} attempts: the worker running it died each time",
+            )
+            return None
+        now = time.time()
+        result = self.store.transition(
+            job_id,
+            allowed=[record.status],
+            guards={"attempts": record.attempts},
+            patch={
+                "status": "in_progress",
+                "stage": Stage.loading.value,
+                "progress": progress_for(Stage.loading),
+                "step": 0,
+                "attempts": attempt,
+                "worker": self.worker_id,
+                "started_at": record.started_at or now,
+            },
+        )
+        if not result.ok or result.record is None:
+            return None
+        return Claim(record=result.record, attempt=attempt)
+
+    # -----------------------------------------------------------------------------------------
+    def _run_claimed(self, claim: Claim) -> str:
+        record, attempt = claim.record, claim.attempt
+        spec = record.spec
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        try:
+            # 1. Inputs
+            image = self._load_image(spec)
+
+            # 2. Generate (encode -> denoise -> decode), reporting each stage and step
+            def on_stage(stage: Stage) -> None:
+                self._progress(record.id, attempt, stage, 0, spec.num_inference_steps, timings)
+
+            def on_step(done: int, total: int) -> None:
+                self._progress(record.id, attempt, Stage.denoising, done, total, timings)
+
+            result = self.engine.generate(spec, image, on_stage=on_stage, on_step=on_step)
+            timings.update(result.timings)
+
+            # 3. Export and upload
+            outputs = self._export_and_upload(record, attempt, result.frames, timings)
+        except JobCanceled:
+            self._finish(record, attempt, JobStatus.canceled, "canceled", "canceled while running", timings)
+            return "canceled"
+        except JobVanished:
+            self.storage.delete_prefix(self.storage.job_prefix(record.id))
+            return "deleted"
+        except (OutOfMemory, StorageUnavailable, JobTimeout) as exc:
+            self._finish(record, attempt, JobStatus.failed, exc.code, exc.message, timings)
+            return exc.code
+        except WanqError as exc:
+            self._finish(record, attempt, JobStatus.failed, exc.code, exc.message, timings)
+            return exc.code
+        except Exception as exc:
+            if type(exc).__name__ == "SoftTimeLimitExceeded":
+                limit = self.settings.jobs.soft_time_limit_s
+                self._finish(record, attempt, JobStatus.failed, "timeout", f"the job ran past its {limit} s time limit", timings)
+                return "timeout"
+            log.exception("job failed", extra={"job_id": record.id, "model": spec.model})
+            self._finish(record, attempt, JobStatus.failed, "internal_error", f"{type(exc).__name__}: {exc}", timings)
+            return "internal_error"
+
+        # 4. Record the outcome
+        timings["total"] = time.perf_counter() - started
+        now = time.time()
+        done = self.store.transition(
+            record.id,
+            allowed=[JobStatus.in_progress],
+            guards={"attempts": attempt},
+            patch={
+                "status": "completed",
+                "stage": Stage.done.value,
+                "progress": 100,
+                "step": spec.num_inference_steps,
+                "completed_at": now,
+                "expires_at": now + self.settings.jobs.retention_s,
+                "outputs": outputs,
+                "timings": _rounded(timings),
+                "error": None,
+            },
+        )
+        if done.record is None:
+            self.storage.delete_prefix(self.storage.job_prefix(record.id))
+            return "deleted"
+        if done.ok:
+            self.store.record_duration(spec.model, timings["total"])
+            return "completed"
+        return done.record.status.value
+
+    def _load_image(self, spec: GenerationSpec) -> Image.Image | None:
+        if spec.image_key is None:
+            return None
+        return Image.open(io.BytesIO(self.storage.get_bytes(spec.image_key))).convert("RGB")
+
+    def _export_and_upload(self, record: JobRecord, attempt: int, frames: Any, timings: dict[str, float]) -> dict[str, str]:
+        spec = record.spec
+        with tempfile.TemporaryDirectory(prefix="wanq-") as tmp:
+            folder = Path(tmp)
+            self._progress(record.id, attempt, Stage.encoding_video, 0, 0, timings)
+            t0 = time.perf_counter()
+            files = {
+                "video": export.write_mp4(frames, spec.fps, folder / "video.mp4"),
+                "thumbnail": export.write_thumbnail(frames, folder / "thumbnail.webp"),
+                "spritesheet": export.write_spritesheet(frames, folder / "spritesheet.jpg"),
+            }
+            timings["encoding_video"] = time.perf_counter() - t0
+            self._progress(record.id, attempt, Stage.uploading, 0, 0, timings)
+            t0 = time.perf_counter()
+            outputs = {}
+            for variant, path in files.items():
+                key = self.storage.key(record.id, variant)
+                self.storage.upload_file(path, key, CONTENT_TYPES[variant])
+                outputs[variant] = key
+            timings["uploading"] = time.perf_counter() - t0
+        return outputs
+
+    # -----------------------------------------------------------------------------------------
+    def _progress(self, job_id: str, attempt: int, stage: Stage, step: int, total: int, timings: dict[str, float]) -> None:
+        """Records the stage and step; raises JobCanceled if a cancel was requested."""
+        result = self.store.transition(
+            job_id,
+            allowed=[JobStatus.in_progress],
+            guards={"attempts": attempt},
+            patch={
+                "stage": stage.value,
+                "step": step,
+                "progress": progress_for(stage, step, total),
+                "timings": _rounded(timings),
+            },
+        )
+        if result.record is None:
+            raise JobVanished(job_id)
+        if result.record.cancel_requested or result.record.status is JobStatus.canceled:
+            raise JobCanceled("canceled")
+
+    def _finish(
+        self,
+        record: JobRecord,
+        attempt: int,
+        status: JobStatus,
+        code: str,
+        message: str,
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        patch: dict[str, Any] = {
+            "status": status.value,
+            "stage": Stage.done.value,
+            "completed_at": time.time(),
+            "error": {"code": code, "message": message},
+        }
+        if timings:
+            patch["timings"] = _rounded(timings)
+        self.store.transition(
+            record.id,
+            allowed=[JobStatus.queued, JobStatus.in_progress],
+            guards={"attempts": attempt},
+            patch=patch,
+        )
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in timings.items()}

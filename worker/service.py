@@ -1,0 +1,137 @@
+"""The GPU worker process: a Celery consumer of one model's queue with the engine resident.
+
+Celery runs a prefork pool of one child. The parent never touches CUDA; the child loads the model
+in `worker_process_init` (CUDA is not fork-safe) and keeps it for every job. A child killed by the
+hard time limit or a crash is replaced by a fresh one, which loads the model again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from shared.queue import GENERATE_TASK, make_celery, queue_name
+from shared.settings import Settings
+from shared.storage import Storage
+from shared.store import JobStore
+
+log = logging.getLogger("wanq.worker")
+
+
+class WorkerProcess:
+    """What one worker child holds: the engine, the runner and the heartbeat."""
+
+    def __init__(self, settings: Settings, model_id: str, model_path: Path) -> None:
+        self.settings = settings
+        self.model_id = model_id
+        self.model_path = model_path
+        self.runner: Any = None
+        self.worker_id = ""
+        self._stop = threading.Event()
+        self._info: dict[str, Any] = {}
+
+    def load(self) -> None:
+        from worker.engine import WanEngine  # torch is imported here, in the child
+        from worker.runner import JobRunner
+
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        store = JobStore.from_url(
+            self.settings.redis.url, prefix=self.settings.redis.key_prefix, record_ttl_s=self.settings.jobs.record_ttl_s
+        )
+        storage = Storage(self.settings.s3)
+        if self.settings.s3.create_bucket:
+            storage.ensure_bucket()
+        self._info = {"pid": os.getpid(), "host": socket.gethostname(), "state": "loading", "started_at": time.time()}
+        self._start_heartbeat(store)
+        engine = WanEngine(self.model_path, self.settings.engine, model_id=self.model_id)
+        self._info.update(load_time_s=round(engine.load_time_s, 3), variant=engine.variant, plan=engine.plan.__dict__)
+        if self.settings.engine.warmup:
+            self._info["state"] = "warming_up"
+            self._info["warmup_s"] = round(engine.warmup(), 3)
+        self.runner = JobRunner(self.settings, store, storage, engine, self.worker_id)
+        self._info["state"] = "ready"
+        log.info("worker ready", extra={"model": self.model_id, "worker": self.worker_id, **self._info})
+
+    def _start_heartbeat(self, store: JobStore) -> None:
+        interval = self.settings.worker.heartbeat_interval_s
+        ttl = self.settings.worker.heartbeat_ttl_s
+
+        def beat() -> None:
+            while not self._stop.is_set():
+                try:
+                    job = self.runner.current_job if self.runner is not None else None
+                    store.heartbeat(self.worker_id, self.model_id, {**self._info, "job": job}, ttl)
+                except Exception as exc:  # Redis away for a moment: keep beating once it is back
+                    log.warning("heartbeat failed: %s", exc)
+                self._stop.wait(interval)
+
+        self._store = store
+        threading.Thread(target=beat, name="wanq-heartbeat", daemon=True).start()
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self.worker_id:
+            try:
+                self._store.forget_worker(self.worker_id, self.model_id)
+            except Exception:
+                pass
+
+    def run_job(self, job_id: str) -> str:
+        if self.runner is None:
+            raise RuntimeError("worker process has no engine loaded")
+        return str(self.runner.run(job_id))
+
+
+def build_app(settings: Settings, model_id: str, model_path: Path) -> tuple[Celery, WorkerProcess]:
+    app = make_celery(settings)
+    process = WorkerProcess(settings, model_id, model_path)
+
+    @worker_process_init.connect(weak=False)
+    def _load(**_: Any) -> None:
+        process.load()
+
+    @worker_process_shutdown.connect(weak=False)
+    def _shutdown(**_: Any) -> None:
+        process.shutdown()
+
+    @app.task(name=GENERATE_TASK, acks_late=True)
+    def generate(job_id: str) -> str:
+        return process.run_job(job_id)
+
+    return app, process
+
+
+def run(settings: Settings, model_id: str, model_path: Path, *, loglevel: str = "INFO") -> None:
+    if model_id not in settings.catalog():
+        raise SystemExit(f"model {model_id!r} is not in WANQ_MODELS {settings.models}; add it there or pick one of them")
+    if not (model_path / "model_index.json").exists():
+        raise SystemExit(f"--model-path {model_path} holds no model_index.json (a diffusers pipeline directory)")
+    app, _ = build_app(settings, model_id, model_path)
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queue_name(model_id),
+            "--pool",
+            "prefork",
+            "--concurrency",
+            "1",
+            "--hostname",
+            f"wanq-{model_id}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            loglevel,
+            "-O",
+            "fair",
+        ]
+    )
