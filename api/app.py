@@ -2,33 +2,58 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.routes import health, models, videos
+from shared.idempotency import IdempotencyKeys
+from shared.maintenance import Maintenance
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import JobStore
 
+log = logging.getLogger("wanq.api")
+
 
 def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = app.state.services
+        stop = None
+        if settings.maintenance.enabled:
+            stop = Maintenance(settings, services.store, services.storage, services.celery).start()
+        yield
+        if stop is not None:
+            stop.set()
+        await services.aioredis.aclose()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="wanq",
         version="0.1.0",
         description="Self-hosted Wan2.2 video generation, OpenAI Videos API compatible.",
     )
+    store = JobStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix, record_ttl_s=settings.jobs.record_ttl_s)
     app.state.services = Services(
         settings=settings,
-        store=JobStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix, record_ttl_s=settings.jobs.record_ttl_s),
+        store=store,
         storage=Storage(settings.s3),
         celery=make_celery(settings),
         aioredis=aioredis.Redis.from_url(settings.redis.url),
+        idempotency=IdempotencyKeys(store.redis, prefix=settings.redis.key_prefix, ttl_s=settings.jobs.idempotency_ttl_s),
     )
+    services = app.state.services
     if settings.s3.create_bucket:
-        app.state.services.storage.ensure_bucket()
+        services.storage.ensure_bucket()
+    if settings.s3.lifecycle_rule and not services.storage.ensure_lifecycle(settings.jobs.retention_s):
+        log.warning("could not set the bucket lifecycle rule; expired outputs are deleted by the sweep only")
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(models.router)

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import Depends, Request
 
+from shared.idempotency import IdempotencyKeys
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import JobStore
@@ -21,6 +22,7 @@ class Services:
     storage: Storage
     celery: Celery
     aioredis: aioredis.Redis
+    idempotency: IdempotencyKeys
 
 
 def get_services(request: Request) -> Services:

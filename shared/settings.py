@@ -35,6 +35,8 @@ class S3Settings(BaseModel):
     presigned_content: bool = False
     """False: `/content` streams the object through the API. True: 302 to a presigned GET URL."""
     presign_expiry_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    lifecycle_rule: bool = True
+    """Also set a bucket lifecycle rule expiring outputs after the retention (whole days), where allowed."""
     upload_attempts: int = Field(default=5, ge=1)
     upload_backoff_s: float = Field(default=1.0, ge=0)
 
@@ -105,8 +107,16 @@ class EngineSettings(BaseModel):
 class WorkerSettings(BaseModel):
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
     heartbeat_ttl_s: float = Field(default=10.0, gt=0)
+    overlap_export: bool = True
+    """Encode and upload job N's MP4 on a background thread while job N+1 takes the GPU."""
     load_timeout_s: float = Field(default=1800.0, gt=0)
     """How long a worker process may take to load its model before Celery gives up on it."""
+
+
+class MaintenanceSettings(BaseModel):
+    enabled: bool = True
+    """Requeue jobs of dead workers and delete expired outputs (one API replica at a time)."""
+    interval_s: float = Field(default=5.0, gt=0)
 
 
 class ApiSettings(BaseModel):
@@ -129,6 +139,7 @@ class Settings(BaseSettings):
     engine: EngineSettings = EngineSettings()
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
     models: list[str] = Field(default_factory=lambda: [m for m in PRESETS if m not in TINY_MODEL_IDS])
     """Model ids the service accepts (`WANQ_MODELS='["wan2.2-ti2v-5b"]'`); the first is the default."""
 

@@ -53,6 +53,27 @@ class Storage:
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.region}
             self.client.create_bucket(**kwargs)
 
+    def ensure_lifecycle(self, retention_s: int) -> bool:
+        """Expires objects under the key prefix a day after the retention; False where not permitted."""
+        days = max(1, -(-retention_s // 86400) + 1)
+        try:
+            self.client.put_bucket_lifecycle_configuration(
+                Bucket=self.bucket,
+                LifecycleConfiguration={
+                    "Rules": [
+                        {
+                            "ID": "wanq-retention",
+                            "Status": "Enabled",
+                            "Filter": {"Prefix": self.settings.key_prefix},
+                            "Expiration": {"Days": days},
+                        }
+                    ]
+                },
+            )
+            return True
+        except (BotoCoreError, ClientError):
+            return False
+
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
 

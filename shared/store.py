@@ -7,6 +7,8 @@ Layout (prefix `wanq`):
   wanq:events:{id}          pub/sub channel: every new record state of the job, as JSON
   wanq:worker:{id}          a live worker's heartbeat (expires), wanq:workers:{model} its index
   wanq:durations:{model}    recent job run times (estimated start of queued jobs)
+  wanq:running              sorted set of in_progress job ids (watched for dead workers)
+  wanq:expiring             sorted set of completed job ids by expires_at (outputs swept then)
 """
 
 from __future__ import annotations
@@ -44,8 +46,17 @@ redis.call('SET', key, out, 'KEEPTTL')
 if job.status ~= 'queued' then
   redis.call('ZREM', prefix .. ':queued:' .. job.spec.model, id)
 end
+-- Running jobs are watched for dead workers; completed outputs are swept when they expire.
+if job.status == 'in_progress' then
+  redis.call('ZADD', prefix .. ':running', type(job.started_at) == 'number' and job.started_at or 0, id)
+else
+  redis.call('ZREM', prefix .. ':running', id)
+end
 if job.status == 'completed' or job.status == 'failed' or job.status == 'canceled' then
   redis.call('EXPIRE', key, tonumber(ARGV[6]))
+  if job.status == 'completed' and type(job.expires_at) == 'number' then
+    redis.call('ZADD', prefix .. ':expiring', job.expires_at, id)
+  end
 end
 redis.call('PUBLISH', prefix .. ':events:' .. id, out)
 return {1, out}
@@ -133,6 +144,8 @@ class JobStore:
         pipe.delete(self.job_key(record.id))
         pipe.zrem(self.tenant_jobs_key(record.tenant), record.id)
         pipe.zrem(self.queued_key(record.spec.model), record.id)
+        pipe.zrem(f"{self.prefix}:running", record.id)
+        pipe.zrem(f"{self.prefix}:expiring", record.id)
         pipe.execute()
 
     def list_ids(self, tenant: str, *, after: str | None, limit: int, newest_first: bool) -> tuple[list[str], bool]:
@@ -155,6 +168,15 @@ class JobStore:
 
     def queued_count(self, model: str) -> int:
         return int(self.redis.zcard(self.queued_key(model)))
+
+    def running_ids(self) -> list[str]:
+        return [i.decode() for i in self.redis.zrange(f"{self.prefix}:running", 0, -1)]
+
+    def expired_ids(self, now: float, limit: int = 500) -> list[str]:
+        return [i.decode() for i in self.redis.zrangebyscore(f"{self.prefix}:expiring", 0, now, start=0, num=limit)]
+
+    def forget_expired(self, job_id: str) -> None:
+        self.redis.zrem(f"{self.prefix}:expiring", job_id)
 
     # Run times of finished jobs, for estimates.
     def record_duration(self, model: str, seconds: float, keep: int = 20) -> None:

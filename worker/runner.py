@@ -11,13 +11,14 @@ import io
 import logging
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from PIL import Image
 
-from shared.errors import JobCanceled, JobTimeout, OutOfMemory, StorageUnavailable, WanqError
+from shared.errors import JobCanceled, WanqError
 from shared.schemas import GenerationSpec, JobRecord, JobStatus, Stage, progress_for
 from shared.settings import Settings
 from shared.storage import CONTENT_TYPES, Storage
@@ -51,18 +52,34 @@ class JobRunner:
         self.engine = engine
         self.worker_id = worker_id
         self.current_job: str | None = None
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanq-finish")
+        self._pending: Future[str] | None = None
 
     # -----------------------------------------------------------------------------------------
-    def run(self, job_id: str) -> str:
-        """Runs the job if this message should; returns what happened (for logs and tests)."""
+    def run(self, job_id: str, *, wait: bool = False) -> str:
+        """Runs the job if this message should. The GPU part runs here; the export and upload run
+        on a background thread so that the next job can take the GPU meanwhile (at most one job is
+        finishing at a time). Returns what happened, or "finishing" while the upload goes on."""
         claim = self.claim(job_id)
         if claim is None:
             return "skipped"
         self.current_job = job_id
         try:
-            return self._run_claimed(claim)
+            outcome, generation, timings, started = self._generate(claim)
         finally:
             self.current_job = None
+        if generation is None:
+            return outcome
+        self.wait_pending()
+        self._pending = self._finisher.submit(self._finalize, claim, generation, timings, started)
+        if wait or not self.settings.worker.overlap_export:
+            return self._pending.result()
+        return "finishing"
+
+    def wait_pending(self) -> str | None:
+        """Blocks until the job being exported and uploaded (if any) is recorded."""
+        pending, self._pending = self._pending, None
+        return pending.result() if pending is not None else None
 
     def claim(self, job_id: str) -> Claim | None:
         record = self.store.get(job_id)
@@ -104,16 +121,15 @@ class JobRunner:
         return Claim(record=result.record, attempt=attempt)
 
     # -----------------------------------------------------------------------------------------
-    def _run_claimed(self, claim: Claim) -> str:
+    def _generate(self, claim: Claim) -> tuple[str, Any, dict[str, float], float]:
+        """Encode -> denoise -> decode on the GPU. Returns (outcome, generation or None, timings, start)."""
         record, attempt = claim.record, claim.attempt
         spec = record.spec
         timings: dict[str, float] = {}
         started = time.perf_counter()
         try:
-            # 1. Inputs
             image = self._load_image(spec)
 
-            # 2. Generate (encode -> denoise -> decode), reporting each stage and step
             def on_stage(stage: Stage) -> None:
                 self._progress(record.id, attempt, stage, 0, spec.num_inference_steps, timings)
 
@@ -122,31 +138,19 @@ class JobRunner:
 
             result = self.engine.generate(spec, image, on_stage=on_stage, on_step=on_step)
             timings.update(result.timings)
-
-            # 3. Export and upload
-            outputs = self._export_and_upload(record, attempt, result.frames, timings)
-        except JobCanceled:
-            self._finish(record, attempt, JobStatus.canceled, "canceled", "canceled while running", timings)
-            return "canceled"
-        except JobVanished:
-            self.storage.delete_prefix(self.storage.job_prefix(record.id))
-            return "deleted"
-        except (OutOfMemory, StorageUnavailable, JobTimeout) as exc:
-            self._finish(record, attempt, JobStatus.failed, exc.code, exc.message, timings)
-            return exc.code
-        except WanqError as exc:
-            self._finish(record, attempt, JobStatus.failed, exc.code, exc.message, timings)
-            return exc.code
+            self._progress(record.id, attempt, Stage.encoding_video, 0, 0, timings)
+            return "generated", result, timings, started
         except Exception as exc:
-            if type(exc).__name__ == "SoftTimeLimitExceeded":
-                limit = self.settings.jobs.soft_time_limit_s
-                self._finish(record, attempt, JobStatus.failed, "timeout", f"the job ran past its {limit} s time limit", timings)
-                return "timeout"
-            log.exception("job failed", extra={"job_id": record.id, "model": spec.model})
-            self._finish(record, attempt, JobStatus.failed, "internal_error", f"{type(exc).__name__}: {exc}", timings)
-            return "internal_error"
+            return self._fail(record, attempt, exc, timings), None, timings, started
 
-        # 4. Record the outcome
+    def _finalize(self, claim: Claim, generation: Any, timings: dict[str, float], started: float) -> str:
+        """Export -> upload -> record the outcome; runs while the next job is on the GPU."""
+        record, attempt = claim.record, claim.attempt
+        spec = record.spec
+        try:
+            outputs = self._export_and_upload(record, attempt, generation.frames, timings)
+        except Exception as exc:
+            return self._fail(record, attempt, exc, timings)
         timings["total"] = time.perf_counter() - started
         now = time.time()
         done = self.store.transition(
@@ -170,8 +174,31 @@ class JobRunner:
             return "deleted"
         if done.ok:
             self.store.record_duration(spec.model, timings["total"])
+            log.info(
+                "job completed",
+                extra={"job_id": record.id, "model": spec.model, "tenant": record.tenant, "total_s": round(timings["total"], 3)},
+            )
             return "completed"
         return done.record.status.value
+
+    def _fail(self, record: JobRecord, attempt: int, exc: Exception, timings: dict[str, float]) -> str:
+        """Records why the job ended early and returns the outcome."""
+        if isinstance(exc, JobCanceled):
+            self._finish(record, attempt, JobStatus.canceled, "canceled", "canceled while running", timings)
+            return "canceled"
+        if isinstance(exc, JobVanished):
+            self.storage.delete_prefix(self.storage.job_prefix(record.id))
+            return "deleted"
+        if isinstance(exc, WanqError):
+            self._finish(record, attempt, JobStatus.failed, exc.code, exc.message, timings)
+            return exc.code
+        if type(exc).__name__ == "SoftTimeLimitExceeded":
+            limit = self.settings.jobs.soft_time_limit_s
+            self._finish(record, attempt, JobStatus.failed, "timeout", f"the job ran past its {limit} s time limit", timings)
+            return "timeout"
+        log.exception("job failed", extra={"job_id": record.id, "model": record.spec.model, "tenant": record.tenant})
+        self._finish(record, attempt, JobStatus.failed, "internal_error", f"{type(exc).__name__}: {exc}", timings)
+        return "internal_error"
 
     def _load_image(self, spec: GenerationSpec) -> Image.Image | None:
         if spec.image_key is None:
@@ -182,7 +209,6 @@ class JobRunner:
         spec = record.spec
         with tempfile.TemporaryDirectory(prefix="wanq-") as tmp:
             folder = Path(tmp)
-            self._progress(record.id, attempt, Stage.encoding_video, 0, 0, timings)
             t0 = time.perf_counter()
             files = {
                 "video": export.write_mp4(frames, spec.fps, folder / "video.mp4"),

@@ -78,6 +78,8 @@ class WorkerProcess:
         threading.Thread(target=beat, name="wanq-heartbeat", daemon=True).start()
 
     def shutdown(self) -> None:
+        if self.runner is not None:
+            self.runner.wait_pending()  # a warm shutdown finishes the upload in flight
         self._stop.set()
         if self.worker_id:
             try:

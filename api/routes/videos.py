@@ -9,13 +9,14 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api.deps import Principal, PrincipalDep, Services, ServicesDep
 from shared import images
-from shared.errors import Conflict, Gone, InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from shared.errors import Conflict, Gone, IdempotencyMismatch, InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from shared.idempotency import MAX_KEY_LENGTH, fingerprint
 from shared.queue import enqueue
 from shared.schemas import JobError, JobRecord, JobStatus
 from shared.specs import VideoRequest, parse_request, resolve_spec
@@ -140,14 +141,59 @@ def _image_bytes(services: Services, req: VideoRequest, upload: bytes | None) ->
 
 
 @router.post("", status_code=202, openapi_extra=_create_schema, summary="Create a video job")
-async def create_video(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
+async def create_video(
+    request: Request,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            max_length=MAX_KEY_LENGTH,
+            description="Retries with the same key and body return the first job; keys expire after 24 h (WANQ_JOBS_IDEMPOTENCY_TTL_S).",
+        ),
+    ] = None,
+) -> Response:
     settings = services.settings
     # 1. Read and type-check the body
     fields, upload = await _read_body(request, settings.api.max_body_bytes)
+    if idempotency_key is None:
+        return await _create(services, principal, fields, upload)
+
+    # 2. With an Idempotency-Key: the first request creates, a retry replays it
+    keys = services.idempotency
+    print_ = fingerprint(fields, upload)
+    claim = await asyncio.to_thread(keys.begin, principal.tenant, idempotency_key, print_)
+    if claim.outcome == "mismatch":
+        raise IdempotencyMismatch("this Idempotency-Key was already used with a different request body", param="Idempotency-Key")
+    if claim.outcome == "in_flight":
+        raise Conflict("a request with this Idempotency-Key is still being processed; retry shortly", param="Idempotency-Key")
+    if claim.outcome == "replay" and claim.job_id:
+        record = await asyncio.to_thread(services.store.get, claim.job_id)
+        if record is not None:
+            body = await asyncio.to_thread(video_object, services, record)
+            return _created(body, replayed=True)
+    try:
+        response = await _create(services, principal, fields, upload)
+    except BaseException:
+        await asyncio.to_thread(keys.abandon, principal.tenant, idempotency_key)
+        raise
+    await asyncio.to_thread(keys.complete, principal.tenant, idempotency_key, print_, json.loads(response.body)["id"])
+    return response
+
+
+def _created(body: dict[str, Any], *, replayed: bool = False) -> Response:
+    headers = {"Location": f"/v1/videos/{body['id']}", "openai-poll-after-ms": POLL_AFTER_MS}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return Response(content=json.dumps(body), status_code=202, media_type="application/json", headers=headers)
+
+
+async def _create(services: Services, principal: Principal, fields: dict[str, Any], upload: bytes | None) -> Response:
+    settings = services.settings
     req = parse_request(fields)
     image_data = await asyncio.to_thread(_image_bytes, services, req, upload)
 
-    # 2. Resolve against the model's defaults and limits
+    # Resolve against the model's defaults and limits
     job_id = f"video_{uuid.uuid4().hex}"
     image_key = services.storage.key(job_id, "image") if image_data is not None else None
     spec = resolve_spec(
@@ -159,7 +205,7 @@ async def create_video(request: Request, services: ServicesDep, principal: Princ
         image_key=image_key,
     )
 
-    # 3. Store the fitted image beside the job, then the record, then enqueue
+    # Store the fitted image beside the job, then the record, then enqueue
     if image_data is not None and image_key is not None:
         png = await asyncio.to_thread(_fit_image, image_data, spec.width, spec.height, settings)
         await asyncio.to_thread(services.storage.put_bytes, png, image_key, CONTENT_TYPES["image"])
@@ -172,12 +218,7 @@ async def create_video(request: Request, services: ServicesDep, principal: Princ
         webhook_events=req.webhook_events,
     )
     body = await asyncio.to_thread(_submit, services, record)
-    return Response(
-        content=json.dumps(body),
-        status_code=202,
-        media_type="application/json",
-        headers={"Location": f"/v1/videos/{job_id}", "openai-poll-after-ms": POLL_AFTER_MS},
-    )
+    return _created(body)
 
 
 def _fit_image(data: bytes, width: int, height: int, settings: Any) -> bytes:
