@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api import metrics
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.routes import health, models, videos
@@ -56,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
         log.warning("could not set the bucket lifecycle rule; expired outputs are deleted by the sweep only")
     install_error_handlers(app)
     app.include_router(health.router)
+    metrics.install(app, services)
     app.include_router(models.router)
     app.include_router(videos.router)
     return app

@@ -2,15 +2,22 @@
 
 Secrets never reach a log line: Authorization headers are not logged, and `redact` masks anything
 that looks like an API key or a webhook secret before it is written.
+
+Job fields come from a context: code that works on a job wraps the work in `job_context(...)`, and
+every line logged inside it (Celery's own included) carries job_id, tenant and model. `bind(...)`
+sets fields for the whole process (a worker's model).
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 _SECRET = re.compile(r"(wq_[A-Za-z0-9_\-]{8,}|whsec_[A-Za-z0-9+/=]{8,}|Bearer\s+\S+)")
@@ -37,11 +44,47 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
-def configure(level: str = "INFO") -> None:
+_job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("wanq_log_job", default=None)
+_process_fields: dict[str, Any] = {}
+
+
+def enter_job(job_id: str, tenant: str | None, model: str | None) -> contextvars.Token[dict[str, Any] | None]:
+    """From here on (in this thread) every line carries the job's id, tenant and model; undo with `leave_job`."""
+    return _job.set({"job_id": job_id, "tenant": tenant, "model": model})
+
+
+def leave_job(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    _job.reset(token)
+
+
+@contextmanager
+def job_context(job_id: str, tenant: str | None, model: str | None) -> Iterator[None]:
+    token = enter_job(job_id, tenant, model)
+    try:
+        yield
+    finally:
+        leave_job(token)
+
+
+def bind(**fields: Any) -> None:
+    """Fields every line of this process carries unless the line sets them itself."""
+    _process_fields.update(fields)
+
+
+class ContextFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        for key, value in {**_process_fields, **(_job.get() or {})}.items():
+            if value is not None and not hasattr(record, key):
+                setattr(record, key, value)
+        return True
+
+
+def configure(level: str | int = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(level if isinstance(level, int) else level.upper())
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -111,6 +111,8 @@ class WorkerSettings(BaseModel):
     """Encode and upload job N's MP4 on a background thread while job N+1 takes the GPU."""
     load_timeout_s: float = Field(default=1800.0, gt=0)
     """How long a worker process may take to load its model before Celery gives up on it."""
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port of the worker's Prometheus `/metrics` (served by the process that holds the model); 0 = off."""
 
 
 class MaintenanceSettings(BaseModel):

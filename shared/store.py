@@ -9,6 +9,8 @@ Layout (prefix `wanq`):
   wanq:durations:{model}    recent job run times (estimated start of queued jobs)
   wanq:running              sorted set of in_progress job ids (watched for dead workers)
   wanq:expiring             sorted set of completed job ids by expires_at (outputs swept then)
+  wanq:pending:{model}      hash tenant -> number of its queued jobs (metrics; kept with wanq:queued)
+  wanq:finished:{model}     hash status -> number of jobs that ended so (metrics counters)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ local key = prefix .. ':job:' .. id
 local raw = redis.call('GET', key)
 if not raw then return {0, ''} end
 local job = cjson.decode(raw)
+local was = job.status
 local allowed = cjson.decode(ARGV[3])
 local ok = (#allowed == 0)
 for _, s in ipairs(allowed) do if s == job.status then ok = true end end
@@ -43,8 +46,15 @@ end
 for _, pair in ipairs(cjson.decode(ARGV[4])) do job[pair[1]] = pair[2] end
 local out = cjson.encode(job)
 redis.call('SET', key, out, 'KEEPTTL')
+-- The queued set and the per-tenant pending counts change together: whoever adds or removes the id counts it.
+local queued, pending = prefix .. ':queued:' .. job.spec.model, prefix .. ':pending:' .. job.spec.model
 if job.status ~= 'queued' then
-  redis.call('ZREM', prefix .. ':queued:' .. job.spec.model, id)
+  if redis.call('ZREM', queued, id) == 1 then redis.call('HINCRBY', pending, job.tenant, -1) end
+elseif redis.call('ZADD', queued, job.created_at, id) == 1 then
+  redis.call('HINCRBY', pending, job.tenant, 1)
+end
+if job.status ~= was and (job.status == 'completed' or job.status == 'failed' or job.status == 'canceled') then
+  redis.call('HINCRBY', prefix .. ':finished:' .. job.spec.model, job.status, 1)
 end
 -- Running jobs are watched for dead workers; completed outputs are swept when they expire.
 if job.status == 'in_progress' then
@@ -91,6 +101,12 @@ class JobStore:
     def queued_key(self, model: str) -> str:
         return f"{self.prefix}:queued:{model}"
 
+    def pending_key(self, model: str) -> str:
+        return f"{self.prefix}:pending:{model}"
+
+    def finished_key(self, model: str) -> str:
+        return f"{self.prefix}:finished:{model}"
+
     def events_channel(self, job_id: str) -> str:
         return f"{self.prefix}:events:{job_id}"
 
@@ -102,6 +118,7 @@ class JobStore:
         pipe.zadd(self.tenant_jobs_key(record.tenant), {record.id: score})
         if record.status is JobStatus.queued:
             pipe.zadd(self.queued_key(record.spec.model), {record.id: score})
+            pipe.hincrby(self.pending_key(record.spec.model), record.tenant, 1)
         created, *_ = pipe.execute()
         if not created:
             raise RuntimeError(f"job {record.id} already exists")
@@ -146,7 +163,9 @@ class JobStore:
         pipe.zrem(self.queued_key(record.spec.model), record.id)
         pipe.zrem(f"{self.prefix}:running", record.id)
         pipe.zrem(f"{self.prefix}:expiring", record.id)
-        pipe.execute()
+        _, _, unqueued, *_ = pipe.execute()
+        if unqueued:
+            self.redis.hincrby(self.pending_key(record.spec.model), record.tenant, -1)
 
     def list_ids(self, tenant: str, *, after: str | None, limit: int, newest_first: bool) -> tuple[list[str], bool]:
         """One page of a tenant's job ids, after the cursor id (exclusive); returns (ids, has_more)."""

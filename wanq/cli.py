@@ -80,7 +80,13 @@ def cmd_api(args: argparse.Namespace) -> None:
     host = args.host or settings.api.host
     port = args.port if args.port is not None else settings.api.port
     uvicorn.run(
-        create_app(settings), host=host, port=port, log_level=args.loglevel.lower(), access_log=False, timeout_graceful_shutdown=5
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=args.loglevel.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        log_config=None,  # uvicorn's own lines go through the JSON handler too
     )
 
 
@@ -175,6 +181,31 @@ def cmd_tiny_model(args: argparse.Namespace) -> None:
     print(path)
 
 
+def cmd_worker_health(args: argparse.Namespace) -> None:
+    from worker.control import healthy
+
+    settings = load_settings()
+    results = [healthy(settings, model) for model in ([args.model] if args.model else settings.models)]
+    print("; ".join(detail for _, detail in results))
+    raise SystemExit(0 if any(ok for ok, _ in results) else 1)
+
+
+def cmd_worker_drain(args: argparse.Namespace) -> None:
+    from worker.control import drain
+
+    nodes = drain(load_settings(), args.model)
+    print(f"stopped consuming: {', '.join(nodes) or 'no worker of ' + args.model + ' on this host'}")
+
+
+def cmd_fetch_model(args: argparse.Namespace) -> None:
+    from worker.control import fetch_model
+
+    try:
+        print(fetch_model(args.model, Path(args.dir), revision=args.revision))
+    except ValueError as exc:
+        raise SystemExit(f"wanq fetch-model: {exc}") from None
+
+
 def cmd_dev(args: argparse.Namespace) -> None:
     from wanq.dev import run_dev
 
@@ -197,6 +228,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="INFO")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("worker-health", help="exit 0 if a worker on this host has loaded its model and beats")
+    p.add_argument("--model", help="only this model's workers (default: any of WANQ_MODELS)")
+    p.set_defaults(func=cmd_worker_health)
+
+    p = sub.add_parser("worker-drain", help="make this host's workers of the model stop taking jobs (preStop hook)")
+    p.add_argument("--model", required=True)
+    p.set_defaults(func=cmd_worker_drain)
+
+    p = sub.add_parser("fetch-model", help="download a model's diffusers pipeline into a directory, unless already there")
+    p.add_argument("--model", required=True)
+    p.add_argument("--dir", required=True)
+    p.add_argument("--revision")
+    p.set_defaults(func=cmd_fetch_model)
 
     p = sub.add_parser("generate", help="run the engine alone, no service")
     p.add_argument("--model-path", required=True)

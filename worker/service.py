@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init, worker_process_shutdown
 
+from shared import logs
 from shared.queue import GENERATE_TASK, make_celery, queue_name
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import JobStore
+from worker import metrics
 
 log = logging.getLogger("wanq.worker")
 
@@ -36,6 +38,8 @@ class WorkerProcess:
         self.model_path = model_path
         self.runner: Any = None
         self.worker_id = ""
+        self.node = ""
+        """The Celery node name (`wanq worker-drain` finds it in the heartbeat)."""
         self._stop = threading.Event()
         self._info: dict[str, Any] = {}
 
@@ -50,14 +54,22 @@ class WorkerProcess:
         storage = Storage(self.settings.s3)
         if self.settings.s3.create_bucket:
             storage.ensure_bucket()
-        self._info = {"pid": os.getpid(), "host": socket.gethostname(), "state": "loading", "started_at": time.time()}
+        self._info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "node": self.node,
+            "state": "loading",
+            "started_at": time.time(),
+        }
         self._start_heartbeat(store)
+        metrics.serve(self.settings.worker.metrics_port)
         engine = WanEngine(self.model_path, self.settings.engine, model_id=self.model_id)
+        metrics.model_loaded(self.model_id, engine.load_time_s)
         self._info.update(load_time_s=round(engine.load_time_s, 3), variant=engine.variant, plan=engine.plan.__dict__)
         if self.settings.engine.warmup:
             self._info["state"] = "warming_up"
             self._info["warmup_s"] = round(engine.warmup(), 3)
-        self.runner = JobRunner(self.settings, store, storage, engine, self.worker_id)
+        self.runner = JobRunner(self.settings, store, storage, metrics.MeteredEngine(engine, self.model_id), self.worker_id)
         self._info["state"] = "ready"
         log.info("worker ready", extra={"model": self.model_id, "worker": self.worker_id, **self._info})
 
@@ -90,7 +102,37 @@ class WorkerProcess:
     def run_job(self, job_id: str) -> str:
         if self.runner is None:
             raise RuntimeError("worker process has no engine loaded")
-        return str(self.runner.run(job_id))
+        metrics.IN_FLIGHT.labels(self.model_id).inc()
+        try:
+            outcome = str(self.runner.run(job_id))
+        except BaseException:
+            self._job_ended(job_id, "internal_error")
+            raise
+        # With the export overlapped, the outcome is known once the background upload is recorded.
+        finishing = getattr(self.runner, "_pending", None) if outcome == "finishing" else None
+        if finishing is None:
+            self._job_ended(job_id, outcome)
+        else:
+            finishing.add_done_callback(lambda f: self._job_ended(job_id, "internal_error" if f.exception() else f.result()))
+        return outcome
+
+    def _job_ended(self, job_id: str, outcome: str) -> None:
+        metrics.IN_FLIGHT.labels(self.model_id).dec()
+        try:
+            record = self._store.get(job_id) if outcome != "skipped" else None
+        except Exception:
+            record = None
+        metrics.job_ended(self.model_id, outcome, record)
+
+    # Log context: Celery's lines about the task (its "succeeded" line included) and ours carry the job.
+    def enter_job(self, job_id: str) -> Any:
+        try:
+            record = self._store.get(job_id)
+        except Exception:
+            record = None
+        token = logs.enter_job(job_id, record.tenant if record else None, record.spec.model if record else self.model_id)
+        log.info("job started", extra={"attempt": record.attempts + 1 if record else None, "worker": self.worker_id})
+        return token
 
 
 def build_app(settings: Settings, model_id: str, model_path: Path) -> tuple[Celery, WorkerProcess]:
@@ -105,6 +147,24 @@ def build_app(settings: Settings, model_id: str, model_path: Path) -> tuple[Cele
     def _shutdown(**_: Any) -> None:
         process.shutdown()
 
+    @setup_logging.connect(weak=False)
+    def _logging(loglevel: int | str = logging.INFO, **_: Any) -> None:
+        # Connected, so Celery leaves logging alone: its lines go through our JSON handler too.
+        logs.configure(loglevel)
+
+    tokens: dict[str, Any] = {}
+
+    @task_prerun.connect(weak=False)
+    def _enter(task_id: str, args: Any = (), **_: Any) -> None:
+        if args:
+            tokens[task_id] = process.enter_job(str(args[0]))
+
+    @task_postrun.connect(weak=False)
+    def _leave(task_id: str, **_: Any) -> None:
+        token = tokens.pop(task_id, None)
+        if token is not None:
+            logs.leave_job(token)
+
     @app.task(name=GENERATE_TASK, acks_late=True)
     def generate(job_id: str) -> str:
         return process.run_job(job_id)
@@ -117,9 +177,14 @@ def run(settings: Settings, model_id: str, model_path: Path, *, loglevel: str = 
         raise SystemExit(f"model {model_id!r} is not in WANQ_MODELS {settings.models}; add it there or pick one of them")
     if not (model_path / "model_index.json").exists():
         raise SystemExit(f"--model-path {model_path} holds no model_index.json (a diffusers pipeline directory)")
-    app, _ = build_app(settings, model_id, model_path)
+    app, process = build_app(settings, model_id, model_path)
+    process.node = f"wanq-{model_id}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    logs.bind(model=model_id)
+    # Celery's "Task received" line is written before any job context exists; "job started" replaces it.
+    logging.getLogger("celery.worker.strategy").setLevel(logging.WARNING)
     app.worker_main(
         [
+            "--quiet",  # no banner: every line on stderr is JSON
             "worker",
             "--queues",
             queue_name(model_id),
@@ -128,7 +193,7 @@ def run(settings: Settings, model_id: str, model_path: Path, *, loglevel: str = 
             "--concurrency",
             "1",
             "--hostname",
-            f"wanq-{model_id}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
+            process.node,
             "--without-gossip",
             "--without-mingle",
             "--loglevel",

@@ -1,0 +1,186 @@
+"""Prometheus metrics of the API and the queue, plus the per-model demand figure the autoscaler reads.
+
+`/metrics` (Prometheus text): request latency by route, and the state of the jobs read from Redis at
+scrape time (a handful of O(1) reads per model), so every API replica reports the same numbers:
+aggregate them with `max by (...)`, not `sum`.
+`/metrics/demand?model=M` (JSON): queued + running jobs of one model; KEDA's metrics-api trigger
+scales that model's workers on it (deploy/k8s). Both are unauthenticated like `/healthz`: keep them
+inside the cluster (the Ingress in deploy/ does not route them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import redis
+from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.deps import Services, ServicesDep
+from shared.errors import NotFound
+from shared.queue import queue_name
+from shared.store import JobStore
+
+router = APIRouter(tags=["metrics"])
+
+FINISHED = ("completed", "failed", "canceled")
+
+
+@dataclass
+class ModelQueue:
+    queued: int = 0
+    running: int = 0
+    messages: int = 0
+    """Messages in the model's Celery queue (a Redis list); below `queued` while jobs wait elsewhere."""
+    workers: int = 0
+    pending: dict[str, int] = field(default_factory=dict)
+    """Queued jobs by tenant."""
+    finished: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def demand(self) -> int:
+        """Workers this model could keep busy now: every queued job plus every running one."""
+        return self.queued + self.running
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_queues(store: JobStore, models: list[str]) -> dict[str, ModelQueue]:
+    """One pipelined round trip for the per-model counts, one more for the running jobs' models."""
+    pipe = store.redis.pipeline(transaction=False)
+    for model in models:
+        pipe.zcard(store.queued_key(model))
+        pipe.llen(queue_name(model))
+        pipe.hgetall(store.pending_key(model))
+        pipe.hgetall(store.finished_key(model))
+    pipe.zrange(f"{store.prefix}:running", 0, -1)
+    replies = pipe.execute()
+    queues: dict[str, ModelQueue] = {}
+    for i, model in enumerate(models):
+        queued, messages, pending, finished = replies[4 * i : 4 * i + 4]
+        queues[model] = ModelQueue(
+            queued=int(queued),
+            messages=int(messages),
+            pending={_text(k): int(v) for k, v in pending.items() if int(v) > 0},
+            finished={_text(k): int(v) for k, v in finished.items()},
+        )
+    running = [_text(i) for i in replies[-1]]
+    for record in store.get_many(running):
+        if record.spec.model in queues:
+            queues[record.spec.model].running += 1
+    for model, queue in queues.items():
+        queue.workers = len(store.live_workers(model))
+    return queues
+
+
+class QueueCollector(Collector):
+    """Reads the job counts from Redis at scrape time."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("wanq_store_up", "1 if the job store (Redis) answered this scrape")
+        try:
+            queues = read_queues(self.services.store, self.services.settings.models)
+        except redis.RedisError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        jobs = GaugeMetricFamily("wanq_jobs", "Jobs queued or running now, by model and status", labels=["model", "status"])
+        pending = GaugeMetricFamily("wanq_jobs_pending", "Queued jobs by model and tenant", labels=["model", "tenant"])
+        finished = CounterMetricFamily("wanq_jobs_finished", "Jobs that ended, by model and status", labels=["model", "status"])
+        messages = GaugeMetricFamily("wanq_queue_messages", "Messages in the model's Celery queue", labels=["model"])
+        workers = GaugeMetricFamily("wanq_workers_live", "Workers with a live heartbeat", labels=["model"])
+        demand = GaugeMetricFamily("wanq_demand", "Queued plus running jobs (what the autoscaler reads)", labels=["model"])
+        for model, queue in queues.items():
+            jobs.add_metric([model, "queued"], queue.queued)
+            jobs.add_metric([model, "in_progress"], queue.running)
+            for tenant, count in sorted(queue.pending.items()):
+                pending.add_metric([model, tenant], count)
+            for status in FINISHED:
+                finished.add_metric([model, status], queue.finished.get(status, 0))
+            messages.add_metric([model], queue.messages)
+            workers.add_metric([model], queue.workers)
+            demand.add_metric([model], queue.demand)
+        yield from (jobs, pending, finished, messages, workers, demand)
+
+
+class RequestTimer:
+    """ASGI middleware: time to the response's first byte, by method, route template and status.
+    The first byte, not the last: an SSE stream stays open for minutes and is not slow."""
+
+    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        observed = False
+
+        def observe(status: int) -> None:
+            nonlocal observed
+            observed = True
+            route = scope.get("route")
+            # The template, never the raw path: one series per route, not one per video id.
+            path = getattr(route, "path", "unmatched")
+            self.histogram.labels(scope["method"], path, str(status)).observe(time.perf_counter() - started)
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not observed:
+                observe(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            if not observed:
+                observe(500)
+
+
+def install(app: FastAPI, services: Services) -> None:
+    registry = CollectorRegistry()
+    latency = Histogram(
+        "wanq_http_request_duration_seconds",
+        "API request latency to the first response byte",
+        ["method", "route", "status"],
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        registry=registry,
+    )
+    registry.register(QueueCollector(services))
+    app.state.metrics_registry = registry
+    app.add_middleware(RequestTimer, histogram=latency)
+    app.include_router(router)
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/metrics/demand", summary="Queued plus running jobs of one model (for the autoscaler)")
+def model_demand(services: ServicesDep, model: Annotated[str, Query(max_length=200)]) -> dict[str, Any]:
+    if model not in services.settings.models:
+        raise NotFound(f"unknown model {model!r}; configured: {services.settings.models}", param="model")
+    queue = read_queues(services.store, [model])[model]
+    return {
+        "model": model,
+        "queued": queue.queued,
+        "running": queue.running,
+        "workers": queue.workers,
+        "demand": queue.demand,
+    }
