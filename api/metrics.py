@@ -5,7 +5,7 @@ scrape time (a handful of O(1) reads per model), so every API replica reports th
 aggregate them with `max by (...)`, not `sum`.
 `/metrics/demand?model=M` (JSON): queued + running jobs of one model; KEDA's metrics-api trigger
 scales that model's workers on it (deploy/k8s). Both are unauthenticated like `/healthz`: keep them
-inside the cluster (the Ingress in deploy/ does not route them).
+inside the cluster (route only /v1 and /healthz from an Ingress or proxy).
 """
 
 from __future__ import annotations

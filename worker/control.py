@@ -44,7 +44,9 @@ def drain(settings: Settings, model: str, *, host: str | None = None, nodes: lis
         return []
     app = make_celery(settings)
     try:
-        replies = app.control.cancel_consumer(queue_name(model), destination=nodes, reply=True, timeout=3.0) or []
+        replies = (
+            app.control.cancel_consumer(queue_name(model), destination=nodes, reply=True, timeout=3.0, limit=len(nodes)) or []
+        )
     finally:
         app.close()
     return sorted(node for reply in replies for node in reply)
