@@ -1,12 +1,15 @@
 """Throughput of one model's queue against its number of workers, through the whole real stack
 (redis-server, moto's S3 server, the API, Celery worker processes on a tiny Wan2.2 pipeline).
 
-    python benchmarks/scaling.py                      # 1, 2 and 3 workers, 12 jobs each
-    python benchmarks/scaling.py --workers 1,2 --jobs 8 --no-record
+    python benchmarks/scaling.py                      # 1, 2 and 3 workers, 12 jobs, 3 rounds
+    python benchmarks/scaling.py --workers 1,2 --jobs 8 --rounds 1 --no-record
 
-For each worker count: start the workers, give each one warm-up job, then submit all jobs at once
-and time from the first submission to the last completion. Prints a table and appends it to
-benchmarks/RESULTS.md with the machine, the date and the command.
+All workers start once and take one warm-up job each. A measurement lets N of them consume the
+queue (the others are told to stop consuming, as `wanq worker-drain` does), submits all jobs at
+once and times the first submission to the last completion. Rounds go 1, 2, 3, 1, 2, 3, ... so that
+whatever else runs on the machine meanwhile weighs on every worker count alike; the table gives the
+median and the best round. Prints the table and appends it to benchmarks/RESULTS.md with the
+machine, the date and the command.
 
 On a CPU the workers share the machine's cores, so this measures how the queue spreads work, not
 how a GPU cluster scales (there, each worker brings its own GPU).
@@ -29,20 +32,29 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared.queue import make_celery, queue_name  # noqa: E402
+from shared.settings import Settings  # noqa: E402
 from shared.store import JobStore  # noqa: E402
 from wanq.stack import Stack  # noqa: E402
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
-def live_ready(store: JobStore, model: str) -> set[str]:
-    ids = {i.decode() for i in store.redis.zrange(f"{store.prefix}:workers:{model}", 0, -1)}
-    ready = set()
-    for worker_id in ids:
-        raw = store.redis.get(f"{store.prefix}:worker:{worker_id}")
-        if raw and b'"state": "ready"' in raw:
-            ready.add(worker_id)
-    return ready
+def ready_nodes(store: JobStore, model: str) -> list[str]:
+    """Celery node names of the model's loaded workers."""
+    return sorted(str(w["node"]) for w in store.live_workers(model) if w.get("state") == "ready")
+
+
+def consume_on(settings: Settings, model: str, nodes: list[str], count: int) -> None:
+    """The first `count` workers consume the model's queue; the others stop (they stay loaded)."""
+    app = make_celery(settings)
+    try:
+        queue = queue_name(model)
+        if nodes[count:]:
+            app.control.cancel_consumer(queue, destination=nodes[count:], reply=True, timeout=5, limit=len(nodes[count:]))
+        app.control.add_consumer(queue, destination=nodes[:count], reply=True, timeout=5, limit=count)
+    finally:
+        app.close()
 
 
 def run_jobs(client: httpx.Client, model: str, count: int, fields: dict[str, object]) -> tuple[float, list[float]]:
@@ -85,6 +97,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", default="64x64")
     parser.add_argument("--frames", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per worker (OMP_NUM_THREADS); 0 = torch's default")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per worker count, interleaved")
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
     counts = [int(c) for c in args.workers.split(",")]
@@ -92,6 +106,8 @@ def main() -> None:
     command = "python benchmarks/scaling.py " + " ".join(sys.argv[1:])
     header = machine()
     rows = []
+    walls: dict[int, list[float]] = {count: [] for count in counts}
+    latencies: dict[int, list[float]] = {count: [] for count in counts}
     with tempfile.TemporaryDirectory(prefix="wanq-bench-") as tmp, Stack(Path(tmp)) as stack:
         stack.env.update({"WANQ_MODELS": f'["{args.model}"]', "WANQ_S3_BUCKET": "wanq-bench"})
         stack.start_redis()
@@ -100,38 +116,45 @@ def main() -> None:
         stack.start_api()
         store = JobStore.from_url(stack.redis_url)
         client = httpx.Client(base_url=stack.api_url, timeout=30)
-        for count in counts:
-            workers = [stack.start_worker(args.model, name=f"bench-{count}-{n}") for n in range(count)]
-            deadline = time.monotonic() + 300
-            while len(live_ready(store, args.model)) < count:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{count} workers did not get ready")
-                time.sleep(0.2)
-            time.sleep(1.0)
-            run_jobs(client, args.model, count, fields)  # warm-up: first prompt encoding, allocator, codecs
-            wall, latencies = run_jobs(client, args.model, args.jobs, fields)
-            rows.append((count, args.jobs, wall, args.jobs / wall * 60, statistics.mean(latencies), max(latencies)))
-            print(f"{count} worker(s): {args.jobs} jobs in {wall:.1f} s", file=sys.stderr)
-            for worker in workers:
-                worker.stop()
-            deadline = time.monotonic() + 30
-            while live_ready(store, args.model) and time.monotonic() < deadline:
-                time.sleep(0.2)
+        for n in range(max(counts)):
+            threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+            stack.start_worker(args.model, name=f"bench-{n}", extra_env=threads)
+        deadline = time.monotonic() + 300
+        while len(ready_nodes(store, args.model)) < max(counts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{max(counts)} workers did not get ready")
+            time.sleep(0.2)
+        time.sleep(1.0)
+        nodes = ready_nodes(store, args.model)
+        run_jobs(client, args.model, 2 * len(nodes), fields)  # warm-up: first prompt encoding, allocator, codecs
+        settings = Settings(redis={"url": stack.redis_url})
+        for round_ in range(args.rounds):
+            for count in counts:
+                consume_on(settings, args.model, nodes, count)
+                wall, lat = run_jobs(client, args.model, args.jobs, fields)
+                walls[count].append(wall)
+                latencies[count].extend(lat)
+                print(f"round {round_ + 1}, {count} worker(s): {args.jobs} jobs in {wall:.1f} s", file=sys.stderr)
         client.close()
 
-    base = rows[0][3]
+    rows = [
+        (count, statistics.median(walls[count]), min(walls[count]), statistics.mean(latencies[count]), max(latencies[count]))
+        for count in counts
+    ]
+    base = rows[0][1]
     lines = [
-        "| workers | jobs | wall s | jobs/min | speed-up | mean latency s | max latency s |",
+        "| workers | jobs/min (median round) | speed-up | jobs/min (best round) | wall s (median) | mean latency s | max latency s |",
         "|---:|---:|---:|---:|---:|---:|---:|",
         *(
-            f"| {w} | {j} | {wall:.1f} | {rate:.1f} | {rate / base:.2f}x | {mean:.1f} | {worst:.1f} |"
-            for w, j, wall, rate, mean, worst in rows
+            f"| {w} | {args.jobs / med * 60:.1f} | {base / med:.2f}x | {args.jobs / best * 60:.1f} | {med:.1f} | {mean:.1f} | {worst:.1f} |"
+            for w, med, best, mean, worst in rows
         ),
     ]
     table = "\n".join(lines)
     print(table)
     if not args.no_record:
-        spec = f"{args.model}, {args.size}, {args.frames} frames, {args.steps} steps"
+        threads = f"{args.threads} torch thread(s)" if args.threads else "torch's default threads (one per core)"
+        spec = f"{args.model}, {args.size}, {args.frames} frames, {args.steps} steps; {args.jobs} jobs x {args.rounds} rounds; {threads} per worker"
         entry = (
             f"\n## Queue scaling, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n\n"
             f"- machine: {header}\n- jobs: {spec}\n- command: `{command.strip()}`\n\n{table}\n"
