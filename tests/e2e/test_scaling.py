@@ -67,7 +67,8 @@ def extra(stack: Stack, store: JobStore) -> Iterator[list[Worker]]:
         process = stack.spawn(
             f"scaling-worker-{n}",
             [sys.executable, "-m", "wanq", "worker", "--model", MODEL, "--model-path", str(stack.model_paths[MODEL]), *LOG_INFO],
-            {"WANQ_WORKER_METRICS_PORT": str(port)},
+            # One torch thread each: more would only oversubscribe 2 cores (benchmarks/RESULTS.md).
+            {"WANQ_WORKER_METRICS_PORT": str(port), "OMP_NUM_THREADS": "1"},
         )
         started.append((process, port))
     try:
