@@ -41,6 +41,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "WANQ_S3_UPLOAD_BACKOFF_S": "0.2",
             "WANQ_WORKER_HEARTBEAT_INTERVAL_S": "0.5",
             "WANQ_WORKER_HEARTBEAT_TTL_S": "3",
+            "WANQ_MAINTENANCE_INTERVAL_S": "0.5",
+            "WANQ_JOBS_FETCH_ALLOWLIST": '["127.0.0.1/32"]',
         }
     )
     try:
