@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # install the CUDA build of torch first and set TORCH_SPEC= (empty) to keep it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test check lint typecheck test-fast clean
+.PHONY: install demo test check lint typecheck test-fast readme clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,9 @@ test: install lint
 
 test-fast: install
 	$(PY) -m pytest -x -q -m "not slow"
+
+readme: install
+	$(PY) -c "from shared.settings import update_readme; update_readme()"
 
 clean:
 	rm -rf $(VENV) .wanq out test-artifacts

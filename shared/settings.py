@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.catalog import PRESETS, TINY_MODEL_IDS, ModelSpec
@@ -19,45 +19,66 @@ CacheKind = Literal["none", "fbcache", "taylorseer"]
 
 
 class RedisSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     url: str = "redis://127.0.0.1:6379/0"
     """Broker, job store and pub/sub. Use AOF persistence in production (deploy/ does)."""
     key_prefix: str = "wanq"
+    """Prefix of every Redis key wanq writes (several deployments can share one Redis)."""
 
 
 class S3Settings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     endpoint_url: str = ""
     """Empty means AWS itself; otherwise MinIO, R2, moto... Credentials come from boto3's AWS_* variables."""
     bucket: str = "wanq"
+    """Bucket holding outputs and input images."""
     region: str = ""
+    """Region; empty = boto3's default (AWS_DEFAULT_REGION)."""
     create_bucket: bool = False
     """Create the bucket at start if it does not exist (the dev stack does)."""
     key_prefix: str = "videos/"
+    """Objects are stored under `<prefix><job id>/`."""
     presigned_content: bool = False
     """False: `/content` streams the object through the API. True: 302 to a presigned GET URL."""
     presign_expiry_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    """Lifetime of presigned URLs."""
     lifecycle_rule: bool = True
     """Also set a bucket lifecycle rule expiring outputs after the retention (whole days), where allowed."""
     upload_attempts: int = Field(default=5, ge=1)
+    """Upload tries (exponential backoff) before the job fails with `storage_unavailable`."""
     upload_backoff_s: float = Field(default=1.0, ge=0)
+    """First backoff between upload tries; doubles each time."""
 
 
 class JobSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     max_prompt_chars: int = Field(default=4000, ge=1)
+    """Longest prompt or negative prompt accepted."""
     max_frames: int = Field(default=241, ge=5)
+    """Most frames a job may ask for."""
     max_pixels: int = Field(default=1280 * 1280, ge=64)
     """Largest width x height a job may ask for."""
     max_steps: int = Field(default=100, ge=1)
+    """Most denoising steps a job may ask for."""
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    """Largest input image, in bytes."""
     max_image_pixels: int = Field(default=40_000_000, ge=1024)
+    """Largest input image, in pixels (refused from the header, before decoding)."""
     retention_s: int = Field(default=7 * 24 * 3600, ge=1)
     """How long outputs are kept after completion (`expires_at`)."""
     record_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     """How long a job record is kept in Redis after it ends."""
     soft_time_limit_s: int = Field(default=3600, ge=1)
+    """A job running longer fails with `timeout`."""
     hard_time_limit_s: int = Field(default=3900, ge=2)
+    """Past this the worker process is killed and replaced; the broker visibility timeout is set above it."""
     max_attempts: int = Field(default=3, ge=1)
     """A job is tried at most this often (crashes included) before it fails."""
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    """How long an Idempotency-Key is remembered."""
     fetch_allowlist: list[str] = Field(default_factory=list)
     """Networks (CIDR) that `image_url` may resolve to although they are not public."""
 
@@ -72,6 +93,8 @@ class JobSettings(BaseModel):
 
 
 class EngineSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     """How a worker runs its pipeline. Mirrored by `wanq worker` / `wanq generate` flags."""
 
     device: str = "auto"
@@ -85,15 +108,25 @@ class EngineSettings(BaseModel):
     warmup: bool = False
     """One small generation before taking jobs, so compile and allocator warm-up never land on a job."""
     offload: Offload = "none"
+    """none, or one of diffusers' offload hooks: model, group (CUDA streams), sequential."""
     text_encoder_cpu_offload: bool = False
+    """Keep the UMT5 text encoder on the CPU."""
     vae_cpu_offload: bool = False
+    """Keep the VAE on the CPU."""
     pin_cpu_memory: bool = False
+    """Pinned host memory for group offload (faster transfers, more RAM)."""
     vae_tiling: bool = False
+    """Decode in tiles (less memory at high resolution)."""
     num_gpus: int = Field(default=1, ge=1)
+    """GPUs one worker drives (one NCCL process group)."""
     ulysses_degree: int = Field(default=1, ge=1)
+    """Ulysses (all-to-all) context-parallel degree."""
     ring_degree: int = Field(default=1, ge=1)
+    """Ring-attention context-parallel degree."""
     cfg_parallel: bool = False
+    """Conditional and unconditional branches on two GPU groups."""
     cache: CacheKind = "none"
+    """Step-skipping cache hook (lossy): none, fbcache, taylorseer."""
     cache_threshold: float = Field(default=0.05, gt=0)
     """fbcache: residual-difference threshold. taylorseer: ignored (see cache_interval)."""
     cache_interval: int = Field(default=3, ge=1)
@@ -105,8 +138,12 @@ class EngineSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    """How often a worker reports itself alive."""
     heartbeat_ttl_s: float = Field(default=10.0, gt=0)
+    """A worker silent this long is dead: its running job is requeued."""
     overlap_export: bool = True
     """Encode and upload job N's MP4 on a background thread while job N+1 takes the GPU."""
     load_timeout_s: float = Field(default=1800.0, gt=0)
@@ -114,15 +151,23 @@ class WorkerSettings(BaseModel):
 
 
 class MaintenanceSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     enabled: bool = True
     """Requeue jobs of dead workers and delete expired outputs (one API replica at a time)."""
     interval_s: float = Field(default=5.0, gt=0)
+    """How often upkeep runs."""
 
 
 class ApiSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     host: str = "127.0.0.1"
+    """Address `wanq api` listens on."""
     port: int = Field(default=8000, ge=0, le=65535)
+    """Port `wanq api` listens on."""
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    """Largest request body."""
 
 
 class Settings(BaseSettings):
@@ -131,6 +176,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="_",
         env_nested_max_split=1,
         extra="ignore",
+        use_attribute_docstrings=True,
     )
 
     redis: RedisSettings = RedisSettings()
@@ -159,3 +205,51 @@ class Settings(BaseSettings):
     @property
     def default_model(self) -> str:
         return self.models[0]
+
+
+def settings_table() -> str:
+    """Every WANQ_ variable as a markdown table (the README's settings section is generated from it)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            for sub, sub_field in group.model_fields.items():
+                default = sub_field.get_default(call_default_factory=True)
+                rows.append(f"| `WANQ_{name.upper()}_{sub.upper()}` | `{_show(default)}` | {_doc(sub_field.description)} |")
+        else:
+            rows.append(
+                f"| `WANQ_{name.upper()}` | `{_show(field.get_default(call_default_factory=True))}` | {_doc(field.description)} |"
+            )
+    return "\n".join(rows)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        import json
+
+        return json.dumps(value)
+    return "" if value == "" else str(value)
+
+
+def _doc(text: str | None) -> str:
+    return " ".join((text or "").split()).replace("|", "\\|")
+
+
+def update_readme(path: str = "README.md") -> bool:
+    """Rewrites the table between the README's settings markers; True if it changed."""
+    from pathlib import Path
+
+    start, end = "<!-- settings:start -->", "<!-- settings:end -->"
+    text = Path(path).read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{settings_table()}\n{end}{tail}"
+    if new != text:
+        Path(path).write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    print(settings_table())
