@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # install the CUDA build of torch first and set TORCH_SPEC= (empty) to keep it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test check lint typecheck test-fast readme clean
+.PHONY: install demo test test-slow check lint typecheck test-fast readme clean
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,11 @@ typecheck: install
 check: lint typecheck
 
 test: install lint
-	$(PY) -m pytest -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider -m "not slow"
+
+# The long reliability and load tests; CI runs them after `make test`.
+test-slow: install
+	$(PY) -m pytest -p no:cacheprovider -m slow
 
 test-fast: install
 	$(PY) -m pytest -x -q -m "not slow"

@@ -23,7 +23,8 @@ from shared.schemas import GenerationSpec, JobRecord, JobStatus, Stage, progress
 from shared.settings import Settings
 from shared.storage import CONTENT_TYPES, Storage
 from shared.store import JobStore
-from worker import export
+from shared.timeouts import deadline, overran, timeout_message
+from worker import export, faults
 
 log = logging.getLogger("wanq.worker")
 
@@ -89,6 +90,9 @@ class JobRunner:
         if running_elsewhere and self.store.worker_alive(str(record.worker)):
             return None  # a duplicate delivery: the job is running elsewhere
         attempt = record.attempts + 1
+        if record.status is JobStatus.in_progress and overran(record):
+            self._finish(record, record.attempts, JobStatus.failed, "timeout", timeout_message(record))
+            return None
         if record.cancel_requested:
             self._finish(record, attempt - 1, JobStatus.canceled, "canceled", "canceled before it started")
             return None
@@ -114,6 +118,8 @@ class JobRunner:
                 "attempts": attempt,
                 "worker": self.worker_id,
                 "started_at": record.started_at or now,
+                "attempt_started_at": now,
+                "deadline_at": deadline(self.settings, now),
             },
         )
         if not result.ok or result.record is None:
@@ -135,6 +141,8 @@ class JobRunner:
 
             def on_step(done: int, total: int) -> None:
                 self._progress(record.id, attempt, Stage.denoising, done, total, timings)
+                if self.settings.engine.fault_injection:
+                    faults.inject(spec, done)
 
             result = self.engine.generate(spec, image, on_stage=on_stage, on_step=on_step)
             timings.update(result.timings)
@@ -193,8 +201,7 @@ class JobRunner:
             self._finish(record, attempt, JobStatus.failed, exc.code, exc.message, timings)
             return exc.code
         if type(exc).__name__ == "SoftTimeLimitExceeded":
-            limit = self.settings.jobs.soft_time_limit_s
-            self._finish(record, attempt, JobStatus.failed, "timeout", f"the job ran past its {limit} s time limit", timings)
+            self._finish(record, attempt, JobStatus.failed, "timeout", timeout_message(record), timings)
             return "timeout"
         log.exception("job failed", extra={"job_id": record.id, "model": record.spec.model, "tenant": record.tenant})
         self._finish(record, attempt, JobStatus.failed, "internal_error", f"{type(exc).__name__}: {exc}", timings)
