@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from api.deps import Services
 from api.errors import install_error_handlers
-from api.routes import health, models, videos
+from api.routes import health, models, videos, webhooks
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.storage import Storage
@@ -33,4 +33,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(videos.router)
+    app.include_router(webhooks.router)
     return app

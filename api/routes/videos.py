@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api.deps import Principal, PrincipalDep, Services, ServicesDep
+from api.routes.webhooks import check_job_webhook
 from shared import images
 from shared.errors import Conflict, Gone, InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
 from shared.queue import enqueue
@@ -145,6 +146,7 @@ async def create_video(request: Request, services: ServicesDep, principal: Princ
     # 1. Read and type-check the body
     fields, upload = await _read_body(request, settings.api.max_body_bytes)
     req = parse_request(fields)
+    await asyncio.to_thread(check_job_webhook, services, principal.tenant, req.webhook_url, req.webhook_events)
     image_data = await asyncio.to_thread(_image_bytes, services, req, upload)
 
     # 2. Resolve against the model's defaults and limits
