@@ -217,14 +217,14 @@ class WebhookStore:
 
     def claim_due(self, now: float, limit: int, lease_s: float) -> list[str]:
         ids = self._claim_due(keys=[self.due_key], args=[now, limit, now + lease_s])
-        return [i.decode() if isinstance(i, bytes) else i for i in ids]
+        return [_text(i) for i in ids]
 
     def next_due_at(self) -> float | None:
         first = self.redis.zrange(self.due_key, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
     def deliveries_for_job(self, job_id: str) -> list[Delivery]:
-        ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrange(self.job_deliveries_key(job_id), 0, -1)]
+        ids = [_text(i) for i in self.redis.zrange(self.job_deliveries_key(job_id), 0, -1)]
         if not ids:
             return []
         raws = self.redis.mget([self.delivery_key(i) for i in ids])
@@ -246,6 +246,10 @@ class WebhookStore:
         if interval_s <= 0:
             return True
         return bool(self.redis.set(f"{self.prefix}:webhook-progress:{job_id}", "1", nx=True, px=max(1, int(interval_s * 1000))))
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def endpoint_dump(tenant: str, endpoint: Endpoint | None, secrets: Secrets | None) -> dict[str, Any]:

@@ -147,8 +147,9 @@ class Client:
         response = self._http.post("/v1/webhook_endpoint/rotate_secret", json=body, params=_tenant(tenant))
         return self._check(response).json()  # type: ignore[no-any-return]
 
-    def webhook_deliveries(self, video_id: str) -> list[dict[str, Any]]:
-        return self._check(self._http.get(f"/v1/videos/{video_id}/webhook_deliveries")).json()["data"]  # type: ignore[no-any-return]
+    def webhook_deliveries(self, video_id: str) -> dict[str, Any]:
+        """`{"object": "list", "data": [...]}`: each delivery with its attempts and next retry."""
+        return self._check(self._http.get(f"/v1/videos/{video_id}/webhook_deliveries")).json()  # type: ignore[no-any-return]
 
 
 def _tenant(tenant: str | None) -> dict[str, str]:

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpcore
@@ -133,7 +133,7 @@ class Deliverer:
                 self.stop.wait(1.0)
 
     def _read(self, start: str, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
-        reply = self.redis.xreadgroup(GROUP, self.consumer, {self.store.stream: start}, count=100, block=block_ms)
+        reply: Any = self.redis.xreadgroup(GROUP, self.consumer, {self.store.stream: start}, count=100, block=block_ms)
         entries = []
         for _, items in reply or []:
             for entry_id, fields in items:
@@ -141,7 +141,7 @@ class Deliverer:
         return entries
 
     def _take_over_abandoned(self) -> list[tuple[str, dict[str, str]]]:
-        reply = self.redis.xautoclaim(
+        reply: Any = self.redis.xautoclaim(
             self.store.stream, GROUP, self.consumer, min_idle_time=int(self.config.claim_idle_s * 1000), count=100
         )
         return [(_text(i), {_text(k): _text(v) for k, v in (f or {}).items()}) for i, f in reply[1]]
@@ -190,11 +190,11 @@ class Deliverer:
             log.info("webhook queued", extra={"delivery": delivery.id, "job_id": record.id, "event": event, "target": kind})
             self.wake.set()
 
-    def _target(self, record: JobRecord) -> tuple[str, str, list[str]] | None:
+    def _target(self, record: JobRecord) -> tuple[Literal["job", "tenant"], str, list[str]] | None:
         """Where the job's events go: its own webhook_url, else the tenant's default endpoint."""
         if record.webhook_url:
-            wanted = record.webhook_events if record.webhook_events is not None else list(LIFECYCLE_EVENTS)
-            return "job", record.webhook_url, wanted
+            own = record.webhook_events if record.webhook_events is not None else list(LIFECYCLE_EVENTS)
+            return "job", record.webhook_url, own
         endpoint = self.store.endpoint(record.tenant)
         if endpoint is None or endpoint.disabled_at is not None:
             return None

@@ -91,7 +91,7 @@ def cmd_rotate_secret(args: argparse.Namespace) -> None:
 
 
 def cmd_deliveries(args: argparse.Namespace) -> None:
-    for d in _call(args, lambda c: c.webhook_deliveries(args.id)):
+    for d in _call(args, lambda c: c.webhook_deliveries(args.id))["data"]:
         last = d["attempts"][-1] if d["attempts"] else {}
         outcome = last.get("status_code") or last.get("error") or "-"
         print(f"{d['id']}  {d['event']:<16} {d['status']:<9} attempts={len(d['attempts'])}  last={outcome}  {d['url']}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -116,6 +118,21 @@ def test_setting_an_endpoint_creates_the_secret_once(api: httpx.Client, redis_cl
     finally:
         assert api.delete("/v1/webhook_endpoint").json()["deleted"] is True
     assert api.get("/v1/webhook_endpoint").json()["status"] == "none"
+
+
+def test_the_cli_rotates_and_shows_the_secret(stack: Stack) -> None:
+    key = stack.env.get("WANQ_DEV_ADMIN_KEY")
+    auth = ["--api-key", key] if key else []
+
+    def wanq(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "wanq", "webhooks", *args, "--url", stack.api_url, *auth]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+
+    rotated = wanq("rotate-secret", "--previous-valid-s", "0")
+    secret = json.loads(rotated.stdout)["secret"]
+    assert secret.startswith("whsec_") and "shown this once" in rotated.stderr
+    shown = json.loads(wanq("show").stdout)
+    assert shown["secret_hint"] == secret[:10] + "…" and "secret" not in shown
 
 
 def test_only_admins_may_name_another_tenant(api: httpx.Client) -> None:

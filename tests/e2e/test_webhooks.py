@@ -19,7 +19,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 
 from shared.webhook_store import Delivery, WebhookStore
 from shared.webhooks import event_body
-from tests.conftest import SMALL, wait_for_status
+from tests.conftest import LATE, SMALL, wait_for_status
 from tests.webhook_receiver import Receiver
 from wanq.stack import Stack, wait_until
 
@@ -257,6 +257,17 @@ def test_progress_events_are_opt_in(api: httpx.Client, receiver: Receiver, secre
     assert {e["type"] for e in events} == {"video.progress", "video.completed"}  # started was not asked for
     assert all(e["data"]["status"] == "in_progress" for e in events if e["type"] == "video.progress")
     assert all(d["max_attempts"] == 1 for d in deliveries(api, video_id) if d["event"] == "video.progress")
+
+
+def test_canceling_a_queued_job_sends_only_video_canceled(api: httpx.Client, receiver: Receiver, secret: str) -> None:
+    # No worker serves LATE here, so the job is still queued when it is canceled.
+    hook = path("canceled")
+    video_id = submit(api, model=LATE, webhook_url=receiver.url(hook))
+    assert api.post(f"/v1/videos/{video_id}/cancel").json()["status"] == "canceled"
+    (request,) = receiver.wait_for(hook, 1)
+    event = verified(secret, request)
+    assert event["type"] == "video.canceled" and event["data"]["status"] == "canceled"
+    assert [d["event"] for d in wait_for_deliveries(api, video_id, 1)] == ["video.canceled"]
 
 
 def test_deliveries_of_an_unknown_video_are_404(api: httpx.Client) -> None:
