@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import httpcore
@@ -70,6 +70,15 @@ class GuardedBackend(httpcore.SyncBackend):
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
         raise last or httpcore.ConnectError(f"{host} has no address")
+
+
+class Answer(NamedTuple):
+    """What one attempt came to: an HTTP status, or an error where there was none."""
+
+    status: int | None
+    error: str | None
+    retriable: bool = False
+    retry_after: float | None = None
 
 
 def delivery_id(job_id: str, entry_id: str) -> str:
@@ -249,49 +258,47 @@ class Deliverer:
 
         # 2. Send, signed with every secret valid now (two during a rotation)
         body = delivery.body.encode()
-        status, error, retriable, retry_after, location = self._send(
-            delivery.url, headers(secrets.signing(now), did, body, now), body
-        )
-        took_ms = int((time.time() - now) * 1000)
+        answer = self._send(delivery.url, headers(secrets.signing(now), did, body, now), body)
 
         # 3. Record the attempt and decide what comes next
         record = Attempt(
-            attempt=len(delivery.attempts) + 1, at=round(now, 3), status_code=status, error=error, duration_ms=took_ms
+            attempt=len(delivery.attempts) + 1,
+            at=round(now, 3),
+            status_code=answer.status,
+            error=answer.error,
+            duration_ms=int((time.time() - now) * 1000),
         )
         delivery.attempts.append(record)
-        host = urlsplit(delivery.url).hostname
         log.info(
             "webhook attempt",
             extra={
                 "delivery": did,
                 "job_id": delivery.job_id,
                 "event": delivery.event,
-                "host": host,
-                "status": status,
-                "error": error,
+                "host": urlsplit(delivery.url).hostname,  # not the URL: it may carry the receiver's token
+                "status": answer.status,
+                "error": answer.error,
             },
         )
-        if status is not None and 200 <= status < 300:
+        if answer.status is not None and 200 <= answer.status < 300:
             self._finish(delivery, "delivered", None)
-            return
-        if status == 410:
+        elif answer.status == 410:
             self._disable(delivery)
             self._finish(delivery, "failed", "410 Gone: the endpoint is disabled")
-            return
-        if status is not None and 300 <= status < 400:
-            record.error = f"redirect {status} to {location!r} not followed" if location else f"redirect {status} not followed"
-        if not retriable:
-            self._finish(delivery, "failed", record.error or f"HTTP {status}")
-            return
-        delay = next_delay_s(self.config.retry_schedule_s, len(delivery.attempts), self.config.retry_jitter, retry_after)
-        if delay is None or len(delivery.attempts) >= delivery.max_attempts:
-            self._finish(delivery, "failed", f"gave up after {len(delivery.attempts)} attempt(s)")
-            return
-        record.next_attempt_at = delivery.next_attempt_at = round(time.time() + delay, 3)
-        self.store.save_delivery(delivery)
+        elif not answer.retriable:
+            self._finish(delivery, "failed", answer.error or f"HTTP {answer.status}")
+        else:
+            delay = next_delay_s(
+                self.config.retry_schedule_s, len(delivery.attempts), self.config.retry_jitter, answer.retry_after
+            )
+            if delay is None or len(delivery.attempts) >= delivery.max_attempts:
+                self._finish(delivery, "failed", f"gave up after {len(delivery.attempts)} attempt(s)")
+                return
+            record.next_attempt_at = delivery.next_attempt_at = round(time.time() + delay, 3)
+            self.store.save_delivery(delivery)
 
-    def _send(self, url: str, hdrs: dict[str, str], body: bytes) -> tuple[int | None, str | None, bool, float | None, str | None]:
-        """(status, error, retriable, retry-after seconds, redirect location). Never follows redirects."""
+    def _send(self, url: str, hdrs: dict[str, str], body: bytes) -> Answer:
+        """One POST with a timeout on each step; redirects are never followed (httpcore does not)."""
         timeout = self.config.timeout_s
         deadline = time.monotonic() + timeout
         try:
@@ -303,7 +310,7 @@ class Deliverer:
                 extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}},
             ) as response:
                 status = response.status
-                answer = {_text(k).lower(): _text(v) for k, v in response.headers}
+                got = {_text(k).lower(): _text(v) for k, v in response.headers}
                 # Read a little so the connection can be reused; a huge or endless answer is cut off.
                 seen = 0
                 for chunk in response.iter_stream():
@@ -311,16 +318,18 @@ class Deliverer:
                     if seen > MAX_ANSWER_BYTES or time.monotonic() > deadline:
                         break
         except InvalidRequest as exc:  # the SSRF check at connect time
-            return None, f"refused: {exc.message}", False, None, None
+            return Answer(None, f"refused: {exc.message}", retriable=False)
         except httpcore.TimeoutException:
-            return None, f"timeout after {timeout:g} s", True, None, None
+            return Answer(None, f"timeout after {timeout:g} s", retriable=True)
         except (httpcore.NetworkError, httpcore.ProtocolError, OSError) as exc:
-            return None, f"connection error: {type(exc).__name__}: {exc}"[:300], True, None, None
+            return Answer(None, f"connection error: {type(exc).__name__}: {exc}"[:300], retriable=True)
         except httpcore.UnsupportedProtocol as exc:
-            return None, f"unsupported URL: {exc}", False, None, None
+            return Answer(None, f"unsupported URL: {exc}", retriable=False)
+        if 300 <= status < 400:
+            where = got.get("location")
+            return Answer(status, f"redirect {status} to {where!r} not followed" if where else f"redirect {status} not followed")
         retriable = status in RETRY_STATUSES
-        wait = retry_after_s(answer.get("retry-after")) if retriable else None
-        return status, None, retriable, wait, answer.get("location")
+        return Answer(status, None, retriable, retry_after_s(got.get("retry-after")) if retriable else None)
 
     def _stopped_reason(self, delivery: Delivery) -> str | None:
         if delivery.target == "job":
