@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from api.deps import Services
 from api.errors import install_error_handlers
-from api.routes import health, models, videos
+from api.routes import health, models, videos, webhooks
 from shared.idempotency import IdempotencyKeys
 from shared.maintenance import Maintenance
 from shared.queue import make_celery
@@ -58,4 +58,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(videos.router)
+    app.include_router(webhooks.router)
     return app

@@ -7,6 +7,7 @@ Variables map onto groups by their first word: `WANQ_REDIS_URL` -> `redis.url`,
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -170,6 +171,49 @@ class ApiSettings(BaseModel):
     """Largest request body."""
 
 
+class WebhookSettings(BaseModel):
+    """Webhook delivery (`wanq webhooks`, wanq/webhookd.py) and the checks the API makes on webhook URLs."""
+
+    retry_schedule_s: list[float] = Field(default_factory=lambda: [0.0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400])
+    """Delay before each attempt, counted from the previous one; its length is the number of attempts."""
+    retry_jitter: float = Field(default=0.1, ge=0, le=1)
+    """Each delay is stretched or shrunk by up to this fraction, so failed receivers are not hit in lockstep."""
+    timeout_s: float = Field(default=15.0, gt=0)
+    """Per attempt: connect, send and each read of the answer."""
+    allowlist: list[str] = Field(default_factory=list)
+    """Networks (CIDR) a webhook URL may resolve to although they are not public (trusted internal receivers)."""
+    concurrency: int = Field(default=16, ge=1)
+    """Attempts in flight at once in one delivery process; a slow receiver holds only one of them."""
+    progress_interval_s: float = Field(default=10.0, ge=0)
+    """At most one `video.progress` event per job per this many seconds."""
+    rotation_window_s: int = Field(default=24 * 3600, ge=0)
+    """After a secret rotation, the previous secret keeps signing (a second `v1,` entry) this long."""
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    """Longest sleep of the delivery loop between looks for due retries."""
+    consumer_name: str = ""
+    """This delivery process' name in the event stream's consumer group; empty = the host name. Keep it
+    stable across restarts: a restarted process first finishes the events it had read but not handled."""
+    claim_idle_s: float = Field(default=60.0, gt=0)
+    """Events another delivery process read but left unhandled this long are taken over (it died)."""
+
+    @field_validator("retry_schedule_s")
+    @classmethod
+    def _schedule(cls, value: list[float]) -> list[float]:
+        if not value or any(v < 0 for v in value):
+            raise ValueError(f"WANQ_WEBHOOKS_RETRY_SCHEDULE_S {value} must list at least one delay, none negative")
+        return value
+
+    @field_validator("allowlist")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"WANQ_WEBHOOKS_ALLOWLIST entry {entry!r} is not a network such as 10.0.0.0/8") from None
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="WANQ_",
@@ -186,6 +230,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     models: list[str] = Field(default_factory=lambda: [m for m in PRESETS if m not in TINY_MODEL_IDS])
     """Model ids the service accepts (`WANQ_MODELS='["wan2.2-ti2v-5b"]'`); the first is the default."""
 

@@ -9,6 +9,8 @@ Layout (prefix `wanq`):
   wanq:durations:{model}    recent job run times (estimated start of queued jobs)
   wanq:running              sorted set of in_progress job ids (watched for dead workers)
   wanq:expiring             sorted set of completed job ids by expires_at (outputs swept then)
+  wanq:job-events           stream of webhook events (video.started/completed/failed/canceled/progress), written
+                            by the transition for jobs someone listens to; consumed by `wanq webhooks`
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ local raw = redis.call('GET', key)
 if not raw then return {0, ''} end
 local job = cjson.decode(raw)
 local allowed = cjson.decode(ARGV[3])
+local was_status, was_progress = job.status, job.progress
 local ok = (#allowed == 0)
 for _, s in ipairs(allowed) do if s == job.status then ok = true end end
 if not ok then return {-1, raw} end
@@ -59,6 +62,21 @@ if job.status == 'completed' or job.status == 'failed' or job.status == 'cancele
   end
 end
 redis.call('PUBLISH', prefix .. ':events:' .. id, out)
+-- Webhook events: written here, in the one place state changes, so that none is lost or doubled.
+-- Only for jobs with a webhook_url or whose tenant has a default endpoint (shared/webhook_store.py's
+-- endpoint key); progress only for jobs that opted in (the delivery process throttles it).
+local event = nil
+if job.status ~= was_status then
+  event = ({in_progress = 'video.started', completed = 'video.completed', failed = 'video.failed',
+            canceled = 'video.canceled'})[job.status]
+elseif job.status == 'in_progress' and job.progress ~= was_progress and type(job.webhook_events) == 'table' then
+  for _, name in ipairs(job.webhook_events) do if name == 'video.progress' then event = name end end
+end
+if event and (type(job.webhook_url) == 'string'
+              or redis.call('EXISTS', prefix .. ':webhook-endpoint:' .. job.tenant) == 1) then
+  -- Bounded in case no delivery process runs; it deletes what it has handled.
+  redis.call('XADD', prefix .. ':job-events', 'MAXLEN', '~', 100000, '*', 'job', id, 'type', event, 'record', out)
+end
 return {1, out}
 """
 

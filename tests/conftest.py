@@ -43,6 +43,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "WANQ_WORKER_HEARTBEAT_TTL_S": "3",
             "WANQ_MAINTENANCE_INTERVAL_S": "0.5",
             "WANQ_JOBS_FETCH_ALLOWLIST": '["127.0.0.1/32"]',
+            # Webhooks: a short schedule, and the tests' receiver on 127.0.0.1 admitted.
+            "WANQ_WEBHOOKS_RETRY_SCHEDULE_S": "[0, 0.3, 0.3, 0.5, 1]",
+            "WANQ_WEBHOOKS_ALLOWLIST": '["127.0.0.1/32"]',
+            "WANQ_WEBHOOKS_TIMEOUT_S": "3",
+            "WANQ_WEBHOOKS_POLL_INTERVAL_S": "0.1",
+            "WANQ_WEBHOOKS_PROGRESS_INTERVAL_S": "0.2",
         }
     )
     try:
@@ -51,6 +57,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.build_tiny_models(list(TINY), root / "models")
         stack.model_paths[LATE] = stack.model_paths["tiny-t2v-a14b"]
         stack.start_api()
+        stack.start_webhooks()
         for model in TINY:
             stack.start_worker(model)
         for model in TINY:

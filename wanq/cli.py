@@ -175,6 +175,14 @@ def cmd_tiny_model(args: argparse.Namespace) -> None:
     print(path)
 
 
+def cmd_webhooks(args: argparse.Namespace) -> None:
+    from wanq.webhookd import run
+
+    settings = load_settings()
+    _configure_logging(args.loglevel)
+    run(settings)
+
+
 def cmd_dev(args: argparse.Namespace) -> None:
     from wanq.dev import run_dev
 
@@ -224,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True, choices=["t2v-a14b", "i2v-a14b", "ti2v-5b"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
+
+    from wanq import webhooks_cli
+
+    p = sub.add_parser("webhooks", help="deliver webhooks (alone: the delivery process); subcommands manage the endpoint")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_webhooks)
+    webhooks_cli.add_commands(p)
 
     p = sub.add_parser("dev", help="the whole stack in the foreground (Redis, S3, API, tiny workers)")
     p.add_argument("--workdir", default=".wanq/dev")

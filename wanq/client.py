@@ -128,3 +128,29 @@ class Client:
                 for chunk in response.iter_bytes():
                     fh.write(chunk)
         return path
+
+    # Webhooks: the tenant's default endpoint and signing secret, and a job's delivery log.
+    def webhook_endpoint(self, *, tenant: str | None = None) -> dict[str, Any]:
+        return self._check(self._http.get("/v1/webhook_endpoint", params=_tenant(tenant))).json()  # type: ignore[no-any-return]
+
+    def set_webhook_endpoint(self, url: str, *, events: list[str] | None = None, tenant: str | None = None) -> dict[str, Any]:
+        """Returns the endpoint; its `secret` is present only when this call created the signing secret."""
+        response = self._http.put("/v1/webhook_endpoint", json={"url": url, "events": events}, params=_tenant(tenant))
+        return self._check(response).json()  # type: ignore[no-any-return]
+
+    def delete_webhook_endpoint(self, *, tenant: str | None = None) -> dict[str, Any]:
+        return self._check(self._http.delete("/v1/webhook_endpoint", params=_tenant(tenant))).json()  # type: ignore[no-any-return]
+
+    def rotate_webhook_secret(self, *, previous_valid_s: int | None = None, tenant: str | None = None) -> dict[str, Any]:
+        """A new signing secret (in `secret`, shown once); the old one keeps signing for the rotation window."""
+        body = {"previous_secret_valid_s": previous_valid_s} if previous_valid_s is not None else None
+        response = self._http.post("/v1/webhook_endpoint/rotate_secret", json=body, params=_tenant(tenant))
+        return self._check(response).json()  # type: ignore[no-any-return]
+
+    def webhook_deliveries(self, video_id: str) -> dict[str, Any]:
+        """`{"object": "list", "data": [...]}`: each delivery with its attempts and next retry."""
+        return self._check(self._http.get(f"/v1/videos/{video_id}/webhook_deliveries")).json()  # type: ignore[no-any-return]
+
+
+def _tenant(tenant: str | None) -> dict[str, str]:
+    return {"tenant": tenant} if tenant else {}

@@ -33,6 +33,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--steps", dest="num_inference_steps", type=int)
     p.add_argument("--image")
     p.add_argument("--seed", type=int)
+    p.add_argument("--webhook-url", help="POST signed events about this job here")
+    p.add_argument("--webhook-event", dest="webhook_events", action="append", help="repeat to choose events")
     p.add_argument("--wait", action="store_true")
     p.add_argument("-o", "--output")
     common(p)
@@ -102,7 +104,8 @@ class ProgressBar:
 
 def cmd_submit(args: argparse.Namespace) -> None:
     client = _client(args)
-    fields = {k: getattr(args, k) for k in ("model", "size", "seconds", "num_frames", "num_inference_steps", "seed")}
+    names = ("model", "size", "seconds", "num_frames", "num_inference_steps", "seed", "webhook_url", "webhook_events")
+    fields = {k: getattr(args, k) for k in names}
     try:
         video = client.submit(args.prompt, image=args.image, **fields)
         print(video["id"])

@@ -2,7 +2,7 @@
 
 Uses WANQ_REDIS_URL if it is set and reachable, else starts a private redis-server; uses
 WANQ_S3_ENDPOINT_URL if set, else starts a local S3 endpoint (moto's server). Then the API and one
-worker per tiny model. Ctrl-C stops everything it started.
+worker per tiny model, and the webhook delivery process. Ctrl-C stops everything it started.
 """
 
 from __future__ import annotations
@@ -41,8 +41,12 @@ def start_dev_stack(workdir: Path, *, api_port: int | None = None, models: tuple
             print(f"wanq dev: started a local S3 endpoint (moto) at {stack.start_s3()}", file=sys.stderr)
         stack.env["WANQ_MODELS"] = "[" + ",".join(f'"{m}"' for m in models) + "]"
         stack.env.setdefault("WANQ_S3_CREATE_BUCKET", "true")
+        # Local receivers (a script on this machine) are the usual webhook target while developing.
+        if not settings.webhooks.allowlist:
+            stack.env["WANQ_WEBHOOKS_ALLOWLIST"] = '["127.0.0.0/8", "::1/128"]'
         stack.build_tiny_models(list(models), workdir.parent / "models")
         api = stack.start_api(api_port)
+        stack.start_webhooks()
         for model in models:
             stack.start_worker(model)
         for model in models:

@@ -173,6 +173,11 @@ class Stack:
             extra_env,
         )
 
+    def start_webhooks(self, *, extra_env: Mapping[str, str] | None = None) -> Managed:
+        """The webhook delivery process; it needs no readiness wait: events wait for it in Redis."""
+        count = sum(1 for p in self.processes if p.name.startswith("webhooks"))
+        return self.spawn(f"webhooks-{count}", [sys.executable, "-m", "wanq", "webhooks", "--loglevel", "INFO"], extra_env)
+
     def wait_for_workers(self, model: str, count: int = 1, timeout: float = 120) -> None:
         def ready() -> bool:
             response = httpx.get(f"{self.api_url}/v1/models", headers=self.admin_headers(), timeout=5)

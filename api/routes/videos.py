@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api.deps import Principal, PrincipalDep, Services, ServicesDep
+from api.routes.webhooks import check_job_webhook
 from shared import images
 from shared.errors import Conflict, Gone, IdempotencyMismatch, InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
 from shared.idempotency import MAX_KEY_LENGTH, fingerprint
@@ -191,6 +192,7 @@ def _created(body: dict[str, Any], *, replayed: bool = False) -> Response:
 async def _create(services: Services, principal: Principal, fields: dict[str, Any], upload: bytes | None) -> Response:
     settings = services.settings
     req = parse_request(fields)
+    await asyncio.to_thread(check_job_webhook, services, principal.tenant, req.webhook_url, req.webhook_events)
     image_data = await asyncio.to_thread(_image_bytes, services, req, upload)
 
     # Resolve against the model's defaults and limits
