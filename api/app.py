@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api import web
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.routes import health, models, videos
@@ -33,4 +34,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(health.router)
     app.include_router(models.router)
     app.include_router(videos.router)
+    web.install(app)
     return app
