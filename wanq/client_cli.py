@@ -161,7 +161,8 @@ class ProgressBar:
             return
         self.last_key = key
         remaining = self._remaining(status, pct, total, now)
-        timing = f"{_clock(now - self.started)}" + (f", ~{_clock(remaining)} left" if remaining is not None else "")
+        # Under a second left says nothing useful (and the stages after denoising rarely keep the step pace exactly).
+        timing = f"{_clock(now - self.started)}" + (f", ~{_clock(remaining)} left" if remaining and remaining >= 1 else "")
         if self.tty:
             filled = self.width * pct // 100
             line = f"[{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}%  {label}  {timing}"

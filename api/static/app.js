@@ -449,14 +449,14 @@ function start() {
     $("#api-key").value = "";
     $("#key-panel").open = false;
     showKeyState();
-    say(key ? "Key saved." : "");
     reload();
+    if (key) say("Key saved.");
   });
   $("#key-forget").addEventListener("click", () => {
     localStorage.removeItem(KEY_STORAGE);
     showKeyState();
-    say("Key forgotten.");
     reload();
+    say("Key forgotten.");
   });
   $("#submit-form").addEventListener("submit", submitJob);
   $("#model").addEventListener("change", showModelDefaults);

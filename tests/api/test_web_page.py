@@ -6,14 +6,18 @@ submit a long one and cancel it, delete it. Screenshots land in test-artifacts/.
 
 from __future__ import annotations
 
+import json
 import shutil
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from api.web import STATIC
 from wanq.stack import Stack
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -161,3 +165,62 @@ def test_submit_watch_play_cancel_delete_in_chromium(
 @pytest.fixture
 def api_key_for_page(stack: Stack) -> str | None:
     return stack.env.get("WANQ_DEV_ADMIN_KEY")
+
+
+@pytest.fixture
+def keyed_server() -> Iterator[tuple[str, list[str | None]]]:
+    """The page's files, and 401 with OpenAI's error body on every API call: a server that wants a key."""
+    seen: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/v1/"):
+                seen.append(self.headers.get("Authorization"))
+                body = json.dumps({"error": {"message": "Incorrect API key provided", "code": "invalid_api_key"}}).encode()
+                self._send(401, "application/json", body)
+                return
+            name = "index.html" if self.path == "/" else self.path.removeprefix("/static/")
+            kind = {"html": "text/html", "js": "text/javascript", "css": "text/css"}[name.rsplit(".", 1)[-1]]
+            self._send(200, kind, (STATIC / name).read_bytes())
+
+        def _send(self, status: int, kind: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@needs_chromium
+def test_the_page_asks_for_a_key_and_sends_it(browser: Any, keyed_server: tuple[str, list[str | None]]) -> None:
+    url, seen = keyed_server
+    page = browser.new_page()
+    page.goto(f"{url}/")
+    page.wait_for_function("document.querySelector('#message').textContent.includes('needs an API key')")
+    assert page.evaluate("document.querySelector('#key-panel').open") is True
+    assert set(seen) == {None}
+
+    page.fill("#api-key", "wq_typed_once")
+    page.click("#key-form button[type=submit]")
+    page.wait_for_function("document.querySelector('#message').textContent.includes('refused this API key')")
+    assert "Incorrect API key provided" in page.inner_text("#message")
+    assert "Bearer wq_typed_once" in seen
+    assert page.inner_text("#key-state") == "saved (…once)"
+
+    # Kept across a reload, never shown back in the field.
+    seen.clear()
+    page.reload()
+    page.wait_for_function("document.querySelector('#message').textContent.includes('refused this API key')")
+    assert set(seen) == {"Bearer wq_typed_once"} and page.input_value("#api-key") == ""
+    page.close()
