@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 # install the CUDA build of torch first and set TORCH_SPEC= (empty) to keep it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install browser demo test check lint typecheck test-fast clean
+.PHONY: install demo test check lint typecheck test-fast clean
 
 install: $(VENV)/.installed browser
 
 # The web page's test drives Debian's headless chromium through Playwright (never `playwright install`, which
 # downloads its own browser build). Installed only where it is missing and apt-get can run; elsewhere that one
 # test is skipped, saying why.
+.PHONY: browser
 browser:
 	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		echo "installing Debian's chromium for the browser test"; \
