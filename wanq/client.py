@@ -103,9 +103,13 @@ class Client:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
+        return self._check(response).json()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        """The response when it succeeded, else the server's error as an APIError."""
         if not response.is_success:
             raise _api_error(response)
-        return response.json()
+        return response
 
     def _unreachable(self, exc: httpx.TransportError) -> WanqClientError:
         if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
@@ -136,7 +140,8 @@ class Client:
         if image is None:
             return self._request("POST", "/v1/videos", json=body, headers=headers)  # type: ignore[no-any-return]
         path = Path(image)
-        data = {k: json.dumps(v) if isinstance(v, list | dict) else str(v) for k, v in body.items()}
+        # Form fields are strings; a list (webhook_events) goes as the same field repeated.
+        data = {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in body.items()}
         with path.open("rb") as fh:
             files = {"input_reference": (path.name, fh, "application/octet-stream")}
             return self._request("POST", "/v1/videos", data=data, files=files, headers=headers)  # type: ignore[no-any-return]

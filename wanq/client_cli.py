@@ -41,6 +41,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--negative-prompt")
     p.add_argument("--image", help="first frame (image-to-video models)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--webhook-url", help="POST signed events about this job here")
+    p.add_argument("--webhook-event", dest="webhook_events", action="append", help="an event to send (repeat for several)")
     p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the video")
     p.add_argument("-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4)")
     common(p)
@@ -205,10 +207,8 @@ def _label(video: Video, stage: str, step: int, total: int) -> str:
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    fields = {
-        k: getattr(args, k)
-        for k in ("model", "size", "seconds", "num_frames", "num_inference_steps", "fps", "negative_prompt", "seed")
-    }
+    names = ("model", "size", "seconds", "num_frames", "num_inference_steps", "fps", "negative_prompt", "seed")
+    fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events")}
     if args.image and not Path(args.image).is_file():
         raise SystemExit(f"wanq: --image {args.image!r}: no such file")
 
