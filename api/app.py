@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from api import web
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.routes import health, models, videos, webhooks
@@ -59,4 +60,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.router)
     app.include_router(videos.router)
     app.include_router(webhooks.router)
+    web.install(app)
     return app
