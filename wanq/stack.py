@@ -61,6 +61,12 @@ class Managed:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    def check_alive(self) -> bool:
+        """True while running; raises with the end of its log once it has exited (no waiting for nothing)."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        return True
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.proc.poll() is None:
             try:
@@ -159,9 +165,9 @@ class Stack:
 
     def start_api(self, port: int | None = None) -> str:
         port = port or free_port()
-        self.spawn(f"api-{port}", [sys.executable, "-m", "wanq", "api", "--host", "127.0.0.1", "--port", str(port)])
+        api = self.spawn(f"api-{port}", [sys.executable, "-m", "wanq", "api", "--host", "127.0.0.1", "--port", str(port)])
         self.api_url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: self._healthy(self.api_url), 60, f"the API on port {port}")
+        wait_until(lambda: api.check_alive() and self._healthy(self.api_url), 120, f"the API on port {port}")
         return self.api_url
 
     def start_worker(self, model: str, *, extra_env: Mapping[str, str] | None = None, name: str | None = None) -> Managed:

@@ -11,11 +11,8 @@ import json
 import sys
 from typing import Any
 
-import httpx
-
 from shared.webhooks import EVENTS
-from wanq.client import WanqClientError
-from wanq.client_cli import _client, _fail
+from wanq.client_cli import _run
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
@@ -54,11 +51,9 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
 
 
 def _call(args: argparse.Namespace, what: Any) -> Any:
-    client = _client(args)
-    try:
-        return what(client)
-    except (httpx.HTTPError, WanqClientError) as exc:
-        raise _fail(exc, client.base_url) from None
+    result: list[Any] = []
+    _run(args, lambda client: result.append(what(client)))
+    return result[0]
 
 
 def _print(value: Any) -> None:
