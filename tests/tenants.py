@@ -1,7 +1,16 @@
-"""Per-tenant quotas of the test stack (WANQ_QUOTAS_TENANTS). The admin tenant, which every `api`
-fixture request uses, is practically unlimited; each other tenant belongs to one test module."""
+"""Tenants of the test stack and their keys.
+
+`TENANT_QUOTAS` is the stack's WANQ_QUOTAS_TENANTS. The admin tenant, which every `api` fixture
+request uses, is practically unlimited; each other tenant belongs to one test module. Keys made with
+`make_key` are remembered in `CREATED_KEYS`, which tests/e2e/test_secrets_in_logs.py looks for in
+every log file of the stack.
+"""
 
 from __future__ import annotations
+
+import httpx
+
+from wanq.stack import Stack
 
 ADMIN = "admin"
 FAIR_A, FAIR_B = "fair-a", "fair-b"  # tests/e2e/test_fairness.py
@@ -18,3 +27,22 @@ TENANT_QUOTAS: dict[str, dict[str, int | float]] = {
     RPM: {"requests_per_minute": 5},
     ONE_AT_A_TIME: {"max_running_jobs": 1, "requests_per_minute": 100_000},
 }
+
+# The smallest job a tiny model runs: what tests use when only scheduling matters.
+TINY_JOB = {"size": "64x64", "num_frames": 5, "num_inference_steps": 1}
+
+CREATED_KEYS: list[str] = []
+
+
+def make_key(api: httpx.Client, tenant: str, *, admin: bool = False) -> str:
+    """A new key for `tenant`, made over the admin API with the stack's admin key."""
+    response = api.post("/v1/admin/keys", json={"tenant": tenant, "admin": admin})
+    assert response.status_code == 201, response.text
+    key = str(response.json()["key"])
+    CREATED_KEYS.append(key)
+    return key
+
+
+def client(stack: Stack, key: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.Client(base_url=stack.api_url, headers=headers, timeout=30)
