@@ -106,8 +106,8 @@ class KeyStore:
             return None
         return record
 
-    def list(self) -> list[KeyRecord]:
-        digests = [d.decode() if isinstance(d, bytes) else d for d in self.redis.zrange(self._index_key(), 0, -1)]
+    def records(self) -> list[KeyRecord]:
+        digests = self._digests()
         raws = self.redis.mget([self._record_key(d) for d in digests]) if digests else []
         stored = {d: KeyRecord.model_validate_json(r) for d, r in zip(digests, raws, strict=True) if r}
         seeds = [self._seeds[d] for d in self._seeds if d not in stored]
@@ -124,6 +124,9 @@ class KeyStore:
         pipe.execute()
         return revoked
 
+    def _digests(self) -> list[str]:
+        return [d.decode() if isinstance(d, bytes) else str(d) for d in self.redis.zrange(self._index_key(), 0, -1)]
+
     def _stored_or_seed(self, digest: str) -> KeyRecord:
         raw = self.redis.get(self._record_key(digest))
         if raw:
@@ -137,7 +140,7 @@ class KeyStore:
                 return digest
             raise NotFound("no such API key", param="key")
         matches = set()
-        for digest in [*self._seeds, *(d.decode() for d in self.redis.zrange(self._index_key(), 0, -1))]:
+        for digest in [*self._seeds, *self._digests()]:
             record = self._stored_or_seed(digest)
             if ref in (record.id, record.prefix) and ref:
                 matches.add(digest)

@@ -74,6 +74,10 @@ class Dispatcher:
             except redis.RedisError as exc:
                 log.warning("dispatcher: redis unavailable (%s); retrying", type(exc).__name__)
                 self._stop.wait(min(interval * 4, 5.0))
+            except Exception:
+                # E.g. the broker refused a message: the job stays in the journal and is sent again later.
+                log.exception("dispatcher: pass failed; retrying")
+                self._stop.wait(min(interval * 4, 5.0))
             finally:
                 if pubsub is not None:
                     try:
@@ -89,7 +93,7 @@ class Dispatcher:
             target = self.fairq.target(self._live_workers(model))
             while (taken := self.fairq.take(model, target)) is not None:
                 self._send(taken.job_id, model)
-                self.fairq.sent(taken.job_id)
+                self.fairq.sent(taken.job_id, model)
                 sent += 1
                 log.info("dispatched", extra={"job_id": taken.job_id, "tenant": taken.tenant, "model": model})
         return sent
@@ -104,7 +108,7 @@ class Dispatcher:
 
     def _maintain(self) -> None:
         now = time.monotonic()
-        if now - self._maintained_at < MAINTENANCE_EVERY_S:
+        if now - self._maintained_at < min(MAINTENANCE_EVERY_S, self.settings.dispatch.recover_after_s):
             return
         self._maintained_at = now
         for job_id, model in self.fairq.unsent(self.settings.dispatch.recover_after_s):
@@ -112,7 +116,7 @@ class Dispatcher:
                 "dispatcher: sending again a job whose dispatch was interrupted", extra={"job_id": job_id, "model": model}
             )
             self._send(job_id, model)
-            self.fairq.sent(job_id)
+            self.fairq.sent(job_id, model)
         swept = self.fairq.sweep_active()
         if swept:
             log.warning("dispatcher: dropped %d ended jobs from running counts", swept)

@@ -21,9 +21,13 @@ Layout (prefix `wanq`; `m` a model id, `t` a tenant):
   wanq:dispatched:m    sorted set: jobs sent to the Celery queue and not yet started, by dispatch order
   wanq:dseq:m          counter for that order
   wanq:active:t        set: t's dispatched jobs that have not ended (its `max_running_jobs` count)
-  wanq:dispatching     hash: job -> "model|time" between taking a job and sending its message
+  wanq:dispatching:m   hash: job -> time, between taking a job and sending its message (a journal)
   wanq:tenants         set: every tenant that ever submitted (admin views)
   wanq:dispatch:wake   pub/sub channel: a job was submitted
+
+Jobs counted as waiting in a model's worker queue: min(dispatched and not started, the broker list's
+length + sends in flight). So a message a worker took before dying (Celery restores it only after
+its visibility timeout) holds no slot, nor does the leftover message of a job canceled meanwhile.
 
 Every change is one Lua script, so API processes and any number of dispatchers can act at once:
 a job is taken by one dispatch only, and the worker queue never holds more than its target. The
@@ -67,12 +71,14 @@ return {1, waiting + 1}
 """
 
 # ARGV: prefix, model, target (jobs allowed to wait in the worker queue), JSON {tenant: max running},
-# default max running, JSON {tenant: weight}, default weight, now.
+# default max running, JSON {tenant: weight}, default weight, now, the model's broker queue (a list).
 # Returns {job id, tenant} for the job to send, or {} when there is no room or nothing to send.
 _TAKE = """
 local p, m = ARGV[1], ARGV[2]
 local dispatched = p .. ':dispatched:' .. m
-if redis.call('ZCARD', dispatched) >= tonumber(ARGV[3]) then return {} end
+local journal = p .. ':dispatching:' .. m
+local in_broker = redis.call('LLEN', ARGV[9]) + redis.call('HLEN', journal)
+if math.min(redis.call('ZCARD', dispatched), in_broker) >= tonumber(ARGV[3]) then return {} end
 local caps, defcap = cjson.decode(ARGV[4]), tonumber(ARGV[5])
 local weights, defweight = cjson.decode(ARGV[6]), tonumber(ARGV[7])
 local ring = p .. ':ring:' .. m
@@ -114,7 +120,7 @@ for i = 1, #entries, 2 do
       end
       redis.call('SADD', active, chosen)
       redis.call('ZADD', dispatched, redis.call('INCR', p .. ':dseq:' .. m), chosen)
-      redis.call('HSET', p .. ':dispatching', chosen, m .. '|' .. ARGV[8])
+      redis.call('HSET', journal, chosen, ARGV[8])
       return {chosen, t}
     end
   end
@@ -189,9 +195,8 @@ class FairQueue:
     def wake_channel(self) -> str:
         return f"{self.prefix}:dispatch:wake"
 
-    @property
-    def journal_key(self) -> str:
-        return f"{self.prefix}:dispatching"
+    def journal_key(self, model: str) -> str:
+        return f"{self.prefix}:dispatching:{model}"
 
     # API side
     def waiting_count(self, tenant: str) -> int:
@@ -243,32 +248,33 @@ class FairQueue:
                 self._weights,
                 self.quotas.weight,
                 time.time(),
+                queue_name(model),
             ]
         )
         if not result:
             return None
-        job_id, tenant = (v.decode() if isinstance(v, bytes) else v for v in result)
+        job_id, tenant = (text(v) for v in result)
         return Taken(job_id, tenant)
 
-    def sent(self, job_id: str) -> None:
+    def sent(self, job_id: str, model: str) -> None:
         """The job's message is in the worker queue: nothing to recover for it."""
-        self.redis.hdel(self.journal_key, job_id)
+        self.redis.hdel(self.journal_key(model), job_id)
 
     def unsent(self, older_than_s: float) -> list[tuple[str, str]]:
         """(job id, model) taken for dispatch longer ago than `older_than_s` whose send was never confirmed."""
         now = time.time()
         stale = []
-        for job_id, value in self.redis.hgetall(self.journal_key).items():
-            model, _, taken_at = (value.decode() if isinstance(value, bytes) else value).rpartition("|")
-            if now - float(taken_at or 0) > older_than_s:
-                stale.append((job_id.decode() if isinstance(job_id, bytes) else job_id, model))
+        for model in self.models:
+            for job_id, taken_at in self.redis.hgetall(self.journal_key(model)).items():
+                if now - float(text(taken_at)) > older_than_s:
+                    stale.append((text(job_id), model))
         return stale
 
     def sweep_active(self) -> int:
         """Drops ended or vanished jobs from the running counts (a safety net; transitions do this)."""
         removed = 0
         for tenant in self.tenants():
-            ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.smembers(self.active_key(tenant))]
+            ids = [text(i) for i in self.redis.smembers(self.active_key(tenant))]
             if not ids:
                 continue
             records = dict(zip(ids, self.redis.mget([self.store.job_key(i) for i in ids]), strict=True))
@@ -279,7 +285,7 @@ class FairQueue:
 
     # Admin views
     def tenants(self) -> list[str]:
-        return sorted(t.decode() if isinstance(t, bytes) else t for t in self.redis.smembers(f"{self.prefix}:tenants"))
+        return sorted(text(t) for t in self.redis.smembers(f"{self.prefix}:tenants"))
 
     def depth(self, model: str, live_workers: int) -> dict[str, Any]:
         """Queue depth of one model, per tenant: waiting for dispatch, in the worker queue, running."""
@@ -291,12 +297,12 @@ class FairQueue:
         pipe.zrange(f"{self.prefix}:ring:{model}", 0, -1, withscores=True)
         pipe.llen(queue_name(model))
         *per_tenant, ring, broker_length = pipe.execute()
-        passes = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in ring}
-        active_ids = {i.decode() if isinstance(i, bytes) else i for members in per_tenant[1::2] for i in members}
+        passes = {text(k): float(v) for k, v in ring}
+        active_ids = {text(i) for members in per_tenant[1::2] for i in members}
         active = {r.id: r for r in self.store.get_many(sorted(active_ids)) if r.spec.model == model}
         rows = {}
         for tenant, waiting, members in zip(tenants, per_tenant[0::2], per_tenant[1::2], strict=True):
-            mine = [active[i] for i in (m.decode() if isinstance(m, bytes) else m for m in members) if i in active]
+            mine = [active[i] for i in (text(m) for m in members) if i in active]
             row = {
                 "waiting": int(waiting),
                 "dispatched": sum(1 for r in mine if r.status.value == "queued"),
@@ -325,6 +331,11 @@ class FairQueue:
         """Jobs that may wait in a model's worker queue. With no live worker still `backlog`, so that
         a queue-length autoscaler sees demand and starts one."""
         return self.backlog * max(1, live_workers)
+
+
+def text(value: object) -> str:
+    """A Redis reply item as str (clients may or may not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def queue_full(tenant: str, waiting: int, limit: int, retry_after_s: int) -> RateLimited:

@@ -17,6 +17,7 @@ FAIR_A, FAIR_B = "fair-a", "fair-b"  # tests/e2e/test_fairness.py
 SMALL = "quota-small"  # tests/e2e/test_dispatch.py: a short queue and small jobs
 RPM = "quota-rpm"  # tests/api/test_quotas.py
 ONE_AT_A_TIME = "quota-one"  # tests/e2e/test_dispatch.py
+HEAVY, LIGHT = "weight-a2", "weight-b1"  # tests/e2e/test_dispatch.py: weights 2 and 1
 
 UNLIMITED = {"max_queued_jobs": 10_000, "requests_per_minute": 1_000_000}
 TENANT_QUOTAS: dict[str, dict[str, int | float]] = {
@@ -26,6 +27,7 @@ TENANT_QUOTAS: dict[str, dict[str, int | float]] = {
     SMALL: {"max_queued_jobs": 2, "max_pixel_frames": 64 * 64 * 9, "requests_per_minute": 100_000},
     RPM: {"requests_per_minute": 5},
     ONE_AT_A_TIME: {"max_running_jobs": 1, "requests_per_minute": 100_000},
+    HEAVY: {"weight": 2},
 }
 
 # The smallest job a tiny model runs: what tests use when only scheduling matters.

@@ -58,7 +58,7 @@ def cmd_keys_create(args: argparse.Namespace) -> None:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> None:
-    records = [r for r in _keystore().list() if args.tenant in (None, r.tenant)]
+    records = [r for r in _keystore().records() if args.tenant in (None, r.tenant)]
     print(f"{'id':<17} {'prefix':<9} {'tenant':<20} {'admin':<5} {'source':<8} {'created':<20} revoked")
     for r in records:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created_at)) if r.created_at else "-"

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from api.deps import ServicesDep, get_admin
 from api.routes.videos import video_object
 from shared.errors import NotFound
+from shared.fairqueue import text
 from shared.schemas import JobStatus
 from shared.settings import TENANT_PATTERN
 
@@ -53,7 +54,7 @@ def drain(model: str, services: ServicesDep, tenant: TenantQuery = None) -> dict
     if model not in services.settings.catalog():
         raise NotFound(f"no model {model!r}; configured: {services.settings.models}", param="model")
     store = services.store
-    ids = [i.decode() if isinstance(i, bytes) else i for i in store.redis.zrange(store.queued_key(model), 0, -1)]
+    ids = [text(i) for i in store.redis.zrange(store.queued_key(model), 0, -1)]
     canceled = []
     for record in store.get_many(ids):
         if tenant is not None and record.tenant != tenant:
@@ -87,7 +88,7 @@ def create_key(body: KeyRequest, services: ServicesDep) -> dict[str, Any]:
 
 @router.get("/keys", summary="List API keys (ids and prefixes, never the keys)")
 def list_keys(services: ServicesDep) -> dict[str, Any]:
-    return {"object": "list", "data": [r.public() for r in services.keys.list()]}
+    return {"object": "list", "data": [r.public() for r in services.keys.records()]}
 
 
 @router.delete("/keys/{key_ref}", summary="Revoke an API key by id or prefix")

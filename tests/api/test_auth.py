@@ -4,6 +4,7 @@ tenants see only their own jobs; admin keys see everyone's."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -170,3 +171,42 @@ def test_keys_cli_create_list_revoke(stack: Stack) -> None:
     assert unknown.returncode != 0 and "no API key" in unknown.stderr
     bad = _wanq(stack, "keys", "create", "--tenant", "bad:tenant")
     assert bad.returncode != 0 and "tenant" in bad.stderr
+
+
+def test_open_mode_is_explicit_and_loud_and_seeded_keys_revoke(stack: Stack, api: httpx.Client) -> None:
+    from shared.apikeys import generate_key
+    from wanq.stack import free_port, wait_until
+
+    seeded = generate_key()
+    CREATED_KEYS.append(seeded)
+    port = free_port()
+    env = {
+        "WANQ_AUTH_OPEN": "true",
+        "WANQ_AUTH_KEYS": json.dumps([{"key": seeded, "tenant": "seeded-plain"}]),
+        "WANQ_DISPATCH_IN_API": "false",
+    }
+    open_api = stack.spawn(
+        f"api-open-{port}", [sys.executable, "-m", "wanq", "api", "--host", "127.0.0.1", "--port", str(port)], env
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: Stack._healthy(url), 60, "the open-mode API")
+        with httpx.Client(base_url=url, timeout=30) as anonymous:
+            # No key: the open tenant, with admin rights. A bad key is still refused.
+            assert anonymous.get("/v1/videos").status_code == 200
+            assert anonymous.get("/v1/admin/queues").status_code == 200
+            assert anonymous.get("/v1/videos", headers={"Authorization": "Bearer wq_bad-bad-bad-bad-bad-bad"}).status_code == 401
+            # A key seeded in plain text works, and revoking it (a record in Redis) beats the setting.
+            assert anonymous.get("/v1/videos", headers={"Authorization": f"Bearer {seeded}"}).status_code == 200
+            assert anonymous.get("/v1/admin/queues", headers={"Authorization": f"Bearer {seeded}"}).status_code == 403
+            listed = {k["tenant"]: k for k in anonymous.get("/v1/admin/keys").json()["data"]}
+            assert listed["seeded-plain"]["source"] == "settings" and listed["seeded-plain"]["prefix"] == seeded[:8]
+            assert anonymous.delete(f"/v1/admin/keys/{listed['seeded-plain']['id']}").status_code == 200
+            assert anonymous.get("/v1/videos", headers={"Authorization": f"Bearer {seeded}"}).status_code == 401
+    finally:
+        open_api.stop()
+    warnings = [json.loads(line) for line in open_api.log().splitlines() if "AUTHENTICATION IS OFF" in line]
+    assert warnings and warnings[0]["level"] == "warning" and "'default'" in warnings[0]["msg"]
+    # The session's API was not asked for open mode: it refuses requests without a key.
+    with client(stack, None) as anonymous:
+        assert anonymous.get("/v1/videos").status_code == 401

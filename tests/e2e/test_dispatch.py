@@ -16,9 +16,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from shared.fairqueue import FairQueue
+from shared.settings import Settings
 from shared.store import JobStore
 from tests.conftest import TINY, wait_for_status
-from tests.tenants import ONE_AT_A_TIME, SMALL, TENANT_QUOTAS, TINY_JOB, client, make_key
+from tests.tenants import HEAVY, LIGHT, ONE_AT_A_TIME, SMALL, TENANT_QUOTAS, TINY_JOB, client, make_key
 from wanq.stack import Managed, Stack, wait_until
 
 MODEL = "tiny-t2v-a14b"
@@ -171,3 +173,44 @@ def test_drain_cancels_a_models_queued_jobs(stack: Stack, api: httpx.Client, sto
     for video_id in ids:
         record = store.get(video_id)
         assert record is not None and record.started_at is None and record.attempts == 0
+
+
+def test_weights_share_dispatches_and_positions_predict_start_order(
+    stack: Stack, api: httpx.Client, store: JobStore, no_dispatcher: None
+) -> None:
+    assert TENANT_QUOTAS[HEAVY]["weight"] == 2 and LIGHT not in TENANT_QUOTAS  # LIGHT has the default weight 1
+    with client(stack, make_key(api, HEAVY)) as heavy, client(stack, make_key(api, LIGHT)) as light:
+        jobs = {"heavy": heavy, "light": light}
+        ids = {
+            (who, n): c.post("/v1/videos", json={"prompt": f"{who} {n}", "model": MODEL, **TINY_JOB}).json()["id"]
+            for who, c in jobs.items()
+            for n in range(3)
+        }
+        positions = {k: jobs[k[0]].get(f"/v1/videos/{i}").json()["queue_position"] for k, i in ids.items()}
+        # Passes: heavy 0, .5, 1; light 0, 1, 2 (ties by name: weight-a2 first). Equal weights would interleave.
+        assert [positions[("heavy", n)] for n in range(3)] == [0, 2, 3], positions
+        assert [positions[("light", n)] for n in range(3)] == [1, 4, 5], positions
+        stack.start_dispatcher()
+        for who, c in jobs.items():
+            for n in range(3):
+                assert wait_for_status(c, ids[(who, n)], {"completed", "failed"})["status"] == "completed"
+    started = sorted(store.get_many(ids.values()), key=lambda r: r.started_at or 0)
+    by_id = {i: k for k, i in ids.items()}
+    assert [positions[by_id[r.id]] for r in started] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_dispatch_cut_short_before_sending_is_sent_again(
+    stack: Stack, api: httpx.Client, settings: Settings, store: JobStore, no_dispatcher: None
+) -> None:
+    video_id = api.post("/v1/videos", json={"prompt": "interrupted", "model": MODEL, **TINY_JOB}).json()["id"]
+    # A dispatcher that dies right after taking the job: the real take, and no send.
+    fairq = FairQueue(store, settings.quotas, settings.models, backlog=settings.dispatch.backlog)
+    taken = fairq.take(MODEL, target=1)
+    assert taken is not None and taken.job_id == video_id
+    assert fairq.take(MODEL, target=1) is None  # its slot stays taken: nothing else goes meanwhile
+    time.sleep(1.2)
+    assert api.get(f"/v1/videos/{video_id}").json()["status"] == "queued"
+    stack.start_dispatcher(extra_env={"WANQ_DISPATCH_RECOVER_AFTER_S": "1"})
+    video = wait_for_status(api, video_id, {"completed", "failed"})
+    assert video["status"] == "completed" and video["attempts"] == 1
+    assert fairq.unsent(0) == []
