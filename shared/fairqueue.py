@@ -8,10 +8,13 @@ tenants share dispatches in proportion to their weights whatever their queue len
 waits behind another tenant's backlog nor brings saved-up credit. A tenant at its `max_running_jobs`
 is skipped, and gets no credit for the skip.
 
-Fairness bound (equal weights): a job submitted while other tenants have jobs waiting starts after
-at most `backlog x W + T - 1` job completions of its model (W live workers, T tenants waiting):
-the `backlog x W` jobs already handed to the workers' queue go first, then at most `T - 1` tenants
-tied at the current virtual time (ties go by tenant name).
+Fairness bound: when a tenant below its `max_running_jobs` submits a job while it has none waiting,
+that job starts after at most `backlog x W + T - 1` job completions of its model, however many jobs
+the others have queued and whatever the weights (W live workers, T tenants waiting). It joins at the
+virtual time, which no waiting tenant's pass is below: only tenants tied with it (ties go by tenant
+name, at most T - 1) are dispatched first, and the `backlog x W` jobs already handed to the worker
+queue start before it. With one worker, backlog 1 and two tenants: 2. `queue_position` is the
+job's place in this order (jobs in the worker queue first, then by pass).
 
 Layout (prefix `wanq`; `m` a model id, `t` a tenant):
   wanq:pending:m:t     sorted set: t's jobs waiting for dispatch, by creation time
