@@ -67,8 +67,11 @@ class Maintenance:
                 patch={"status": "queued", "stage": "queued", "progress": 0, "step": 0, "worker": None},
             )
             if result.ok:
-                self.store.redis.zadd(self.store.queued_key(record.spec.model), {job_id: record.created_at})
-                enqueue(self.celery, job_id, record.spec.model)
+                model = record.spec.model
+                self.store.redis.zadd(self.store.queued_key(model), {job_id: record.created_at})
+                # Back in the worker queue, ahead of everything dispatched after it (shared/fairqueue.py).
+                self.store.redis.zadd(f"{self.store.prefix}:dispatched:{model}", {job_id: 0})
+                enqueue(self.celery, job_id, model)
                 requeued.append(job_id)
                 log.warning(
                     "requeued a job whose worker died",

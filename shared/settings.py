@@ -8,9 +8,10 @@ Variables map onto groups by their first word: `WANQ_REDIS_URL` -> `redis.url`,
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.catalog import PRESETS, TINY_MODEL_IDS, ModelSpec
@@ -214,6 +215,104 @@ class WebhookSettings(BaseModel):
         return value
 
 
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Tenant names become parts of Redis key names: letters, digits, `_`, `.`, `-`; at most 64."""
+
+
+class SeedKey(BaseModel):
+    """An API key given by the deployment (`WANQ_AUTH_KEYS`), as the key itself or its SHA-256."""
+
+    key: SecretStr | None = None
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    admin: bool = False
+
+    @model_validator(mode="after")
+    def _one_form(self) -> SeedKey:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("each WANQ_AUTH_KEYS entry needs exactly one of 'key' or 'key_sha256'")
+        if self.key is not None and len(self.key.get_secret_value()) < 20:
+            # The message never repeats the key: configuration errors are printed.
+            raise ValueError(f"the WANQ_AUTH_KEYS entry of tenant {self.tenant!r} has a key shorter than 20 characters")
+        return self
+
+
+class AuthSettings(BaseModel):
+    open: bool = False
+    """Development only: requests without a key act as `open_tenant` with admin rights (logged loudly)."""
+    open_tenant: str = Field(default="default", pattern=TENANT_PATTERN)
+    keys: list[SeedKey] = Field(default_factory=list)
+    """Keys seeded by the deployment, besides those made with `wanq keys create` (which live in Redis)."""
+
+
+class TenantQuota(BaseModel):
+    """One tenant's overrides; unset fields take the defaults of `QuotaSettings`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_queued_jobs: int | None = Field(default=None, ge=0)
+    max_running_jobs: int | None = Field(default=None, ge=1)
+    max_pixel_frames: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    weight: float | None = Field(default=None, gt=0, le=1000)
+
+
+class QuotaSettings(BaseModel):
+    max_queued_jobs: int = Field(default=100, ge=0)
+    """Jobs a tenant may have waiting for dispatch (all models together)."""
+    max_running_jobs: int = Field(default=4, ge=1)
+    """Jobs a tenant may have handed to workers at once: running, or next in a worker queue."""
+    max_pixel_frames: int = Field(default=1280 * 720 * 121, ge=1)
+    """Largest width x height x frames of one job."""
+    requests_per_minute: int = Field(default=600, ge=1)
+    """Authenticated requests per tenant in any sliding minute."""
+    weight: float = Field(default=1.0, gt=0, le=1000)
+    """Share of dispatches when several tenants wait for the same model (2 = twice as many as 1)."""
+    tenants: dict[str, TenantQuota] = Field(default_factory=dict)
+    """Per-tenant overrides: `WANQ_QUOTAS_TENANTS='{"acme": {"max_queued_jobs": 500, "weight": 2}}'`."""
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: dict[str, TenantQuota]) -> dict[str, TenantQuota]:
+        bad = [t for t in value if not re.match(TENANT_PATTERN, t)]
+        if bad:
+            raise ValueError(f"WANQ_QUOTAS_TENANTS names invalid tenant(s) {bad}: use letters, digits, '_', '.', '-'")
+        return value
+
+    def for_tenant(self, tenant: str) -> TenantPolicy:
+        override = self.tenants.get(tenant)
+        values = {name: getattr(self, name) for name in TenantQuota.model_fields}
+        if override is not None:
+            values.update(override.model_dump(exclude_none=True))
+        return TenantPolicy(**values)
+
+
+class TenantPolicy(BaseModel):
+    """A tenant's quotas and weight with the defaults applied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_queued_jobs: int
+    max_running_jobs: int
+    max_pixel_frames: int
+    requests_per_minute: int
+    weight: float
+
+
+class DispatchSettings(BaseModel):
+    """The fair dispatcher that feeds each model's worker queue from per-tenant queues."""
+
+    in_api: bool = True
+    """Run a dispatcher inside each API process. Any number may run at once (dispatch is atomic)."""
+    backlog: int = Field(default=1, ge=1, le=100)
+    """Jobs that may wait in a model's worker queue per live worker: 1 keeps workers busy between jobs;
+    more hides dispatcher pauses but lets a newcomer wait behind more jobs (see the fairness bound)."""
+    interval_s: float = Field(default=0.5, gt=0, le=60)
+    """Longest pause between dispatch passes; job events wake the dispatcher sooner."""
+    recover_after_s: float = Field(default=30.0, gt=0)
+    """A job taken for dispatch whose message was never sent (dispatcher died) is sent again after this."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="WANQ_",
@@ -231,6 +330,9 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    auth: AuthSettings = AuthSettings()
+    quotas: QuotaSettings = QuotaSettings()
+    dispatch: DispatchSettings = DispatchSettings()
     models: list[str] = Field(default_factory=lambda: [m for m in PRESETS if m not in TINY_MODEL_IDS])
     """Model ids the service accepts (`WANQ_MODELS='["wan2.2-ti2v-5b"]'`); the first is the default."""
 

@@ -11,6 +11,10 @@ Layout (prefix `wanq`):
   wanq:expiring             sorted set of completed job ids by expires_at (outputs swept then)
   wanq:job-events           stream of webhook events (video.started/completed/failed/canceled/progress), written
                             by the transition for jobs someone listens to; consumed by `wanq webhooks`
+  wanq:alljobs              sorted set of every tenant's job ids by creation time (admin listing)
+Fair dispatch (shared/fairqueue.py owns these; the transition below keeps them consistent):
+  wanq:pending:{model}:{tenant}  a tenant's jobs waiting for dispatch; wanq:dispatched:{model} jobs sent
+  to the worker queue, not started; wanq:active:{tenant} the tenant's dispatched jobs not yet ended
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ local out = cjson.encode(job)
 redis.call('SET', key, out, 'KEEPTTL')
 if job.status ~= 'queued' then
   redis.call('ZREM', prefix .. ':queued:' .. job.spec.model, id)
+  -- Started or ended: no longer waiting for dispatch (a canceled job never starts) nor in the worker queue.
+  redis.call('ZREM', prefix .. ':pending:' .. job.spec.model .. ':' .. job.tenant, id)
+  redis.call('ZREM', prefix .. ':dispatched:' .. job.spec.model, id)
 end
 -- Running jobs are watched for dead workers; completed outputs are swept when they expire.
 if job.status == 'in_progress' then
@@ -60,6 +67,7 @@ if job.status == 'completed' or job.status == 'failed' or job.status == 'cancele
   if job.status == 'completed' and type(job.expires_at) == 'number' then
     redis.call('ZADD', prefix .. ':expiring', job.expires_at, id)
   end
+  redis.call('SREM', prefix .. ':active:' .. job.tenant, id)
 end
 redis.call('PUBLISH', prefix .. ':events:' .. id, out)
 -- Webhook events: written here, in the one place state changes, so that none is lost or doubled.
@@ -106,6 +114,9 @@ class JobStore:
     def tenant_jobs_key(self, tenant: str) -> str:
         return f"{self.prefix}:jobs:{tenant}"
 
+    def all_jobs_key(self) -> str:
+        return f"{self.prefix}:alljobs"
+
     def queued_key(self, model: str) -> str:
         return f"{self.prefix}:queued:{model}"
 
@@ -118,6 +129,7 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.job_key(record.id), record.model_dump_json(), nx=True)
         pipe.zadd(self.tenant_jobs_key(record.tenant), {record.id: score})
+        pipe.zadd(self.all_jobs_key(), {record.id: score})
         if record.status is JobStatus.queued:
             pipe.zadd(self.queued_key(record.spec.model), {record.id: score})
         created, *_ = pipe.execute()
@@ -164,11 +176,15 @@ class JobStore:
         pipe.zrem(self.queued_key(record.spec.model), record.id)
         pipe.zrem(f"{self.prefix}:running", record.id)
         pipe.zrem(f"{self.prefix}:expiring", record.id)
+        pipe.zrem(self.all_jobs_key(), record.id)
+        pipe.zrem(f"{self.prefix}:pending:{record.spec.model}:{record.tenant}", record.id)
+        pipe.zrem(f"{self.prefix}:dispatched:{record.spec.model}", record.id)
+        pipe.srem(f"{self.prefix}:active:{record.tenant}", record.id)
         pipe.execute()
 
-    def list_ids(self, tenant: str, *, after: str | None, limit: int, newest_first: bool) -> tuple[list[str], bool]:
-        """One page of a tenant's job ids, after the cursor id (exclusive); returns (ids, has_more)."""
-        key = self.tenant_jobs_key(tenant)
+    def list_ids(self, tenant: str | None, *, after: str | None, limit: int, newest_first: bool) -> tuple[list[str], bool]:
+        """One page of a tenant's job ids (None: every tenant's), after the cursor id (exclusive); returns (ids, has_more)."""
+        key = self.tenant_jobs_key(tenant) if tenant is not None else self.all_jobs_key()
         start = 0
         if after is not None:
             rank = self.redis.zrevrank(key, after) if newest_first else self.redis.zrank(key, after)

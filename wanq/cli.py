@@ -245,9 +245,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_dev)
 
-    from wanq import client_cli
+    from wanq import admin_cli, client_cli
 
     client_cli.add_commands(sub)
+    admin_cli.add_commands(sub)
     return parser
 
 
