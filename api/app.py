@@ -50,7 +50,6 @@ def create_app(settings: Settings) -> FastAPI:
             await services.aioredis.aclose()
 
     app = FastAPI(
-        lifespan=lifespan,
         title="wanq",
         version="0.1.0",
         description="Self-hosted Wan2.2 video generation, OpenAI Videos API compatible.",
