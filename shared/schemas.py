@@ -104,6 +104,8 @@ class JobRecord(BaseModel):
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
     attempt_started_at: float | None = None
+    generated_at: float | None = None
+    """When the GPU part (encode, denoise, decode) of the attempt ended; export and upload follow."""
     deadline_at: float | None = None
     """The running attempt's time limit (set by the worker that claimed it)."""
     completed_at: float | None = None

@@ -146,7 +146,7 @@ class JobRunner:
 
             result = self.engine.generate(spec, image, on_stage=on_stage, on_step=on_step)
             timings.update(result.timings)
-            self._progress(record.id, attempt, Stage.encoding_video, 0, 0, timings)
+            self._progress(record.id, attempt, Stage.encoding_video, 0, 0, timings, generated_at=time.time())
             return "generated", result, timings, started
         except Exception as exc:
             return self._fail(record, attempt, exc, timings), None, timings, started
@@ -234,7 +234,9 @@ class JobRunner:
         return outputs
 
     # -----------------------------------------------------------------------------------------
-    def _progress(self, job_id: str, attempt: int, stage: Stage, step: int, total: int, timings: dict[str, float]) -> None:
+    def _progress(
+        self, job_id: str, attempt: int, stage: Stage, step: int, total: int, timings: dict[str, float], **extra: Any
+    ) -> None:
         """Records the stage and step; raises JobCanceled if a cancel was requested."""
         result = self.store.transition(
             job_id,
@@ -245,6 +247,7 @@ class JobRunner:
                 "step": step,
                 "progress": progress_for(stage, step, total),
                 "timings": _rounded(timings),
+                **extra,
             },
         )
         if result.record is None:

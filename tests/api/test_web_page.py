@@ -94,7 +94,8 @@ def test_submit_watch_play_cancel_delete_in_chromium(
 
     # 1. The key, when the server wants one: entered once, kept in localStorage.
     if api_key_for_page:
-        page.click("#key-panel summary")
+        # The page opens the key panel by itself once the API answers 401; open it either way.
+        page.evaluate("document.querySelector('#key-panel').open = true")
         page.fill("#api-key", api_key_for_page)
         page.click("#key-form button[type=submit]")
         assert page.evaluate("localStorage.getItem('wanq.apiKey')") == api_key_for_page
