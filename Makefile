@@ -6,9 +6,21 @@ PY := $(VENV)/bin/python
 # install the CUDA build of torch first and set TORCH_SPEC= (empty) to keep it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test check lint typecheck test-fast clean
+.PHONY: install demo test test-slow check lint typecheck test-fast readme clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed browser
+
+# The web page's test drives Debian's headless chromium through Playwright (never `playwright install`, which
+# downloads its own browser build). Installed only where it is missing and apt-get can run; elsewhere that one
+# test is skipped, saying why.
+.PHONY: browser
+browser:
+	@if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-liberation >/dev/null; \
+	elif [ ! -x /usr/bin/chromium ]; then \
+		echo "note: /usr/bin/chromium is missing, so the browser test will be skipped (apt-get install chromium)"; \
+	fi
 
 $(VENV)/.installed: pyproject.toml
 	@command -v redis-server >/dev/null || { echo "redis-server is required (apt-get install redis-server / brew install redis)"; exit 1; }
@@ -31,10 +43,17 @@ typecheck: install
 check: lint typecheck
 
 test: install lint
-	$(PY) -m pytest -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider -m "not slow"
+
+# The long reliability and load tests; CI runs them after `make test`.
+test-slow: install
+	$(PY) -m pytest -p no:cacheprovider -m slow
 
 test-fast: install
 	$(PY) -m pytest -x -q -m "not slow"
+
+readme: install
+	$(PY) -c "from shared.settings import update_readme; update_readme()"
 
 clean:
 	rm -rf $(VENV) .wanq out test-artifacts

@@ -7,15 +7,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from api import metrics
-from api.deps import Services
+from api import metrics, web
+from api.auth import warn_if_open
+from api.deps import Services, get_principal
 from api.errors import install_error_handlers
-from api.routes import health, models, videos
+from api.routes import admin, health, models, videos, webhooks
+from shared.apikeys import KeyStore
+from shared.fairqueue import FairQueue
 from shared.idempotency import IdempotencyKeys
 from shared.maintenance import Maintenance
 from shared.queue import make_celery
+from shared.quotas import Quotas
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import JobStore
@@ -30,18 +34,29 @@ def create_app(settings: Settings) -> FastAPI:
         stop = None
         if settings.maintenance.enabled:
             stop = Maintenance(settings, services.store, services.storage, services.celery).start()
-        yield
-        if stop is not None:
-            stop.set()
-        await services.aioredis.aclose()
+        # The embedded dispatcher (see shared/dispatcher.py); several API processes may each run one.
+        dispatcher = None
+        if settings.dispatch.in_api:
+            from shared.dispatcher import start_in_thread
+
+            dispatcher = start_in_thread(settings)
+        try:
+            yield
+        finally:
+            if dispatcher is not None:
+                dispatcher.stop()
+            if stop is not None:
+                stop.set()
+            await services.aioredis.aclose()
 
     app = FastAPI(
-        lifespan=lifespan,
         title="wanq",
         version="0.1.0",
         description="Self-hosted Wan2.2 video generation, OpenAI Videos API compatible.",
+        lifespan=lifespan,
     )
     store = JobStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix, record_ttl_s=settings.jobs.record_ttl_s)
+    fairq = FairQueue(store, settings.quotas, settings.models, backlog=settings.dispatch.backlog)
     app.state.services = Services(
         settings=settings,
         store=store,
@@ -49,15 +64,24 @@ def create_app(settings: Settings) -> FastAPI:
         celery=make_celery(settings),
         aioredis=aioredis.Redis.from_url(settings.redis.url),
         idempotency=IdempotencyKeys(store.redis, prefix=settings.redis.key_prefix, ttl_s=settings.jobs.idempotency_ttl_s),
+        keys=KeyStore(store.redis, settings.auth, prefix=settings.redis.key_prefix),
+        fairq=fairq,
+        quotas=Quotas(settings.quotas, store.redis, fairq, url=settings.redis.url, prefix=settings.redis.key_prefix),
     )
     services = app.state.services
+    warn_if_open(services)
     if settings.s3.create_bucket:
         services.storage.ensure_bucket()
     if settings.s3.lifecycle_rule and not services.storage.ensure_lifecycle(settings.jobs.retention_s):
         log.warning("could not set the bucket lifecycle rule; expired outputs are deleted by the sweep only")
     install_error_handlers(app)
+    # Everything but health and metrics (and FastAPI's /docs, /redoc, /openapi.json) needs an API key.
+    authenticated = [Depends(get_principal)]
     app.include_router(health.router)
-    metrics.install(app, services)
-    app.include_router(models.router)
-    app.include_router(videos.router)
+    metrics.install(app, services)  # /metrics, /metrics/demand: for Prometheus and KEDA, inside the cluster
+    app.include_router(models.router, dependencies=authenticated)
+    app.include_router(videos.router, dependencies=authenticated)
+    app.include_router(webhooks.router, dependencies=authenticated)
+    app.include_router(admin.router, dependencies=authenticated)
+    web.install(app)
     return app

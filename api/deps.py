@@ -8,8 +8,13 @@ from typing import Annotated
 import redis.asyncio as aioredis
 from celery import Celery
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 
+from api.auth import Principal, authenticate, bearer_scheme, require_admin
+from shared.apikeys import KeyStore
+from shared.fairqueue import FairQueue
 from shared.idempotency import IdempotencyKeys
+from shared.quotas import Quotas
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import JobStore
@@ -23,6 +28,9 @@ class Services:
     celery: Celery
     aioredis: aioredis.Redis
     idempotency: IdempotencyKeys
+    keys: KeyStore
+    fairq: FairQueue
+    quotas: Quotas
 
 
 def get_services(request: Request) -> Services:
@@ -32,17 +40,20 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the tenant whose jobs they may see, and whether they may see everyone's."""
-
-    tenant: str
-    admin: bool = False
-
-
-def get_principal(request: Request) -> Principal:
-    # Without authentication every caller acts for the single default tenant.
-    return Principal(tenant="default", admin=False)
+def get_principal(
+    request: Request,
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+) -> Principal:
+    """The caller, from its API key (api/auth.py). Every router but health's depends on it."""
+    return authenticate(services, credentials, request.client.host if request.client else "")
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_admin(principal: PrincipalDep) -> Principal:
+    return require_admin(principal)
+
+
+AdminDep = Annotated[Principal, Depends(get_admin)]

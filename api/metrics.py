@@ -36,13 +36,15 @@ FINISHED = ("completed", "failed", "canceled")
 @dataclass
 class ModelQueue:
     queued: int = 0
+    """Jobs queued, wherever they wait: their tenant's dispatch queue or the worker queue."""
     running: int = 0
     messages: int = 0
-    """Messages in the model's Celery queue (a Redis list); below `queued` while jobs wait elsewhere."""
+    """Messages in the model's Celery queue (a Redis list): at most the dispatcher's backlog."""
     workers: int = 0
+    finished: dict[str, int] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)
     """Queued jobs by tenant."""
-    finished: dict[str, int] = field(default_factory=dict)
+    running_by_tenant: dict[str, int] = field(default_factory=dict)
 
     @property
     def demand(self) -> int:
@@ -55,31 +57,36 @@ def _text(value: Any) -> str:
 
 
 def read_queues(store: JobStore, models: list[str]) -> dict[str, ModelQueue]:
-    """One pipelined round trip for the per-model counts, one more for the running jobs' models."""
+    """Per-model counts in one pipelined round trip, plus one read of the running jobs' records."""
     pipe = store.redis.pipeline(transaction=False)
     for model in models:
         pipe.zcard(store.queued_key(model))
         pipe.llen(queue_name(model))
-        pipe.hgetall(store.pending_key(model))
         pipe.hgetall(store.finished_key(model))
     pipe.zrange(f"{store.prefix}:running", 0, -1)
     replies = pipe.execute()
     queues: dict[str, ModelQueue] = {}
     for i, model in enumerate(models):
-        queued, messages, pending, finished = replies[4 * i : 4 * i + 4]
+        queued, messages, finished = replies[3 * i : 3 * i + 3]
         queues[model] = ModelQueue(
-            queued=int(queued),
-            messages=int(messages),
-            pending={_text(k): int(v) for k, v in pending.items() if int(v) > 0},
-            finished={_text(k): int(v) for k, v in finished.items()},
+            queued=int(queued), messages=int(messages), finished={_text(k): int(v) for k, v in finished.items()}
         )
-    running = [_text(i) for i in replies[-1]]
-    for record in store.get_many(running):
+    for record in store.get_many(_text(i) for i in replies[-1]):
         if record.spec.model in queues:
             queues[record.spec.model].running += 1
-    for model, queue in queues.items():
-        queue.workers = len(store.live_workers(model))
     return queues
+
+
+def read_tenants(services: Services, queues: dict[str, ModelQueue]) -> None:
+    """Adds live workers and the per-tenant split (the fair queue's own view) to each model."""
+    for model, queue in queues.items():
+        queue.workers = len(services.store.live_workers(model))
+        depth = services.fairq.depth(model, queue.workers)
+        for tenant, row in depth["tenants"].items():
+            if row["waiting"] + row["dispatched"]:
+                queue.pending[tenant] = int(row["waiting"]) + int(row["dispatched"])
+            if row["running"]:
+                queue.running_by_tenant[tenant] = int(row["running"])
 
 
 class QueueCollector(Collector):
@@ -92,6 +99,7 @@ class QueueCollector(Collector):
         up = GaugeMetricFamily("wanq_store_up", "1 if the job store (Redis) answered this scrape")
         try:
             queues = read_queues(self.services.store, self.services.settings.models)
+            read_tenants(self.services, queues)
         except redis.RedisError:
             up.add_metric([], 0)
             yield up
@@ -100,6 +108,7 @@ class QueueCollector(Collector):
         yield up
         jobs = GaugeMetricFamily("wanq_jobs", "Jobs queued or running now, by model and status", labels=["model", "status"])
         pending = GaugeMetricFamily("wanq_jobs_pending", "Queued jobs by model and tenant", labels=["model", "tenant"])
+        running = GaugeMetricFamily("wanq_jobs_running", "Running jobs by model and tenant", labels=["model", "tenant"])
         finished = CounterMetricFamily("wanq_jobs_finished", "Jobs that ended, by model and status", labels=["model", "status"])
         messages = GaugeMetricFamily("wanq_queue_messages", "Messages in the model's Celery queue", labels=["model"])
         workers = GaugeMetricFamily("wanq_workers_live", "Workers with a live heartbeat", labels=["model"])
@@ -109,12 +118,14 @@ class QueueCollector(Collector):
             jobs.add_metric([model, "in_progress"], queue.running)
             for tenant, count in sorted(queue.pending.items()):
                 pending.add_metric([model, tenant], count)
+            for tenant, count in sorted(queue.running_by_tenant.items()):
+                running.add_metric([model, tenant], count)
             for status in FINISHED:
                 finished.add_metric([model, status], queue.finished.get(status, 0))
             messages.add_metric([model], queue.messages)
             workers.add_metric([model], queue.workers)
             demand.add_metric([model], queue.demand)
-        yield from (jobs, pending, finished, messages, workers, demand)
+        yield from (jobs, pending, running, finished, messages, workers, demand)
 
 
 class RequestTimer:
@@ -181,6 +192,6 @@ def model_demand(services: ServicesDep, model: Annotated[str, Query(max_length=2
         "model": model,
         "queued": queue.queued,
         "running": queue.running,
-        "workers": queue.workers,
+        "workers": len(services.store.live_workers(model)),
         "demand": queue.demand,
     }

@@ -85,3 +85,8 @@ class JobTimeout(WanqError):
 class StorageUnavailable(WanqError):
     code = "storage_unavailable"
     http_status = 503
+
+
+class Forbidden(WanqError):
+    code = "permission_denied"
+    http_status = 403

@@ -22,6 +22,7 @@ from shared.schemas import JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import JobStore
+from shared.timeouts import overran, timeout_message
 
 log = logging.getLogger("wanq.maintenance")
 
@@ -44,8 +45,21 @@ class Maintenance:
                 continue
             if self.store.worker_alive(record.worker):
                 continue
-            if record.started_at and time.time() - record.started_at < grace:
+            if record.attempt_started_at and time.time() - record.attempt_started_at < grace:
                 continue  # claimed a moment ago by a worker whose first heartbeat may not be visible yet
+            if overran(record):
+                self.store.transition(
+                    job_id,
+                    allowed=[JobStatus.in_progress],
+                    guards={"attempts": record.attempts},
+                    patch={
+                        "status": "failed",
+                        "stage": "done",
+                        "completed_at": time.time(),
+                        "error": {"code": "timeout", "message": timeout_message(record)},
+                    },
+                )
+                continue
             result = self.store.transition(
                 job_id,
                 allowed=[JobStatus.in_progress],
@@ -53,8 +67,11 @@ class Maintenance:
                 patch={"status": "queued", "stage": "queued", "progress": 0, "step": 0, "worker": None},
             )
             if result.ok:
-                self.store.redis.zadd(self.store.queued_key(record.spec.model), {job_id: record.created_at})
-                enqueue(self.celery, job_id, record.spec.model)
+                model = record.spec.model
+                self.store.redis.zadd(self.store.queued_key(model), {job_id: record.created_at})
+                # Back in the worker queue, ahead of everything dispatched after it (shared/fairqueue.py).
+                self.store.redis.zadd(f"{self.store.prefix}:dispatched:{model}", {job_id: 0})
+                enqueue(self.celery, job_id, model)
                 requeued.append(job_id)
                 log.warning(
                     "requeued a job whose worker died",

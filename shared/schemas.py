@@ -103,6 +103,11 @@ class JobRecord(BaseModel):
     total_steps: int = 0
     created_at: float = Field(default_factory=time.time)
     started_at: float | None = None
+    attempt_started_at: float | None = None
+    generated_at: float | None = None
+    """When the GPU part (encode, denoise, decode) of the attempt ended; export and upload follow."""
+    deadline_at: float | None = None
+    """The running attempt's time limit (set by the worker that claimed it)."""
     completed_at: float | None = None
     expires_at: float | None = None
     error: JobError | None = None

@@ -7,9 +7,11 @@ Variables map onto groups by their first word: `WANQ_REDIS_URL` -> `redis.url`,
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.catalog import PRESETS, TINY_MODEL_IDS, ModelSpec
@@ -19,45 +21,66 @@ CacheKind = Literal["none", "fbcache", "taylorseer"]
 
 
 class RedisSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     url: str = "redis://127.0.0.1:6379/0"
     """Broker, job store and pub/sub. Use AOF persistence in production (deploy/ does)."""
     key_prefix: str = "wanq"
+    """Prefix of every Redis key wanq writes (several deployments can share one Redis)."""
 
 
 class S3Settings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     endpoint_url: str = ""
     """Empty means AWS itself; otherwise MinIO, R2, moto... Credentials come from boto3's AWS_* variables."""
     bucket: str = "wanq"
+    """Bucket holding outputs and input images."""
     region: str = ""
+    """Region; empty = boto3's default (AWS_DEFAULT_REGION)."""
     create_bucket: bool = False
     """Create the bucket at start if it does not exist (the dev stack does)."""
     key_prefix: str = "videos/"
+    """Objects are stored under `<prefix><job id>/`."""
     presigned_content: bool = False
     """False: `/content` streams the object through the API. True: 302 to a presigned GET URL."""
     presign_expiry_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    """Lifetime of presigned URLs."""
     lifecycle_rule: bool = True
     """Also set a bucket lifecycle rule expiring outputs after the retention (whole days), where allowed."""
     upload_attempts: int = Field(default=5, ge=1)
+    """Upload tries (exponential backoff) before the job fails with `storage_unavailable`."""
     upload_backoff_s: float = Field(default=1.0, ge=0)
+    """First backoff between upload tries; doubles each time."""
 
 
 class JobSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     max_prompt_chars: int = Field(default=4000, ge=1)
+    """Longest prompt or negative prompt accepted."""
     max_frames: int = Field(default=241, ge=5)
+    """Most frames a job may ask for."""
     max_pixels: int = Field(default=1280 * 1280, ge=64)
     """Largest width x height a job may ask for."""
     max_steps: int = Field(default=100, ge=1)
+    """Most denoising steps a job may ask for."""
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    """Largest input image, in bytes."""
     max_image_pixels: int = Field(default=40_000_000, ge=1024)
+    """Largest input image, in pixels (refused from the header, before decoding)."""
     retention_s: int = Field(default=7 * 24 * 3600, ge=1)
     """How long outputs are kept after completion (`expires_at`)."""
     record_ttl_s: int = Field(default=30 * 24 * 3600, ge=60)
     """How long a job record is kept in Redis after it ends."""
     soft_time_limit_s: int = Field(default=3600, ge=1)
+    """A job running longer fails with `timeout`."""
     hard_time_limit_s: int = Field(default=3900, ge=2)
+    """Past this the worker process is killed and replaced; the broker visibility timeout is set above it."""
     max_attempts: int = Field(default=3, ge=1)
     """A job is tried at most this often (crashes included) before it fails."""
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
+    """How long an Idempotency-Key is remembered."""
     fetch_allowlist: list[str] = Field(default_factory=list)
     """Networks (CIDR) that `image_url` may resolve to although they are not public."""
 
@@ -72,6 +95,8 @@ class JobSettings(BaseModel):
 
 
 class EngineSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     """How a worker runs its pipeline. Mirrored by `wanq worker` / `wanq generate` flags."""
 
     device: str = "auto"
@@ -85,15 +110,25 @@ class EngineSettings(BaseModel):
     warmup: bool = False
     """One small generation before taking jobs, so compile and allocator warm-up never land on a job."""
     offload: Offload = "none"
+    """none, or one of diffusers' offload hooks: model, group (CUDA streams), sequential."""
     text_encoder_cpu_offload: bool = False
+    """Keep the UMT5 text encoder on the CPU."""
     vae_cpu_offload: bool = False
+    """Keep the VAE on the CPU."""
     pin_cpu_memory: bool = False
+    """Pinned host memory for group offload (faster transfers, more RAM)."""
     vae_tiling: bool = False
+    """Decode in tiles (less memory at high resolution)."""
     num_gpus: int = Field(default=1, ge=1)
+    """GPUs one worker drives (one NCCL process group)."""
     ulysses_degree: int = Field(default=1, ge=1)
+    """Ulysses (all-to-all) context-parallel degree."""
     ring_degree: int = Field(default=1, ge=1)
+    """Ring-attention context-parallel degree."""
     cfg_parallel: bool = False
+    """Conditional and unconditional branches on two GPU groups."""
     cache: CacheKind = "none"
+    """Step-skipping cache hook (lossy): none, fbcache, taylorseer."""
     cache_threshold: float = Field(default=0.05, gt=0)
     """fbcache: residual-difference threshold. taylorseer: ignored (see cache_interval)."""
     cache_interval: int = Field(default=3, ge=1)
@@ -105,8 +140,12 @@ class EngineSettings(BaseModel):
 
 
 class WorkerSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     heartbeat_interval_s: float = Field(default=2.0, gt=0)
+    """How often a worker reports itself alive."""
     heartbeat_ttl_s: float = Field(default=10.0, gt=0)
+    """A worker silent this long is dead: its running job is requeued."""
     overlap_export: bool = True
     """Encode and upload job N's MP4 on a background thread while job N+1 takes the GPU."""
     load_timeout_s: float = Field(default=1800.0, gt=0)
@@ -116,15 +155,164 @@ class WorkerSettings(BaseModel):
 
 
 class MaintenanceSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     enabled: bool = True
     """Requeue jobs of dead workers and delete expired outputs (one API replica at a time)."""
     interval_s: float = Field(default=5.0, gt=0)
+    """How often upkeep runs."""
 
 
 class ApiSettings(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     host: str = "127.0.0.1"
+    """Address `wanq api` listens on."""
     port: int = Field(default=8000, ge=0, le=65535)
+    """Port `wanq api` listens on."""
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    """Largest request body."""
+
+
+class WebhookSettings(BaseModel):
+    """Webhook delivery (`wanq webhooks`, wanq/webhookd.py) and the checks the API makes on webhook URLs."""
+
+    retry_schedule_s: list[float] = Field(default_factory=lambda: [0.0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400])
+    """Delay before each attempt, counted from the previous one; its length is the number of attempts."""
+    retry_jitter: float = Field(default=0.1, ge=0, le=1)
+    """Each delay is stretched or shrunk by up to this fraction, so failed receivers are not hit in lockstep."""
+    timeout_s: float = Field(default=15.0, gt=0)
+    """Per attempt: connect, send and each read of the answer."""
+    allowlist: list[str] = Field(default_factory=list)
+    """Networks (CIDR) a webhook URL may resolve to although they are not public (trusted internal receivers)."""
+    concurrency: int = Field(default=16, ge=1)
+    """Attempts in flight at once in one delivery process; a slow receiver holds only one of them."""
+    progress_interval_s: float = Field(default=10.0, ge=0)
+    """At most one `video.progress` event per job per this many seconds."""
+    rotation_window_s: int = Field(default=24 * 3600, ge=0)
+    """After a secret rotation, the previous secret keeps signing (a second `v1,` entry) this long."""
+    poll_interval_s: float = Field(default=0.5, gt=0)
+    """Longest sleep of the delivery loop between looks for due retries."""
+    consumer_name: str = ""
+    """This delivery process' name in the event stream's consumer group; empty = the host name. Keep it
+    stable across restarts: a restarted process first finishes the events it had read but not handled."""
+    claim_idle_s: float = Field(default=60.0, gt=0)
+    """Events another delivery process read but left unhandled this long are taken over (it died)."""
+
+    @field_validator("retry_schedule_s")
+    @classmethod
+    def _schedule(cls, value: list[float]) -> list[float]:
+        if not value or any(v < 0 for v in value):
+            raise ValueError(f"WANQ_WEBHOOKS_RETRY_SCHEDULE_S {value} must list at least one delay, none negative")
+        return value
+
+    @field_validator("allowlist")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"WANQ_WEBHOOKS_ALLOWLIST entry {entry!r} is not a network such as 10.0.0.0/8") from None
+        return value
+
+
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""Tenant names become parts of Redis key names: letters, digits, `_`, `.`, `-`; at most 64."""
+
+
+class SeedKey(BaseModel):
+    """An API key given by the deployment (`WANQ_AUTH_KEYS`), as the key itself or its SHA-256."""
+
+    key: SecretStr | None = None
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    admin: bool = False
+
+    @model_validator(mode="after")
+    def _one_form(self) -> SeedKey:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("each WANQ_AUTH_KEYS entry needs exactly one of 'key' or 'key_sha256'")
+        if self.key is not None and len(self.key.get_secret_value()) < 20:
+            # The message never repeats the key: configuration errors are printed.
+            raise ValueError(f"the WANQ_AUTH_KEYS entry of tenant {self.tenant!r} has a key shorter than 20 characters")
+        return self
+
+
+class AuthSettings(BaseModel):
+    open: bool = False
+    """Development only: requests without a key act as `open_tenant` with admin rights (logged loudly)."""
+    open_tenant: str = Field(default="default", pattern=TENANT_PATTERN)
+    keys: list[SeedKey] = Field(default_factory=list)
+    """Keys seeded by the deployment, besides those made with `wanq keys create` (which live in Redis)."""
+
+
+class TenantQuota(BaseModel):
+    """One tenant's overrides; unset fields take the defaults of `QuotaSettings`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_queued_jobs: int | None = Field(default=None, ge=0)
+    max_running_jobs: int | None = Field(default=None, ge=1)
+    max_pixel_frames: int | None = Field(default=None, ge=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    weight: float | None = Field(default=None, gt=0, le=1000)
+
+
+class QuotaSettings(BaseModel):
+    max_queued_jobs: int = Field(default=100, ge=0)
+    """Jobs a tenant may have waiting for dispatch (all models together)."""
+    max_running_jobs: int = Field(default=4, ge=1)
+    """Jobs a tenant may have handed to workers at once: running, or next in a worker queue."""
+    max_pixel_frames: int = Field(default=1280 * 720 * 121, ge=1)
+    """Largest width x height x frames of one job."""
+    requests_per_minute: int = Field(default=600, ge=1)
+    """Authenticated requests per tenant in any sliding minute."""
+    weight: float = Field(default=1.0, gt=0, le=1000)
+    """Share of dispatches when several tenants wait for the same model (2 = twice as many as 1)."""
+    tenants: dict[str, TenantQuota] = Field(default_factory=dict)
+    """Per-tenant overrides: `WANQ_QUOTAS_TENANTS='{"acme": {"max_queued_jobs": 500, "weight": 2}}'`."""
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, value: dict[str, TenantQuota]) -> dict[str, TenantQuota]:
+        bad = [t for t in value if not re.match(TENANT_PATTERN, t)]
+        if bad:
+            raise ValueError(f"WANQ_QUOTAS_TENANTS names invalid tenant(s) {bad}: use letters, digits, '_', '.', '-'")
+        return value
+
+    def for_tenant(self, tenant: str) -> TenantPolicy:
+        override = self.tenants.get(tenant)
+        values = {name: getattr(self, name) for name in TenantQuota.model_fields}
+        if override is not None:
+            values.update(override.model_dump(exclude_none=True))
+        return TenantPolicy(**values)
+
+
+class TenantPolicy(BaseModel):
+    """A tenant's quotas and weight with the defaults applied."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_queued_jobs: int
+    max_running_jobs: int
+    max_pixel_frames: int
+    requests_per_minute: int
+    weight: float
+
+
+class DispatchSettings(BaseModel):
+    """The fair dispatcher that feeds each model's worker queue from per-tenant queues."""
+
+    in_api: bool = True
+    """Run a dispatcher inside each API process. Any number may run at once (dispatch is atomic)."""
+    backlog: int = Field(default=1, ge=1, le=100)
+    """Jobs that may wait in a model's worker queue per live worker: 1 keeps workers busy between jobs;
+    more hides dispatcher pauses but lets a newcomer wait behind more jobs (see the fairness bound)."""
+    interval_s: float = Field(default=0.5, gt=0, le=60)
+    """Longest pause between dispatch passes; job events wake the dispatcher sooner."""
+    recover_after_s: float = Field(default=30.0, gt=0)
+    """A job taken for dispatch whose message was never sent (dispatcher died) is sent again after this."""
 
 
 class Settings(BaseSettings):
@@ -133,6 +321,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="_",
         env_nested_max_split=1,
         extra="ignore",
+        use_attribute_docstrings=True,
     )
 
     redis: RedisSettings = RedisSettings()
@@ -142,6 +331,10 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     api: ApiSettings = ApiSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    webhooks: WebhookSettings = WebhookSettings()
+    auth: AuthSettings = AuthSettings()
+    quotas: QuotaSettings = QuotaSettings()
+    dispatch: DispatchSettings = DispatchSettings()
     models: list[str] = Field(default_factory=lambda: [m for m in PRESETS if m not in TINY_MODEL_IDS])
     """Model ids the service accepts (`WANQ_MODELS='["wan2.2-ti2v-5b"]'`); the first is the default."""
 
@@ -161,3 +354,51 @@ class Settings(BaseSettings):
     @property
     def default_model(self) -> str:
         return self.models[0]
+
+
+def settings_table() -> str:
+    """Every WANQ_ variable as a markdown table (the README's settings section is generated from it)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        group = field.annotation
+        if isinstance(group, type) and issubclass(group, BaseModel):
+            for sub, sub_field in group.model_fields.items():
+                default = sub_field.get_default(call_default_factory=True)
+                rows.append(f"| `WANQ_{name.upper()}_{sub.upper()}` | `{_show(default)}` | {_doc(sub_field.description)} |")
+        else:
+            rows.append(
+                f"| `WANQ_{name.upper()}` | `{_show(field.get_default(call_default_factory=True))}` | {_doc(field.description)} |"
+            )
+    return "\n".join(rows)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        import json
+
+        return json.dumps(value)
+    return "" if value == "" else str(value)
+
+
+def _doc(text: str | None) -> str:
+    return " ".join((text or "").split()).replace("|", "\\|")
+
+
+def update_readme(path: str = "README.md") -> bool:
+    """Rewrites the table between the README's settings markers; True if it changed."""
+    from pathlib import Path
+
+    start, end = "<!-- settings:start -->", "<!-- settings:end -->"
+    text = Path(path).read_text()
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{start}\n{settings_table()}\n{end}{tail}"
+    if new != text:
+        Path(path).write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    print(settings_table())

@@ -9,8 +9,13 @@ Layout (prefix `wanq`):
   wanq:durations:{model}    recent job run times (estimated start of queued jobs)
   wanq:running              sorted set of in_progress job ids (watched for dead workers)
   wanq:expiring             sorted set of completed job ids by expires_at (outputs swept then)
-  wanq:pending:{model}      hash tenant -> number of its queued jobs (metrics; kept with wanq:queued)
-  wanq:finished:{model}     hash status -> number of jobs that ended so (metrics counters)
+  wanq:job-events           stream of webhook events (video.started/completed/failed/canceled/progress), written
+                            by the transition for jobs someone listens to; consumed by `wanq webhooks`
+  wanq:alljobs              sorted set of every tenant's job ids by creation time (admin listing)
+  wanq:finished:{model}     hash status -> number of jobs that ended so (the metrics' counters)
+Fair dispatch (shared/fairqueue.py owns these; the transition below keeps them consistent):
+  wanq:pending:{model}:{tenant}  a tenant's jobs waiting for dispatch; wanq:dispatched:{model} jobs sent
+  to the worker queue, not started; wanq:active:{tenant} the tenant's dispatched jobs not yet ended
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ local key = prefix .. ':job:' .. id
 local raw = redis.call('GET', key)
 if not raw then return {0, ''} end
 local job = cjson.decode(raw)
-local was = job.status
 local allowed = cjson.decode(ARGV[3])
+local was_status, was_progress = job.status, job.progress
 local ok = (#allowed == 0)
 for _, s in ipairs(allowed) do if s == job.status then ok = true end end
 if not ok then return {-1, raw} end
@@ -46,15 +51,11 @@ end
 for _, pair in ipairs(cjson.decode(ARGV[4])) do job[pair[1]] = pair[2] end
 local out = cjson.encode(job)
 redis.call('SET', key, out, 'KEEPTTL')
--- The queued set and the per-tenant pending counts change together: whoever adds or removes the id counts it.
-local queued, pending = prefix .. ':queued:' .. job.spec.model, prefix .. ':pending:' .. job.spec.model
 if job.status ~= 'queued' then
-  if redis.call('ZREM', queued, id) == 1 then redis.call('HINCRBY', pending, job.tenant, -1) end
-elseif redis.call('ZADD', queued, job.created_at, id) == 1 then
-  redis.call('HINCRBY', pending, job.tenant, 1)
-end
-if job.status ~= was and (job.status == 'completed' or job.status == 'failed' or job.status == 'canceled') then
-  redis.call('HINCRBY', prefix .. ':finished:' .. job.spec.model, job.status, 1)
+  redis.call('ZREM', prefix .. ':queued:' .. job.spec.model, id)
+  -- Started or ended: no longer waiting for dispatch (a canceled job never starts) nor in the worker queue.
+  redis.call('ZREM', prefix .. ':pending:' .. job.spec.model .. ':' .. job.tenant, id)
+  redis.call('ZREM', prefix .. ':dispatched:' .. job.spec.model, id)
 end
 -- Running jobs are watched for dead workers; completed outputs are swept when they expire.
 if job.status == 'in_progress' then
@@ -67,8 +68,27 @@ if job.status == 'completed' or job.status == 'failed' or job.status == 'cancele
   if job.status == 'completed' and type(job.expires_at) == 'number' then
     redis.call('ZADD', prefix .. ':expiring', job.expires_at, id)
   end
+  redis.call('SREM', prefix .. ':active:' .. job.tenant, id)
+  if job.status ~= was_status then
+    redis.call('HINCRBY', prefix .. ':finished:' .. job.spec.model, job.status, 1)
+  end
 end
 redis.call('PUBLISH', prefix .. ':events:' .. id, out)
+-- Webhook events: written here, in the one place state changes, so that none is lost or doubled.
+-- Only for jobs with a webhook_url or whose tenant has a default endpoint (shared/webhook_store.py's
+-- endpoint key); progress only for jobs that opted in (the delivery process throttles it).
+local event = nil
+if job.status ~= was_status then
+  event = ({in_progress = 'video.started', completed = 'video.completed', failed = 'video.failed',
+            canceled = 'video.canceled'})[job.status]
+elseif job.status == 'in_progress' and job.progress ~= was_progress and type(job.webhook_events) == 'table' then
+  for _, name in ipairs(job.webhook_events) do if name == 'video.progress' then event = name end end
+end
+if event and (type(job.webhook_url) == 'string'
+              or redis.call('EXISTS', prefix .. ':webhook-endpoint:' .. job.tenant) == 1) then
+  -- Bounded in case no delivery process runs; it deletes what it has handled.
+  redis.call('XADD', prefix .. ':job-events', 'MAXLEN', '~', 100000, '*', 'job', id, 'type', event, 'record', out)
+end
 return {1, out}
 """
 
@@ -98,11 +118,11 @@ class JobStore:
     def tenant_jobs_key(self, tenant: str) -> str:
         return f"{self.prefix}:jobs:{tenant}"
 
+    def all_jobs_key(self) -> str:
+        return f"{self.prefix}:alljobs"
+
     def queued_key(self, model: str) -> str:
         return f"{self.prefix}:queued:{model}"
-
-    def pending_key(self, model: str) -> str:
-        return f"{self.prefix}:pending:{model}"
 
     def finished_key(self, model: str) -> str:
         return f"{self.prefix}:finished:{model}"
@@ -116,9 +136,9 @@ class JobStore:
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.job_key(record.id), record.model_dump_json(), nx=True)
         pipe.zadd(self.tenant_jobs_key(record.tenant), {record.id: score})
+        pipe.zadd(self.all_jobs_key(), {record.id: score})
         if record.status is JobStatus.queued:
             pipe.zadd(self.queued_key(record.spec.model), {record.id: score})
-            pipe.hincrby(self.pending_key(record.spec.model), record.tenant, 1)
         created, *_ = pipe.execute()
         if not created:
             raise RuntimeError(f"job {record.id} already exists")
@@ -163,13 +183,15 @@ class JobStore:
         pipe.zrem(self.queued_key(record.spec.model), record.id)
         pipe.zrem(f"{self.prefix}:running", record.id)
         pipe.zrem(f"{self.prefix}:expiring", record.id)
-        _, _, unqueued, *_ = pipe.execute()
-        if unqueued:
-            self.redis.hincrby(self.pending_key(record.spec.model), record.tenant, -1)
+        pipe.zrem(self.all_jobs_key(), record.id)
+        pipe.zrem(f"{self.prefix}:pending:{record.spec.model}:{record.tenant}", record.id)
+        pipe.zrem(f"{self.prefix}:dispatched:{record.spec.model}", record.id)
+        pipe.srem(f"{self.prefix}:active:{record.tenant}", record.id)
+        pipe.execute()
 
-    def list_ids(self, tenant: str, *, after: str | None, limit: int, newest_first: bool) -> tuple[list[str], bool]:
-        """One page of a tenant's job ids, after the cursor id (exclusive); returns (ids, has_more)."""
-        key = self.tenant_jobs_key(tenant)
+    def list_ids(self, tenant: str | None, *, after: str | None, limit: int, newest_first: bool) -> tuple[list[str], bool]:
+        """One page of a tenant's job ids (None: every tenant's), after the cursor id (exclusive); returns (ids, has_more)."""
+        key = self.tenant_jobs_key(tenant) if tenant is not None else self.all_jobs_key()
         start = 0
         if after is not None:
             rank = self.redis.zrevrank(key, after) if newest_first else self.redis.zrank(key, after)

@@ -5,6 +5,7 @@ model. Nothing here is eager or in-memory; tests talk to it over HTTP like any c
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ import redis
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import JobStore
+from tests.tenants import TENANT_QUOTAS
 from wanq.stack import AWS_TEST_ENV, Stack
 
 TINY = ("tiny-t2v-a14b", "tiny-i2v-a14b", "tiny-ti2v-5b")
@@ -41,14 +43,27 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "WANQ_S3_UPLOAD_BACKOFF_S": "0.2",
             "WANQ_WORKER_HEARTBEAT_INTERVAL_S": "0.5",
             "WANQ_WORKER_HEARTBEAT_TTL_S": "3",
+            "WANQ_MAINTENANCE_INTERVAL_S": "0.5",
+            "WANQ_JOBS_FETCH_ALLOWLIST": '["127.0.0.1/32"]',
+            # Webhooks: a short schedule, and the tests' receiver on 127.0.0.1 admitted.
+            "WANQ_WEBHOOKS_RETRY_SCHEDULE_S": "[0, 0.3, 0.3, 0.5, 1]",
+            "WANQ_WEBHOOKS_ALLOWLIST": '["127.0.0.1/32"]',
+            "WANQ_WEBHOOKS_TIMEOUT_S": "3",
+            "WANQ_WEBHOOKS_POLL_INTERVAL_S": "0.1",
+            "WANQ_WEBHOOKS_PROGRESS_INTERVAL_S": "0.2",
+            "WANQ_QUOTAS_TENANTS": json.dumps(TENANT_QUOTAS),
+            "WANQ_DISPATCH_IN_API": "false",  # the dispatcher runs as its own process, as in production
         }
     )
+    stack.seed_admin_key()  # every process gets its hash; the `api` fixture sends it
     try:
         stack.start_redis()
         stack.start_s3()
         stack.build_tiny_models(list(TINY), root / "models")
         stack.model_paths[LATE] = stack.model_paths["tiny-t2v-a14b"]
         stack.start_api()
+        stack.start_webhooks()
+        stack.start_dispatcher()
         for model in TINY:
             stack.start_worker(model)
         for model in TINY:

@@ -1,38 +1,91 @@
-"""A small typed Python client for a wanq server: submit, follow live events, download, cancel, list, delete.
+"""A small typed Python client for a wanq server: submit, follow live events, wait, download, cancel, list, delete.
 
-from wanq.client import Client
-with Client("http://127.0.0.1:8000", api_key="wq_...") as client:
-    video = client.submit("a red fox in the snow", model="wan2.2-ti2v-5b")
-    for event in client.events(video["id"]):
-        print(event["stage"], event["progress"])
-    client.download(video["id"], "fox.mp4")
+    from wanq.client import Client
+
+    with Client("http://127.0.0.1:8000", api_key="wq_...") as client:
+        video = client.submit("a red fox in the snow", model="wan2.2-ti2v-5b", size="1280x704", seconds=5)
+        for event in client.events(video["id"]):  # one video object per change, until a final status
+            print(event["status"], event["stage"], event["progress"])
+        client.download(video["id"], "fox.mp4")
+
+Every failure is a `WanqClientError`: `ServerUnreachable` when nothing answers at the URL, `APIError` (with the HTTP
+status and the server's OpenAI-style `code`, `param` and `message`) when the server refuses.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
-TERMINAL = {"completed", "failed", "canceled"}
+Video = dict[str, Any]
+"""The server's video object: OpenAI's Video fields (id, status, progress, ...) plus wanq's (stage, step, ...)."""
+Variant = Literal["video", "thumbnail", "spritesheet"]
+
+TERMINAL = frozenset({"completed", "failed", "canceled"})
+# The server sends a keep-alive comment every 15 s on an idle stream; silence for longer means a dead connection.
+_SSE_READ_TIMEOUT_S = 60.0
+_SSE_RECONNECTS = 5
 
 
 class WanqClientError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None) -> None:
+    """Base of everything this client raises."""
+
+
+class ServerUnreachable(WanqClientError):
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(f"no server answers at {url} ({detail})")
+        self.url = url
+
+
+class APIError(WanqClientError):
+    """The server answered with an error: its HTTP status and OpenAI-style error body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.param = param
+        self.retry_after = retry_after
+
+
+def _api_error(response: httpx.Response) -> APIError:
+    try:
+        body = response.json()
+        error = body.get("error") if isinstance(body, dict) else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        error = None
+    if not isinstance(error, dict):
+        # Not one of ours (a proxy, another program on the port): its status line and a glimpse of the body.
+        error = {"message": f"HTTP {response.status_code} {response.reason_phrase}: {response.text[:200]}".rstrip(": ")}
+    retry_after = response.headers.get("retry-after")
+    return APIError(
+        response.status_code,
+        str(error.get("message") or response.reason_phrase),
+        error.get("code"),
+        error.get("param"),
+        float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None,
+    )
 
 
 class Client:
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None, timeout: float = 30.0) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     def __enter__(self) -> Client:
@@ -44,87 +97,174 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def _check(self, response: httpx.Response) -> httpx.Response:
-        if response.is_success or response.status_code in (301, 302, 307):
-            return response
+    # Plumbing ----------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            error = response.json().get("error", {})
-        except (json.JSONDecodeError, AttributeError):
-            error = {}
-        raise WanqClientError(
-            response.status_code,
-            error.get("message") or response.text[:200] or response.reason_phrase,
-            error.get("code"),
-            error.get("param"),
-        )
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        return self._check(response).json()
 
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        """The response when it succeeded, else the server's error as an APIError."""
+        if not response.is_success:
+            raise _api_error(response)
+        return response
+
+    def _unreachable(self, exc: httpx.TransportError) -> WanqClientError:
+        if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+            return ServerUnreachable(self.base_url, "connection refused or timed out")
+        return WanqClientError(f"network error talking to {self.base_url}: {exc.__class__.__name__} {exc}")
+
+    # The API -----------------------------------------------------------------------------------
     def submit(
-        self, prompt: str, *, image: str | Path | None = None, idempotency_key: str | None = None, **fields: Any
-    ) -> dict[str, Any]:
-        """Creates a job. `fields`: model, size, seconds, num_frames, seed, ... (None values are dropped)."""
-        body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        size: str | None = None,
+        seconds: float | None = None,
+        seed: int | None = None,
+        image: str | Path | None = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> Video:
+        """Creates a job and returns it (status "queued").
+
+        `fields` are the other create fields: num_frames, num_inference_steps, fps, negative_prompt, guidance_scale,
+        webhook_url, ... (None values are dropped, so the model's defaults apply). `image` is a file sent as the
+        first frame (`input_reference`, multipart)."""
+        given = {"model": model, "size": size, "seconds": seconds, "seed": seed, **fields}
+        body = {"prompt": prompt, **{k: v for k, v in given.items() if v is not None}}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        if image is not None:
-            path = Path(image)
-            data = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in body.items()}
-            with path.open("rb") as fh:
-                files = {"input_reference": (path.name, fh, "application/octet-stream")}
-                response = self._http.post("/v1/videos", data=data, files=files, headers=headers)
-        else:
-            response = self._http.post("/v1/videos", json=body, headers=headers)
-        return self._check(response).json()  # type: ignore[no-any-return]
+        if image is None:
+            return self._request("POST", "/v1/videos", json=body, headers=headers)  # type: ignore[no-any-return]
+        path = Path(image)
+        # Form fields are strings; a list (webhook_events) goes as the same field repeated.
+        data = {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in body.items()}
+        with path.open("rb") as fh:
+            files = {"input_reference": (path.name, fh, "application/octet-stream")}
+            return self._request("POST", "/v1/videos", data=data, files=files, headers=headers)  # type: ignore[no-any-return]
 
-    def get(self, video_id: str) -> dict[str, Any]:
-        return self._check(self._http.get(f"/v1/videos/{video_id}")).json()  # type: ignore[no-any-return]
+    def get(self, video_id: str) -> Video:
+        return self._request("GET", f"/v1/videos/{video_id}")  # type: ignore[no-any-return]
 
-    def list(self, *, limit: int = 20, after: str | None = None, order: str = "desc") -> dict[str, Any]:
+    def list(self, *, limit: int = 20, after: str | None = None, order: Literal["asc", "desc"] = "desc") -> dict[str, Any]:
+        """One page: {"data": [video, ...], "has_more": bool, "last_id": ...}; pass `after=last_id` for the next."""
         params: dict[str, Any] = {"limit": limit, "order": order}
         if after:
             params["after"] = after
-        return self._check(self._http.get("/v1/videos", params=params)).json()  # type: ignore[no-any-return]
+        return self._request("GET", "/v1/videos", params=params)  # type: ignore[no-any-return]
 
-    def cancel(self, video_id: str) -> dict[str, Any]:
-        return self._check(self._http.post(f"/v1/videos/{video_id}/cancel")).json()  # type: ignore[no-any-return]
+    def cancel(self, video_id: str) -> Video:
+        """A queued job ends at once; a running one gets `cancel_requested` and stops at its next step."""
+        return self._request("POST", f"/v1/videos/{video_id}/cancel")  # type: ignore[no-any-return]
 
     def delete(self, video_id: str) -> dict[str, Any]:
-        return self._check(self._http.delete(f"/v1/videos/{video_id}")).json()  # type: ignore[no-any-return]
+        return self._request("DELETE", f"/v1/videos/{video_id}")  # type: ignore[no-any-return]
 
-    def models(self) -> list[dict[str, Any]]:
-        return self._check(self._http.get("/v1/models")).json()["data"]  # type: ignore[no-any-return]
+    def models(self) -> builtins.list[dict[str, Any]]:  # `list` here is the method above
+        return self._request("GET", "/v1/models")["data"]  # type: ignore[no-any-return]
 
-    def events(self, video_id: str, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
-        """Yields the video object on every change (Server-Sent Events) until a terminal status."""
-        with self._http.stream(
-            "GET", f"/v1/videos/{video_id}/events", timeout=httpx.Timeout(timeout or 30.0, read=timeout)
-        ) as response:
-            self._check(response) if response.is_success else self._check(
-                httpx.Response(response.status_code, content=response.read())
-            )
-            data: list[str] = []
-            for line in response.iter_lines():
-                if line.startswith("data:"):
-                    data.append(line[5:].strip())
-                elif line == "" and data:
-                    video = json.loads("\n".join(data))
-                    data = []
+    def events(self, video_id: str, *, timeout: float | None = None) -> Iterator[Video]:
+        """Yields the video object on every change (Server-Sent Events), ending after a final status.
+
+        The first event is the current state. A dropped connection is reopened (the server starts again from the
+        current state); `timeout` bounds the whole wait and raises TimeoutError."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failures = 0
+        while True:
+            try:
+                for video in self._event_stream(video_id, deadline):
+                    failures = 0
                     yield video
                     if video["status"] in TERMINAL:
                         return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > _SSE_RECONNECTS:
+                    raise self._unreachable(exc) from None
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"video {video_id} did not finish within {timeout} s")
+            time.sleep(min(0.2 * 2**failures, 5.0))
 
-    def wait(self, video_id: str, *, timeout: float | None = None) -> dict[str, Any]:
-        final: dict[str, Any] = {}
+    def _event_stream(self, video_id: str, deadline: float | None) -> Iterator[Video]:
+        read = _SSE_READ_TIMEOUT_S if deadline is None else max(0.1, min(_SSE_READ_TIMEOUT_S, deadline - time.monotonic()))
+        with self._http.stream("GET", f"/v1/videos/{video_id}/events", timeout=httpx.Timeout(30.0, read=read)) as response:
+            if not response.is_success:
+                response.read()
+                raise _api_error(response)
+            data: list[str] = []
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+                elif line == "" and data:
+                    yield json.loads("\n".join(data))
+                    data = []
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+
+    def wait(self, video_id: str, *, timeout: float | None = None) -> Video:
+        """Follows the job until it completes, fails or is canceled; returns the final video object."""
+        final: Video = {}
         for event in self.events(video_id, timeout=timeout):
             final = event
-        return final or self.get(video_id)
+        return final
 
-    def download(self, video_id: str, path: str | Path, *, variant: str = "video") -> Path:
+    def content(self, video_id: str, *, variant: Variant = "video") -> bytes:
+        """The MP4 (or the thumbnail, or the spritesheet) in memory; see `download` for large files."""
+        try:
+            response = self._http.get(f"/v1/videos/{video_id}/content", params={"variant": variant}, follow_redirects=True)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        if not response.is_success:
+            raise _api_error(response)
+        return response.content
+
+    def download(self, video_id: str, path: str | Path, *, variant: Variant = "video") -> Path:
+        """Streams a finished job's output to `path` (written whole or not at all). Follows the redirect to S3 when
+        the server hands out presigned URLs (httpx drops the Authorization header on the way to another host)."""
         path = Path(path)
-        with self._http.stream(
-            "GET", f"/v1/videos/{video_id}/content", params={"variant": variant}, follow_redirects=True
-        ) as response:
-            if not response.is_success:
-                self._check(httpx.Response(response.status_code, content=response.read()))
-            with path.open("wb") as fh:
-                for chunk in response.iter_bytes():
-                    fh.write(chunk)
+        partial = path.with_name(f".{path.name}.part")
+        try:
+            with self._http.stream(
+                "GET", f"/v1/videos/{video_id}/content", params={"variant": variant}, follow_redirects=True
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    raise _api_error(response)
+                with partial.open("wb") as fh:
+                    for chunk in response.iter_bytes():
+                        fh.write(chunk)
+            os.replace(partial, path)
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from None
+        finally:
+            partial.unlink(missing_ok=True)
         return path
+
+    # Webhooks: the tenant's default endpoint and signing secret, and a job's delivery log.
+    def webhook_endpoint(self, *, tenant: str | None = None) -> dict[str, Any]:
+        return self._check(self._http.get("/v1/webhook_endpoint", params=_tenant(tenant))).json()  # type: ignore[no-any-return]
+
+    def set_webhook_endpoint(self, url: str, *, events: list[str] | None = None, tenant: str | None = None) -> dict[str, Any]:
+        """Returns the endpoint; its `secret` is present only when this call created the signing secret."""
+        response = self._http.put("/v1/webhook_endpoint", json={"url": url, "events": events}, params=_tenant(tenant))
+        return self._check(response).json()  # type: ignore[no-any-return]
+
+    def delete_webhook_endpoint(self, *, tenant: str | None = None) -> dict[str, Any]:
+        return self._check(self._http.delete("/v1/webhook_endpoint", params=_tenant(tenant))).json()  # type: ignore[no-any-return]
+
+    def rotate_webhook_secret(self, *, previous_valid_s: int | None = None, tenant: str | None = None) -> dict[str, Any]:
+        """A new signing secret (in `secret`, shown once); the old one keeps signing for the rotation window."""
+        body = {"previous_secret_valid_s": previous_valid_s} if previous_valid_s is not None else None
+        response = self._http.post("/v1/webhook_endpoint/rotate_secret", json=body, params=_tenant(tenant))
+        return self._check(response).json()  # type: ignore[no-any-return]
+
+    def webhook_deliveries(self, video_id: str) -> dict[str, Any]:
+        """`{"object": "list", "data": [...]}`: each delivery with its attempts and next retry."""
+        return self._check(self._http.get(f"/v1/videos/{video_id}/webhook_deliveries")).json()  # type: ignore[no-any-return]
+
+
+def _tenant(tenant: str | None) -> dict[str, str]:
+    return {"tenant": tenant} if tenant else {}

@@ -2,7 +2,7 @@
 
 Uses WANQ_REDIS_URL if it is set and reachable, else starts a private redis-server; uses
 WANQ_S3_ENDPOINT_URL if set, else starts a local S3 endpoint (moto's server). Then the API and one
-worker per tiny model. Ctrl-C stops everything it started.
+worker per tiny model, and the webhook delivery process. Ctrl-C stops everything it started.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from shared.catalog import TINY_MODEL_IDS
 from wanq.cli import load_settings
-from wanq.stack import Stack, port_open
+from wanq.stack import DEV_ADMIN_KEY_ENV, Stack, port_open
 
 log = logging.getLogger("wanq.dev")
 
@@ -40,9 +40,21 @@ def start_dev_stack(workdir: Path, *, api_port: int | None = None, models: tuple
         else:
             print(f"wanq dev: started a local S3 endpoint (moto) at {stack.start_s3()}", file=sys.stderr)
         stack.env["WANQ_MODELS"] = "[" + ",".join(f'"{m}"' for m in models) + "]"
+        if "auth" not in settings.model_fields_set:
+            # Explicitly open: a local playground needs no key. The API logs a warning saying so.
+            stack.env["WANQ_AUTH_OPEN"] = "true"
+            print(
+                "wanq dev: authentication is OFF (WANQ_AUTH_OPEN=true, local use only); set WANQ_AUTH_KEYS to require keys",
+                file=sys.stderr,
+            )
+        stack.seed_admin_key("dev-admin")  # for the stack's own checks; never shown
         stack.env.setdefault("WANQ_S3_CREATE_BUCKET", "true")
+        # Local receivers (a script on this machine) are the usual webhook target while developing.
+        if not settings.webhooks.allowlist:
+            stack.env["WANQ_WEBHOOKS_ALLOWLIST"] = '["127.0.0.0/8", "::1/128"]'
         stack.build_tiny_models(list(models), workdir.parent / "models")
         api = stack.start_api(api_port)
+        stack.start_webhooks()
         for model in models:
             stack.start_worker(model)
         for model in models:
@@ -91,7 +103,8 @@ def run_demo(argv: list[str] | None = None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     stack = start_dev_stack(Path(args.workdir), api_port=None, models=("tiny-ti2v-5b",))
     try:
-        cli.main(["submit", args.prompt, "--model", "tiny-ti2v-5b", "--wait", "-o", str(output), "--url", stack.api_url])
+        key = ["--api-key", stack.env[DEV_ADMIN_KEY_ENV]]  # works whether or not authentication is open
+        cli.main(["submit", args.prompt, "--model", "tiny-ti2v-5b", "--wait", "-o", str(output), "--url", stack.api_url, *key])
         info = probe_mp4(output)
         print(
             f"demo: {output.resolve()} — {info['codec']} {info['size'][0]}x{info['size'][1]}, {info['frames']} frames at {info['fps']:g} fps"

@@ -7,6 +7,7 @@ production; nothing is faked.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -27,6 +28,10 @@ AWS_TEST_ENV = {
     "AWS_SECRET_ACCESS_KEY": "wanq-local-secret",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
+
+
+DEV_ADMIN_KEY_ENV = "WANQ_DEV_ADMIN_KEY"
+"""Where the stack keeps the admin key it seeded (`seed_admin_key`), for its own and the tests' requests."""
 
 
 def free_port() -> int:
@@ -60,6 +65,12 @@ class Managed:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def check_alive(self) -> bool:
+        """True while running; raises with the end of its log once it has exited (no waiting for nothing)."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        return True
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.proc.poll() is None:
@@ -99,6 +110,7 @@ class Stack:
     def spawn(self, name: str, args: list[str], extra_env: Mapping[str, str] | None = None) -> Managed:
         log_path = self.workdir / "logs" / f"{name}.log"
         env = {**os.environ, **AWS_TEST_ENV, **self.env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
+        env.pop(DEV_ADMIN_KEY_ENV, None)  # the processes get only its hash (WANQ_AUTH_KEYS)
         log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
         proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log_file.close()
@@ -159,10 +171,27 @@ class Stack:
 
     def start_api(self, port: int | None = None) -> str:
         port = port or free_port()
-        self.spawn(f"api-{port}", [sys.executable, "-m", "wanq", "api", "--host", "127.0.0.1", "--port", str(port)])
+        api = self.spawn(f"api-{port}", [sys.executable, "-m", "wanq", "api", "--host", "127.0.0.1", "--port", str(port)])
         self.api_url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: self._healthy(self.api_url), 60, f"the API on port {port}")
+        wait_until(lambda: api.check_alive() and self._healthy(self.api_url), 120, f"the API on port {port}")
         return self.api_url
+
+    def seed_admin_key(self, tenant: str = "admin") -> str:
+        """Makes an admin key for the processes started after this; they receive only its SHA-256."""
+        from shared.apikeys import generate_key, hash_key
+
+        key = generate_key()
+        # Added to the keys already configured for the stack (or its environment), if any.
+        seeds = json.loads(self.env.get("WANQ_AUTH_KEYS") or os.environ.get("WANQ_AUTH_KEYS") or "[]")
+        seeds.append({"key_sha256": hash_key(key), "tenant": tenant, "admin": True})
+        self.env["WANQ_AUTH_KEYS"] = json.dumps(seeds)
+        self.env[DEV_ADMIN_KEY_ENV] = key
+        return key
+
+    def start_dispatcher(self, *, extra_env: Mapping[str, str] | None = None) -> Managed:
+        """A `wanq dispatcher` process (set WANQ_DISPATCH_IN_API=false to have the API run none)."""
+        count = sum(1 for p in self.processes if p.name.startswith("dispatcher"))
+        return self.spawn(f"dispatcher-{count}", [sys.executable, "-m", "wanq", "dispatcher"], extra_env)
 
     def start_worker(self, model: str, *, extra_env: Mapping[str, str] | None = None, name: str | None = None) -> Managed:
         path = self.model_paths[model]
@@ -172,6 +201,11 @@ class Stack:
             [sys.executable, "-m", "wanq", "worker", "--model", model, "--model-path", str(path), "--loglevel", "WARNING"],
             extra_env,
         )
+
+    def start_webhooks(self, *, extra_env: Mapping[str, str] | None = None) -> Managed:
+        """The webhook delivery process; it needs no readiness wait: events wait for it in Redis."""
+        count = sum(1 for p in self.processes if p.name.startswith("webhooks"))
+        return self.spawn(f"webhooks-{count}", [sys.executable, "-m", "wanq", "webhooks", "--loglevel", "INFO"], extra_env)
 
     def wait_for_workers(self, model: str, count: int = 1, timeout: float = 120) -> None:
         def ready() -> bool:
@@ -184,7 +218,7 @@ class Stack:
         wait_until(ready, timeout, f"{count} live worker(s) for {model}", interval=0.2)
 
     def admin_headers(self) -> dict[str, str]:
-        key = self.env.get("WANQ_DEV_ADMIN_KEY")
+        key = self.env.get(DEV_ADMIN_KEY_ENV)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     @staticmethod

@@ -23,7 +23,8 @@ from shared.schemas import GenerationSpec, JobRecord, JobStatus, Stage, progress
 from shared.settings import Settings
 from shared.storage import CONTENT_TYPES, Storage
 from shared.store import JobStore
-from worker import export
+from shared.timeouts import deadline, overran, timeout_message
+from worker import export, faults
 
 log = logging.getLogger("wanq.worker")
 
@@ -89,6 +90,9 @@ class JobRunner:
         if running_elsewhere and self.store.worker_alive(str(record.worker)):
             return None  # a duplicate delivery: the job is running elsewhere
         attempt = record.attempts + 1
+        if record.status is JobStatus.in_progress and overran(record):
+            self._finish(record, record.attempts, JobStatus.failed, "timeout", timeout_message(record))
+            return None
         if record.cancel_requested:
             self._finish(record, attempt - 1, JobStatus.canceled, "canceled", "canceled before it started")
             return None
@@ -114,6 +118,8 @@ class JobRunner:
                 "attempts": attempt,
                 "worker": self.worker_id,
                 "started_at": record.started_at or now,
+                "attempt_started_at": now,
+                "deadline_at": deadline(self.settings, now),
             },
         )
         if not result.ok or result.record is None:
@@ -135,10 +141,12 @@ class JobRunner:
 
             def on_step(done: int, total: int) -> None:
                 self._progress(record.id, attempt, Stage.denoising, done, total, timings)
+                if self.settings.engine.fault_injection:
+                    faults.inject(spec, done)
 
             result = self.engine.generate(spec, image, on_stage=on_stage, on_step=on_step)
             timings.update(result.timings)
-            self._progress(record.id, attempt, Stage.encoding_video, 0, 0, timings)
+            self._progress(record.id, attempt, Stage.encoding_video, 0, 0, timings, generated_at=time.time())
             return "generated", result, timings, started
         except Exception as exc:
             return self._fail(record, attempt, exc, timings), None, timings, started
@@ -193,8 +201,7 @@ class JobRunner:
             self._finish(record, attempt, JobStatus.failed, exc.code, exc.message, timings)
             return exc.code
         if type(exc).__name__ == "SoftTimeLimitExceeded":
-            limit = self.settings.jobs.soft_time_limit_s
-            self._finish(record, attempt, JobStatus.failed, "timeout", f"the job ran past its {limit} s time limit", timings)
+            self._finish(record, attempt, JobStatus.failed, "timeout", timeout_message(record), timings)
             return "timeout"
         log.exception("job failed", extra={"job_id": record.id, "model": record.spec.model, "tenant": record.tenant})
         self._finish(record, attempt, JobStatus.failed, "internal_error", f"{type(exc).__name__}: {exc}", timings)
@@ -227,7 +234,9 @@ class JobRunner:
         return outputs
 
     # -----------------------------------------------------------------------------------------
-    def _progress(self, job_id: str, attempt: int, stage: Stage, step: int, total: int, timings: dict[str, float]) -> None:
+    def _progress(
+        self, job_id: str, attempt: int, stage: Stage, step: int, total: int, timings: dict[str, float], **extra: Any
+    ) -> None:
         """Records the stage and step; raises JobCanceled if a cancel was requested."""
         result = self.store.transition(
             job_id,
@@ -238,6 +247,7 @@ class JobRunner:
                 "step": step,
                 "progress": progress_for(stage, step, total),
                 "timings": _rounded(timings),
+                **extra,
             },
         )
         if result.record is None:

@@ -177,6 +177,10 @@ def run(settings: Settings, model_id: str, model_path: Path, *, loglevel: str = 
         raise SystemExit(f"model {model_id!r} is not in WANQ_MODELS {settings.models}; add it there or pick one of them")
     if not (model_path / "model_index.json").exists():
         raise SystemExit(f"--model-path {model_path} holds no model_index.json (a diffusers pipeline directory)")
+    # Import torch and diffusers in the parent (no CUDA is touched by importing), so that a child
+    # replacing a dead one only has to load the weights.
+    import worker.engine  # noqa: F401
+
     app, process = build_app(settings, model_id, model_path)
     process.node = f"wanq-{model_id}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     logs.bind(model=model_id)

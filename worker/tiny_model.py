@@ -22,7 +22,8 @@ What is kept from the real checkpoints (Wan-AI/Wan2.2-*-Diffusers, diffusers'
 * TI2V-5B uses the Wan2.2 VAE: ``is_residual=True``, ``patch_size=2`` (pixels are patchified
   into ``in/out_channels=12`` = 3 x 2 x 2), z 48, ``scale_factor_spatial=16``,
   ``scale_factor_temporal=4``, the real 48-channel ``latents_mean``/``latents_std``, and a
-  decoder wider than the encoder like the real one (160 -> 256, here 1 -> 2). Its transformer has
+  decoder wider than the encoder like the real one (160 -> 256, here 1 -> 2: ``base_dim=1`` is the
+  smallest that runs; diffusers' own fast tests use 3). Its transformer has
   48 in/out channels, ``expand_timesteps=True`` is stored in the pipeline config (per-token
   timesteps, which is how the 5B model does image conditioning), and it is saved as a
   ``WanPipeline``; image mode is ``WanImageToVideoPipeline(**pipe.components,
@@ -102,13 +103,7 @@ def _tokenizer() -> PreTrainedTokenizerFast:
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     words = {word for line in _CORPUS for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(line))}
     chars = set("".join(words)) | set(string.ascii_lowercase + string.digits)
-    pieces = [
-        "<pad>",
-        "</s>",
-        "<unk>",
-        *sorted(chars),
-        *sorted("##" + c for c in chars),
-    ]
+    pieces = ["<pad>", "</s>", "<unk>", *sorted(chars), *sorted("##" + c for c in chars)]
     pieces += sorted(words - set(pieces))
     tok.model = models.WordPiece({p: i for i, p in enumerate(pieces)}, unk_token="<unk>")
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])

@@ -14,10 +14,19 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api.deps import Principal, PrincipalDep, Services, ServicesDep
+from api.routes.webhooks import check_job_webhook
 from shared import images
-from shared.errors import Conflict, Gone, IdempotencyMismatch, InvalidRequest, NotFound, PayloadTooLarge, ServiceUnavailable
+from shared.errors import (
+    Conflict,
+    Gone,
+    IdempotencyMismatch,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ServiceUnavailable,
+)
 from shared.idempotency import MAX_KEY_LENGTH, fingerprint
-from shared.queue import enqueue
 from shared.schemas import JobError, JobRecord, JobStatus
 from shared.specs import VideoRequest, parse_request, resolve_spec
 from shared.storage import CONTENT_TYPES
@@ -63,7 +72,7 @@ def load_job(services: Services, principal: Principal, job_id: str) -> JobRecord
 def video_object(services: Services, record: JobRecord) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if record.status is JobStatus.queued:
-        position = services.store.queue_position(record)
+        position = services.fairq.position(record)  # place in the fair dispatch order
         extra["queue_position"] = position
         extra["estimated_start_at"] = _estimated_start(services, record, position)
     return record.to_video(**extra)
@@ -191,6 +200,7 @@ def _created(body: dict[str, Any], *, replayed: bool = False) -> Response:
 async def _create(services: Services, principal: Principal, fields: dict[str, Any], upload: bytes | None) -> Response:
     settings = services.settings
     req = parse_request(fields)
+    await asyncio.to_thread(check_job_webhook, services, principal.tenant, req.webhook_url, req.webhook_events)
     image_data = await asyncio.to_thread(_image_bytes, services, req, upload)
 
     # Resolve against the model's defaults and limits
@@ -204,6 +214,7 @@ async def _create(services: Services, principal: Principal, fields: dict[str, An
         has_image=image_data is not None,
         image_key=image_key,
     )
+    await asyncio.to_thread(services.quotas.check_job, principal.tenant, spec)
 
     # Store the fitted image beside the job, then the record, then enqueue
     if image_data is not None and image_key is not None:
@@ -229,7 +240,14 @@ def _fit_image(data: bytes, width: int, height: int, settings: Any) -> bytes:
 def _submit(services: Services, record: JobRecord) -> dict[str, Any]:
     services.store.create(record)
     try:
-        enqueue(services.celery, record.id, record.spec.model)
+        # Into the tenant's queue; the dispatcher moves it to the model's worker queue (shared/fairqueue.py).
+        services.fairq.submit(record)
+    except RateLimited:
+        # The tenant's queue filled up since the early check: the job never existed.
+        services.store.delete(record)
+        if record.spec.image_key is not None:
+            services.storage.delete_prefix(services.storage.job_prefix(record.id))
+        raise
     except Exception as exc:
         # The record exists: fail it visibly rather than leave a job nobody will run.
         services.store.transition(

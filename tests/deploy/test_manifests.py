@@ -194,7 +194,7 @@ def test_services_and_budgets_select_pods_that_exist(resources_by_kind: dict[str
     hpa = resources_by_kind["HorizontalPodAutoscaler"]["wanq-api"]
     assert hpa["spec"]["scaleTargetRef"]["name"] in resources_by_kind["Deployment"]
     assert resources_by_kind["Deployment"]["wanq-dispatcher"]["spec"]["replicas"] == 1
-    assert resources_by_kind["Deployment"]["wanq-dispatcher"]["spec"]["strategy"]["type"] == "Recreate"
+    assert _env(resources_by_kind["ConfigMap"]["wanq-config"])["WANQ_DISPATCH_IN_API"] == "false"  # the dispatcher's job
 
 
 def test_every_pod_runs_as_a_non_root_user(resources_by_kind: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from shared.settings import Settings
 from shared.store import JobStore
 from tests.conftest import wait_for_status
 from tests.e2e.test_metrics import scrape, value
+from tests.tenants import ADMIN
 from wanq.stack import Managed, Stack, free_port, wait_until
 from worker.control import drain
 
@@ -146,7 +147,7 @@ def _check_metrics_and_logs(extra: list[Worker]) -> None:
         assert any(e["logger"] == "celery.app.trace" for e in about_jobs)
         assert sum(e["msg"] == "job started" for e in about_jobs) >= completed
         for entry in about_jobs:
-            assert entry.get("job_id", "").startswith("video_") and entry.get("tenant") == "default", entry
+            assert entry.get("job_id", "").startswith("video_") and entry.get("tenant") == ADMIN, entry
             assert entry.get("model") == MODEL, entry
             mentioned = set(re.findall(r"video_[0-9a-f]{32}", json.dumps({k: v for k, v in entry.items() if k != "job_id"})))
             assert mentioned <= {entry["job_id"]}, entry  # the line is about the job it names

@@ -1,6 +1,6 @@
-"""The job store's per-tenant pending counts and finished counters (what `/metrics` reports) follow
-every path a job takes: create, claim, requeue, cancel, finish, delete. Real Redis, a model id of
-its own so that no worker or other test sees these jobs."""
+"""The job store counts the jobs that end, by model and status (`wanq_jobs_finished_total`), in the
+transition itself: once per job, whichever path ends it. Real Redis; a model id of its own so that
+no worker or other test sees these jobs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from shared.store import JobStore
 MODEL = "counts-test-model"
 
 
-def _record(tenant: str) -> JobRecord:
+def _record() -> JobRecord:
     spec = GenerationSpec(
         model=MODEL,
         prompt="counting",
@@ -27,43 +27,28 @@ def _record(tenant: str) -> JobRecord:
         flow_shift=1.0,
         seed=0,
     )
-    return JobRecord(id=f"video_{uuid.uuid4().hex}", tenant=tenant, spec=spec)
+    return JobRecord(id=f"video_{uuid.uuid4().hex}", tenant="counts", spec=spec)
 
 
-def _pending(store: JobStore) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in store.redis.hgetall(store.pending_key(MODEL)).items() if int(v)}
+def _finished(store: JobStore) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in store.redis.hgetall(store.finished_key(MODEL)).items()}
 
 
-def _finished(store: JobStore, status: str) -> int:
-    return int(store.redis.hget(store.finished_key(MODEL), status) or 0)
-
-
-def test_pending_and_finished_counts_follow_each_job(store: JobStore) -> None:
-    alice, bob = f"alice-{uuid.uuid4().hex[:6]}", f"bob-{uuid.uuid4().hex[:6]}"
-    canceled_before, completed_before = _finished(store, "canceled"), _finished(store, "completed")
-    a1, a2, b1 = _record(alice), _record(alice), _record(bob)
-    for record in (a1, a2, b1):
+def test_each_ended_job_is_counted_once_by_status(store: JobStore) -> None:
+    before = _finished(store)
+    done, canceled, failed = _record(), _record(), _record()
+    for record in (done, canceled, failed):
         store.create(record)
-    assert _pending(store).items() >= {alice: 2, bob: 1}.items()
-
-    # Claimed: no longer pending. Requeued (its worker died): pending again, once.
-    assert store.transition(a1.id, allowed=[JobStatus.queued], patch={"status": "in_progress"}).ok
-    assert _pending(store).get(alice) == 1
-    assert store.transition(a1.id, allowed=[JobStatus.in_progress], patch={"status": "queued"}).ok
-    assert store.transition(
-        a1.id, allowed=[JobStatus.queued], patch={"progress": 0}
-    ).ok  # a queued job changing stays counted once
-    assert _pending(store).get(alice) == 2 and store.queued_count(MODEL) >= 3
-
-    # Canceled while queued; completed after running; deleted while queued.
-    assert store.transition(a2.id, allowed=[JobStatus.queued], patch={"status": "canceled"}).ok
-    assert store.transition(a1.id, allowed=[JobStatus.queued], patch={"status": "in_progress"}).ok
-    assert store.transition(a1.id, allowed=[JobStatus.in_progress], patch={"status": "completed"}).ok
-    assert not store.transition(a1.id, allowed=[JobStatus.in_progress], patch={"status": "completed"}).ok
-    store.delete(b1)
-    assert alice not in _pending(store) and bob not in _pending(store)
-    assert _finished(store, "canceled") == canceled_before + 1
-    assert _finished(store, "completed") == completed_before + 1  # the refused second finish did not count
-    for record in (a1, a2):
+    assert store.transition(done.id, allowed=[JobStatus.queued], patch={"status": "in_progress"}).ok
+    assert store.transition(done.id, allowed=[JobStatus.in_progress], patch={"progress": 50}).ok  # not an ending
+    assert _finished(store) == before
+    assert store.transition(done.id, allowed=[JobStatus.in_progress], patch={"status": "completed"}).ok
+    assert not store.transition(done.id, allowed=[JobStatus.in_progress], patch={"status": "completed"}).ok  # refused
+    assert store.transition(done.id, patch={"stage": "done"}).ok  # a later change of a completed job: no second count
+    assert store.transition(canceled.id, allowed=[JobStatus.queued], patch={"status": "canceled"}).ok
+    assert store.transition(failed.id, allowed=[JobStatus.queued], patch={"status": "failed"}).ok
+    after = _finished(store)
+    for status in ("completed", "canceled", "failed"):
+        assert after.get(status, 0) == before.get(status, 0) + 1, status
+    for record in (done, canceled, failed):
         store.delete(record)
-    assert store.queued_count(MODEL) == 0

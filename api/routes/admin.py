@@ -1,0 +1,96 @@
+"""`/v1/admin`: every tenant's jobs, queue depth per model and tenant, draining a model's queue, API keys.
+
+Admin keys only (403 otherwise). Canceling any one job needs no route here: `POST
+/v1/videos/{id}/cancel` serves admins for every tenant's jobs.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+
+from api.deps import ServicesDep, get_admin
+from api.routes.videos import video_object
+from shared.errors import NotFound
+from shared.fairqueue import text
+from shared.schemas import JobStatus
+from shared.settings import TENANT_PATTERN
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(get_admin)])
+
+TenantQuery = Annotated[str | None, Query(pattern=TENANT_PATTERN)]
+
+
+@router.get("/jobs", summary="List every tenant's video jobs, newest first")
+def list_all_jobs(
+    services: ServicesDep,
+    tenant: TenantQuery = None,
+    after: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Annotated[Literal["asc", "desc"], Query()] = "desc",
+) -> dict[str, Any]:
+    ids, has_more = services.store.list_ids(tenant, after=after, limit=limit, newest_first=order == "desc")
+    data = [video_object(services, r) | {"tenant": r.tenant} for r in services.store.get_many(ids)]
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+@router.get("/queues", summary="Queue depth per model and tenant")
+def queues(services: ServicesDep) -> dict[str, Any]:
+    data = [services.fairq.depth(model, len(services.store.live_workers(model))) for model in services.settings.models]
+    return {"object": "list", "data": data}
+
+
+@router.post("/models/{model}/drain", summary="Cancel every queued job of a model (running ones go on)")
+def drain(model: str, services: ServicesDep, tenant: TenantQuery = None) -> dict[str, Any]:
+    if model not in services.settings.catalog():
+        raise NotFound(f"no model {model!r}; configured: {services.settings.models}", param="model")
+    store = services.store
+    ids = [text(i) for i in store.redis.zrange(store.queued_key(model), 0, -1)]
+    canceled = []
+    for record in store.get_many(ids):
+        if tenant is not None and record.tenant != tenant:
+            continue
+        result = store.transition(
+            record.id,
+            allowed=[JobStatus.queued],
+            patch={
+                "status": "canceled",
+                "stage": "done",
+                "completed_at": time.time(),
+                "error": {"code": "canceled", "message": "canceled by an administrator (queue drained)"},
+            },
+        )
+        if result.ok:
+            canceled.append(record.id)
+    return {"object": "queue.drained", "model": model, "tenant": tenant, "canceled": len(canceled), "ids": canceled}
+
+
+class KeyRequest(BaseModel):
+    tenant: str = Field(pattern=TENANT_PATTERN)
+    admin: bool = False
+    name: str = Field(default="", max_length=200)
+
+
+@router.post("/keys", status_code=201, summary="Create an API key (the key is in this response only)")
+def create_key(body: KeyRequest, services: ServicesDep) -> dict[str, Any]:
+    key, record = services.keys.create(body.tenant, admin=body.admin, name=body.name)
+    return {**record.public(), "key": key}
+
+
+@router.get("/keys", summary="List API keys (ids and prefixes, never the keys)")
+def list_keys(services: ServicesDep) -> dict[str, Any]:
+    return {"object": "list", "data": [r.public() for r in services.keys.records()]}
+
+
+@router.delete("/keys/{key_ref}", summary="Revoke an API key by id or prefix")
+def revoke_key(key_ref: str, services: ServicesDep) -> dict[str, Any]:
+    return services.keys.revoke(key_ref).public()

@@ -1,0 +1,260 @@
+"""The service's own overhead, on the CPU, over loopback, with every component real.
+
+Starts a private stack (redis-server, moto's S3 server, the API with its dispatcher, Celery workers on
+tiny Wan2.2 pipelines) and measures:
+
+1. POST /v1/videos latency percentiles and throughput at 1, 16 and 64 concurrent clients (closed
+   loop: each client posts again as soon as it has its answer), against a model no worker serves,
+   so that only the API's own work is measured; and, in the same run, a bare Celery `send_task`
+   loop on the same Redis with the same concurrency: the floor for POST throughput.
+2. Pick-up latency with an idle worker: POST accepted -> the worker has claimed the job
+   (`attempt_started_at - created_at`, both stamped on this machine's clock).
+3. The engine's idle share between back-to-back jobs: jobs queued on one worker, with the MP4
+   export and upload overlapped with the next job (default) and not overlapped. Idle time is the gap
+   between one job's end of decoding (`generated_at`) and the next job's claim. The tiny model runs
+   at a size where a job's denoising dominates its export and upload, as on a GPU (reported).
+
+Prints a table and writes JSON next to RESULTS.md. Usage:
+    python benchmarks/service_load.py [--seconds 8] [--out benchmarks/results/service_load.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared.queue import make_celery  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.store import JobStore  # noqa: E402
+from wanq.stack import Stack  # noqa: E402
+
+SERVED = "tiny-t2v-a14b"
+UNSERVED = "wan2.2-t2v-a14b"  # accepted and queued; no worker: POSTs measure the API alone
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def post_load(url: str, headers: dict[str, str], clients: int, seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    body = {"prompt": "load", "model": UNSERVED, "size": "64x64", "num_frames": 5, "num_inference_steps": 1}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as client:
+        stop_at = time.perf_counter() + seconds
+
+        async def one_client() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                response = await client.post("/v1/videos", json=body)
+                latencies.append(time.perf_counter() - t0)
+                if response.status_code != 202:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "throughput_rps": len(latencies) / elapsed,
+        "p50_ms": pct(latencies, 0.50) * 1000,
+        "p90_ms": pct(latencies, 0.90) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+    }
+
+
+def celery_floor(settings: Settings, clients: int, seconds: float) -> dict[str, Any]:
+    """A bare send_task loop (the enqueue the dispatcher does), same Redis, same concurrency."""
+    app = make_celery(settings)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def one_client() -> None:
+        local = []
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            app.send_task("wanq.floor", args=["x"], queue="wanq.floor")
+            local.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(local)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one_client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    return {"clients": clients, "requests": len(latencies), "throughput_rps": len(latencies) / elapsed, "p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000}
+
+
+def drain(api: httpx.Client, model: str) -> None:
+    api.post(f"/v1/admin/models/{model}/drain")
+
+
+def wait_done(api: httpx.Client, ids: list[str], timeout: float = 600) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        videos = [api.get(f"/v1/videos/{i}").json() for i in ids]
+        if all(v["status"] in ("completed", "failed", "canceled") for v in videos):
+            return videos
+        time.sleep(0.2)
+    raise TimeoutError("jobs did not finish")
+
+
+def pickup_latency(api: httpx.Client, store: JobStore, count: int) -> dict[str, Any]:
+    samples = []
+    for n in range(count):
+        video = api.post("/v1/videos", json={"prompt": f"pickup {n}", "model": SERVED, "size": "64x64", "num_frames": 5, "num_inference_steps": 1}).json()
+        wait_done(api, [video["id"]])
+        record = store.get(video["id"])
+        assert record is not None and record.attempt_started_at is not None
+        samples.append(record.attempt_started_at - record.created_at)
+        time.sleep(0.2)  # the worker is idle again (its upload done) before the next POST
+    return {"jobs": count, "p50_ms": statistics.median(samples) * 1000, "p90_ms": pct(samples, 0.9) * 1000, "max_ms": max(samples) * 1000}
+
+
+def idle_share(api: httpx.Client, store: JobStore, jobs: int, job_fields: dict[str, Any]) -> dict[str, Any]:
+    ids = [api.post("/v1/videos", json={"prompt": f"back to back {n}", "model": SERVED, **job_fields}).json()["id"] for n in range(jobs)]
+    wait_done(api, ids)
+    records = sorted((r for r in (store.get(i) for i in ids) if r is not None), key=lambda r: r.attempt_started_at or 0)
+    assert all(r.status.value == "completed" for r in records), [r.error for r in records]
+    gaps = [b.attempt_started_at - a.generated_at for a, b in zip(records, records[1:], strict=False) if a.generated_at and b.attempt_started_at]
+    span = (records[-1].generated_at or 0) - (records[0].attempt_started_at or 0)
+    per_job = statistics.median([r.timings.get("total", 0) for r in records])
+    stages = {k: statistics.median([r.timings.get(k, 0) for r in records]) for k in ("encoding_prompt", "denoising", "decoding", "encoding_video", "uploading")}
+    return {
+        "jobs": jobs,
+        "idle_s_total": sum(gaps),
+        "idle_gap_median_ms": statistics.median(gaps) * 1000,
+        "span_s": span,
+        "idle_share_pct": 100 * sum(gaps) / span,
+        "job_total_median_s": per_job,
+        "stage_medians_s": stages,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=8.0, help="duration of each POST load level")
+    parser.add_argument("--pickups", type=int, default=30)
+    parser.add_argument("--jobs", type=int, default=8, help="back-to-back jobs for the idle measurement")
+    parser.add_argument("--out", default="benchmarks/results/service_load.json")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="wanq-bench-"))
+    stack = Stack(root)
+    stack.env.update(
+        {
+            "WANQ_MODELS": json.dumps([SERVED, UNSERVED]),
+            "WANQ_S3_CREATE_BUCKET": "true",
+            "WANQ_QUOTAS_TENANTS": json.dumps({"admin": {"max_queued_jobs": 10**7, "requests_per_minute": 10**7, "max_running_jobs": 1000}}),
+            "WANQ_WORKER_HEARTBEAT_INTERVAL_S": "0.5",
+        }
+    )
+    stack.seed_admin_key()
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+    try:
+        stack.start_redis()
+        stack.start_s3()
+        stack.build_tiny_models([SERVED], root / "models")
+        stack.start_api()
+        stack.start_worker(SERVED)
+        stack.wait_for_workers(SERVED, 1, timeout=300)
+        saved = dict(os.environ)
+        os.environ.update(stack.env)
+        settings = Settings()
+        os.environ.clear()
+        os.environ.update(saved)
+        store = JobStore.from_url(settings.redis.url)
+        headers = stack.admin_headers()
+        api = httpx.Client(base_url=stack.api_url, headers=headers, timeout=30)
+
+        # 1. POST latency and throughput, and the bare Celery floor
+        results["post"] = []
+        results["floor"] = []
+        for clients in (1, 16, 64):
+            results["post"].append(asyncio.run(post_load(stack.api_url, headers, clients, args.seconds)))
+            drain(api, UNSERVED)
+            results["floor"].append(celery_floor(settings, clients, args.seconds))
+            store.redis.delete("wanq.floor")
+
+        # 2. Pick-up latency with an idle worker
+        results["pickup"] = pickup_latency(api, store, args.pickups)
+
+        # 3. Engine idle between back-to-back jobs, overlap on (default)
+        job = {"size": "256x256", "num_frames": 33, "num_inference_steps": 8}
+        results["idle_overlap"] = idle_share(api, store, args.jobs, job)
+        results["job_fields"] = job
+    finally:
+        stack.stop()
+
+    # Same measurement without the overlap, on a fresh worker process.
+    stack2 = Stack(root / "no-overlap")
+    stack2.env.update({**stack.env, "WANQ_WORKER_OVERLAP_EXPORT": "false"})
+    try:
+        stack2.start_redis()
+        stack2.start_s3()
+        stack2.model_paths = stack.model_paths
+        stack2.start_api()
+        stack2.start_worker(SERVED)
+        stack2.wait_for_workers(SERVED, 1, timeout=300)
+        api2 = httpx.Client(base_url=stack2.api_url, headers=stack2.admin_headers(), timeout=30)
+        store2 = JobStore.from_url(stack2.redis_url)
+        results["idle_serial"] = idle_share(api2, store2, args.jobs, results["job_fields"])
+    finally:
+        stack2.stop()
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print_table(results)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    print(f"\nservice_load — {r['date']} — {r['machine']}")
+    print("\nPOST /v1/videos (closed loop)              | bare Celery send_task (floor)")
+    print("clients |  req/s |  p50 ms |  p90 ms |  p99 ms | errors |  req/s | p50 ms | p99 ms | POST/floor")
+    for post, floor in zip(r["post"], r["floor"], strict=True):
+        print(
+            f"{post['clients']:7d} | {post['throughput_rps']:6.0f} | {post['p50_ms']:7.1f} | {post['p90_ms']:7.1f} | {post['p99_ms']:7.1f} | "
+            f"{post['errors']:6d} | {floor['throughput_rps']:6.0f} | {floor['p50_ms']:6.2f} | {floor['p99_ms']:6.2f} | {post['throughput_rps'] / floor['throughput_rps']:.2f}"
+        )
+    p = r["pickup"]
+    print(f"\npick-up latency (idle worker, {p['jobs']} jobs): p50 {p['p50_ms']:.1f} ms, p90 {p['p90_ms']:.1f} ms, max {p['max_ms']:.1f} ms")
+    for name in ("idle_overlap", "idle_serial"):
+        i = r[name]
+        print(
+            f"{name}: {i['jobs']} jobs of {r['job_fields']}, job median {i['job_total_median_s']:.2f} s "
+            f"(stages {', '.join(f'{k} {v:.2f}' for k, v in i['stage_medians_s'].items())}); "
+            f"engine idle {i['idle_s_total']:.2f} s of {i['span_s']:.1f} s = {i['idle_share_pct']:.2f}% (median gap {i['idle_gap_median_ms']:.0f} ms)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""Per-tenant queues in front of each model's worker queue, drained fairly (stride scheduling).
+
+A new job waits in its tenant's queue for its model. The dispatcher (shared/dispatcher.py) moves
+jobs into the model's Celery queue only while that queue is short (`backlog` jobs per live worker),
+picking the tenant with the lowest *pass*: each dispatch adds 1/weight to the tenant's pass, so
+tenants share dispatches in proportion to their weights whatever their queue lengths. A tenant that
+(re)joins starts at the current virtual time (the pass of the latest dispatch), so it neither
+waits behind another tenant's backlog nor brings saved-up credit. A tenant at its `max_running_jobs`
+is skipped, and gets no credit for the skip.
+
+Fairness bound: when a tenant below its `max_running_jobs` submits a job while it has none waiting,
+that job starts after at most `backlog x W + T - 1` job completions of its model, however many jobs
+the others have queued and whatever the weights (W live workers, T tenants waiting). It joins at the
+virtual time, which no waiting tenant's pass is below: only tenants tied with it (ties go by tenant
+name, at most T - 1) are dispatched first, and the `backlog x W` jobs already handed to the worker
+queue start before it. With one worker, backlog 1 and two tenants: 2. `queue_position` is the
+job's place in this order (jobs in the worker queue first, then by pass).
+
+Layout (prefix `wanq`; `m` a model id, `t` a tenant):
+  wanq:pending:m:t     sorted set: t's jobs waiting for dispatch, by creation time
+  wanq:ring:m          sorted set: tenants with waiting jobs -> pass
+  wanq:passes:m        hash: pass of tenants that left the ring (no waiting jobs)
+  wanq:vtime:m         the virtual time: pass of the latest dispatch
+  wanq:dispatched:m    sorted set: jobs sent to the Celery queue and not yet started, by dispatch order
+  wanq:dseq:m          counter for that order
+  wanq:active:t        set: t's dispatched jobs that have not ended (its `max_running_jobs` count)
+  wanq:dispatching:m   hash: job -> time, between taking a job and sending its message (a journal)
+  wanq:tenants         set: every tenant that ever submitted (admin views)
+  wanq:dispatch:wake   pub/sub channel: a job was submitted
+
+Jobs counted as waiting in a model's worker queue: min(dispatched and not started, the broker list's
+length + sends in flight). So a message a worker took before dying (Celery restores it only after
+its visibility timeout) holds no slot, nor does the leftover message of a job canceled meanwhile.
+
+Every change is one Lua script, so API processes and any number of dispatchers can act at once:
+a job is taken by one dispatch only, and the worker queue never holds more than its target. The
+store's transition removes a job from `pending`, `dispatched` and `active` as its state changes,
+so a job canceled while it waits can never be dispatched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import RateLimited
+from shared.queue import queue_name
+from shared.schemas import JobRecord
+from shared.settings import QuotaSettings
+from shared.store import JobStore
+
+# ARGV: prefix, model, tenant, job id, score, max waiting jobs, JSON list of every model id.
+# Returns {1, waiting} when admitted, {0, waiting} when the tenant's queues are full.
+_ADMIT = """
+local p, m, t, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local waiting = 0
+for _, model in ipairs(cjson.decode(ARGV[7])) do
+  waiting = waiting + redis.call('ZCARD', p .. ':pending:' .. model .. ':' .. t)
+end
+if waiting >= tonumber(ARGV[6]) then return {0, waiting} end
+redis.call('ZADD', p .. ':pending:' .. m .. ':' .. t, ARGV[5], id)
+redis.call('SADD', p .. ':tenants', t)
+local ring = p .. ':ring:' .. m
+if not redis.call('ZSCORE', ring, t) then
+  local saved = tonumber(redis.call('HGET', p .. ':passes:' .. m, t) or '0')
+  local vtime = tonumber(redis.call('GET', p .. ':vtime:' .. m) or '0')
+  redis.call('ZADD', ring, string.format('%.17g', math.max(saved, vtime)), t)
+end
+redis.call('PUBLISH', p .. ':dispatch:wake', m)
+return {1, waiting + 1}
+"""
+
+# ARGV: prefix, model, target (jobs allowed to wait in the worker queue), JSON {tenant: max running},
+# default max running, JSON {tenant: weight}, default weight, now, the model's broker queue (a list).
+# Returns {job id, tenant} for the job to send, or {} when there is no room or nothing to send.
+_TAKE = """
+local p, m = ARGV[1], ARGV[2]
+local dispatched = p .. ':dispatched:' .. m
+local journal = p .. ':dispatching:' .. m
+local in_broker = redis.call('LLEN', ARGV[9]) + redis.call('HLEN', journal)
+if math.min(redis.call('ZCARD', dispatched), in_broker) >= tonumber(ARGV[3]) then return {} end
+local caps, defcap = cjson.decode(ARGV[4]), tonumber(ARGV[5])
+local weights, defweight = cjson.decode(ARGV[6]), tonumber(ARGV[7])
+local ring = p .. ':ring:' .. m
+local entries = redis.call('ZRANGE', ring, 0, -1, 'WITHSCORES')
+local skipped = {}
+for i = 1, #entries, 2 do
+  local t, pass = entries[i], tonumber(entries[i + 1])
+  local pending = p .. ':pending:' .. m .. ':' .. t
+  local active = p .. ':active:' .. t
+  if redis.call('SCARD', active) >= tonumber(caps[t] or defcap) then
+    table.insert(skipped, t)
+  else
+    local chosen = nil
+    while true do
+      local head = redis.call('ZRANGE', pending, 0, 0)[1]
+      if not head then break end
+      redis.call('ZREM', pending, head)
+      local raw = redis.call('GET', p .. ':job:' .. head)
+      if raw then
+        local job = cjson.decode(raw)
+        if job.status == 'queued' and job.cancel_requested ~= true then chosen = head; break end
+      end
+    end
+    local next_pass = pass
+    if chosen then next_pass = pass + 1 / tonumber(weights[t] or defweight) end
+    if redis.call('ZCARD', pending) == 0 then
+      redis.call('ZREM', ring, t)
+      redis.call('HSET', p .. ':passes:' .. m, t, string.format('%.17g', next_pass))
+    else
+      redis.call('ZADD', ring, string.format('%.17g', next_pass), t)
+    end
+    if chosen then
+      redis.call('SET', p .. ':vtime:' .. m, string.format('%.17g', pass))
+      -- A tenant skipped for its running cap earns no credit meanwhile.
+      for _, s in ipairs(skipped) do
+        if tonumber(redis.call('ZSCORE', ring, s)) < pass then
+          redis.call('ZADD', ring, string.format('%.17g', pass), s)
+        end
+      end
+      redis.call('SADD', active, chosen)
+      redis.call('ZADD', dispatched, redis.call('INCR', p .. ':dseq:' .. m), chosen)
+      redis.call('HSET', journal, chosen, ARGV[8])
+      return {chosen, t}
+    end
+  end
+end
+return {}
+"""
+
+# ARGV: prefix, model, tenant, job id, JSON {tenant: weight}, default weight.
+# Returns the job's 0-based place in dispatch order, or -1 if it is not waiting.
+_POSITION = """
+local p, m, t, id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local dispatched = p .. ':dispatched:' .. m
+local rank = redis.call('ZRANK', dispatched, id)
+if rank then return rank end
+local k = redis.call('ZRANK', p .. ':pending:' .. m .. ':' .. t, id)
+if not k then return -1 end
+local weights, defweight = cjson.decode(ARGV[5]), tonumber(ARGV[6])
+local ring = p .. ':ring:' .. m
+local vtime = tonumber(redis.call('GET', p .. ':vtime:' .. m) or '0')
+local mine = tonumber(redis.call('ZSCORE', ring, t) or vtime)
+local v = mine + k / tonumber(weights[t] or defweight)
+local ahead = redis.call('ZCARD', dispatched) + k
+local entries = redis.call('ZRANGE', ring, 0, -1, 'WITHSCORES')
+for i = 1, #entries, 2 do
+  local u, pass = entries[i], tonumber(entries[i + 1])
+  if u ~= t then
+    local w = tonumber(weights[u] or defweight)
+    local n = redis.call('ZCARD', p .. ':pending:' .. m .. ':' .. u)
+    -- u's i-th job goes at pass + i/w; count those before ours (ties go by tenant name).
+    local span = (v - pass) * w
+    local count
+    if u < t then count = math.floor(span + 1e-9) + 1 else count = math.ceil(span - 1e-9) end
+    ahead = ahead + math.max(0, math.min(n, count))
+  end
+end
+return ahead
+"""
+
+
+@dataclass(frozen=True)
+class Taken:
+    job_id: str
+    tenant: str
+
+
+class FairQueue:
+    def __init__(self, store: JobStore, quotas: QuotaSettings, models: list[str], *, backlog: int = 1) -> None:
+        self.store = store
+        self.backlog = backlog
+        self.redis = store.redis
+        self.prefix = store.prefix
+        self.quotas = quotas
+        self.models = list(models)
+        self._admit = self.redis.register_script(_ADMIT)
+        self._take = self.redis.register_script(_TAKE)
+        self._position = self.redis.register_script(_POSITION)
+        overrides = quotas.tenants.items()
+        self._caps = json.dumps({t: q.max_running_jobs for t, q in overrides if q.max_running_jobs is not None})
+        self._weights = json.dumps({t: q.weight for t, q in overrides if q.weight is not None})
+
+    # Keys
+    def pending_key(self, model: str, tenant: str) -> str:
+        return f"{self.prefix}:pending:{model}:{tenant}"
+
+    def dispatched_key(self, model: str) -> str:
+        return f"{self.prefix}:dispatched:{model}"
+
+    def active_key(self, tenant: str) -> str:
+        return f"{self.prefix}:active:{tenant}"
+
+    @property
+    def wake_channel(self) -> str:
+        return f"{self.prefix}:dispatch:wake"
+
+    def journal_key(self, model: str) -> str:
+        return f"{self.prefix}:dispatching:{model}"
+
+    # API side
+    def waiting_count(self, tenant: str) -> int:
+        """The tenant's jobs waiting for dispatch, all models together (its `max_queued_jobs` count)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for model in self.models:
+            pipe.zcard(self.pending_key(model, tenant))
+        return sum(int(n) for n in pipe.execute())
+
+    def retry_hint(self, model: str) -> int:
+        """Seconds until a queue slot is likely to free: the model's mean job time (5 s if unknown)."""
+        mean = self.store.mean_duration(model)
+        return 5 if mean is None else min(600, max(1, math.ceil(mean)))
+
+    def submit(self, record: JobRecord) -> None:
+        """Puts a stored job in its tenant's queue, or raises RateLimited if that queue is full."""
+        limit = self.quotas.for_tenant(record.tenant).max_queued_jobs
+        admitted, waiting = self._admit(
+            args=[
+                self.prefix,
+                record.spec.model,
+                record.tenant,
+                record.id,
+                repr(record.created_at),
+                limit,
+                json.dumps(self.models),
+            ]
+        )
+        if not admitted:
+            raise queue_full(record.tenant, int(waiting), limit, self.retry_hint(record.spec.model))
+
+    def position(self, record: JobRecord) -> int | None:
+        """0-based place in the model's dispatch order, if nobody else submits and no cap intervenes."""
+        place = int(
+            self._position(args=[self.prefix, record.spec.model, record.tenant, record.id, self._weights, self.quotas.weight])
+        )
+        return None if place < 0 else place
+
+    # Dispatcher side
+    def take(self, model: str, target: int) -> Taken | None:
+        """Takes the next job to send to `model`'s worker queue, if it has room below `target`."""
+        result = self._take(
+            args=[
+                self.prefix,
+                model,
+                target,
+                self._caps,
+                self.quotas.max_running_jobs,
+                self._weights,
+                self.quotas.weight,
+                time.time(),
+                queue_name(model),
+            ]
+        )
+        if not result:
+            return None
+        job_id, tenant = (text(v) for v in result)
+        return Taken(job_id, tenant)
+
+    def sent(self, job_id: str, model: str) -> None:
+        """The job's message is in the worker queue: nothing to recover for it."""
+        self.redis.hdel(self.journal_key(model), job_id)
+
+    def unsent(self, older_than_s: float) -> list[tuple[str, str]]:
+        """(job id, model) taken for dispatch longer ago than `older_than_s` whose send was never confirmed."""
+        now = time.time()
+        stale = []
+        for model in self.models:
+            for job_id, taken_at in self.redis.hgetall(self.journal_key(model)).items():
+                if now - float(text(taken_at)) > older_than_s:
+                    stale.append((text(job_id), model))
+        return stale
+
+    def sweep_active(self) -> int:
+        """Drops ended or vanished jobs from the running counts (a safety net; transitions do this)."""
+        removed = 0
+        for tenant in self.tenants():
+            ids = [text(i) for i in self.redis.smembers(self.active_key(tenant))]
+            if not ids:
+                continue
+            records = dict(zip(ids, self.redis.mget([self.store.job_key(i) for i in ids]), strict=True))
+            for job_id, raw in records.items():
+                if raw is None or JobRecord.model_validate_json(raw).status.is_terminal():
+                    removed += int(self.redis.srem(self.active_key(tenant), job_id))
+        return removed
+
+    # Admin views
+    def tenants(self) -> list[str]:
+        return sorted(text(t) for t in self.redis.smembers(f"{self.prefix}:tenants"))
+
+    def depth(self, model: str, live_workers: int) -> dict[str, Any]:
+        """Queue depth of one model, per tenant: waiting for dispatch, in the worker queue, running."""
+        tenants = self.tenants()
+        pipe = self.redis.pipeline(transaction=False)
+        for tenant in tenants:
+            pipe.zcard(self.pending_key(model, tenant))
+            pipe.smembers(self.active_key(tenant))
+        pipe.zrange(f"{self.prefix}:ring:{model}", 0, -1, withscores=True)
+        pipe.llen(queue_name(model))
+        *per_tenant, ring, broker_length = pipe.execute()
+        passes = {text(k): float(v) for k, v in ring}
+        active_ids = {text(i) for members in per_tenant[1::2] for i in members}
+        active = {r.id: r for r in self.store.get_many(sorted(active_ids)) if r.spec.model == model}
+        rows = {}
+        for tenant, waiting, members in zip(tenants, per_tenant[0::2], per_tenant[1::2], strict=True):
+            mine = [active[i] for i in (text(m) for m in members) if i in active]
+            row = {
+                "waiting": int(waiting),
+                "dispatched": sum(1 for r in mine if r.status.value == "queued"),
+                "running": sum(1 for r in mine if r.status.value == "in_progress"),
+            }
+            if any(row.values()):
+                policy = self.quotas.for_tenant(tenant)
+                rows[tenant] = {
+                    **row,
+                    "max_running_jobs": policy.max_running_jobs,
+                    "weight": policy.weight,
+                    "pass": passes.get(tenant),
+                }
+        return {
+            "model": model,
+            "live_workers": live_workers,
+            "target": self.target(live_workers),
+            "broker_queue_length": int(broker_length),
+            "waiting": sum(r["waiting"] for r in rows.values()),
+            "dispatched": sum(r["dispatched"] for r in rows.values()),
+            "running": sum(r["running"] for r in rows.values()),
+            "tenants": rows,
+        }
+
+    def target(self, live_workers: int) -> int:
+        """Jobs that may wait in a model's worker queue. With no live worker still `backlog`, so that
+        a queue-length autoscaler sees demand and starts one."""
+        return self.backlog * max(1, live_workers)
+
+
+def text(value: object) -> str:
+    """A Redis reply item as str (clients may or may not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def queue_full(tenant: str, waiting: int, limit: int, retry_after_s: int) -> RateLimited:
+    return RateLimited(
+        f"tenant {tenant!r} has {waiting} jobs waiting, the limit of its queue (quota max_queued_jobs = {limit}); "
+        "retry when some have started or cancel some",
+        retry_after_s=retry_after_s,
+        param="max_queued_jobs",
+    )

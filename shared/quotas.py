@@ -1,0 +1,64 @@
+"""Per-tenant quotas checked by the API: requests per minute, the size of one job and the room in
+the tenant's queue. (`max_running_jobs` is not refused at the door: the dispatcher holds a tenant's
+extra jobs back until its running ones end; see shared/fairqueue.py.)
+
+Requests per minute use the `limits` library's sliding-window counter in Redis, shared by every API
+process. Every refusal is a RateLimited (HTTP 429) with Retry-After and a message naming the limit.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import redis
+from limits import RateLimitItemPerMinute
+from limits.storage import RedisStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+from shared.errors import RateLimited
+from shared.fairqueue import FairQueue, queue_full
+from shared.schemas import GenerationSpec
+from shared.settings import QuotaSettings, TenantPolicy
+
+
+class Quotas:
+    def __init__(self, settings: QuotaSettings, client: redis.Redis, fairq: FairQueue, *, url: str, prefix: str = "wanq") -> None:
+        self.settings = settings
+        self.fairq = fairq
+        storage = RedisStorage(url, connection_pool=client.connection_pool, key_prefix=f"{prefix}:rpm")
+        self._limiter = SlidingWindowCounterRateLimiter(storage)
+
+    def policy(self, tenant: str) -> TenantPolicy:
+        return self.settings.for_tenant(tenant)
+
+    def hit_request(self, tenant: str) -> None:
+        """Counts one request of the tenant; raises RateLimited past its requests per minute."""
+        limit = self.policy(tenant).requests_per_minute
+        item = RateLimitItemPerMinute(limit)
+        if self._limiter.hit(item, tenant):
+            return
+        reset_at = self._limiter.get_window_stats(item, tenant).reset_time
+        raise RateLimited(
+            f"tenant {tenant!r} exceeded its {limit} requests per minute (quota requests_per_minute)",
+            retry_after_s=max(1, math.ceil(reset_at - time.time())),
+            param="requests_per_minute",
+        )
+
+    def check_job(self, tenant: str, spec: GenerationSpec) -> None:
+        """Refuses a job larger than the tenant's per-job size, or one its queue has no room for.
+
+        The room check here is an early answer before any upload; `FairQueue.submit` checks again
+        atomically."""
+        policy = self.policy(tenant)
+        size = spec.width * spec.height * spec.num_frames
+        if size > policy.max_pixel_frames:
+            raise RateLimited(
+                f"{spec.width}x{spec.height} x {spec.num_frames} frames = {size} pixel-frames exceeds tenant {tenant!r}'s "
+                f"per-job limit of {policy.max_pixel_frames} (quota max_pixel_frames); ask for a smaller size or fewer frames",
+                retry_after_s=60,
+                param="max_pixel_frames",
+            )
+        waiting = self.fairq.waiting_count(tenant)
+        if waiting >= policy.max_queued_jobs:
+            raise queue_full(tenant, waiting, policy.max_queued_jobs, self.fairq.retry_hint(spec.model))

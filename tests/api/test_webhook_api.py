@@ -1,0 +1,183 @@
+"""Webhook settings through the API, and the SSRF guard on webhook URLs (at submission and at connect time)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from shared.errors import InvalidRequest
+from shared.netguard import parse_allowlist
+from shared.settings import Settings
+from shared.webhook_store import Delivery, WebhookStore
+from tests.conftest import SMALL
+from tests.webhook_receiver import Receiver
+from wanq.stack import Stack, free_port, wait_until
+from wanq.webhookd import Deliverer, GuardedBackend
+
+JOB = {"prompt": "ssrf probe", "model": "tiny-t2v-a14b", **SMALL}
+
+
+@pytest.fixture(scope="module")
+def strict_api(stack: Stack) -> Iterator[httpx.Client]:
+    """A second API process of the same stack with no webhook allowlist, as in production."""
+    port = free_port()
+    process = stack.spawn(
+        f"api-strict-{port}",
+        [sys.executable, "-m", "wanq", "api", "--host", "127.0.0.1", "--port", str(port)],
+        {"WANQ_WEBHOOKS_ALLOWLIST": "[]"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: stack._healthy(url), 60, "the strict API")
+    try:
+        with httpx.Client(base_url=url, timeout=30, headers=stack.admin_headers()) as client:
+            yield client
+    finally:
+        process.stop()
+        stack.processes.remove(process)
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
+    receiver = Receiver(tmp_path_factory.mktemp("receiver-api"))
+    yield receiver
+    receiver.stop()
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://127.0.0.1:9/hook", "loopback"),
+        ("http://10.0.0.1/hook", "private"),
+        ("http://169.254.169.254/latest/meta-data/", "link-local"),
+        ("http://[::1]:8080/hook", "loopback"),
+        ("http://localhost:8080/hook", "loopback"),  # a name resolving to a non-public address
+        ("http://192.168.1.20/hook", "private"),
+        ("http://100.64.0.1/hook", "private"),  # shared address space (carrier-grade NAT)
+        ("http://224.0.0.1/hook", "multicast"),
+        ("http://[fc00::1]/hook", "private"),
+        ("http://[fe80::1]/hook", "link-local"),
+        ("http://[::ffff:10.0.0.1]/hook", "private"),
+        ("http://0.0.0.0/hook", "0.0.0.0"),
+        ("ftp://example.com/hook", "only http and https"),
+        ("file:///etc/passwd", "only http and https"),
+    ],
+)
+def test_unsafe_webhook_urls_are_refused_at_submission(strict_api: httpx.Client, url: str, why: str) -> None:
+    response = strict_api.post("/v1/videos", json={**JOB, "webhook_url": url})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "webhook_url" and why in error["message"], error
+
+
+def test_the_tenant_endpoint_is_checked_the_same_way(strict_api: httpx.Client) -> None:
+    response = strict_api.put("/v1/webhook_endpoint", json={"url": "http://169.254.169.254/"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "url"
+    assert "link-local" in response.json()["error"]["message"]
+
+
+def test_the_allowlist_admits_only_what_it_names(api: httpx.Client) -> None:
+    api.post("/v1/webhook_endpoint/rotate_secret", json={"previous_secret_valid_s": 0})
+    assert api.post("/v1/videos", json={**JOB, "webhook_url": "http://127.0.0.1:9/hook", "webhook_events": []}).status_code == 202
+    response = api.post("/v1/videos", json={**JOB, "webhook_url": "http://10.0.0.1/hook"})
+    assert response.status_code == 400 and "10.0.0.1" in response.json()["error"]["message"]
+
+
+def test_unknown_events_are_refused_by_name(api: httpx.Client) -> None:
+    response = api.post("/v1/videos", json={**JOB, "webhook_url": "http://127.0.0.1:9/", "webhook_events": ["video.done"]})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "webhook_events" and "video.done" in response.json()["error"]["message"]
+    response = api.put("/v1/webhook_endpoint", json={"url": "http://127.0.0.1:9/", "events": ["finished"]})
+    assert response.status_code == 400 and "'finished'" in response.json()["error"]["message"]
+
+
+def test_a_job_webhook_needs_a_signing_secret(api: httpx.Client, redis_client: redis.Redis) -> None:
+    redis_client.delete("wanq:webhook-secret:default")
+    response = api.post("/v1/videos", json={**JOB, "webhook_url": "http://127.0.0.1:9/"})
+    assert response.status_code == 400 and "signing secret" in response.json()["error"]["message"]
+    created = api.post("/v1/webhook_endpoint/rotate_secret").json()
+    assert created["secret"].startswith("whsec_") and created["previous_secret_expires_at"] is None
+    assert created["secret_hint"] == created["secret"][:10] + "…"
+
+
+def test_setting_an_endpoint_creates_the_secret_once(api: httpx.Client, redis_client: redis.Redis) -> None:
+    redis_client.delete("wanq:webhook-secret:default")
+    try:
+        first = api.put("/v1/webhook_endpoint", json={"url": "http://127.0.0.1:9/a", "events": ["video.failed"]})
+        assert first.status_code == 200 and first.json()["secret"].startswith("whsec_")
+        assert first.json()["events"] == ["video.failed"] and first.json()["url"] == "http://127.0.0.1:9/a"
+        again = api.put("/v1/webhook_endpoint", json={"url": "http://127.0.0.1:9/b"}).json()
+        assert "secret" not in again and again["url"] == "http://127.0.0.1:9/b"
+        assert again["secret_hint"] == first.json()["secret_hint"]
+    finally:
+        assert api.delete("/v1/webhook_endpoint").json()["deleted"] is True
+    assert api.get("/v1/webhook_endpoint").json()["status"] == "none"
+
+
+def test_the_cli_rotates_and_shows_the_secret(stack: Stack) -> None:
+    key = stack.env.get("WANQ_DEV_ADMIN_KEY")
+    auth = ["--api-key", key] if key else []
+
+    def wanq(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "wanq", "webhooks", *args, "--url", stack.api_url, *auth]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
+
+    rotated = wanq("rotate-secret", "--previous-valid-s", "0")
+    secret = json.loads(rotated.stdout)["secret"]
+    assert secret.startswith("whsec_") and "shown this once" in rotated.stderr
+    shown = json.loads(wanq("show").stdout)
+    assert shown["secret_hint"] == secret[:10] + "…" and "secret" not in shown
+
+
+def test_only_admins_may_name_another_tenant(api: httpx.Client) -> None:
+    response = api.get("/v1/webhook_endpoint", params={"tenant": "someone-else"})
+    if response.status_code == 200:  # the stack's client is an admin
+        assert response.json()["tenant"] == "someone-else" and response.json()["status"] == "none"
+    else:
+        assert response.status_code == 404 and "someone-else" in response.json()["error"]["message"]
+
+
+def test_the_connect_step_checks_again(receiver: Receiver) -> None:
+    """DNS may answer differently at connect time (rebinding): the connection itself is refused."""
+    with pytest.raises(InvalidRequest, match="loopback"):
+        GuardedBackend(parse_allowlist([])).connect_tcp("127.0.0.1", receiver.port, timeout=2)
+    GuardedBackend(parse_allowlist(["127.0.0.1/32"])).connect_tcp("127.0.0.1", receiver.port, timeout=2).close()
+
+
+def test_an_attempt_to_a_refused_address_fails_without_sending(settings: Settings, receiver: Receiver) -> None:
+    # A delivery process without the allowlist, on its own key prefix so the stack's process ignores it.
+    strict = settings.model_copy(
+        update={
+            "webhooks": settings.webhooks.model_copy(update={"allowlist": []}),
+            "redis": settings.redis.model_copy(update={"key_prefix": "wanqtest"}),
+        }
+    )
+    deliverer = Deliverer(strict, redis.Redis.from_url(settings.redis.url))
+    store: WebhookStore = deliverer.store
+    store.rotate_secret("default", 0)
+    hook = f"/rebound-{time.time_ns()}"
+    delivery = Delivery(
+        id=f"msg_test{time.time_ns()}", job_id="video_x", tenant="default", event="video.completed", target="job",
+        url=receiver.url(hook), max_attempts=3, body='{"type":"video.completed"}',
+    )  # fmt: skip
+    assert store.add_delivery(delivery)
+    deliverer.attempt(delivery.id)
+    stored = store.get_delivery(delivery.id)
+    assert stored is not None and stored.status == "failed" and stored.next_attempt_at is None
+    assert stored.attempts[0].error is not None and "loopback" in stored.attempts[0].error
+    assert receiver.requests(hook) == []
+    assert store.redis.zscore(store.due_key, delivery.id) is None
+
+
+def test_progress_is_throttled_per_job(settings: Settings) -> None:
+    store = WebhookStore(redis.Redis.from_url(settings.redis.url), prefix="wanqtest")
+    job = f"video_throttle{time.time_ns()}"
+    assert store.progress_slot(job, 60) is True
+    assert store.progress_slot(job, 60) is False
+    assert store.progress_slot(job + "other", 60) is True

@@ -1,0 +1,74 @@
+"""The official `openai` package, unmodified, pointed at wanq with base_url."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Iterator
+
+import openai
+import pytest
+from PIL import Image
+
+from tests.conftest import png_bytes
+from wanq.stack import Stack
+
+WAN = {"num_frames": 9, "num_inference_steps": 2, "seed": 11}
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[openai.OpenAI]:
+    key = stack.env.get("WANQ_DEV_ADMIN_KEY", "unused-key")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=key, max_retries=0)
+
+
+def test_create_and_poll_then_download_all_variants(client: openai.OpenAI) -> None:
+    video = client.videos.create_and_poll(
+        prompt="a paper boat on a river", model="tiny-t2v-a14b", size="64x64", seconds="4", poll_interval_ms=200, extra_body=WAN
+    )
+    assert video.status == "completed" and video.progress == 100 and video.model == "tiny-t2v-a14b"
+    assert video.size == "64x64" and video.completed_at is not None and video.expires_at is not None
+    mp4 = client.videos.download_content(video.id).read()
+    assert mp4[4:8] == b"ftyp"
+    thumb = client.videos.download_content(video.id, variant="thumbnail").read()
+    assert Image.open(io.BytesIO(thumb)).format == "WEBP"
+    sheet = client.videos.download_content(video.id, variant="spritesheet").read()
+    assert Image.open(io.BytesIO(sheet)).format == "JPEG"
+    retrieved = client.videos.retrieve(video.id)
+    assert retrieved.id == video.id and retrieved.status == "completed"
+
+
+def test_image_to_video_with_input_reference_file(client: openai.OpenAI) -> None:
+    video = client.videos.create_and_poll(
+        prompt="the red square starts to spin",
+        model="tiny-i2v-a14b",
+        size="64x64",
+        input_reference=("first.png", png_bytes(), "image/png"),
+        poll_interval_ms=200,
+        extra_body=WAN,
+    )
+    assert video.status == "completed", video
+
+
+def test_list_auto_paginates_and_delete(client: openai.OpenAI) -> None:
+    ids = [client.videos.create(prompt=f"page {n}", model="tiny-t2v-a14b", size="64x64", extra_body=WAN).id for n in range(3)]
+    listed = [v.id for v in client.videos.list(limit=1)]
+    assert all(i in listed for i in ids)
+    assert listed.index(ids[2]) < listed.index(ids[1]) < listed.index(ids[0])  # newest first, across pages
+    for video_id in ids:
+        client.videos.poll(video_id, poll_interval_ms=200)
+    deleted = client.videos.delete(ids[0])
+    assert deleted.id == ids[0] and deleted.deleted is True and deleted.object == "video.deleted"
+    with pytest.raises(openai.NotFoundError):
+        client.videos.retrieve(ids[0])
+
+
+def test_errors_surface_as_sdk_exceptions_with_our_message(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.videos.create(prompt="x", model="sora-2")
+    assert "sora-2" in str(info.value) and "tiny-t2v-a14b" in str(info.value)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.videos.create(prompt="x", model="tiny-t2v-a14b", extra_body={"num_frames": 8})
+    assert "num_frames" in str(info.value)
