@@ -160,6 +160,7 @@ def test_sigterm_is_a_warm_shutdown_that_finishes_the_running_job(api: httpx.Cli
     assert worker.proc.returncode == 0
 
 
+@pytest.mark.slow
 def test_poison_jobs_end_failed_after_bounded_attempts(api: httpx.Client, workers: Workers) -> None:
     workers.start(1, WANQ_JOBS_MAX_ATTEMPTS="2")
     raising = submit(api, "always raises [[fault:error@1]]")
@@ -186,10 +187,11 @@ def test_out_of_memory_fails_the_job_and_the_worker_carries_on(api: httpx.Client
     assert done["status"] == "completed" and done["attempts"] == 1
 
 
+@pytest.mark.slow
 def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(
     api: httpx.Client, store: JobStore, workers: Workers
 ) -> None:
-    workers.start(1, WANQ_JOBS_SOFT_TIME_LIMIT_S="6", WANQ_JOBS_HARD_TIME_LIMIT_S="8")
+    workers.start(1, WANQ_JOBS_SOFT_TIME_LIMIT_S="10", WANQ_JOBS_HARD_TIME_LIMIT_S="12")
     hung = submit(api, "never ends [[fault:hang@1]]")
     video = wait_for_status(api, hung, {"completed", "failed"}, timeout=120)
     assert video["status"] == "failed" and video["error"]["code"] == "timeout", video
@@ -245,6 +247,7 @@ class FlakyProxy:
         self._server.close()
 
 
+@pytest.mark.slow
 def test_storage_outage_is_retried_then_fails_with_storage_unavailable(
     api: httpx.Client, stack: Stack, store: JobStore, workers: Workers
 ) -> None:
