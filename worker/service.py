@@ -80,6 +80,9 @@ class WorkerProcess:
     def shutdown(self) -> None:
         if self.runner is not None:
             self.runner.wait_pending()  # a warm shutdown finishes the upload in flight
+            close = getattr(self.runner.engine, "close", None)
+            if close is not None:
+                close()  # stops follower ranks of a several-GPU engine
         self._stop.set()
         if self.worker_id:
             try:
@@ -90,7 +93,14 @@ class WorkerProcess:
     def run_job(self, job_id: str) -> str:
         if self.runner is None:
             raise RuntimeError("worker process has no engine loaded")
-        return str(self.runner.run(job_id))
+        outcome = str(self.runner.run(job_id))
+        if getattr(self.runner.engine, "broken", False):
+            # A several-GPU job failed mid-denoise and took its follower ranks down: this child can't
+            # run another job. Finish the upload in flight, then exit; Celery starts a fresh child.
+            log.critical("engine broken after job %s; replacing this worker process", job_id, extra={"job_id": job_id, "model": self.model_id})
+            self.runner.wait_pending()
+            os._exit(70)
+        return outcome
 
 
 def build_app(settings: Settings, model_id: str, model_path: Path) -> tuple[Celery, WorkerProcess]:
