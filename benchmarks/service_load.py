@@ -41,10 +41,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.queue import make_celery  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.store import JobStore  # noqa: E402
-from wanq.stack import Stack  # noqa: E402
+import itertools
+
+from shared.queue import make_celery
+from shared.settings import Settings
+from shared.store import JobStore
+from wanq.stack import Stack
 
 SERVED = "tiny-t2v-a14b"
 UNSERVED = "wan2.2-t2v-a14b"  # accepted and queued; no worker: POSTs measure the API alone
@@ -161,9 +163,7 @@ def idle_share(api: httpx.Client, store: JobStore, jobs: int, job_fields: dict[s
     records = sorted((r for r in (store.get(i) for i in ids) if r is not None), key=lambda r: r.attempt_started_at or 0)
     assert all(r.status.value == "completed" for r in records), [r.error for r in records]
     gaps = [
-        b.attempt_started_at - a.generated_at
-        for a, b in zip(records, records[1:], strict=False)
-        if a.generated_at and b.attempt_started_at
+        b.attempt_started_at - a.generated_at for a, b in itertools.pairwise(records) if a.generated_at and b.attempt_started_at
     ]
     span = (records[-1].generated_at or 0) - (records[0].attempt_started_at or 0)
     per_job = statistics.median([r.timings.get("total", 0) for r in records])
