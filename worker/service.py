@@ -97,7 +97,11 @@ class WorkerProcess:
         if getattr(self.runner.engine, "broken", False):
             # A several-GPU job failed mid-denoise and took its follower ranks down: this child can't
             # run another job. Finish the upload in flight, then exit; Celery starts a fresh child.
-            log.critical("engine broken after job %s; replacing this worker process", job_id, extra={"job_id": job_id, "model": self.model_id})
+            log.critical(
+                "engine broken after job %s; replacing this worker process",
+                job_id,
+                extra={"job_id": job_id, "model": self.model_id},
+            )
             self.runner.wait_pending()
             os._exit(70)
         return outcome
