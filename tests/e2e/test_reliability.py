@@ -285,3 +285,32 @@ def test_storage_outage_is_retried_then_fails_with_storage_unavailable(
 
 
 RELIABILITY: dict[str, Any] = {}
+
+
+@pytest.mark.slow
+def test_a_crash_before_the_upload_finishes_loses_nothing(
+    api: httpx.Client, stack: Stack, store: JobStore, storage: Storage, workers: Workers
+) -> None:
+    """Decoded, not yet uploaded (the upload runs in the background while the next job starts): a
+    worker killed then must not lose the job. Its heartbeat stops, the job is requeued and redone."""
+    proxy = FlakyProxy(int(stack.s3_url.rsplit(":", 1)[1]))
+    try:
+        (doomed,) = workers.start(
+            1, WANQ_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}", WANQ_S3_UPLOAD_ATTEMPTS="20", WANQ_S3_UPLOAD_BACKOFF_S="1"
+        )
+        video_id = submit(api, "decoded but not uploaded")
+        deadline = time.monotonic() + 120
+        while (record := store.get(video_id)) is not None and record.generated_at is None and time.monotonic() < deadline:
+            if record.step >= 1:
+                proxy.up = False  # the upload that follows the decode cannot reach the store
+            time.sleep(0.01)
+        assert record is not None and record.generated_at is not None and record.status.value == "in_progress"
+        time.sleep(0.5)
+        doomed.stop(signal.SIGKILL)
+        workers.start(1)  # a healthy worker elsewhere
+        video = wait_for_status(api, video_id, {"completed", "failed"}, timeout=180)
+        assert video["status"] == "completed" and video["attempts"] == 2, video
+        keys = storage.list_keys(storage.job_prefix(video_id))
+        assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["spritesheet.jpg", "thumbnail.webp", "video.mp4"]
+    finally:
+        proxy.close()
