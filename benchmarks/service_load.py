@@ -11,8 +11,11 @@ tiny Wan2.2 pipelines) and measures:
    (`attempt_started_at - created_at`, both stamped on this machine's clock).
 3. The engine's idle share between back-to-back jobs: jobs queued on one worker, with the MP4
    export and upload overlapped with the next job (default) and not overlapped. Idle time is the gap
-   between one job's end of decoding (`generated_at`) and the next job's claim. The tiny model runs
-   at a size where a job's denoising dominates its export and upload, as on a GPU (reported).
+   between one job's end of decoding (`generated_at`) and the next job's claim. To make the step
+   time realistic relative to encode and upload (on a GPU a TI2V-5B job denoises ~50 s and exports
+   in ~1.5 s), the worker runs with the test-only fault hook and each job's prompt asks for a 0.5 s
+   pause per denoising step (`[[fault:sleep@1]]`): 20 steps = 10 s of "GPU" per job, the pause
+   holding no CPU, so the export and upload of the previous job run beside it as they would.
 
 Prints a table and writes JSON next to RESULTS.md. Usage:
     python benchmarks/service_load.py [--seconds 8] [--out benchmarks/results/service_load.json]
@@ -38,10 +41,12 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.queue import make_celery  # noqa: E402
-from shared.settings import Settings  # noqa: E402
-from shared.store import JobStore  # noqa: E402
-from wanq.stack import Stack  # noqa: E402
+import itertools
+
+from shared.queue import make_celery
+from shared.settings import Settings
+from shared.store import JobStore
+from wanq.stack import Stack
 
 SERVED = "tiny-t2v-a14b"
 UNSERVED = "wan2.2-t2v-a14b"  # accepted and queued; no worker: POSTs measure the API alone
@@ -106,7 +111,13 @@ def celery_floor(settings: Settings, clients: int, seconds: float) -> dict[str, 
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - started
-    return {"clients": clients, "requests": len(latencies), "throughput_rps": len(latencies) / elapsed, "p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "throughput_rps": len(latencies) / elapsed,
+        "p50_ms": pct(latencies, 0.5) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+    }
 
 
 def drain(api: httpx.Client, model: str) -> None:
@@ -126,24 +137,40 @@ def wait_done(api: httpx.Client, ids: list[str], timeout: float = 600) -> list[d
 def pickup_latency(api: httpx.Client, store: JobStore, count: int) -> dict[str, Any]:
     samples = []
     for n in range(count):
-        video = api.post("/v1/videos", json={"prompt": f"pickup {n}", "model": SERVED, "size": "64x64", "num_frames": 5, "num_inference_steps": 1}).json()
+        video = api.post(
+            "/v1/videos",
+            json={"prompt": f"pickup {n}", "model": SERVED, "size": "64x64", "num_frames": 5, "num_inference_steps": 1},
+        ).json()
         wait_done(api, [video["id"]])
         record = store.get(video["id"])
         assert record is not None and record.attempt_started_at is not None
         samples.append(record.attempt_started_at - record.created_at)
         time.sleep(0.2)  # the worker is idle again (its upload done) before the next POST
-    return {"jobs": count, "p50_ms": statistics.median(samples) * 1000, "p90_ms": pct(samples, 0.9) * 1000, "max_ms": max(samples) * 1000}
+    return {
+        "jobs": count,
+        "p50_ms": statistics.median(samples) * 1000,
+        "p90_ms": pct(samples, 0.9) * 1000,
+        "max_ms": max(samples) * 1000,
+    }
 
 
 def idle_share(api: httpx.Client, store: JobStore, jobs: int, job_fields: dict[str, Any]) -> dict[str, Any]:
-    ids = [api.post("/v1/videos", json={"prompt": f"back to back {n}", "model": SERVED, **job_fields}).json()["id"] for n in range(jobs)]
+    ids = [
+        api.post("/v1/videos", json={"prompt": f"back to back {n} [[fault:sleep@1]]", "model": SERVED, **job_fields}).json()["id"]
+        for n in range(jobs)
+    ]
     wait_done(api, ids)
     records = sorted((r for r in (store.get(i) for i in ids) if r is not None), key=lambda r: r.attempt_started_at or 0)
     assert all(r.status.value == "completed" for r in records), [r.error for r in records]
-    gaps = [b.attempt_started_at - a.generated_at for a, b in zip(records, records[1:], strict=False) if a.generated_at and b.attempt_started_at]
+    gaps = [
+        b.attempt_started_at - a.generated_at for a, b in itertools.pairwise(records) if a.generated_at and b.attempt_started_at
+    ]
     span = (records[-1].generated_at or 0) - (records[0].attempt_started_at or 0)
     per_job = statistics.median([r.timings.get("total", 0) for r in records])
-    stages = {k: statistics.median([r.timings.get(k, 0) for r in records]) for k in ("encoding_prompt", "denoising", "decoding", "encoding_video", "uploading")}
+    stages = {
+        k: statistics.median([r.timings.get(k, 0) for r in records])
+        for k in ("encoding_prompt", "denoising", "decoding", "encoding_video", "uploading")
+    }
     return {
         "jobs": jobs,
         "idle_s_total": sum(gaps),
@@ -159,7 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=8.0, help="duration of each POST load level")
     parser.add_argument("--pickups", type=int, default=30)
-    parser.add_argument("--jobs", type=int, default=8, help="back-to-back jobs for the idle measurement")
+    parser.add_argument("--jobs", type=int, default=6, help="back-to-back jobs for the idle measurement")
     parser.add_argument("--out", default="benchmarks/results/service_load.json")
     args = parser.parse_args()
 
@@ -169,8 +196,11 @@ def main() -> None:
         {
             "WANQ_MODELS": json.dumps([SERVED, UNSERVED]),
             "WANQ_S3_CREATE_BUCKET": "true",
-            "WANQ_QUOTAS_TENANTS": json.dumps({"admin": {"max_queued_jobs": 10**7, "requests_per_minute": 10**7, "max_running_jobs": 1000}}),
+            "WANQ_QUOTAS_TENANTS": json.dumps(
+                {"admin": {"max_queued_jobs": 10**7, "requests_per_minute": 10**7, "max_running_jobs": 1000}}
+            ),
             "WANQ_WORKER_HEARTBEAT_INTERVAL_S": "0.5",
+            "WANQ_ENGINE_FAULT_INJECTION": "true",  # only for the per-step pause of part 3
         }
     )
     stack.seed_admin_key()
@@ -208,7 +238,7 @@ def main() -> None:
         results["pickup"] = pickup_latency(api, store, args.pickups)
 
         # 3. Engine idle between back-to-back jobs, overlap on (default)
-        job = {"size": "256x256", "num_frames": 33, "num_inference_steps": 8}
+        job = {"size": "128x128", "num_frames": 33, "num_inference_steps": 20}
         results["idle_overlap"] = idle_share(api, store, args.jobs, job)
         results["job_fields"] = job
     finally:
@@ -246,7 +276,9 @@ def print_table(r: dict[str, Any]) -> None:
             f"{post['errors']:6d} | {floor['throughput_rps']:6.0f} | {floor['p50_ms']:6.2f} | {floor['p99_ms']:6.2f} | {post['throughput_rps'] / floor['throughput_rps']:.2f}"
         )
     p = r["pickup"]
-    print(f"\npick-up latency (idle worker, {p['jobs']} jobs): p50 {p['p50_ms']:.1f} ms, p90 {p['p90_ms']:.1f} ms, max {p['max_ms']:.1f} ms")
+    print(
+        f"\npick-up latency (idle worker, {p['jobs']} jobs): p50 {p['p50_ms']:.1f} ms, p90 {p['p90_ms']:.1f} ms, max {p['max_ms']:.1f} ms"
+    )
     for name in ("idle_overlap", "idle_serial"):
         i = r[name]
         print(

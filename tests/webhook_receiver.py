@@ -83,11 +83,13 @@ class Receiver:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def requests(self, path: str | None = None) -> list[dict[str, Any]]:
-        entries = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+        # Only whole lines: the receiver may be halfway through writing the last one.
+        lines = self.log.read_text().split("\n")[:-1]
+        entries = [json.loads(line) for line in lines if line.strip()]
         return [e for e in entries if path is None or e["path"] == path]
 
     def wait_for(
-        self, path: str, count: int, timeout: float = 60, where: Callable[[dict[str, Any]], bool] | None = None
+        self, path: str, count: int, timeout: float = 120, where: Callable[[dict[str, Any]], bool] | None = None
     ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
@@ -96,7 +98,7 @@ class Receiver:
                 return got
             if time.monotonic() > deadline:
                 raise AssertionError(f"the receiver got {len(got)} of {count} request(s) on {path} within {timeout} s: {got}")
-            time.sleep(0.05)
+            time.sleep(0.1)
 
     def stop(self) -> None:
         self.proc.kill()

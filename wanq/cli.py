@@ -152,7 +152,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
         from shared.images import fit_to
 
         image = fit_to(image, spec.width, spec.height)
-    engine = WanEngine(model_path, settings.engine, model_id=model_id)
+    try:
+        engine = WanEngine(model_path, settings.engine, model_id=model_id)
+    except ValueError as exc:
+        raise SystemExit(f"wanq generate: {exc}") from None
     started = time.perf_counter()
     result = engine.generate(spec, image, on_step=lambda i, n: print(f"\rstep {i}/{n}", end="", file=sys.stderr))
     print(file=sys.stderr)

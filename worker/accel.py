@@ -1,13 +1,19 @@
 """Applies the engine options to a loaded pipeline, through diffusers' own mechanisms only.
 
-Placement (device or one of diffusers' offload hooks), attention backend, cache hooks, VAE tiling
-and regional compile. Impossible combinations are refused by `validate` before anything loads.
+Attention backend (`set_attention_backend`), cache hooks (`enable_cache`), placement (device,
+`enable_model_cpu_offload`, `enable_sequential_cpu_offload`, `enable_group_offload` /
+`apply_group_offloading` with CUDA streams), context parallelism (`enable_parallelism` with a
+`ContextParallelConfig`, see worker/parallel.py), VAE tiling and regional compile
+(`compile_repeated_blocks`). Impossible combinations are refused by `validate` before anything
+loads, with a message that says what to change.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,6 +21,12 @@ import torch
 from shared.settings import EngineSettings
 
 log = logging.getLogger("wanq.engine")
+
+# diffusers backends whose dispatch function implements Ulysses / ring attention (attention_dispatch.py,
+# `supports_context_parallel=True`). "" means diffusers' default, which is `native` (SDPA).
+CONTEXT_PARALLEL_BACKENDS = frozenset(
+    {"", "native", "_native_cudnn", "_native_flash", "flash", "flash_hub", "flash_varlen_hub", "_flash_3_hub", "sage", "sage_hub"}
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,11 @@ class Plan:
     attention_backend: str
     cache: str
     compiled: bool
+    num_gpus: int = 1
+    ulysses_degree: int = 1
+    ring_degree: int = 1
+    cfg_parallel: bool = False
+    rank: int = 0
 
 
 def resolve_device(device: str) -> str:
@@ -32,29 +49,108 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def validate(settings: EngineSettings, *, num_heads: int | None = None) -> None:
-    """Refuses configurations that cannot work, with a message saying what to change."""
+def context_parallel(settings: EngineSettings) -> bool:
+    return settings.ulysses_degree * settings.ring_degree > 1
+
+
+def uses_group_offload(settings: EngineSettings) -> bool:
+    return settings.offload == "group" or settings.text_encoder_cpu_offload or settings.vae_cpu_offload
+
+
+def validate(
+    settings: EngineSettings,
+    *,
+    num_heads: int | None = None,
+    device: str | None = None,
+    gpu_count: int | None = None,
+) -> None:
+    """Refuses configurations that cannot work, with a message saying what to change.
+
+    `num_heads` (from the model's config), `device` (resolved) and `gpu_count` are checked when given.
+    """
     problems: list[str] = []
-    groups = settings.ulysses_degree * settings.ring_degree * (2 if settings.cfg_parallel else 1)
+    cfg = 2 if settings.cfg_parallel else 1
+    groups = settings.ulysses_degree * settings.ring_degree * cfg
+    device = device or (settings.device if settings.device != "auto" else None)
+    on_cpu = device is not None and device.startswith("cpu")
     if groups != settings.num_gpus:
         problems.append(
-            f"ulysses_degree ({settings.ulysses_degree}) x ring_degree ({settings.ring_degree}) x "
-            f"cfg ({2 if settings.cfg_parallel else 1}) = {groups} must equal num_gpus ({settings.num_gpus})"
+            f"ulysses_degree ({settings.ulysses_degree}) x ring_degree ({settings.ring_degree}) x cfg ({cfg}) = {groups} "
+            f"must equal num_gpus ({settings.num_gpus}): change --num-gpus or the degrees"
         )
     if num_heads is not None and num_heads % settings.ulysses_degree:
+        divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0 and d <= 8]
         problems.append(
-            f"the transformer's {num_heads} attention heads are not divisible by ulysses_degree {settings.ulysses_degree}"
+            f"the transformer's {num_heads} attention heads are not divisible by --ulysses-degree "
+            f"{settings.ulysses_degree}: use one of {divisors}, or --ring-degree for the rest"
         )
-    if settings.compile and settings.offload == "sequential":
-        problems.append("--compile cannot be combined with --offload sequential (it moves weights per layer); use group offload")
-    if settings.num_gpus > 1 and settings.offload in ("model", "sequential"):
-        problems.append(f"--offload {settings.offload} is single-GPU only; use --offload none or group with --num-gpus > 1")
+    if settings.compile and settings.offload in ("sequential", "group"):
+        problems.append(
+            f"--compile cannot be combined with --offload {settings.offload} (its hooks move weights inside the compiled "
+            "blocks); use --offload model or none with --compile"
+        )
+    if settings.compile and settings.cache != "none":
+        problems.append("--cache decides per step in Python and breaks the compiled graph; use --cache none with --compile")
+    if settings.num_gpus > 1 and settings.offload != "none":
+        problems.append(
+            f"--offload {settings.offload} is single-GPU only; with --num-gpus > 1 use --offload none "
+            "(with --text-encoder-cpu-offload / --vae-cpu-offload if memory is short)"
+        )
     if settings.num_gpus > 1 and settings.cache != "none":
         problems.append("cache hooks skip steps per rank and are not used with several GPUs; use --cache none")
-    if settings.pin_cpu_memory and settings.offload != "group":
-        problems.append("--pin-cpu-memory applies to group offload only; add --offload group or drop it")
+    if settings.offload != "none" and (settings.text_encoder_cpu_offload or settings.vae_cpu_offload):
+        problems.append(
+            f"--offload {settings.offload} already offloads the text encoder and the VAE; "
+            "drop --text-encoder-cpu-offload / --vae-cpu-offload, or use --offload none"
+        )
+    if settings.pin_cpu_memory and not uses_group_offload(settings):
+        problems.append(
+            "--pin-cpu-memory applies to group offloading only; add --offload group (or --text-encoder-cpu-offload / "
+            "--vae-cpu-offload) or drop it"
+        )
+    if on_cpu and context_parallel(settings):
+        problems.append(
+            "--ulysses-degree / --ring-degree need CUDA GPUs (diffusers' context parallelism); use --cfg-parallel on CPU"
+        )
+    if on_cpu and settings.offload == "sequential":
+        problems.append("--offload sequential streams weights to a GPU layer by layer; on CPU use --offload none")
+    if on_cpu and settings.dtype == "fp16":
+        problems.append("--dtype fp16 is not supported on CPU; use bf16 or fp32")
+    if settings.num_gpus > 1 and device is not None and ":" in device:
+        problems.append(
+            f"--device {device} names one GPU but --num-gpus is {settings.num_gpus}: use --device cuda "
+            "(ranks take cuda:0..N-1; pick GPUs with CUDA_VISIBLE_DEVICES)"
+        )
+    if gpu_count is not None and not on_cpu and settings.num_gpus > gpu_count:
+        problems.append(f"--num-gpus {settings.num_gpus} but this machine has {gpu_count} visible GPU(s)")
+    if context_parallel(settings) and settings.attention_backend not in CONTEXT_PARALLEL_BACKENDS:
+        problems.append(
+            f"attention backend {settings.attention_backend!r} has no context-parallel support in diffusers; "
+            f"use one of {sorted(b for b in CONTEXT_PARALLEL_BACKENDS if b)}"
+        )
+    if settings.attention_backend:
+        known = _known_backends()
+        if known and settings.attention_backend not in known:
+            problems.append(f"unknown --attention-backend {settings.attention_backend!r}; diffusers knows {sorted(known)}")
     if problems:
         raise ValueError("impossible engine configuration: " + "; ".join(problems))
+
+
+def _known_backends() -> set[str]:
+    try:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+    except ImportError:  # the API process has no diffusers; the worker checks again
+        return set()
+    return {b.value for b in AttentionBackendName}
+
+
+def num_heads_of(model_path: Path) -> int | None:
+    """The transformer's head count from its config.json, read before anything loads."""
+    for name in ("transformer", "transformer_2"):
+        config = model_path / name / "config.json"
+        if config.exists():
+            return int(json.loads(config.read_text())["num_attention_heads"])
+    return None
 
 
 def transformers_of(pipe: Any) -> list[Any]:
@@ -62,6 +158,12 @@ def transformers_of(pipe: Any) -> list[Any]:
 
 
 def module_device(module: Any) -> torch.device:
+    from diffusers.hooks.group_offloading import _get_group_onload_device
+
+    try:
+        return torch.device(_get_group_onload_device(module))
+    except ValueError:
+        pass
     from diffusers.utils.torch_utils import get_module_execution_device  # type: ignore[attr-defined]
 
     try:
@@ -70,11 +172,20 @@ def module_device(module: Any) -> torch.device:
         return next(module.parameters()).device  # type: ignore[no-any-return]
 
 
-def apply(pipe: Any, settings: EngineSettings, device: torch.device) -> Plan:
-    transformers = transformers_of(pipe)
-    validate(settings, num_heads=transformers[0].config.num_attention_heads if transformers else None)
+def apply(pipe: Any, settings: EngineSettings, device: torch.device, *, member: Any = None, sync_weights: bool = False) -> Plan:
+    """Applies every option to `pipe` in the order diffusers needs.
 
-    # 1. Attention backend (before compile, so the compiled graph uses it)
+    `member` (a worker.parallel.Member) is given on every rank of a several-GPU worker;
+    `sync_weights` copies rank 0's transformer weights to the others (random-weight pipelines).
+    """
+    transformers = transformers_of(pipe)
+    validate(
+        settings,
+        num_heads=transformers[0].config.num_attention_heads if transformers else None,
+        device=device.type,
+    )
+
+    # 1. Attention backend (before parallelism, which checks it, and before compile, which bakes it in)
     if settings.attention_backend:
         for model in transformers:
             model.set_attention_backend(settings.attention_backend)
@@ -86,39 +197,29 @@ def apply(pipe: Any, settings: EngineSettings, device: torch.device) -> Plan:
             model.enable_cache(config)
 
     # 3. Placement
-    if device.type == "cpu" or settings.offload == "none":
-        pipe.to(device)
-        if settings.text_encoder_cpu_offload and device.type == "cuda":
-            pipe.text_encoder.to("cpu")
-        if settings.vae_cpu_offload and device.type == "cuda":
-            pipe.vae.to("cpu")
-    elif settings.offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
-    elif settings.offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
-    elif settings.offload == "group":
-        use_stream = device.type == "cuda"
-        for name, component in pipe.components.items():
-            if isinstance(component, torch.nn.Module) and hasattr(component, "enable_group_offload"):
-                component.enable_group_offload(
-                    onload_device=device,
-                    offload_type="block_level" if name.startswith("transformer") else "leaf_level",
-                    num_blocks_per_group=1 if name.startswith("transformer") else None,
-                    use_stream=use_stream,
-                    record_stream=use_stream,
-                    low_cpu_mem_usage=not settings.pin_cpu_memory,
-                )
-            elif isinstance(component, torch.nn.Module):
-                component.to(device)
+    _place(pipe, settings, device)
 
-    # 4. VAE tiling
+    # 4. Several GPUs: context parallelism on every transformer, CFG branches on two rank groups
+    if member is not None:
+        from worker import parallel
+
+        parallel.enable(pipe, settings, member, sync_weights=sync_weights)
+
+    # 5. VAE tiling (decode memory grows with frames x pixels; tiles bound it)
     if settings.vae_tiling:
         pipe.vae.enable_tiling()
 
-    # 5. Regional compile of the repeated transformer blocks
+    # 6. Regional compile of the repeated transformer blocks. fullgraph where nothing in the block
+    # breaks the graph; context parallelism's collectives run inside attention, so it is left to dynamo.
     if settings.compile:
+        # One static graph per video size: a worker sees few sizes, and dynamic-shape kernels are slower.
+        torch._dynamo.config.automatic_dynamic_shapes = False
+        for limit in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, limit):
+                setattr(torch._dynamo.config, limit, max(64, getattr(torch._dynamo.config, limit)))
+        fullgraph = not context_parallel(settings)
         for model in transformers:
-            model.compile_repeated_blocks(fullgraph=True)
+            model.compile_repeated_blocks(fullgraph=fullgraph)
 
     return Plan(
         device=str(device),
@@ -126,6 +227,60 @@ def apply(pipe: Any, settings: EngineSettings, device: torch.device) -> Plan:
         attention_backend=settings.attention_backend or "default",
         cache=settings.cache,
         compiled=settings.compile,
+        num_gpus=settings.num_gpus,
+        ulysses_degree=settings.ulysses_degree,
+        ring_degree=settings.ring_degree,
+        cfg_parallel=settings.cfg_parallel,
+        rank=member.rank if member is not None else 0,
+    )
+
+
+def _place(pipe: Any, settings: EngineSettings, device: torch.device) -> None:
+    cuda = device.type == "cuda"
+    if settings.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif settings.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif settings.offload == "group":
+        # Transformers block by block (one block ahead on a side stream), the text encoder and the VAE
+        # leaf by leaf: only what computes now is on the GPU.
+        for name, component in pipe.components.items():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            if name.startswith("transformer"):
+                component.enable_group_offload(  # type: ignore[operator]
+                    onload_device=device,
+                    offload_type="block_level",
+                    num_blocks_per_group=1,
+                    use_stream=cuda,
+                    record_stream=cuda,
+                    low_cpu_mem_usage=not settings.pin_cpu_memory,
+                )
+            else:
+                _group_offload_leaves(component, device, settings)
+    else:
+        for name, component in pipe.components.items():
+            if not isinstance(component, torch.nn.Module):
+                continue
+            if cuda and (
+                (name == "text_encoder" and settings.text_encoder_cpu_offload) or (name == "vae" and settings.vae_cpu_offload)
+            ):
+                _group_offload_leaves(component, device, settings)
+            else:
+                component.to(device)
+
+
+def _group_offload_leaves(module: torch.nn.Module, device: torch.device, settings: EngineSettings) -> None:
+    from diffusers.hooks import apply_group_offloading
+
+    cuda = device.type == "cuda"
+    apply_group_offloading(
+        module,
+        onload_device=device,
+        offload_type="leaf_level",
+        use_stream=cuda,
+        record_stream=cuda,
+        low_cpu_mem_usage=not settings.pin_cpu_memory,
     )
 
 
@@ -145,4 +300,7 @@ def _cache_config(settings: EngineSettings) -> Any:
         return FirstBlockCacheConfig(threshold=settings.cache_threshold)
     from diffusers import TaylorSeerCacheConfig
 
-    return TaylorSeerCacheConfig(cache_interval=settings.cache_interval)
+    # Lite mode: whole blocks are skipped on predicted steps and proj_out's input is extrapolated.
+    # The default patterns ("^blocks.*attn") match no Wan module (they are attn1/attn2), so without
+    # it nothing is cached: measured 1.00x on an H200 (benchmarks/RESULTS.md).
+    return TaylorSeerCacheConfig(cache_interval=settings.cache_interval, use_lite_mode=True)

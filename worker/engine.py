@@ -1,14 +1,19 @@
 """The engine: a resident Wan2.2 diffusers pipeline that turns a GenerationSpec into frames.
 
 Stages are explicit and timed: encode prompt -> denoise -> decode. The engine knows nothing of
-Celery, Redis or S3; the runner (worker/runner.py) wires it to those.
+Celery, Redis or S3; the runner (worker/runner.py) wires it to those. With `num_gpus > 1` the
+engine is rank 0 of a group of processes (worker/parallel.py): it starts the other ranks, sends
+them each job, and alone encodes the prompt, decodes and returns frames.
 """
 
 from __future__ import annotations
 
+import atexit
 import gc
+import importlib
 import json
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,7 +29,7 @@ from PIL import Image
 from shared.errors import InvalidRequest, JobCanceled, OutOfMemory
 from shared.schemas import GenerationSpec, Stage
 from shared.settings import EngineSettings
-from worker import accel
+from worker import accel, parallel
 
 log = logging.getLogger("wanq.engine")
 
@@ -42,6 +47,8 @@ class Generation:
     """uint8 [num_frames, height, width, 3]."""
     timings: dict[str, float] = field(default_factory=dict)
     step_times: list[float] = field(default_factory=list)
+    latents: torch.Tensor | None = None
+    """The denoised latents (before decoding), for comparisons across configurations."""
 
 
 def detect_variant(model_path: Path) -> str:
@@ -52,6 +59,26 @@ def detect_variant(model_path: Path) -> str:
     if index.get("expand_timesteps"):
         return "ti2v-5b"
     return "t2v-a14b"
+
+
+def variant_of(pipe: Any) -> str:
+    if isinstance(pipe, WanImageToVideoPipeline):
+        return "i2v-a14b"
+    if pipe.config.get("expand_timesteps"):
+        return "ti2v-5b"
+    return "t2v-a14b"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """cuDNN / cuBLAS report a failed workspace allocation as a plain RuntimeError."""
+    text = str(exc)
+    return "out of memory" in text.lower() or "ALLOC_FAILED" in text
+
+
+def load_factory(factory: str) -> Callable[..., Any]:
+    """'package.module:function' -> the function (a pipeline builder, e.g. for random-weight benchmarks)."""
+    module, _, name = factory.partition(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
 class PromptCache:
@@ -85,20 +112,61 @@ class PromptCache:
 
 
 class WanEngine:
-    def __init__(self, model_path: str | Path, settings: EngineSettings, *, model_id: str = "") -> None:
-        started = time.perf_counter()
-        self.model_path = Path(model_path)
-        self.settings = settings
-        self.model_id = model_id or self.model_path.name
-        self.variant = detect_variant(self.model_path)
-        self.device = torch.device(accel.resolve_device(settings.device))
-        self.dtype = DTYPES[settings.dtype] if settings.dtype != "auto" else (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
-        if self.device.type == "cpu" and self.dtype is torch.float16:
-            raise ValueError("--dtype fp16 is not supported on CPU; use bf16 or fp32")
+    """One resident pipeline. `model_path` is a diffusers directory; `factory` ('module:function',
+    called with device, dtype and text_encoder) builds the pipeline instead (benchmarks)."""
 
-        # 1. Load the pipeline named by model_index.json
-        self.pipe: Any = DiffusionPipeline.from_pretrained(self.model_path, dtype=self.dtype)
+    def __init__(
+        self,
+        model_path: str | Path | None,
+        settings: EngineSettings,
+        *,
+        model_id: str = "",
+        factory: str | None = None,
+        factory_kwargs: dict[str, Any] | None = None,
+        member: parallel.Member | None = None,
+    ) -> None:
+        started = time.perf_counter()
+        if model_path is None and factory is None:
+            raise ValueError("WanEngine needs a model_path or a factory")
+        self.model_path = Path(model_path) if model_path is not None else None
+        self.settings = settings
+        self.factory, self.factory_kwargs = factory, dict(factory_kwargs or {})
+        device = accel.resolve_device(settings.device)
+        self.device = parallel.device_for(device, member.rank if member else 0) if settings.num_gpus > 1 else torch.device(device)
+        self.dtype = (
+            DTYPES[settings.dtype]
+            if settings.dtype != "auto"
+            else (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        )
+        accel.validate(
+            settings,
+            num_heads=accel.num_heads_of(self.model_path) if self.model_path is not None else None,
+            device=self.device.type,
+            gpu_count=torch.cuda.device_count() if self.device.type == "cuda" else None,
+        )
+        self.model_id = model_id or (self.model_path.name if self.model_path is not None else "")
+
+        # 1. Several GPUs: start the other ranks first, so that they load while we do
+        self.group: parallel.Group | None = None
+        self.member = member
+        if settings.num_gpus > 1 and member is None:
+            self.group = parallel.Group(
+                settings,
+                model_path=str(self.model_path or ""),
+                model_id=self.model_id,
+                factory=factory,
+                factory_kwargs=factory_kwargs,
+            )
+            self.member = self.group.start()
+            atexit.register(self.close)
+        self.broken = False
+        """A several-GPU job failed mid-denoise: the ranks cannot agree any more; restart the process."""
+
+        # 2. Load the pipeline (followers skip the text encoder: rank 0 broadcasts the embeddings)
+        self.pipe: Any = self._load(text_encoder=self.is_leader)
         self.pipe.set_progress_bar_config(disable=True)
+        self.variant = detect_variant(self.model_path) if self.model_path is not None else variant_of(self.pipe)
+        self.model_id = self.model_id or self.variant
         # TI2V-5B: one set of weights drives both text and image mode (expand_timesteps conditioning).
         self.image_pipe: Any = None
         if self.variant == "ti2v-5b":
@@ -114,14 +182,37 @@ class WanEngine:
         elif self.variant == "i2v-a14b":
             self.image_pipe = self.pipe
 
-        # 2. Apply the configured placement, offload, parallelism, attention, cache and compile
-        self.plan = accel.apply(self.pipe, settings, self.device)
+        # 3. Apply the configured placement, offload, parallelism, attention, cache and compile
+        self.plan = accel.apply(self.pipe, settings, self.device, member=self.member, sync_weights=factory is not None)
         if self.image_pipe is not None and self.image_pipe is not self.pipe:
             accel.share_placement(self.pipe, self.image_pipe)
         self._schedulers: dict[float, Any] = {}
         self.prompt_cache = PromptCache(settings.prompt_cache_size)
+        if self.group is not None:
+            self.group.wait_ready()
         self.load_time_s = time.perf_counter() - started
-        log.info("engine ready", extra={"model": self.model_id, "variant": self.variant, "load_s": round(self.load_time_s, 2)})
+        log.info(
+            "engine ready",
+            extra={
+                "model": self.model_id,
+                "variant": self.variant,
+                "load_s": round(self.load_time_s, 2),
+                "plan": self.plan.__dict__,
+            },
+        )
+
+    def _load(self, *, text_encoder: bool) -> Any:
+        if self.factory is not None:
+            return load_factory(self.factory)(
+                device=self.device, dtype=self.dtype, text_encoder=text_encoder, **self.factory_kwargs
+            )
+        assert self.model_path is not None
+        extra: dict[str, Any] = {} if text_encoder else {"text_encoder": None}
+        return DiffusionPipeline.from_pretrained(self.model_path, dtype=self.dtype, **extra)
+
+    @property
+    def is_leader(self) -> bool:
+        return self.member is None or self.member.is_leader
 
     @property
     def has_two_experts(self) -> bool:
@@ -140,10 +231,18 @@ class WanEngine:
         on_stage: StageCallback | None = None,
         on_step: StepCallback | None = None,
     ) -> Generation:
+        if self.broken:
+            # The previous job failed while every rank was inside the same collectives.
+            log.critical("several-GPU engine is broken since its last job failed mid-denoise: restarting the worker")
+            logging.shutdown()
+            os._exit(parallel.EXIT_BROKEN)
         on_stage = on_stage or (lambda stage: None)
         timings: dict[str, float] = {}
         step_times: list[float] = []
         pipe = self._pipeline_for(image)
+        self._check_spec(pipe, spec)
+        in_group = False
+        out_of_memory = ""
         try:
             # 1. Encode the prompts (cached per text)
             on_stage(Stage.encoding_prompt)
@@ -153,25 +252,135 @@ class WanEngine:
             negative_embeds = self.encode_text(spec.negative_prompt) if do_cfg else None
             timings["encoding_prompt"] = time.perf_counter() - t0
 
-            # 2. Denoise
+            # 2. Denoise (every rank from here on)
             on_stage(Stage.denoising)
             t0 = time.perf_counter()
-            latents = self._denoise(pipe, spec, image, prompt_embeds, negative_embeds, on_step, step_times)
+            if self.group is not None:
+                in_group = True
+                self.group.send_job(
+                    {
+                        "spec": spec.model_dump(),
+                        "image": parallel.encode_image(image),
+                        "embeds": [tuple(e.shape) for e in (prompt_embeds, negative_embeds) if e is not None],
+                        "dtype": str(prompt_embeds.dtype).removeprefix("torch."),
+                    }
+                )
+                prompt_embeds, negative_embeds = self._share_embeds(prompt_embeds, negative_embeds)
+            latents = self._denoise(
+                pipe, spec, image, prompt_embeds, negative_embeds, self._leader_callback(on_step, step_times, spec)
+            )
             self._sync()
+            in_group = False
             timings["denoising"] = time.perf_counter() - t0
 
-            # 3. Decode
+            # 3. Decode (rank 0 only)
             on_stage(Stage.decoding)
             t0 = time.perf_counter()
             frames = self.decode(pipe, latents)
             timings["decoding"] = time.perf_counter() - t0
         except torch.OutOfMemoryError as exc:
-            self.release_memory()
-            raise OutOfMemory(f"out of GPU memory at {spec.size}x{spec.num_frames}: {str(exc).splitlines()[0]}") from None
+            out_of_memory = str(exc).splitlines()[0]
         except JobCanceled:
             self.release_memory()
             raise
-        return Generation(frames=frames, timings=timings, step_times=step_times)
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                self._after_failure(in_group)
+                raise
+            out_of_memory = str(exc).splitlines()[0]
+        except BaseException:
+            self._after_failure(in_group)
+            raise
+        if out_of_memory:
+            # Outside the except block: the traceback (and the tensors its frames hold) is gone,
+            # so the memory really returns to the allocator and the next job starts clean.
+            self._after_failure(in_group)
+            raise OutOfMemory(f"out of GPU memory at {spec.size}x{spec.num_frames}: {out_of_memory[:300]}")
+        return Generation(frames=frames, timings=timings, step_times=step_times, latents=latents)
+
+    def follow(self, job: dict[str, Any]) -> None:
+        """A follower rank's part of one job: the same denoising, step for step with rank 0."""
+        spec = GenerationSpec.model_validate(job["spec"])
+        image = parallel.decode_image(job["image"])
+        dtype = getattr(torch, job["dtype"])
+        shapes = job["embeds"]
+        prompt_embeds = torch.empty(shapes[0], dtype=dtype, device=self.device)
+        negative_embeds = torch.empty(shapes[1], dtype=dtype, device=self.device) if len(shapes) > 1 else None
+        prompt_embeds, negative_embeds = self._share_embeds(prompt_embeds, negative_embeds)
+        assert self.member is not None
+        member = self.member
+
+        def callback(_pipe: Any, _index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if member.agree_stop(False):
+                raise JobCanceled("canceled")
+            return kwargs
+
+        try:
+            self._denoise(self._pipeline_for(image), spec, image, prompt_embeds, negative_embeds, callback)
+        finally:
+            self.release_memory()
+
+    def _share_embeds(self, prompt: torch.Tensor, negative: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rank 0's embeddings on every rank; CFG rank 1 takes the negative prompt as its "prompt"."""
+        assert self.member is not None
+        prompt = self.member.broadcast(prompt.to(self.device).contiguous())
+        if negative is not None:
+            negative = self.member.broadcast(negative.to(self.device).contiguous())
+        if self.settings.cfg_parallel:
+            parallel.set_cfg_active(self.pipe, negative is not None)
+            if negative is not None and self.member.cfg_rank == 1:
+                return negative, prompt
+        return prompt, negative
+
+    def _leader_callback(self, on_step: StepCallback | None, step_times: list[float], spec: GenerationSpec) -> Callable[..., Any]:
+        total = spec.num_inference_steps
+        last = [time.perf_counter()]
+        member = self.member
+
+        def callback(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            now = time.perf_counter()
+            step_times.append(now - last[0])
+            last[0] = now
+            stop: BaseException | None = None
+            if on_step is not None:
+                try:
+                    on_step(index + 1, total)  # raising JobCanceled here stops before the next step
+                except BaseException as exc:
+                    stop = exc
+            if member is not None and member.agree_stop(stop is not None) and stop is None:
+                stop = JobCanceled("canceled")
+            if stop is not None:
+                raise stop
+            return kwargs
+
+        return callback
+
+    def _after_failure(self, in_group: bool) -> None:
+        if in_group and self.group is not None:
+            # The followers wait in a collective that rank 0 will never join: end them now.
+            log.error("job failed mid-denoise on rank 0: stopping the other ranks; the next job restarts the worker")
+            self.group.kill()
+            self.broken = True
+        self.release_memory()
+
+    def _check_spec(self, pipe: Any, spec: GenerationSpec) -> None:
+        """Context parallelism splits the video tokens evenly over ring x ulysses ranks."""
+        degree = self.settings.ulysses_degree * self.settings.ring_degree
+        if degree == 1:
+            return
+        patch = self.pipe.transformer.config.patch_size
+        latent_frames = (spec.num_frames - 1) // pipe.vae_scale_factor_temporal + 1
+        tokens = (
+            latent_frames
+            * (spec.height // pipe.vae_scale_factor_spatial // patch[1])
+            * (spec.width // pipe.vae_scale_factor_spatial // patch[2])
+        )
+        if tokens % degree:
+            raise InvalidRequest(
+                f"size {spec.size} with {spec.num_frames} frames gives {tokens} video tokens, which this worker's "
+                f"{degree} context-parallel ranks cannot split evenly; pick another size or frame count",
+                param="size",
+            )
 
     def encode_text(self, text: str) -> torch.Tensor:
         key = (self.model_id, text)
@@ -211,20 +420,8 @@ class WanEngine:
         image: Image.Image | None,
         prompt_embeds: torch.Tensor,
         negative_embeds: torch.Tensor | None,
-        on_step: StepCallback | None,
-        step_times: list[float],
+        callback: Callable[..., Any],
     ) -> torch.Tensor:
-        total = spec.num_inference_steps
-        last = [time.perf_counter()]
-
-        def callback(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            now = time.perf_counter()
-            step_times.append(now - last[0])
-            last[0] = now
-            if on_step is not None:
-                on_step(index + 1, total)  # raising JobCanceled here stops before the next step
-            return kwargs
-
         pipe.scheduler = self._scheduler(spec.flow_shift)
         kwargs: dict[str, Any] = dict(
             prompt_embeds=prompt_embeds,
@@ -232,7 +429,7 @@ class WanEngine:
             height=spec.height,
             width=spec.width,
             num_frames=spec.num_frames,
-            num_inference_steps=total,
+            num_inference_steps=spec.num_inference_steps,
             guidance_scale=spec.guidance_scale,
             generator=torch.Generator(device="cpu").manual_seed(spec.seed),
             output_type="latent",
@@ -291,6 +488,14 @@ class WanEngine:
         image = Image.new("RGB", (spec.width, spec.height)) if self.variant == "i2v-a14b" else None
         self.generate(spec, image)
         return time.perf_counter() - started
+
+    def close(self) -> None:
+        """Stops the follower ranks (several GPUs); the engine is unusable afterwards."""
+        if self.group is not None:
+            self.group.stop()
+            self.group = None
+            if torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
 
 
 _ = WanPipeline  # the class model_index.json names for T2V-A14B and TI2V-5B

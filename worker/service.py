@@ -92,6 +92,9 @@ class WorkerProcess:
     def shutdown(self) -> None:
         if self.runner is not None:
             self.runner.wait_pending()  # a warm shutdown finishes the upload in flight
+            close = getattr(self.runner.engine, "close", None)
+            if close is not None:
+                close()  # stops follower ranks of a several-GPU engine
         self._stop.set()
         if self.worker_id:
             try:
@@ -114,6 +117,16 @@ class WorkerProcess:
             self._job_ended(job_id, outcome)
         else:
             finishing.add_done_callback(lambda f: self._job_ended(job_id, "internal_error" if f.exception() else f.result()))
+        if getattr(self.runner.engine, "broken", False):
+            # A several-GPU job failed mid-denoise and took its follower ranks down: this child can't
+            # run another job. Finish the upload in flight, then exit; Celery starts a fresh child.
+            log.critical(
+                "engine broken after job %s; replacing this worker process",
+                job_id,
+                extra={"job_id": job_id, "model": self.model_id},
+            )
+            self.runner.wait_pending()
+            os._exit(70)
         return outcome
 
     def _job_ended(self, job_id: str, outcome: str) -> None:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -17,6 +18,7 @@ from shared.netguard import parse_allowlist
 from shared.settings import Settings
 from shared.webhook_store import Delivery, WebhookStore
 from tests.conftest import SMALL
+from tests.tenants import client, make_key
 from tests.webhook_receiver import Receiver
 from wanq.stack import Stack, free_port, wait_until
 from wanq.webhookd import Deliverer, GuardedBackend
@@ -41,6 +43,15 @@ def strict_api(stack: Stack) -> Iterator[httpx.Client]:
     finally:
         process.stop()
         stack.processes.remove(process)
+
+
+@pytest.fixture
+def tenant(api: httpx.Client, stack: Stack) -> Iterator[tuple[str, httpx.Client]]:
+    """A tenant of its own for a test that reads or changes per-tenant webhook state (secret, endpoint):
+    the stack's admin tenant is shared by every test, so its state depends on what ran before."""
+    name = f"hooks-{uuid.uuid4().hex[:10]}"
+    with client(stack, make_key(api, name)) as http:
+        yield name, http
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +93,12 @@ def test_the_tenant_endpoint_is_checked_the_same_way(strict_api: httpx.Client) -
     assert "link-local" in response.json()["error"]["message"]
 
 
-def test_the_allowlist_admits_only_what_it_names(api: httpx.Client) -> None:
-    api.post("/v1/webhook_endpoint/rotate_secret", json={"previous_secret_valid_s": 0})
-    assert api.post("/v1/videos", json={**JOB, "webhook_url": "http://127.0.0.1:9/hook", "webhook_events": []}).status_code == 202
-    response = api.post("/v1/videos", json={**JOB, "webhook_url": "http://10.0.0.1/hook"})
+def test_the_allowlist_admits_only_what_it_names(tenant: tuple[str, httpx.Client]) -> None:
+    _, http = tenant
+    assert http.post("/v1/webhook_endpoint/rotate_secret", json={"previous_secret_valid_s": 0}).status_code == 200
+    response = http.post("/v1/videos", json={**JOB, "webhook_url": "http://127.0.0.1:9/hook", "webhook_events": []})
+    assert response.status_code == 202, response.text
+    response = http.post("/v1/videos", json={**JOB, "webhook_url": "http://10.0.0.1/hook"})
     assert response.status_code == 400 and "10.0.0.1" in response.json()["error"]["message"]
 
 
@@ -97,50 +110,55 @@ def test_unknown_events_are_refused_by_name(api: httpx.Client) -> None:
     assert response.status_code == 400 and "'finished'" in response.json()["error"]["message"]
 
 
-def test_a_job_webhook_needs_a_signing_secret(api: httpx.Client, redis_client: redis.Redis) -> None:
-    redis_client.delete("wanq:webhook-secret:default")
-    response = api.post("/v1/videos", json={**JOB, "webhook_url": "http://127.0.0.1:9/"})
-    assert response.status_code == 400 and "signing secret" in response.json()["error"]["message"]
-    created = api.post("/v1/webhook_endpoint/rotate_secret").json()
+def test_a_job_webhook_needs_a_signing_secret(tenant: tuple[str, httpx.Client]) -> None:
+    name, http = tenant  # a new tenant: no secret yet
+    response = http.post("/v1/videos", json={**JOB, "webhook_url": "http://127.0.0.1:9/"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "webhook_url" and "signing secret" in error["message"] and repr(name) in error["message"]
+    created = http.post("/v1/webhook_endpoint/rotate_secret").json()
     assert created["secret"].startswith("whsec_") and created["previous_secret_expires_at"] is None
-    assert created["secret_hint"] == created["secret"][:10] + "…"
+    assert created["secret_hint"] == created["secret"][:10] + "…" and created["tenant"] == name
+    assert http.get("/v1/webhook_endpoint").json()["secret_hint"] == created["secret_hint"]
 
 
-def test_setting_an_endpoint_creates_the_secret_once(api: httpx.Client, redis_client: redis.Redis) -> None:
-    redis_client.delete("wanq:webhook-secret:default")
-    try:
-        first = api.put("/v1/webhook_endpoint", json={"url": "http://127.0.0.1:9/a", "events": ["video.failed"]})
-        assert first.status_code == 200 and first.json()["secret"].startswith("whsec_")
-        assert first.json()["events"] == ["video.failed"] and first.json()["url"] == "http://127.0.0.1:9/a"
-        again = api.put("/v1/webhook_endpoint", json={"url": "http://127.0.0.1:9/b"}).json()
-        assert "secret" not in again and again["url"] == "http://127.0.0.1:9/b"
-        assert again["secret_hint"] == first.json()["secret_hint"]
-    finally:
-        assert api.delete("/v1/webhook_endpoint").json()["deleted"] is True
-    assert api.get("/v1/webhook_endpoint").json()["status"] == "none"
+def test_setting_an_endpoint_creates_the_secret_once(tenant: tuple[str, httpx.Client]) -> None:
+    _, http = tenant  # a new tenant: no secret and no endpoint yet
+    assert http.get("/v1/webhook_endpoint").json()["secret_hint"] is None
+    first = http.put("/v1/webhook_endpoint", json={"url": "http://127.0.0.1:9/a", "events": ["video.failed"]})
+    assert first.status_code == 200 and first.json()["secret"].startswith("whsec_"), first.text
+    assert first.json()["events"] == ["video.failed"] and first.json()["url"] == "http://127.0.0.1:9/a"
+    again = http.put("/v1/webhook_endpoint", json={"url": "http://127.0.0.1:9/b"}).json()
+    assert "secret" not in again and again["url"] == "http://127.0.0.1:9/b"
+    assert again["secret_hint"] == first.json()["secret_hint"]
+    assert http.delete("/v1/webhook_endpoint").json()["deleted"] is True
+    shown = http.get("/v1/webhook_endpoint").json()
+    assert shown["status"] == "none" and shown["secret_hint"] == first.json()["secret_hint"]  # the secret stays
 
 
-def test_the_cli_rotates_and_shows_the_secret(stack: Stack) -> None:
-    key = stack.env.get("WANQ_DEV_ADMIN_KEY")
-    auth = ["--api-key", key] if key else []
+def test_the_cli_rotates_and_shows_the_secret(stack: Stack, tenant: tuple[str, httpx.Client]) -> None:
+    name, http = tenant
+    key = http.headers["Authorization"].removeprefix("Bearer ")
 
     def wanq(*args: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "wanq", "webhooks", *args, "--url", stack.api_url, *auth]
+        cmd = [sys.executable, "-m", "wanq", "webhooks", *args, "--url", stack.api_url, "--api-key", key]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=True)
 
     rotated = wanq("rotate-secret", "--previous-valid-s", "0")
     secret = json.loads(rotated.stdout)["secret"]
     assert secret.startswith("whsec_") and "shown this once" in rotated.stderr
     shown = json.loads(wanq("show").stdout)
-    assert shown["secret_hint"] == secret[:10] + "…" and "secret" not in shown
+    assert shown["tenant"] == name and shown["secret_hint"] == secret[:10] + "…" and "secret" not in shown
 
 
-def test_only_admins_may_name_another_tenant(api: httpx.Client) -> None:
-    response = api.get("/v1/webhook_endpoint", params={"tenant": "someone-else"})
-    if response.status_code == 200:  # the stack's client is an admin
-        assert response.json()["tenant"] == "someone-else" and response.json()["status"] == "none"
-    else:
-        assert response.status_code == 404 and "someone-else" in response.json()["error"]["message"]
+def test_only_admins_may_name_another_tenant(api: httpx.Client, tenant: tuple[str, httpx.Client]) -> None:
+    name, http = tenant
+    response = api.get("/v1/webhook_endpoint", params={"tenant": "someone-else"})  # the stack's admin key
+    assert response.status_code == 200, response.text
+    assert response.json()["tenant"] == "someone-else" and response.json()["status"] == "none"
+    response = http.get("/v1/webhook_endpoint", params={"tenant": "someone-else"})  # a plain tenant's key
+    assert response.status_code == 404 and "someone-else" in response.json()["error"]["message"]
+    assert http.get("/v1/webhook_endpoint", params={"tenant": name}).json()["tenant"] == name  # its own name is fine
 
 
 def test_the_connect_step_checks_again(receiver: Receiver) -> None:

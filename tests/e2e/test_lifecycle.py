@@ -141,13 +141,19 @@ def test_delete_of_a_running_job_cancels_it(api: httpx.Client, storage: Storage)
 
 
 def test_progress_moves_by_stage_and_step_and_timings_are_kept(api: httpx.Client) -> None:
-    video = submit(api, num_inference_steps=6)
+    # A job ahead keeps the worker busy until the event stream is open, so every stage is seen live.
+    blocker = submit(api, model="tiny-ti2v-5b", **LONG)
+    wait_for_step(api, blocker["id"], 1)
+    video = submit(api, model="tiny-ti2v-5b", num_inference_steps=6)
     seen: list[tuple[str, int, int]] = []
     with api.stream("GET", f"/v1/videos/{video['id']}/events") as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         for line in response.iter_lines():
             if line.startswith("data:"):
                 event = json.loads(line[5:])
+                if not seen:
+                    assert event["status"] == "queued"
+                    api.post(f"/v1/videos/{blocker['id']}/cancel")
                 seen.append((event["stage"], event["step"], event["progress"]))
                 if event["status"] in ("completed", "failed", "canceled"):
                     break
@@ -186,7 +192,7 @@ def test_idempotency_key(api: httpx.Client, store: JobStore) -> None:
     from shared.idempotency import IdempotencyKeys
 
     keys = IdempotencyKeys(store.redis, prefix="wanq", ttl_s=60)
-    assert keys.begin("default", "k-busy", "fp").outcome == "new"
+    assert keys.begin("admin", "k-busy", "fp").outcome == "new"  # the `api` fixture's key is tenant "admin"
     busy = api.post("/v1/videos", json=body, headers={"Idempotency-Key": "k-busy"})
     assert busy.status_code in (409, 422)
     for job in (first, fresh):

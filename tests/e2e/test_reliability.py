@@ -160,6 +160,7 @@ def test_sigterm_is_a_warm_shutdown_that_finishes_the_running_job(api: httpx.Cli
     assert worker.proc.returncode == 0
 
 
+@pytest.mark.slow
 def test_poison_jobs_end_failed_after_bounded_attempts(api: httpx.Client, workers: Workers) -> None:
     workers.start(1, WANQ_JOBS_MAX_ATTEMPTS="2")
     raising = submit(api, "always raises [[fault:error@1]]")
@@ -186,10 +187,11 @@ def test_out_of_memory_fails_the_job_and_the_worker_carries_on(api: httpx.Client
     assert done["status"] == "completed" and done["attempts"] == 1
 
 
+@pytest.mark.slow
 def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(
     api: httpx.Client, store: JobStore, workers: Workers
 ) -> None:
-    workers.start(1, WANQ_JOBS_SOFT_TIME_LIMIT_S="6", WANQ_JOBS_HARD_TIME_LIMIT_S="8")
+    workers.start(1, WANQ_JOBS_SOFT_TIME_LIMIT_S="10", WANQ_JOBS_HARD_TIME_LIMIT_S="12")
     hung = submit(api, "never ends [[fault:hang@1]]")
     video = wait_for_status(api, hung, {"completed", "failed"}, timeout=120)
     assert video["status"] == "failed" and video["error"]["code"] == "timeout", video
@@ -245,6 +247,7 @@ class FlakyProxy:
         self._server.close()
 
 
+@pytest.mark.slow
 def test_storage_outage_is_retried_then_fails_with_storage_unavailable(
     api: httpx.Client, stack: Stack, store: JobStore, workers: Workers
 ) -> None:
@@ -282,3 +285,32 @@ def test_storage_outage_is_retried_then_fails_with_storage_unavailable(
 
 
 RELIABILITY: dict[str, Any] = {}
+
+
+@pytest.mark.slow
+def test_a_crash_before_the_upload_finishes_loses_nothing(
+    api: httpx.Client, stack: Stack, store: JobStore, storage: Storage, workers: Workers
+) -> None:
+    """Decoded, not yet uploaded (the upload runs in the background while the next job starts): a
+    worker killed then must not lose the job. Its heartbeat stops, the job is requeued and redone."""
+    proxy = FlakyProxy(int(stack.s3_url.rsplit(":", 1)[1]))
+    try:
+        (doomed,) = workers.start(
+            1, WANQ_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}", WANQ_S3_UPLOAD_ATTEMPTS="20", WANQ_S3_UPLOAD_BACKOFF_S="1"
+        )
+        video_id = submit(api, "decoded but not uploaded")
+        deadline = time.monotonic() + 120
+        while (record := store.get(video_id)) is not None and record.generated_at is None and time.monotonic() < deadline:
+            if record.step >= 1:
+                proxy.up = False  # the upload that follows the decode cannot reach the store
+            time.sleep(0.01)
+        assert record is not None and record.generated_at is not None and record.status.value == "in_progress"
+        time.sleep(0.5)
+        doomed.stop(signal.SIGKILL)
+        workers.start(1)  # a healthy worker elsewhere
+        video = wait_for_status(api, video_id, {"completed", "failed"}, timeout=180)
+        assert video["status"] == "completed" and video["attempts"] == 2, video
+        keys = storage.list_keys(storage.job_prefix(video_id))
+        assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["spritesheet.jpg", "thumbnail.webp", "video.mp4"]
+    finally:
+        proxy.close()

@@ -1,6 +1,11 @@
 """Webhooks through the real stack: worker -> job store stream -> `wanq webhooks` -> a receiver process.
 
 Every request the receiver gets is verified with the `standardwebhooks` library.
+
+Each test runs as a tenant of its own (`tenant`): signing secrets and default endpoints are per tenant,
+and the stack's admin tenant is shared by every test of the session. Jobs are submitted with the
+tenant's key; waiting reads through the admin key (`api`), which sees every tenant's jobs and is not
+bounded by a tenant's requests per minute.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -20,6 +26,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from shared.webhook_store import Delivery, WebhookStore
 from shared.webhooks import event_body
 from tests.conftest import LATE, SMALL, wait_for_status
+from tests.tenants import client, make_key
 from tests.webhook_receiver import Receiver
 from wanq.stack import Stack, wait_until
 
@@ -33,19 +40,23 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Receiver]:
     receiver.stop()
 
 
-@pytest.fixture
-def secret(api: httpx.Client) -> str:
-    """A fresh signing secret for the tenant, with no previous one still signing."""
-    response = api.post("/v1/webhook_endpoint/rotate_secret", json={"previous_secret_valid_s": 0})
-    assert response.status_code == 200, response.text
-    return str(response.json()["secret"])
+@dataclass
+class Tenant:
+    name: str
+    http: httpx.Client
+    """Sends the tenant's key."""
+    secret: str
+    """Its signing secret, with no previous one still signing."""
 
 
 @pytest.fixture
-def tenant_endpoint(api: httpx.Client) -> Iterator[None]:
-    """Tests that set the tenant's default endpoint remove it after, so other tests' jobs send nothing."""
-    yield
-    api.delete("/v1/webhook_endpoint")
+def tenant(api: httpx.Client, stack: Stack) -> Iterator[Tenant]:
+    """A new tenant with a new signing secret and no default endpoint: nothing another test did is seen."""
+    name = f"hooks-{uuid.uuid4().hex[:10]}"
+    with client(stack, make_key(api, name)) as http:
+        response = http.post("/v1/webhook_endpoint/rotate_secret", json={"previous_secret_valid_s": 0})
+        assert response.status_code == 200, response.text
+        yield Tenant(name, http, str(response.json()["secret"]))
 
 
 def path(name: str, query: str = "") -> str:
@@ -62,21 +73,22 @@ def verified(secret: str, request: dict[str, Any]) -> dict[str, Any]:
     return Webhook(secret).verify(request["body"], request["headers"])  # type: ignore[no-any-return]
 
 
-def inject(redis_client: redis.Redis, url: str) -> Delivery:
-    """A delivery put straight into the due set, for the stack's delivery process to send (no job needed)."""
+def inject(redis_client: redis.Redis, tenant: Tenant, url: str) -> Delivery:
+    """A delivery of `tenant` put straight into the due set, for the stack's delivery process to send (no
+    job needed). It is signed with the tenant's secrets: a tenant without one gets nothing sent."""
     store = WebhookStore(redis_client)
     body = event_body("video.completed", time.time(), {"id": "video_injected", "object": "video", "status": "completed"})
     delivery = Delivery(
-        id=f"msg_{uuid.uuid4().hex}", job_id=f"video_{uuid.uuid4().hex}", tenant="default", event="video.completed",
+        id=f"msg_{uuid.uuid4().hex}", job_id=f"video_{uuid.uuid4().hex}", tenant=tenant.name, event="video.completed",
         target="job", url=url, max_attempts=5, body=body.decode(),
     )  # fmt: skip
     assert store.add_delivery(delivery)
     return delivery
 
 
-def finished(redis_client: redis.Redis, delivery: Delivery, timeout: float = 60) -> Delivery:
+def finished(redis_client: redis.Redis, delivery: Delivery, timeout: float = 120) -> Delivery:
     store = WebhookStore(redis_client)
-    wait_until(lambda: getattr(store.get_delivery(delivery.id), "status", "pending") != "pending", timeout, "the delivery")
+    wait_until(lambda: getattr(store.get_delivery(delivery.id), "status", "pending") != "pending", timeout, "the delivery", 0.1)
     got = store.get_delivery(delivery.id)
     assert got is not None
     return got
@@ -88,15 +100,20 @@ def deliveries(api: httpx.Client, video_id: str) -> list[dict[str, Any]]:
     return response.json()["data"]  # type: ignore[no-any-return]
 
 
-def wait_for_deliveries(api: httpx.Client, video_id: str, done: int, timeout: float = 60) -> list[dict[str, Any]]:
+def wait_for_deliveries(api: httpx.Client, video_id: str, done: int, timeout: float = 120) -> list[dict[str, Any]]:
     """Waits until `done` deliveries of the job have finished (delivered or failed)."""
-    wait_until(lambda: sum(d["status"] != "pending" for d in deliveries(api, video_id)) >= done, timeout, "webhook deliveries")
+
+    def ended() -> bool:
+        return sum(d["status"] != "pending" for d in deliveries(api, video_id)) >= done
+
+    wait_until(ended, timeout, "webhook deliveries", 0.2)
     return deliveries(api, video_id)
 
 
-def test_lifecycle_events_arrive_signed_per_standard_webhooks(api: httpx.Client, receiver: Receiver, secret: str) -> None:
+def test_lifecycle_events_arrive_signed_per_standard_webhooks(api: httpx.Client, receiver: Receiver, tenant: Tenant) -> None:
+    secret = tenant.secret
     hook = path("lifecycle")
-    video_id = submit(api, webhook_url=receiver.url(hook))
+    video_id = submit(tenant.http, webhook_url=receiver.url(hook))
     assert wait_for_status(api, video_id, {"completed", "failed"})["status"] == "completed"
 
     got = receiver.wait_for(hook, 2)
@@ -116,9 +133,12 @@ def test_lifecycle_events_arrive_signed_per_standard_webhooks(api: httpx.Client,
     assert all(d["url"] == receiver.url(hook) and d["target"] == "job" for d in listed)
 
 
-def test_a_receiver_failing_twice_gets_the_event_on_the_third_attempt(api: httpx.Client, receiver: Receiver, secret: str) -> None:
+def test_a_receiver_failing_twice_gets_the_event_on_the_third_attempt(
+    api: httpx.Client, receiver: Receiver, tenant: Tenant
+) -> None:
+    secret = tenant.secret
     hook = path("flaky", "codes=503,500,200")
-    video_id = submit(api, webhook_url=receiver.url(hook), webhook_events=["video.completed"])
+    video_id = submit(tenant.http, webhook_url=receiver.url(hook), webhook_events=["video.completed"])
 
     got = receiver.wait_for(hook, 3)
     assert [r["status"] for r in got] == [503, 500, 200]
@@ -135,11 +155,12 @@ def test_a_receiver_failing_twice_gets_the_event_on_the_third_attempt(api: httpx
     assert attempts[0]["at"] < attempts[1]["at"] < attempts[2]["at"]
 
 
-def test_an_event_survives_a_killed_delivery_process(api: httpx.Client, receiver: Receiver, secret: str, stack: Stack) -> None:
+def test_an_event_survives_a_killed_delivery_process(api: httpx.Client, receiver: Receiver, tenant: Tenant, stack: Stack) -> None:
+    secret = tenant.secret
     # Retry-After 4 s parks the retry longer than the schedule would, leaving time to kill the process.
     hook = path("restart", "codes=503,200&retry_after=4")
-    video_id = submit(api, webhook_url=receiver.url(hook), webhook_events=["video.completed"])
-    wait_until(lambda: any(d["attempts"] for d in deliveries(api, video_id)), 60, "the first attempt")
+    video_id = submit(tenant.http, webhook_url=receiver.url(hook), webhook_events=["video.completed"])
+    wait_until(lambda: any(d["attempts"] for d in deliveries(api, video_id)), 120, "the first attempt", 0.2)
     first = deliveries(api, video_id)[0]["attempts"][0]
     assert first["status_code"] == 503 and first["next_attempt_at"] >= first["at"] + 4  # Retry-After honoured
 
@@ -148,7 +169,7 @@ def test_an_event_survives_a_killed_delivery_process(api: httpx.Client, receiver
     try:
         # An event produced while no delivery process runs waits in the stream.
         later_hook = path("while-down")
-        later_id = submit(api, webhook_url=receiver.url(later_hook), webhook_events=["video.completed"])
+        later_id = submit(tenant.http, webhook_url=receiver.url(later_hook), webhook_events=["video.completed"])
         assert wait_for_status(api, later_id, {"completed", "failed"})["status"] == "completed"
     finally:
         stack.start_webhooks()
@@ -164,15 +185,16 @@ def test_an_event_survives_a_killed_delivery_process(api: httpx.Client, receiver
 
 
 def test_a_rotation_window_signs_with_the_old_and_the_new_secret(
-    api: httpx.Client, receiver: Receiver, secret: str, redis_client: redis.Redis
+    receiver: Receiver, tenant: Tenant, redis_client: redis.Redis
 ) -> None:
-    rotated = api.post("/v1/webhook_endpoint/rotate_secret").json()
+    secret = tenant.secret
+    rotated = tenant.http.post("/v1/webhook_endpoint/rotate_secret").json()
     new = rotated["secret"]
     assert new != secret and rotated["previous_secret_expires_at"] is not None
-    assert "secret" not in api.get("/v1/webhook_endpoint").json()  # shown once
+    assert "secret" not in tenant.http.get("/v1/webhook_endpoint").json()  # shown once
 
     hook = path("rotation")
-    submit(api, webhook_url=receiver.url(hook), webhook_events=["video.completed"])
+    submit(tenant.http, webhook_url=receiver.url(hook), webhook_events=["video.completed"])
     (request,) = receiver.wait_for(hook, 1)
     entries = request["headers"]["webhook-signature"].split(" ")
     assert len(entries) == 2 and all(e.startswith("v1,") for e in entries)
@@ -185,9 +207,9 @@ def test_a_rotation_window_signs_with_the_old_and_the_new_secret(
         )
 
     # Ending the window: only the newest secret signs.
-    newest = api.post("/v1/webhook_endpoint/rotate_secret", json={"previous_secret_valid_s": 0}).json()["secret"]
+    newest = tenant.http.post("/v1/webhook_endpoint/rotate_secret", json={"previous_secret_valid_s": 0}).json()["secret"]
     hook = path("after-rotation")
-    inject(redis_client, receiver.url(hook))
+    inject(redis_client, tenant, receiver.url(hook))
     (request,) = receiver.wait_for(hook, 1)
     assert len(request["headers"]["webhook-signature"].split(" ")) == 1
     verified(newest, request)
@@ -196,49 +218,51 @@ def test_a_rotation_window_signs_with_the_old_and_the_new_secret(
 
 
 def test_the_tenant_endpoint_receives_jobs_without_their_own_url_and_a_410_disables_it(
-    api: httpx.Client, receiver: Receiver, secret: str, tenant_endpoint: None, redis_client: redis.Redis
+    api: httpx.Client, receiver: Receiver, tenant: Tenant, redis_client: redis.Redis
 ) -> None:
+    secret = tenant.secret
     hook = path("tenant", "codes=200,410")
-    response = api.put("/v1/webhook_endpoint", json={"url": receiver.url(hook), "events": ["video.completed"]})
+    response = tenant.http.put("/v1/webhook_endpoint", json={"url": receiver.url(hook), "events": ["video.completed"]})
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "enabled" and "secret" not in response.json()  # the secret already existed
 
-    first = submit(api)
+    first = submit(tenant.http)
     (request,) = receiver.wait_for(hook, 1)
     assert verified(secret, request)["data"]["id"] == first
     assert wait_for_deliveries(api, first, 1)[0]["target"] == "tenant"
 
-    second = submit(api)
+    second = submit(tenant.http)
     receiver.wait_for(hook, 2)
     (delivery,) = wait_for_deliveries(api, second, 1)
     assert delivery["status"] == "failed" and "410" in delivery["error"]
-    endpoint = api.get("/v1/webhook_endpoint").json()
+    endpoint = tenant.http.get("/v1/webhook_endpoint").json()
     assert endpoint["status"] == "disabled" and "410" in endpoint["disabled_reason"]
 
     # Nothing more is sent there: once the stream is drained, a third job has no delivery.
-    third = submit(api)
+    third = submit(tenant.http)
     assert wait_for_status(api, third, {"completed", "failed"})["status"] == "completed"
-    wait_until(lambda: redis_client.xlen("wanq:job-events") == 0, 30, "the event stream to drain")
+    wait_until(lambda: redis_client.xlen("wanq:job-events") == 0, 60, "the event stream to drain")
     assert deliveries(api, third) == [] and len(receiver.requests(hook)) == 2
 
     # Setting the endpoint again re-enables it.
-    assert api.put("/v1/webhook_endpoint", json={"url": receiver.url(hook)}).json()["status"] == "enabled"
+    assert tenant.http.put("/v1/webhook_endpoint", json={"url": receiver.url(hook)}).json()["status"] == "enabled"
 
 
-def test_redirects_are_not_followed(receiver: Receiver, secret: str, redis_client: redis.Redis) -> None:
+def test_redirects_are_not_followed(receiver: Receiver, tenant: Tenant, redis_client: redis.Redis) -> None:
     target = path("redirected-to")
     hook = path("redirect", f"codes=302&location={target}")
-    delivery = finished(redis_client, inject(redis_client, receiver.url(hook)))
+    delivery = finished(redis_client, inject(redis_client, tenant, receiver.url(hook)))
     assert delivery.status == "failed" and len(delivery.attempts) == 1
     assert delivery.attempts[0].status_code == 302 and "not followed" in str(delivery.attempts[0].error)
     assert receiver.requests(target) == []
 
 
 def test_a_client_error_is_final_and_an_attempt_that_times_out_is_retried(
-    receiver: Receiver, secret: str, redis_client: redis.Redis
+    receiver: Receiver, tenant: Tenant, redis_client: redis.Redis
 ) -> None:
-    refused = inject(redis_client, receiver.url(path("bad-request", "codes=400")))
-    slow = inject(redis_client, receiver.url(path("slow", "sleep=6&slow=1")))  # longer than the stack's 3 s timeout, once
+    refused = inject(redis_client, tenant, receiver.url(path("bad-request", "codes=400")))
+    # Longer than the stack's 3 s timeout, once.
+    slow = inject(redis_client, tenant, receiver.url(path("slow", "sleep=6&slow=1")))
     refused = finished(redis_client, refused)
     assert refused.status == "failed" and [a.status_code for a in refused.attempts] == [400]
     slow = finished(redis_client, slow)
@@ -248,9 +272,10 @@ def test_a_client_error_is_final_and_an_attempt_that_times_out_is_retried(
     assert second.status_code == 200
 
 
-def test_progress_events_are_opt_in(api: httpx.Client, receiver: Receiver, secret: str) -> None:
+def test_progress_events_are_opt_in(api: httpx.Client, receiver: Receiver, tenant: Tenant) -> None:
+    secret = tenant.secret
     hook = path("progress")
-    video_id = submit(api, webhook_url=receiver.url(hook), webhook_events=["video.progress", "video.completed"])
+    video_id = submit(tenant.http, webhook_url=receiver.url(hook), webhook_events=["video.progress", "video.completed"])
     receiver.wait_for(hook, 1, where=lambda r: '"video.completed"' in r["body"])
     receiver.wait_for(hook, 1, where=lambda r: '"video.progress"' in r["body"])
     events = [verified(secret, r) for r in receiver.requests(hook)]
@@ -259,11 +284,12 @@ def test_progress_events_are_opt_in(api: httpx.Client, receiver: Receiver, secre
     assert all(d["max_attempts"] == 1 for d in deliveries(api, video_id) if d["event"] == "video.progress")
 
 
-def test_canceling_a_queued_job_sends_only_video_canceled(api: httpx.Client, receiver: Receiver, secret: str) -> None:
+def test_canceling_a_queued_job_sends_only_video_canceled(api: httpx.Client, receiver: Receiver, tenant: Tenant) -> None:
+    secret = tenant.secret
     # No worker serves LATE here, so the job is still queued when it is canceled.
     hook = path("canceled")
-    video_id = submit(api, model=LATE, webhook_url=receiver.url(hook))
-    assert api.post(f"/v1/videos/{video_id}/cancel").json()["status"] == "canceled"
+    video_id = submit(tenant.http, model=LATE, webhook_url=receiver.url(hook))
+    assert tenant.http.post(f"/v1/videos/{video_id}/cancel").json()["status"] == "canceled"
     (request,) = receiver.wait_for(hook, 1)
     event = verified(secret, request)
     assert event["type"] == "video.canceled" and event["data"]["status"] == "canceled"

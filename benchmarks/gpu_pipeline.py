@@ -1,0 +1,867 @@
+#!/usr/bin/env python
+"""GPU benchmark of the worker's engine (a script, not a test). Results: benchmarks/RESULTS.md.
+
+Runs `worker.engine.WanEngine` on a GPU. Without `--model-path` the pipelines are the real-size
+architectures (TI2V-5B, T2V-A14B) with random bf16 weights, built on the GPU by
+benchmarks/gpu_models.py and handed to the engine as a factory, so the engine's own option path
+(worker/accel.py, worker/parallel.py) is what is measured. Each part runs in its own process and
+adds to one JSON file; `report` prints the tables.
+
+  python benchmarks/gpu_pipeline.py plan call1 --out OUT     # TI2V-5B: 1 GPU, then 2 GPUs
+  python benchmarks/gpu_pipeline.py plan call2 --out OUT     # cache presets, T2V-A14B offload, A14B 2 GPUs
+  python benchmarks/gpu_pipeline.py <part> --out OUT         # one part (see PARTS)
+  python benchmarks/gpu_pipeline.py plan call1 --tiny --out /tmp/b   # the same logic on CPU, tiny models
+
+Parts: env, matmul (the card's bf16 rate), baseline (plain diffusers `WanPipeline`, its defaults),
+forward (one transformer forward per attention backend, eager and compiled, against the FLOP
+floor), engine (compiled engine: end to end 50 steps with stage times, three back-to-back jobs
+with the export overlapped and the GPU's idle time, an oversized job that runs out of memory
+followed by a normal one), cache (fbcache / taylorseer speed), multi (2 GPUs: cfg-parallel or
+Ulysses, per-step time and output against the 1-GPU output), a14b-offload (T2V-A14B at
+1280x720x81 per offload mode), a14b-multi (T2V-A14B cfg-parallel on 2 GPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+FACTORY = "benchmarks.gpu_models:build"
+PROMPT = "a red fox runs through fresh snow in a pine forest at dawn, cinematic, detailed fur"
+NEGATIVE = "blurry, low quality, static, overexposed, worst quality"
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def load(out: Path) -> dict[str, Any]:
+    path = out / "results.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+MIRROR: list[Path] = []
+"""Folders that get a copy of results.json after every result (the device tool's $OUT)."""
+
+
+def save(out: Path, key: str, value: Any) -> None:
+    results = load(out)
+    results[key] = value
+    text = json.dumps(results, indent=1, default=str)
+    (out / "results.json").write_text(text)
+    for folder in MIRROR:
+        (folder / "results.json").write_text(text)
+    print(f"[result] {key}: {json.dumps(value, default=str)[:1500]}", flush=True)
+
+
+def cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def sync() -> None:
+    import torch
+
+    if cuda():
+        torch.cuda.synchronize()
+
+
+def gib(n: float) -> float:
+    return round(n / 2**30, 2)
+
+
+def reset_peak() -> None:
+    import torch
+
+    if cuda():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak() -> dict[str, float]:
+    import torch
+
+    if not cuda():
+        return {}
+    return {
+        "peak_allocated_gib": gib(torch.cuda.max_memory_allocated()),
+        "peak_reserved_gib": gib(torch.cuda.max_memory_reserved()),
+    }
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 4) if values else float("nan")
+
+
+def spec_for(args: argparse.Namespace, **overrides: Any) -> Any:
+    from shared.schemas import GenerationSpec
+
+    a14b = args.variant != "ti2v-5b"
+    fields: dict[str, Any] = dict(
+        model=f"wan2.2-{args.variant}",
+        prompt=PROMPT,
+        negative_prompt=NEGATIVE,
+        width=args.width,
+        height=args.height,
+        num_frames=args.frames,
+        fps=24 if not a14b else 16,
+        num_inference_steps=args.steps,
+        guidance_scale=5.0 if not a14b else 4.0,
+        guidance_scale_2=3.0 if a14b else None,
+        flow_shift=5.0 if not a14b else 12.0,
+        seed=7,
+    )
+    if args.flow_shift is not None:
+        fields["flow_shift"] = args.flow_shift
+    fields.update(overrides)
+    return GenerationSpec(**fields)
+
+
+def engine_settings(args: argparse.Namespace, **overrides: Any) -> Any:
+    from shared.settings import EngineSettings
+
+    values: dict[str, Any] = {"device": "cpu" if args.tiny else "cuda"}
+    for item in args.engine:
+        key, _, raw = item.partition("=")
+        values[key] = raw
+    values.update(overrides)
+    return EngineSettings.model_validate(values)
+
+
+def make_engine(args: argparse.Namespace, settings: Any, **factory_kwargs: Any) -> Any:
+    from worker.engine import WanEngine
+
+    if args.model_path:
+        return WanEngine(args.model_path, settings, model_id=f"wan2.2-{args.variant}")
+    kwargs = {"variant": args.variant, "tiny": args.tiny, **factory_kwargs}
+    return WanEngine(None, settings, model_id=f"wan2.2-{args.variant}", factory=FACTORY, factory_kwargs=kwargs)
+
+
+def build_pipeline(args: argparse.Namespace, **kwargs: Any) -> Any:
+    import torch
+
+    from benchmarks import gpu_models
+
+    device = torch.device("cuda" if cuda() else "cpu")
+    dtype = torch.bfloat16 if cuda() else torch.float32
+    if args.model_path:
+        from diffusers import DiffusionPipeline
+
+        return DiffusionPipeline.from_pretrained(args.model_path, dtype=dtype).to(device)
+    return gpu_models.build(device=device, dtype=dtype, variant=args.variant, tiny=args.tiny, **kwargs)
+
+
+def weight_checksum(pipe: Any) -> float:
+    block = pipe.transformer.blocks[0]
+    return float(sum(p.detach().double().sum().item() for p in block.parameters()))
+
+
+def timed_job(engine: Any, spec: Any, image: Any = None) -> tuple[Any, float]:
+    """One generate with a device sync after every step (exact per-step times)."""
+    started = time.perf_counter()
+    result = engine.generate(spec, image, on_step=lambda done, total: sync())
+    return result, time.perf_counter() - started
+
+
+def tokens_of(args: argparse.Namespace, spec: Any) -> int:
+    from benchmarks import gpu_models
+
+    return gpu_models.video_tokens(args.variant, spec.width, spec.height, spec.num_frames)
+
+
+def flop_view(args: argparse.Namespace, spec: Any, seconds_per_forward: float) -> dict[str, Any]:
+    """Seconds per forward against the FLOP floor at the card's measured matmul rate."""
+    from benchmarks import gpu_models
+
+    flops = gpu_models.forward_flops(args.variant, tokens_of(args, spec)) if not args.tiny else 0.0
+    rate = load(args.out).get("matmul", {}).get("tflops")
+    view: dict[str, Any] = {"s_per_forward": round(seconds_per_forward, 4), "tflop_per_forward": round(flops / 1e12, 1)}
+    if flops and seconds_per_forward > 0:
+        view["achieved_tflops"] = round(flops / seconds_per_forward / 1e12, 1)
+        if rate:
+            view["floor_s"] = round(flops / (rate * 1e12), 4)
+            view["share_of_matmul_rate"] = round(flops / seconds_per_forward / (rate * 1e12), 3)
+    return view
+
+
+# -- parts -----------------------------------------------------------------------------------------
+
+
+def part_env(args: argparse.Namespace) -> None:
+    import diffusers
+    import torch
+
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "cuda": torch.version.cuda,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda() else ["cpu"],
+    }
+    if cuda():
+        info["gpu_memory_gib"] = gib(torch.cuda.get_device_properties(0).total_memory)
+        with contextlib.suppress(Exception):
+            info["nvidia_smi"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            ).stdout.strip()
+        with contextlib.suppress(Exception):
+            info["topology"] = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=20).stdout
+    save(args.out, "env", info)
+
+
+def part_matmul(args: argparse.Namespace) -> None:
+    """bf16 8192^3 matmul on random data, median of CUDA-event timings."""
+    import torch
+
+    n = 8192 if cuda() else 512
+    dtype = torch.bfloat16 if cuda() else torch.float32
+    device = "cuda" if cuda() else "cpu"
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(10):
+        a @ b
+    sync()
+    times = []
+    for _ in range(30):
+        t0 = time.perf_counter()
+        if cuda():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(10):
+                a @ b
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000 / 10)
+        else:
+            a @ b
+            times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
+    save(args.out, "matmul", {"n": n, "s": round(seconds, 6), "tflops": round(2 * n**3 / seconds / 1e12, 1)})
+
+
+def part_baseline(args: argparse.Namespace) -> None:
+    """Plain diffusers: `WanPipeline` with its defaults (eager, default attention), same card."""
+    import torch
+
+    pipe = build_pipeline(args)
+    pipe.set_progress_bar_config(disable=True)
+    spec = spec_for(args, num_inference_steps=args.baseline_steps)
+    step_times: list[float] = []
+    last = [0.0]
+
+    def on_step(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        sync()
+        now = time.perf_counter()
+        step_times.append(now - last[0])
+        last[0] = now
+        return kwargs
+
+    reset_peak()
+    with torch.no_grad():
+        sync()
+        last[0] = time.perf_counter()
+        pipe(
+            prompt=spec.prompt,
+            negative_prompt=spec.negative_prompt,
+            height=spec.height,
+            width=spec.width,
+            num_frames=spec.num_frames,
+            num_inference_steps=spec.num_inference_steps,
+            guidance_scale=spec.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(spec.seed),
+            output_type="latent",
+            callback_on_step_end=on_step,
+        )
+    steady = step_times[1:] or step_times
+    save(
+        args.out,
+        "baseline",
+        {
+            "what": "diffusers WanPipeline defaults, eager, native SDPA, everything on the GPU",
+            "size": f"{spec.width}x{spec.height}x{spec.num_frames}",
+            "tokens": tokens_of(args, spec),
+            "step_times_s": [round(t, 4) for t in step_times],
+            "median_step_s": median(steady),
+            **flop_view(args, spec, median(steady) / 2),
+            **peak(),
+            "checksum": weight_checksum(pipe),
+        },
+    )
+
+
+def _forward_once(model: Any, inputs: dict[str, Any], reps: int) -> float:
+    import torch
+
+    times = []
+    for _ in range(reps):
+        if cuda():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            model(**inputs)
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1000)
+        else:
+            t0 = time.perf_counter()
+            model(**inputs)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def part_forward(args: argparse.Namespace) -> None:
+    """One transformer forward per variant: attention backend x eager/compiled (x fused QKV)."""
+    import torch
+
+    from benchmarks import gpu_models
+
+    if args.tiny:
+        from worker.tiny_model import build_tiny_pipeline
+
+        model = build_tiny_pipeline(args.variant).transformer
+        text_dim = model.config.text_dim
+    else:
+        device = torch.device("cuda")
+        model = gpu_models._make(
+            lambda: gpu_models.WanTransformer3DModel(**gpu_models.transformer_config(args.variant)), device, torch.bfloat16, 2
+        )
+        text_dim = 4096
+    device = next(model.parameters()).device
+    dtype = torch.bfloat16 if cuda() else torch.float32
+    torch._dynamo.config.automatic_dynamic_shapes = False  # one static graph per size, as the engine does
+    results: dict[str, Any] = {}
+
+    def inputs_for(frames: int) -> dict[str, Any]:
+        spec = spec_for(args, num_frames=frames)
+        latent = (frames - 1) // 4 + 1
+        spatial = 16 if args.variant == "ti2v-5b" else 8
+        channels = model.config.in_channels
+        hidden = torch.randn(1, channels, latent, spec.height // spatial, spec.width // spatial, device=device, dtype=dtype)
+        tokens = latent * (spec.height // spatial // 2) * (spec.width // spatial // 2)
+        timestep = (
+            torch.full((1, tokens), 900.0, device=device) if args.variant == "ti2v-5b" else torch.full((1,), 900.0, device=device)
+        )
+        text = torch.randn(1, 512, text_dim, device=device, dtype=dtype)
+        return {"hidden_states": hidden, "timestep": timestep, "encoder_hidden_states": text, "return_dict": False}
+
+    variants = [v.split(":") for v in args.forward_variants.split(",")]
+    for name, backend, mode, frames_text in variants:
+        frames = int(frames_text)
+        key = f"{name}@{frames}f"
+        try:
+            for block in model.blocks:
+                block._compiled_call_impl = None
+            torch._dynamo.reset()
+            if mode == "fused":
+                model.fuse_qkv_projections()
+            model.set_attention_backend(backend)
+            if mode in ("compiled", "fused"):
+                model.compile_repeated_blocks(fullgraph=True)
+            inputs = inputs_for(frames)
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                model(**inputs)
+                sync()
+                first = time.perf_counter() - t0
+                model(**inputs)
+                seconds = _forward_once(model, inputs, args.reps)
+            spec = spec_for(args, num_frames=frames)
+            results[key] = {"backend": backend, "mode": mode, "first_call_s": round(first, 2), **flop_view(args, spec, seconds)}
+            print(f"[forward] {key}: {results[key]}", flush=True)
+        except Exception as exc:  # one backend missing must not lose the others
+            results[key] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+            print(f"[forward] {key}: {results[key]}", flush=True)
+        finally:
+            if mode == "fused":
+                model.unfuse_qkv_projections()
+    save(args.out, "forward", results)
+
+
+def best_backend(args: argparse.Namespace) -> str:
+    """The fastest compiled backend the forward part measured (native if none)."""
+    forward = load(args.out).get("forward", {})
+    frames = args.frames
+    timed = [
+        (v["s_per_forward"], v["backend"])
+        for k, v in forward.items()
+        if "s_per_forward" in v and v.get("mode") == "compiled" and k.endswith(f"@{frames}f")
+    ]
+    return min(timed)[1] if timed else "native"
+
+
+class UtilSampler:
+    """NVML GPU-utilisation samples (percent of the last sample period with a kernel running)."""
+
+    def __init__(self, interval_s: float = 0.02) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._handle: Any = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._nvml = pynvml
+        except Exception:
+            self._handle = None
+
+    def __enter__(self) -> UtilSampler:
+        if self._handle is not None:
+            threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            util = self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu
+            self.samples.append((time.perf_counter(), int(util)))
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+
+    def idle_share(self, start: float, end: float) -> float | None:
+        window = [u for t, u in self.samples if start <= t <= end]
+        return round(sum(1 for u in window if u == 0) / len(window), 3) if window else None
+
+
+def export_all(frames: Any, fps: int, folder: Path) -> dict[str, float]:
+    from worker import export
+
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    export.write_mp4(frames, fps, folder / "video.mp4")
+    t1 = time.perf_counter()
+    export.write_thumbnail(frames, folder / "thumbnail.webp")
+    export.write_spritesheet(frames, folder / "spritesheet.jpg")
+    t2 = time.perf_counter()
+    return {
+        "mp4_s": round(t1 - t0, 3),
+        "thumbnail_spritesheet_s": round(t2 - t1, 3),
+        "mp4_bytes": (folder / "video.mp4").stat().st_size,
+    }
+
+
+def part_engine(args: argparse.Namespace) -> None:
+    """The compiled engine end to end, back-to-back jobs (issue 7) and out of memory (issue 8)."""
+    import torch
+
+    from shared.errors import OutOfMemory
+
+    backend = args.backend or best_backend(args)
+    settings = engine_settings(args, compile=not args.tiny, attention_backend=backend)
+    t0 = time.perf_counter()
+    engine = make_engine(args, settings)
+    load_s = time.perf_counter() - t0
+    warmup_s = engine.warmup()
+    info: dict[str, Any] = {"settings": settings.model_dump(), "load_s": round(load_s, 2), "warmup_s": round(warmup_s, 2)}
+    info["checksum"] = weight_checksum(engine.pipe)
+
+    # 1. Reference job (first at this size: includes its compile); its latents are the 2-GPU reference
+    spec = spec_for(args, num_inference_steps=args.ref_steps)
+    result, total = timed_job(engine, spec)
+    torch.save(result.latents.float().cpu(), args.out / f"ref_latents_{args.variant}.pt")
+    info["first_job_at_size"] = {"total_s": round(total, 2), "step_times_s": [round(t, 3) for t in result.step_times]}
+    save(args.out, "engine", info)
+
+    # 2. End to end, 50 steps (new prompt: a real text encode)
+    spec = spec_for(args, prompt=PROMPT + ", wide shot")
+    reset_peak()
+    result, total = timed_job(engine, spec)
+    export = export_all(result.frames, spec.fps, args.out / "e2e")
+    steady = result.step_times[1:]
+    e2e = {
+        "size": f"{spec.width}x{spec.height}x{spec.num_frames}",
+        "steps": spec.num_inference_steps,
+        "stages_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "median_step_s": median(steady),
+        "step_times_s": [round(t, 3) for t in result.step_times],
+        "generate_s": round(total, 2),
+        "export": export,
+        "upload_s": None,
+        "upload_note": "no S3 endpoint on the GPU machine; upload is timed by the CPU stack tests against moto",
+        "end_to_end_s": round(total + export["mp4_s"] + export["thumbnail_spritesheet_s"], 2),
+        **flop_view(args, spec, median(steady) / 2),
+        **peak(),
+    }
+    save(args.out, "e2e", e2e)
+
+    # 3. Issue 7: three back-to-back jobs, each export overlapped with the next job's generate
+    jobs: list[dict[str, Any]] = []
+    with UtilSampler() as sampler, ThreadPoolExecutor(max_workers=1) as pool:
+        futures = []
+        window_start = time.perf_counter()
+        for n in range(3):
+            spec = spec_for(args, num_inference_steps=args.job_steps, prompt=f"{PROMPT}, take {n}", seed=100 + n)
+            start = time.perf_counter()
+            result = engine.generate(spec)
+            end = time.perf_counter()
+            jobs.append(
+                {"generate_start": start, "generate_end": end, "stages_s": {k: round(v, 3) for k, v in result.timings.items()}}
+            )
+            futures.append(pool.submit(export_all, result.frames, spec.fps, args.out / f"job{n}"))
+        exports = [f.result() for f in futures]
+        window_end = time.perf_counter()
+    gaps = [jobs[i + 1]["generate_start"] - jobs[i]["generate_end"] for i in range(2)]
+    busy_span = jobs[-1]["generate_end"] - jobs[0]["generate_start"]
+    save(
+        args.out,
+        "jobs",
+        {
+            "how": "3 jobs through WanEngine.generate; export (mp4+thumbnail+spritesheet) of job N in a thread while job N+1 "
+            "generates; idle = time between one generate returning and the next starting (host clock; generate ends after "
+            "the frames are copied to the CPU); NVML utilisation sampled every 20 ms for a second view",
+            "steps_per_job": args.job_steps,
+            "size": f"{args.width}x{args.height}x{args.frames}",
+            "generate_s": [round(j["generate_end"] - j["generate_start"], 3) for j in jobs],
+            "stages_s": [j["stages_s"] for j in jobs],
+            "exports": exports,
+            "idle_between_jobs_s": [round(g, 4) for g in gaps],
+            "idle_share_of_busy_span": round(sum(gaps) / busy_span, 5),
+            "busy_span_s": round(busy_span, 2),
+            "nvml_zero_util_share_in_span": sampler.idle_share(jobs[0]["generate_start"], jobs[-1]["generate_end"]),
+            "nvml_samples": len(sampler.samples),
+            "tail_export_after_last_job_s": round(window_end - jobs[-1]["generate_end"], 3),
+            "sequential_export_would_idle_s": round(sum(e["mp4_s"] + e["thumbnail_spritesheet_s"] for e in exports[:2]), 3),
+            "window_s": round(window_end - window_start, 2),
+        },
+    )
+
+    # 4. Issue 8: an oversized job runs out of memory; the next job completes
+    oom: dict[str, Any] = {}
+    big = spec_for(args, width=args.oom_width, height=args.oom_height, num_frames=args.oom_frames, num_inference_steps=2)
+    oom["request"] = f"{big.width}x{big.height}x{big.num_frames}"
+    oom["allocated_before_gib"] = gib(torch.cuda.memory_allocated()) if cuda() else None
+    reset_peak()
+    t0 = time.perf_counter()
+    try:
+        engine.generate(big)
+        oom["raised"] = None
+    except OutOfMemory as exc:
+        oom["raised"] = f"OutOfMemory(code={exc.code}): {exc.message[:200]}"
+    except Exception as exc:
+        oom["raised"] = f"UNEXPECTED {type(exc).__name__}: {str(exc)[:300]}"
+    oom["fail_s"] = round(time.perf_counter() - t0, 2)
+    oom["peak_during_gib"] = peak().get("peak_allocated_gib")
+    oom["allocated_after_gib"] = gib(torch.cuda.memory_allocated()) if cuda() else None
+    oom["reserved_after_gib"] = gib(torch.cuda.memory_reserved()) if cuda() else None
+    spec = spec_for(args, num_inference_steps=2, prompt=PROMPT + ", after oom")
+    reset_peak()
+    try:
+        result = engine.generate(spec)
+        oom["next_job"] = {
+            "ok": True,
+            "frames": list(result.frames.shape),
+            "stages_s": {k: round(v, 3) for k, v in result.timings.items()},
+            **peak(),
+        }
+    except Exception as exc:
+        oom["next_job"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    save(args.out, "oom", oom)
+
+
+def part_cache(args: argparse.Namespace) -> None:
+    """Cache presets (lossy): speed against the same engine with --cache none, eager both."""
+    results: dict[str, Any] = load(args.out).get("cache", {})
+    for preset in args.cache_presets.split(","):
+        settings = engine_settings(args, cache=preset, attention_backend="native")
+        engine = make_engine(args, settings)
+        spec = spec_for(args, num_inference_steps=args.cache_steps)
+        result, _ = timed_job(engine, spec)
+        results[preset] = {
+            "steps": spec.num_inference_steps,
+            "denoise_s": round(result.timings["denoising"], 2),
+            "step_times_s": [round(t, 3) for t in result.step_times],
+            "settings": {"cache_threshold": settings.cache_threshold, "cache_interval": settings.cache_interval},
+        }
+        if result.latents is not None:
+            import torch
+
+            torch.save(result.latents.float().cpu(), args.out / f"cache_{preset}.pt")
+        del engine, result
+        gc.collect()
+        save(args.out, "cache", results)
+    # Steps 2..N against the uncached engine's (or else plain diffusers') median step: step 1 of a
+    # fresh engine carries one-off costs in every configuration.
+    import torch
+
+    uncached = results.get("none", {}).get("step_times_s", [])[1:]
+    per_step = median(uncached) if uncached else load(args.out).get("baseline", {}).get("median_step_s")
+    for preset, value in results.items():
+        value["reference_step_s"] = per_step
+        if per_step:
+            value["speedup_vs_uncached"] = round(per_step * (value["steps"] - 1) / sum(value["step_times_s"][1:]), 2)
+        path, ref_path = args.out / f"cache_{preset}.pt", args.out / "cache_none.pt"
+        if path.exists() and ref_path.exists():
+            a, b = torch.load(ref_path), torch.load(path)
+            value["latent_rel_diff_vs_uncached"] = round(float((a - b).norm() / a.norm()), 4)
+    save(args.out, "cache", results)
+
+
+def part_multi(args: argparse.Namespace) -> None:
+    """Two GPUs (cfg-parallel or Ulysses): per-step time and output against the 1-GPU engine."""
+    import torch
+
+    mode = args.mode
+    extra: dict[str, Any] = {"num_gpus": 2, "cfg_parallel": mode == "cfg", "ulysses_degree": 2 if mode == "ulysses" else 1}
+    backend = args.backend or best_backend(args)
+    settings = engine_settings(args, compile=not args.tiny and not args.eager, attention_backend=backend, **extra)
+    t0 = time.perf_counter()
+    engine = make_engine(args, settings)
+    load_s = time.perf_counter() - t0
+    warmup_s = engine.warmup()
+    # T2V-A14B: the spec of the 1-GPU no-offload run (2 steps, one per expert)
+    spec = spec_for(args, num_inference_steps=args.ref_steps if args.variant == "ti2v-5b" else 2)
+    reset_peak()
+    result, _total = timed_job(engine, spec)
+    steady = result.step_times[1:]
+    out: dict[str, Any] = {
+        "settings": {
+            k: v
+            for k, v in settings.model_dump().items()
+            if k in ("num_gpus", "cfg_parallel", "ulysses_degree", "compile", "attention_backend")
+        },
+        "load_s": round(load_s, 2),
+        "warmup_s": round(warmup_s, 2),
+        "size": f"{spec.width}x{spec.height}x{spec.num_frames}",
+        "step_times_s": [round(t, 3) for t in result.step_times],
+        "median_step_s": median(steady),
+        "checksum": weight_checksum(engine.pipe),
+        **peak(),
+    }
+    ref_path = args.out / f"ref_latents_{args.variant}.pt"
+    if ref_path.exists():
+        ref = torch.load(ref_path)
+        mine = result.latents.float().cpu()
+        out["rel_error_vs_1gpu"] = float((mine - ref).norm() / ref.norm())
+        out["finite"] = bool(torch.isfinite(mine).all())
+    results = load(args.out)
+    if args.variant == "ti2v-5b":
+        single = results.get("engine", {}).get("first_job_at_size", {}).get("step_times_s", [])[1:] or []
+        one_gpu = results.get("e2e", {}).get("median_step_s") or (median(single) if single else None)
+        if args.eager:  # against plain diffusers (eager) on one GPU
+            one_gpu = results.get("baseline", {}).get("median_step_s")
+        out["weights_match_1gpu"] = results.get("engine", {}).get("checksum") == out["checksum"]
+    else:  # T2V-A14B: against the 1-GPU run without offload (eager, same spec)
+        none = results.get("a14b_offload", {}).get("none", {})
+        one_gpu = none.get("s_per_step")
+        out["median_step_s"] = round(statistics.mean(result.step_times), 3)
+        out["weights_match_1gpu"] = none.get("checksum") == out["checksum"]
+    if one_gpu:
+        out["one_gpu_step_s"] = one_gpu
+        out["speedup_vs_1gpu"] = round(one_gpu / out["median_step_s"], 3)
+    engine.close()
+    save(args.out, f"multi_{mode}{'_eager' if args.eager else ''}", out)
+
+
+def part_a14b_offload(args: argparse.Namespace) -> None:
+    """T2V-A14B at 1280x720x81 on one card: s/step and peak memory for one offload mode."""
+    mode = args.mode
+    overrides: dict[str, Any] = {"offload": mode}
+    if mode == "none":
+        overrides["text_encoder_cpu_offload"] = True  # 2 x 28.6 GB experts + 11 GB UMT5 + activations > 80 GB
+    if mode == "group":
+        overrides["pin_cpu_memory"] = True
+    settings = engine_settings(args, attention_backend="native", **overrides)
+    record: dict[str, Any] = {
+        "settings": {
+            k: v for k, v in settings.model_dump().items() if k in ("offload", "text_encoder_cpu_offload", "pin_cpu_memory")
+        }
+    }
+    reset_peak()
+    t0 = time.perf_counter()
+    try:
+        engine = make_engine(args, settings, place="device" if mode == "none" else "cpu")
+        record["load_s"] = round(time.perf_counter() - t0, 2)
+        # flow_shift 1.0 with 2 steps puts step 1 on the high-noise and step 2 on the low-noise expert
+        spec = spec_for(args, num_inference_steps=2, flow_shift=1.0, seed=7)
+        result, total = timed_job(engine, spec)
+        if mode == "none":
+            import torch
+
+            torch.save(result.latents.float().cpu(), args.out / f"ref_latents_{args.variant}.pt")
+            record["checksum"] = weight_checksum(engine.pipe)
+        record.update(
+            size=f"{spec.width}x{spec.height}x{spec.num_frames}",
+            step_times_s=[round(t, 2) for t in result.step_times],
+            s_per_step=round(statistics.mean(result.step_times), 2),
+            stages_s={k: round(v, 2) for k, v in result.timings.items()},
+            total_s=round(total, 2),
+            **peak(),
+        )
+    except Exception as exc:
+        record["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+        record.update(peak())
+    results = load(args.out).get("a14b_offload", {})
+    results[mode] = record
+    save(args.out, "a14b_offload", results)
+
+
+def part_repeat(args: argparse.Namespace) -> None:
+    """The 1-GPU compiled engine again, in a new process: its run-to-run difference is the noise floor
+    for the 2-GPU comparison (random weights amplify bf16 rounding over the steps)."""
+    import torch
+
+    settings = engine_settings(args, compile=not args.tiny, attention_backend=args.backend or "native")
+    engine = make_engine(args, settings)
+    engine.warmup()
+    result, _ = timed_job(engine, spec_for(args, num_inference_steps=args.ref_steps))
+    ref = torch.load(args.out / f"ref_latents_{args.variant}.pt")
+    mine = result.latents.float().cpu()
+    save(
+        args.out,
+        "repeat_1gpu",
+        {"rel_error_vs_first_1gpu_run": float((mine - ref).norm() / ref.norm()), "checksum": weight_checksum(engine.pipe)},
+    )
+
+
+def part_report(args: argparse.Namespace) -> None:
+    print(json.dumps(load(args.out), indent=1, default=str)[:20000])
+
+
+PARTS = {
+    "env": part_env,
+    "matmul": part_matmul,
+    "baseline": part_baseline,
+    "forward": part_forward,
+    "engine": part_engine,
+    "cache": part_cache,
+    "multi": part_multi,
+    "a14b-offload": part_a14b_offload,
+    "repeat": part_repeat,
+    "report": part_report,
+}
+
+DEFAULT_VARIANTS = (
+    "eager-native:native:eager:81,compiled-native:native:compiled:81,"
+    "compiled-cudnn:_native_cudnn:compiled:81,compiled-flash:_native_flash:compiled:81,"
+    "eager-native:native:eager:121,compiled-native:native:compiled:121"
+)
+
+A14B = ["--variant", "t2v-a14b", "--width", "1280", "--height", "720", "--flow-shift", "1.0"]
+
+# Each plan: (part, extra argv, timeout s). Parts run as separate processes; a failure is logged and the plan goes on.
+PLANS: dict[str, list[tuple[str, list[str], int]]] = {
+    "call1": [
+        ("env", [], 60),
+        ("matmul", [], 60),
+        ("baseline", [], 120),
+        ("forward", [], 180),
+        ("engine", ["--ref-steps", "5"], 260),
+        ("multi", ["--mode", "cfg", "--ref-steps", "5"], 140),
+        ("multi", ["--mode", "ulysses", "--ref-steps", "5"], 140),
+        ("multi", ["--mode", "ulysses", "--ref-steps", "5", "--eager", "--if-missing", "multi_ulysses"], 100),
+    ],
+    "call2": [
+        ("multi", ["--mode", "cfg", "--ref-steps", "5"], 130),
+        ("multi", ["--mode", "ulysses", "--ref-steps", "5"], 130),
+        ("cache", ["--cache-presets", "fbcache,taylorseer", "--cache-steps", "12"], 100),
+        ("a14b-offload", [*A14B, "--mode", "none"], 150),
+        ("multi", [*A14B, "--mode", "cfg", "--ref-steps", "2", "--eager", "--engine", "text_encoder_cpu_offload=true"], 150),
+    ],
+    "call3": [
+        ("repeat", ["--ref-steps", "5"], 90),
+        ("a14b-offload", [*A14B, "--mode", "model"], 130),
+        ("a14b-offload", [*A14B, "--mode", "group"], 130),
+        ("a14b-offload", [*A14B, "--mode", "sequential"], 150),
+    ],
+}
+
+
+def run_plan(args: argparse.Namespace, argv: list[str]) -> None:
+    plan = PLANS[args.plan_name]
+    if args.prior and not (args.out / "results.json").exists():
+        # Results of an earlier call (matmul rate, baseline, best backend) for this call's comparisons
+        (args.out / "results.json").write_text(Path(args.prior).read_text())
+    base = [a for a in argv if a not in ("plan", args.plan_name)]
+    budget_end = time.monotonic() + args.budget_s
+    for part, extra, timeout in plan:
+        if "--if-missing" in extra:  # a fallback, run only when the entry it replaces produced nothing
+            index = extra.index("--if-missing")
+            wanted, extra = extra[index + 1], extra[:index] + extra[index + 2 :]
+            if wanted in load(args.out):
+                continue
+        left = budget_end - time.monotonic()
+        if left < 20:
+            print(f"[plan] skipping {part} {extra}: budget spent", flush=True)
+            continue
+        command = [sys.executable, str(Path(__file__).resolve()), part, *base, *extra]
+        print(f"[plan] {' '.join(command[2:])} (timeout {min(timeout, int(left))} s)", flush=True)
+        started = time.monotonic()
+        try:
+            code = subprocess.run(command, timeout=min(timeout, left)).returncode
+        except subprocess.TimeoutExpired:
+            code = "timeout"
+        print(f"[plan] {part} {extra} -> {code} in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("part", choices=[*PARTS, "plan"])
+    parser.add_argument("plan_name", nargs="?", default="")
+    parser.add_argument("--out", type=Path, default=Path("out/gpu"))
+    parser.add_argument("--model-path", default="", help="a real diffusers Wan2.2 directory instead of random weights")
+    parser.add_argument("--variant", default="ti2v-5b", choices=["ti2v-5b", "t2v-a14b"])
+    parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU: checks this script's logic")
+    parser.add_argument("--width", type=int, default=1280)
+    parser.add_argument("--height", type=int, default=704)
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--baseline-steps", type=int, default=5)
+    parser.add_argument("--ref-steps", type=int, default=6)
+    parser.add_argument("--job-steps", type=int, default=10)
+    parser.add_argument("--cache-steps", type=int, default=20)
+    parser.add_argument("--cache-presets", default="none,fbcache,taylorseer")
+    parser.add_argument("--forward-variants", default=DEFAULT_VARIANTS)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--mode", default="cfg")
+    parser.add_argument("--backend", default="")
+    parser.add_argument("--eager", action="store_true")
+    parser.add_argument("--oom-width", type=int, default=8192)
+    parser.add_argument("--oom-height", type=int, default=4096)
+    parser.add_argument("--oom-frames", type=int, default=481)
+    parser.add_argument("--budget-s", type=float, default=560)
+    parser.add_argument("--prior", default="", help="results.json of an earlier call, to compare against")
+    parser.add_argument("--flow-shift", type=float, default=None)
+    parser.add_argument("--mirror", type=Path, default=None, help="also keep results.json here")
+    parser.add_argument("--engine", action="append", default=[], help="extra EngineSettings key=value")
+    args = parser.parse_args(argv)
+    if args.tiny:  # tiny pipelines: small sizes, few steps
+        args.width, args.height, args.frames = 64, 64, 9
+        args.steps, args.ref_steps, args.job_steps, args.cache_steps, args.baseline_steps = 3, 3, 2, 3, 2
+        args.oom_width, args.oom_height, args.oom_frames = 64, 64, 9
+        args.reps = 2
+        args.forward_variants = "eager-native:native:eager:9"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.mirror is not None:
+        MIRROR.append(args.mirror)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.part == "plan":
+        run_plan(args, argv)
+        return
+    PARTS[args.part](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Two ranks in one gloo process group on the CPU: CFG-parallel output, cancel across ranks, and
+a dead rank taking the worker down promptly. (Ulysses / ring need CUDA: diffusers' context
+parallelism is verified on the lent GPUs, benchmarks/RESULTS.md.)
+
+Rank 0 runs in a child process because a dead follower makes it `os._exit`, as it must in a worker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from worker.parallel import EXIT_RANK_DIED
+from worker.tiny_model import write_tiny_model
+
+RANK0 = r"""
+import sys, time
+import torch
+from shared.errors import JobCanceled
+from shared.schemas import GenerationSpec
+from shared.settings import EngineSettings
+from worker.engine import WanEngine
+
+path = sys.argv[1]
+spec = GenerationSpec(model="tiny", prompt="a cat walks", negative_prompt="blurry", width=64, height=64, num_frames=9,
+                      fps=16, num_inference_steps=3, guidance_scale=4.0, guidance_scale_2=3.0, flow_shift=5.0, seed=5)
+reference = WanEngine(path, EngineSettings(device="cpu")).generate(spec).latents
+engine = WanEngine(path, EngineSettings(device="cpu", num_gpus=2, cfg_parallel=True))
+print("PLAN", engine.plan.num_gpus, engine.plan.cfg_parallel, flush=True)
+result = engine.generate(spec)
+print("REL", float((result.latents - reference).norm() / reference.norm()), flush=True)
+
+seen = []
+def cancel_at_two(done, total):
+    seen.append(done)
+    if done == 2:
+        raise JobCanceled("canceled")
+try:
+    engine.generate(spec.model_copy(update={"num_inference_steps": 6}), on_step=cancel_at_two)
+except JobCanceled:
+    print("CANCELED", seen, flush=True)
+again = engine.generate(spec)
+print("AGAIN", bool(torch.equal(again.latents, result.latents)), flush=True)
+
+print("PIDS", *engine.group.pids, flush=True)
+def slow(done, total):
+    print("STEP", done, flush=True)
+    time.sleep(0.3)
+engine.generate(spec.model_copy(update={"num_inference_steps": 500}), on_step=slow)
+print("NOT REACHED", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_a14b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "t2v", "t2v-a14b")
+
+
+def test_cfg_parallel_cancel_and_a_dead_rank(tiny_a14b: Path, tmp_path: Path) -> None:
+    script = tmp_path / "rank0.py"
+    script.write_text(RANK0)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    rank0 = subprocess.Popen(
+        [sys.executable, str(script), str(tiny_a14b)], stdout=subprocess.PIPE, text=True, env=env, cwd=str(root)
+    )
+    assert rank0.stdout is not None
+    lines: dict[str, list[str]] = {}
+    follower = 0
+    killed_at = 0.0
+    try:
+        for line in rank0.stdout:
+            key, *values = line.split(maxsplit=1)
+            lines[key] = values
+            if key == "PIDS":
+                follower = int(values[0].split()[0])
+            if key == "STEP" and not killed_at:
+                os.kill(follower, signal.SIGKILL)  # a rank dies mid-job
+                killed_at = time.monotonic()
+        code = rank0.wait(timeout=60)
+    finally:
+        if rank0.poll() is None:
+            rank0.kill()
+    # Two-expert model, both branches on two ranks: the same latents as one process
+    assert lines["PLAN"] == ["2 True\n"]
+    assert float(lines["REL"][0]) < 1e-5
+    # Cancel: rank 0's decision stops both ranks at step 2, and the group serves the next job
+    assert lines["CANCELED"] == ["[1, 2]\n"]
+    assert lines["AGAIN"] == ["True\n"]
+    # A dead follower takes rank 0 down promptly (its job would be redelivered), never a hang
+    assert "NOT" not in lines
+    assert code == EXIT_RANK_DIED
+    assert time.monotonic() - killed_at < 20

@@ -1,0 +1,124 @@
+"""The job runner without Celery: real Redis, real S3 (moto over HTTP), a tiny engine in-process.
+
+Checks the overlap: job N's export and upload run while job N+1 is on the engine, at most one job
+is finishing at a time, and the prompt cache stays within its bound.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.schemas import GenerationSpec, JobRecord, JobStatus
+from shared.settings import EngineSettings, Settings
+from shared.storage import Storage
+from shared.store import JobStore
+from wanq.stack import Stack
+from worker.engine import PromptCache, WanEngine
+from worker.runner import JobRunner
+
+
+class SlowUploads(Storage):
+    """The real storage client, with each upload held back until the test lets it go."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings.s3)
+        self.release = threading.Event()
+        self.started = threading.Event()
+
+    def upload_file(self, path: Path, key: str, content_type: str) -> None:
+        self.started.set()
+        self.release.wait(30)
+        super().upload_file(path, key, content_type)
+
+
+@pytest.fixture(scope="module")
+def engine(stack: Stack) -> WanEngine:
+    torch.set_num_threads(1)
+    return WanEngine(
+        stack.model_paths["tiny-t2v-a14b"], EngineSettings(device="cpu", prompt_cache_size=2), model_id="tiny-runner"
+    )
+
+
+@pytest.fixture
+def runner(settings: Settings, store: JobStore, engine: WanEngine) -> Iterator[tuple[JobRunner, SlowUploads]]:
+    storage = SlowUploads(settings)
+    yield JobRunner(settings, store, storage, engine, worker_id=f"test-runner:{time.time_ns()}"), storage
+    storage.release.set()
+
+
+def make_job(store: JobStore, prompt: str) -> str:
+    spec = GenerationSpec(
+        model="tiny-runner",
+        prompt=prompt,
+        negative_prompt="",
+        width=64,
+        height=64,
+        num_frames=5,
+        fps=8,
+        num_inference_steps=2,
+        guidance_scale=2.0,
+        guidance_scale_2=2.0,
+        flow_shift=5.0,
+        seed=1,
+    )
+    record = JobRecord(id=f"video_runner_{time.time_ns()}", tenant="runner-test", spec=spec)
+    store.create(record)
+    return record.id
+
+
+def test_the_next_job_takes_the_engine_while_the_previous_one_uploads(
+    runner: tuple[JobRunner, SlowUploads], store: JobStore
+) -> None:
+    job_runner, storage = runner
+    first, second = make_job(store, "first"), make_job(store, "second")
+
+    assert job_runner.run(first) == "finishing"  # handed to the background: the engine is free
+    assert storage.started.wait(10)
+    record = store.get(first)
+    assert record is not None and record.status is JobStatus.in_progress and record.stage.value in ("encoding_video", "uploading")
+
+    # The second job generates while the first upload is held; handing it off waits for the first.
+    done = threading.Event()
+    threading.Thread(target=lambda: (job_runner.run(second), done.set()), daemon=True).start()
+    deadline = time.monotonic() + 30
+    while (r := store.get(second)) is not None and r.generated_at is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert r is not None and r.generated_at is not None, "the second job never reached the end of decoding"
+    assert not done.is_set(), "at most one job may be finishing: the second must wait for the first upload"
+    assert store.get(first).status is JobStatus.in_progress  # type: ignore[union-attr]
+
+    storage.release.set()
+    assert done.wait(30)
+    assert job_runner.wait_pending() == "completed"
+    a, b = store.get(first), store.get(second)
+    assert a is not None and b is not None
+    assert a.status is JobStatus.completed and b.status is JobStatus.completed
+    assert b.attempt_started_at is not None and a.completed_at is not None
+    assert b.attempt_started_at < a.completed_at  # the overlap really happened
+    assert a.completed_at <= b.completed_at  # and outcomes are recorded in order
+    assert set(a.outputs) == {"video", "thumbnail", "spritesheet"}
+
+
+def test_prompt_cache_is_bounded_and_least_recently_used_goes_first() -> None:
+    cache = PromptCache(capacity=2)
+    for text in ("a", "b"):
+        cache.put(("m", text), torch.zeros(1))
+    assert cache.get(("m", "a")) is not None  # "a" is now the most recent
+    cache.put(("m", "c"), torch.zeros(1))
+    assert len(cache) == 2
+    assert cache.get(("m", "b")) is None and cache.get(("m", "a")) is not None and cache.get(("m", "c")) is not None
+    disabled = PromptCache(capacity=0)
+    disabled.put(("m", "x"), torch.zeros(1))
+    assert len(disabled) == 0
+
+
+def test_the_engine_cache_holds_at_most_its_size(engine: WanEngine) -> None:
+    for n in range(5):
+        engine.encode_text(f"prompt number {n}")
+    assert len(engine.prompt_cache) == 2
