@@ -39,6 +39,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         {
             "WANQ_MODELS": '["' + '","'.join((*TINY, LATE)) + '"]',
             "WANQ_S3_BUCKET": "wanq-test",
+            # Several workers share 2 cores: one torch thread each contends less (benchmarks/scaling.py).
+            "OMP_NUM_THREADS": "1",
             "WANQ_S3_CREATE_BUCKET": "true",
             "WANQ_S3_UPLOAD_BACKOFF_S": "0.2",
             "WANQ_WORKER_HEARTBEAT_INTERVAL_S": "0.5",
