@@ -150,6 +150,8 @@ class WorkerSettings(BaseModel):
     """Encode and upload job N's MP4 on a background thread while job N+1 takes the GPU."""
     load_timeout_s: float = Field(default=1800.0, gt=0)
     """How long a worker process may take to load its model before Celery gives up on it."""
+    redis_retry_s: float = Field(default=120.0, ge=0)
+    """How long a running job waits for an unreachable Redis (a restart) before it gives up on recording its progress."""
 
 
 class MaintenanceSettings(BaseModel):

@@ -92,7 +92,11 @@ class WanEngine:
         self.model_id = model_id or self.model_path.name
         self.variant = detect_variant(self.model_path)
         self.device = torch.device(accel.resolve_device(settings.device))
-        self.dtype = DTYPES[settings.dtype] if settings.dtype != "auto" else (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        self.dtype = (
+            DTYPES[settings.dtype]
+            if settings.dtype != "auto"
+            else (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
+        )
         if self.device.type == "cpu" and self.dtype is torch.float16:
             raise ValueError("--dtype fp16 is not supported on CPU; use bf16 or fp32")
 
