@@ -230,6 +230,27 @@ def ok(model: type[BaseModel], status: int = 200) -> dict[int | str, dict[str, A
     return {status: {"model": model}}
 
 
+def _job_link(path: str, method: str) -> dict[str, Any]:
+    pointer = path.replace("~", "~0").replace("/", "~1")
+    return {"operationRef": f"#/paths/{pointer}/{method}", "parameters": {"video_id": "$response.body#/id"}}
+
+
+# The created job's id leads to every route of that job (OpenAPI links; schemathesis follows them).
+CREATED: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": Video,
+        "description": "The job, queued. `Location` names it.",
+        "links": {
+            "retrieve": _job_link("/v1/videos/{video_id}", "get"),
+            "cancel": _job_link("/v1/videos/{video_id}/cancel", "post"),
+            "delete": _job_link("/v1/videos/{video_id}", "delete"),
+            "content": _job_link("/v1/videos/{video_id}/content", "get"),
+            "events": _job_link("/v1/videos/{video_id}/events", "get"),
+            "webhook_deliveries": _job_link("/v1/videos/{video_id}/webhook_deliveries", "get"),
+        },
+    }
+}
+
 CONTENT = {
     200: {
         "description": "The file: an MP4, a WebP thumbnail or a JPEG spritesheet (by `variant`).",
@@ -243,6 +264,19 @@ CONTENT = {
 EVENTS = {
     200: {
         "description": "Server-Sent Events: `event: video` with the Video object as `data`, until it ends.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "description": "One event: `event: video`, `data`: the Video object as JSON.",
+                    "required": ["event", "data"],
+                    "properties": {
+                        "event": {"const": "video"},
+                        "id": {"type": "string"},
+                        "data": {"type": "string", "contentMediaType": "application/json"},
+                    },
+                }
+            }
+        },
     }
 }

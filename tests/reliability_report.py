@@ -56,10 +56,12 @@ def machine() -> str:
 
 
 def record(section: str, figures: dict[str, Any]) -> None:
-    """Merges one test's figures into the JSON file, stamped with the time and the machine."""
+    """Merges one test's figures into its section of the JSON file, stamped with the time and the machine."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     data = load()
+    # Several tests may add to one section (bad input: the fuzzing and the hand-made cases).
     data[section] = {
+        **data.get(section, {}),
         **figures,
         "recorded_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),

@@ -14,7 +14,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api.deps import Principal, PrincipalDep, Services, ServicesDep
-from api.openapi import CONTENT, EVENTS, Video, VideoDeleted, VideoList, ok
+from api.openapi import CONTENT, CREATED, EVENTS, Video, VideoDeleted, VideoList, ok
 from api.routes.webhooks import check_job_webhook
 from shared import images
 from shared.errors import (
@@ -41,11 +41,12 @@ _create_schema = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/VideoRequest"}},
+            "application/json": {"schema": VideoRequest.model_json_schema()},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
                     "required": ["prompt"],
+                    "additionalProperties": False,
                     "properties": {
                         **{name: {"type": "string"} for name in VideoRequest.model_fields if name != "webhook_events"},
                         "webhook_events": {"type": "array", "items": {"type": "string"}},
@@ -155,7 +156,7 @@ def _image_bytes(services: Services, req: VideoRequest, upload: bytes | None) ->
 # Routes
 
 
-@router.post("", status_code=202, openapi_extra=_create_schema, responses=ok(Video, 202), summary="Create a video job")
+@router.post("", status_code=202, openapi_extra=_create_schema, responses=CREATED, summary="Create a video job")
 async def create_video(
     request: Request,
     services: ServicesDep,
