@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+from collections import Counter
 from collections.abc import Iterator
 
 import httpx
@@ -16,6 +17,7 @@ from PIL import Image
 
 from shared.store import JobStore
 from tests.conftest import png_bytes
+from tests.reliability_report import record
 from tests.tenants import TINY_JOB
 from wanq.stack import Stack, free_port, wait_until
 
@@ -25,6 +27,16 @@ NUMERIC = ["seconds", "num_frames", "fps", "num_inference_steps", "guidance_scal
 # Raw JSON tokens: json.dumps cannot write most of these, a hostile client can.
 ABSURD = ["1e308", "-1e308", "1e999", "NaN", "Infinity", "-Infinity", "-1", "0", "1e-320", "18446744073709551617",
           "-99999999999999999999999999", "true", "null", '"12abc"', '"NaN"', "[]", "{}"]  # fmt: skip
+
+
+REFUSED: Counter[str] = Counter()  # hostile requests answered 4xx, by kind (docs/RELIABILITY.md)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def figures() -> Iterator[None]:
+    yield
+    if REFUSED:
+        record("bad_input", {"hostile_requests_refused": sum(REFUSED.values()), "hostile_by_kind": dict(REFUSED)})
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +71,7 @@ def _refused_413(response: httpx.Response) -> None:
     assert response.status_code == 413, response.text[:300]
     error = response.json()["error"]
     assert error["param"] == "body" and str(LIMIT) in error["message"], error
+    REFUSED["oversized body"] += 1
 
 
 def test_oversized_bodies_are_413_on_every_route_declared_or_chunked(small_api: httpx.Client, store: JobStore) -> None:
@@ -114,6 +127,7 @@ def test_absurd_numbers_in_every_numeric_field_are_400_naming_it(api: httpx.Clie
         assert response.status_code == 400, (field, token, response.text)
         error = response.json()["error"]
         assert error["param"] == field and field in error["message"], (token, error)
+        REFUSED["absurd number (JSON)"] += 1
     assert store.queued_count(MODEL) == before
 
 
@@ -123,9 +137,11 @@ def test_absurd_numbers_in_multipart_fields_and_query_strings(api: httpx.Client)
             response = api.post("/v1/videos", data={"prompt": "x", "model": MODEL, field: text})
             assert response.status_code == 400, (field, text, response.text)
             assert response.json()["error"]["param"] == field, (field, text, response.text)
+            REFUSED["absurd number (form)"] += 1
     for value in ("1e308", "NaN", "-1", "0", "101", "18446744073709551617", ""):
         response = api.get("/v1/videos", params={"limit": value})
         assert response.status_code == 400 and response.json()["error"]["param"] == "limit", (value, response.text)
+        REFUSED["absurd number (query)"] += 1
     for params in ({"order": "sideways"}, {"after": "x" * 10_000}):
         assert api.get("/v1/videos", params=params).status_code == 400
     assert api.get("/v1/videos/video_x/content", params={"variant": "../../etc/passwd"}).status_code == 400
@@ -148,6 +164,7 @@ def test_malformed_json_is_400_with_a_message(api: httpx.Client, body: bytes, me
     response = api.post("/v1/videos", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 400, response.text[:300]
     assert mentions in response.json()["error"]["message"], response.json()
+    REFUSED["malformed JSON"] += 1
 
 
 def test_invalid_utf8_in_multipart_never_breaks_anything(api: httpx.Client) -> None:
@@ -182,6 +199,7 @@ def test_invalid_utf8_in_multipart_never_breaks_anything(api: httpx.Client) -> N
     for body in (b"--b0undary\r\ngarbage\r\n\r\n", b"--b0undary\r\n" + b"X" * 10000, b"\xff" * 100):
         response = api.post("/v1/videos", content=body, headers=headers)
         assert 400 <= response.status_code < 500, response.text
+        REFUSED["broken multipart/form"] += 1
     # Form-urlencoded with broken percent-escapes and bytes.
     response = api.post(
         "/v1/videos",
@@ -219,6 +237,7 @@ def test_huge_and_malformed_images(api: httpx.Client) -> None:
         response = post(data)
         assert response.status_code in (400, 413), (name, response.text)
         assert response.json()["error"]["param"] == "input_reference", (name, response.json())
+        REFUSED["hostile image"] += 1
     # A data: URL that lies about its content, and one that is not base64.
     for url in ("data:image/png;base64,////", "data:image/png;base64,%%%", "data:text/plain,hello"):
         response = api.post("/v1/videos", json={"prompt": "x", "model": "tiny-i2v-a14b", "image_url": url})
@@ -243,9 +262,11 @@ def test_hostile_strings_in_other_routes(api: httpx.Client) -> None:
     for body in ({"url": "http://[::1"}, {"url": "x" * 5000}, {"url": 5}, {"url": "http://exa mple.com/"}, {}):
         response = api.put("/v1/webhook_endpoint", json=body)
         assert response.status_code == 400, (body, response.text)
+        REFUSED["hostile string"] += 1
     for body in ({"tenant": "a" * 65}, {"tenant": "../x"}, {"tenant": "ok", "name": "n" * 201}, {"tenant": ["x"]}):
         response = api.post("/v1/admin/keys", json=body)
         assert response.status_code == 400, (body, response.text)
+        REFUSED["hostile string"] += 1
     # Unknown routes and methods answer in the same error shape.
     assert api.get("/v1/nothing").json()["error"]["code"] == "not_found"
     wrong_method = api.patch("/v1/videos")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,11 @@ import httpx
 import pytest
 import redis
 
+from shared.schemas import JobRecord
+from shared.settings import Settings
+from shared.specs import VideoRequest, resolve_spec
+from shared.store import JobStore
+from tests.conftest import wait_for_status
 from tests.private_stack import MODEL, private_stack, redis_process
 from tests.reliability_report import record
 from tests.webhook_receiver import Receiver
@@ -103,6 +109,28 @@ class Hammer:
 def statuses(client: redis.Redis, ids: list[str]) -> Counter[str]:
     raws = client.mget([f"wanq:job:{i}" for i in ids])
     return Counter(json.loads(r)["status"] if r else "missing" for r in raws)
+
+
+def test_a_job_stored_but_never_queued_is_queued_by_the_dispatcher(
+    stack: Stack, api: httpx.Client, settings: Settings, store: JobStore
+) -> None:
+    """The API writes a job's record, then puts it in its tenant's queue: if Redis goes away between the two,
+    the client got a 503, but the record exists. A dispatcher queues such a job once it is older than
+    `dispatch.recover_after_s`, so it runs rather than sitting `queued` forever."""
+    request = VideoRequest(prompt="half submitted", model="tiny-ti2v-5b", size="64x64", num_frames=5, num_inference_steps=1)
+    spec = resolve_spec(request, settings.catalog(), settings.default_model, settings.jobs, has_image=False)
+    record = JobRecord(id=f"video_{uuid.uuid4().hex}", tenant="admin", spec=spec, total_steps=spec.num_inference_steps)
+    store.create(record)  # the first write only, as the API left it
+    time.sleep(1.5)
+    assert api.get(f"/v1/videos/{record.id}").json()["queue_position"] is None  # in no queue
+    extra = stack.start_dispatcher(extra_env={"WANQ_DISPATCH_RECOVER_AFTER_S": "1"})
+    try:
+        video = wait_for_status(api, record.id, {"completed", "failed"})
+    finally:
+        extra.stop()
+        stack.processes.remove(extra)
+    assert video["status"] == "completed" and video["attempts"] == 1, video
+    assert "stored but never queued" in extra.log()
 
 
 def final_status(client: redis.Redis, video_id: str) -> str:
