@@ -251,7 +251,7 @@ CREATED: dict[int | str, dict[str, Any]] = {
     }
 }
 
-CONTENT = {
+CONTENT: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The file: an MP4, a WebP thumbnail or a JPEG spritesheet (by `variant`).",
         "content": {
@@ -261,7 +261,7 @@ CONTENT = {
     302: {"description": "With WANQ_S3_PRESIGNED_CONTENT=true: a presigned URL of the file, in `Location`."},
 }
 
-EVENTS = {
+EVENTS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-Sent Events: `event: video` with the Video object as `data`, until it ends.",
         "content": {
