@@ -46,6 +46,26 @@ ITEMS: list[tuple[str, str, str]] = [
 ]
 
 
+# What the figures do not show, written by hand; keep in step with the tests.
+LIMITS = [
+    "Redis is restarted gracefully (SIGTERM: it writes its AOF, then exits). With AOF's default "
+    "`appendfsync everysec`, a crash of the Redis host can lose the last second of writes, jobs included; "
+    "`appendfsync always` closes that gap at some cost in throughput. A SIGKILL of Redis is not tested.",
+    "Where a test queues more jobs than two shared CPU cores can run in a few minutes (Redis restart: 500, "
+    "load: 2,000), the workers run jobs until they have shown they carry on, then the rest of the queue is "
+    "drained (canceled) through the admin API. Canceled is a terminal state: every job is counted, and each "
+    "sends exactly one terminal webhook.",
+    "moto, the test suite's S3, does not enforce the expiry of presigned URLs (an expired URL still answers "
+    "200 there). The test checks what wanq controls: the URL's `X-Amz-Expires` is the configured lifetime "
+    "and the SigV4 signature covers it, so real S3, MinIO and R2 refuse the URL once it has expired.",
+    "`image_url` is checked against private addresses before it is fetched by name, so a DNS answer that "
+    "changes between the check and the connection (rebinding) is not caught there, unlike webhook "
+    "deliveries, which check the address they connect to.",
+    "Latencies are from a 2-core machine shared with other test runs (load averages of 10-18), with the API, "
+    "workers, Redis, S3 and the load generator on the same cores: they show the shape, not a capacity.",
+]
+
+
 def machine() -> str:
     cores = os.cpu_count() or 0
     try:
@@ -124,6 +144,8 @@ def render(data: dict[str, Any]) -> str:
             if name in ("summary", "test"):
                 continue
             lines.append(f"- {name.replace('_', ' ')}: {_value(value)}")
+    lines += ["", "## Known limits", ""]
+    lines += [f"- {limit}" for limit in LIMITS]
     return "\n".join(lines) + "\n"
 
 

@@ -130,7 +130,9 @@ def test_a_job_stored_but_never_queued_is_queued_by_the_dispatcher(
         extra.stop()
         stack.processes.remove(extra)
     assert video["status"] == "completed" and video["attempts"] == 1, video
-    assert "stored but never queued" in extra.log()
+    # Whichever dispatcher got there first (another may also run with a short recover_after_s) said so.
+    logs = [path.read_text(errors="replace") for path in (stack.workdir / "logs").glob("dispatcher-*.log")]
+    assert any("stored but never queued" in text and record.id in text for text in logs)
 
 
 def final_status(client: redis.Redis, video_id: str) -> str:

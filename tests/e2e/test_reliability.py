@@ -21,7 +21,7 @@ import pytest
 from shared.storage import Storage
 from shared.store import JobStore
 from tests.conftest import LATE, wait_for_status
-from tests.reliability_report import record
+from tests.reliability_report import record as record_figures
 from wanq.stack import Managed, Stack, free_port
 
 FAULTY = {
@@ -139,7 +139,7 @@ def test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once(
         keys = storage.list_keys(storage.job_prefix(video["id"]))
         assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["spritesheet.jpg", "thumbnail.webp", "video.mp4"]
     assert sum(f["attempts"] for f in finals) >= len(ids) + len(set(kills)) - 2
-    record(
+    record_figures(
         "sigkill",
         {
             "test": "tests/e2e/test_reliability.py::test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once",
@@ -166,7 +166,7 @@ def test_sigterm_is_a_warm_shutdown_that_finishes_the_running_job(api: httpx.Cli
     video = api.get(f"/v1/videos/{video_id}").json()
     assert video["status"] == "completed", video
     assert worker.proc.returncode == 0
-    record(
+    record_figures(
         "sigterm",
         {
             "test": "tests/e2e/test_reliability.py::test_sigterm_is_a_warm_shutdown_that_finishes_the_running_job",
@@ -192,7 +192,7 @@ def test_poison_jobs_end_failed_after_bounded_attempts(api: httpx.Client, worker
     assert "gave up after 2 attempts" in video["error"]["message"]
     healthy = submit(api, "after the poison")
     assert wait_for_status(api, healthy, {"completed", "failed"}, timeout=60)["status"] == "completed"
-    record(
+    record_figures(
         "poison",
         {
             "test": "tests/e2e/test_reliability.py::test_poison_jobs_end_failed_after_bounded_attempts",
@@ -215,7 +215,7 @@ def test_out_of_memory_fails_the_job_and_the_worker_carries_on(api: httpx.Client
     after = submit(api, "fits")
     done = wait_for_status(api, after, {"completed", "failed"}, timeout=60)
     assert done["status"] == "completed" and done["attempts"] == 1
-    record(
+    record_figures(
         "oom",
         {
             "test": "tests/e2e/test_reliability.py::test_out_of_memory_fails_the_job_and_the_worker_carries_on",
@@ -240,7 +240,7 @@ def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(
     assert done["status"] == "completed", done["error"]["message"]
     # The hard limit killed the child that hung; a fresh process ran the next job.
     assert pid_of(str(store.get(after).worker)) != pid_of(str(hung_worker))  # type: ignore[union-attr]
-    record(
+    record_figures(
         "timeout",
         {
             "test": "tests/e2e/test_reliability.py::test_hard_time_limit_fails_with_timeout_and_replaces_the_process",
@@ -329,7 +329,7 @@ def test_storage_outage_is_retried_then_fails_with_storage_unavailable(
         long = outage_during_upload(submit(api, "long outage [[fault:sleep@1]]"), None)
         assert long["status"] == "failed" and long["error"]["code"] == "storage_unavailable", long
         assert "after 4 attempts" in long["error"]["message"]
-        record(
+        record_figures(
             "storage_outage",
             {
                 "test": "tests/e2e/test_reliability.py::test_storage_outage_is_retried_then_fails_with_storage_unavailable",
