@@ -171,7 +171,7 @@ class ApiSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     """Port `wanq api` listens on."""
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
-    """Largest request body."""
+    """Largest request body, on every route; past it the answer is 413 (bodies sent chunked included)."""
 
 
 class WebhookSettings(BaseModel):
