@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # install the CUDA build of torch first and set TORCH_SPEC= (empty) to keep it.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow check lint typecheck test-fast readme clean
+.PHONY: install demo test test-slow check lint typecheck test-fast readme clean reliability-report
 
 install: $(VENV)/.installed browser
 
@@ -48,6 +48,11 @@ test: install lint
 # The long reliability and load tests; CI runs them after `make test`.
 test-slow: install
 	$(PY) -m pytest -p no:cacheprovider -m slow
+
+# docs/RELIABILITY.md from the figures the tests wrote to test-artifacts/reliability.json (run after both suites).
+reliability-report: install
+	$(PY) -m tests.reliability_report
+	$(PY) -m tests.reliability_report --check
 
 test-fast: install
 	$(PY) -m pytest -x -q -m "not slow"

@@ -11,8 +11,10 @@ from fastapi import Depends, FastAPI
 
 from api import metrics, web
 from api.auth import warn_if_open
+from api.body_limit import BodyLimit
 from api.deps import Services, get_principal
 from api.errors import install_error_handlers
+from api.openapi import ERRORS
 from api.routes import admin, health, models, videos, webhooks
 from shared.apikeys import KeyStore
 from shared.fairqueue import FairQueue
@@ -75,13 +77,14 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.s3.lifecycle_rule and not services.storage.ensure_lifecycle(settings.jobs.retention_s):
         log.warning("could not set the bucket lifecycle rule; expired outputs are deleted by the sweep only")
     install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
     # Everything but health and metrics (and FastAPI's /docs, /redoc, /openapi.json) needs an API key.
     authenticated = [Depends(get_principal)]
     app.include_router(health.router)
     metrics.install(app, services)  # /metrics, /metrics/demand: for Prometheus and KEDA, inside the cluster
-    app.include_router(models.router, dependencies=authenticated)
-    app.include_router(videos.router, dependencies=authenticated)
-    app.include_router(webhooks.router, dependencies=authenticated)
-    app.include_router(admin.router, dependencies=authenticated)
+    app.include_router(models.router, dependencies=authenticated, responses=ERRORS)
+    app.include_router(videos.router, dependencies=authenticated, responses=ERRORS)
+    app.include_router(webhooks.router, dependencies=authenticated, responses=ERRORS)
+    app.include_router(admin.router, dependencies=authenticated, responses=ERRORS)
     web.install(app)
     return app

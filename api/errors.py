@@ -8,6 +8,7 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from shared.errors import RateLimited, WanqError
 
@@ -17,6 +18,9 @@ log = logging.getLogger("wanq.api")
 def error_body(message: str, code: str, param: str | None = None, type_: str = "invalid_request_error") -> dict[str, object]:
     """OpenAI's error shape, so that the `openai` SDK raises its usual exceptions with our message."""
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+_HTTP_CODES = {401: "unauthorized", 403: "permission_denied", 404: "not_found", 405: "method_not_allowed", 413: "invalid_request"}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -40,6 +44,13 @@ def install_error_handlers(app: FastAPI) -> None:
         value = err.get("input")
         message = f"invalid '{field}' {value!r}: {err.get('msg')}" if value is not None else f"'{field}': {err.get('msg')}"
         return JSONResponse(error_body(message, "invalid_request", field), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Starlette's own refusals (unknown path, wrong method, a body FastAPI could not parse) in the same shape.
+        code = _HTTP_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(error_body(str(exc.detail), code, None, type_), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(redis.RedisError)
     async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:

@@ -8,6 +8,8 @@ listens to the store's events) and at least every `dispatch.interval_s`.
 Taking a job and sending its message are two steps; a dispatcher that dies between them leaves the
 job in a journal, and the next pass of any dispatcher sends it once `recover_after_s` has passed. A
 message sent twice is harmless: the worker's claim is a guarded transition, so the job runs once.
+Likewise a job whose record was stored but which never reached its tenant's queue (the API lost
+Redis between the two writes) is queued by the next pass once it is `recover_after_s` old.
 """
 
 from __future__ import annotations
@@ -117,6 +119,11 @@ class Dispatcher:
             )
             self._send(job_id, model)
             self.fairq.sent(job_id, model)
+        for model in self.settings.models:
+            for job_id in self.fairq.readmit_strays(model, self.settings.dispatch.recover_after_s):
+                log.warning(
+                    "dispatcher: admitted a job that was stored but never queued", extra={"job_id": job_id, "model": model}
+                )
         swept = self.fairq.sweep_active()
         if swept:
             log.warning("dispatcher: dropped %d ended jobs from running counts", swept)

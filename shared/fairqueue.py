@@ -131,6 +131,42 @@ end
 return {}
 """
 
+# ARGV: prefix, model, created before (Unix time), how many of the oldest queued jobs to look at.
+# A job the store holds as queued that is in no tenant queue, not dispatched and not being dispatched
+# was stored but never admitted (the API lost Redis between the two writes): it is admitted now, as
+# _ADMIT does but past the tenant's limit, since the tenant was already told it was accepted.
+# Returns the ids admitted.
+_READMIT_STRAYS = """
+local p, m = ARGV[1], ARGV[2]
+local queued = p .. ':queued:' .. m
+local found = {}
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', queued, '-inf', ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))) do
+  local raw = redis.call('GET', p .. ':job:' .. id)
+  if not raw then
+    redis.call('ZREM', queued, id)
+  else
+    local job = cjson.decode(raw)
+    local t = job.tenant
+    local pending = p .. ':pending:' .. m .. ':' .. t
+    if job.status == 'queued' and not redis.call('ZSCORE', pending, id)
+        and not redis.call('ZSCORE', p .. ':dispatched:' .. m, id)
+        and redis.call('HEXISTS', p .. ':dispatching:' .. m, id) == 0 then
+      redis.call('ZADD', pending, string.format('%.17g', job.created_at), id)
+      redis.call('SADD', p .. ':tenants', t)
+      local ring = p .. ':ring:' .. m
+      if not redis.call('ZSCORE', ring, t) then
+        local saved = tonumber(redis.call('HGET', p .. ':passes:' .. m, t) or '0')
+        local vtime = tonumber(redis.call('GET', p .. ':vtime:' .. m) or '0')
+        redis.call('ZADD', ring, string.format('%.17g', math.max(saved, vtime)), t)
+      end
+      table.insert(found, id)
+    end
+  end
+end
+if #found > 0 then redis.call('PUBLISH', p .. ':dispatch:wake', m) end
+return found
+"""
+
 # ARGV: prefix, model, tenant, job id, JSON {tenant: weight}, default weight.
 # Returns the job's 0-based place in dispatch order, or -1 if it is not waiting.
 _POSITION = """
@@ -180,6 +216,7 @@ class FairQueue:
         self._admit = self.redis.register_script(_ADMIT)
         self._take = self.redis.register_script(_TAKE)
         self._position = self.redis.register_script(_POSITION)
+        self._readmit_strays = self.redis.register_script(_READMIT_STRAYS)
         overrides = quotas.tenants.items()
         self._caps = json.dumps({t: q.max_running_jobs for t, q in overrides if q.max_running_jobs is not None})
         self._weights = json.dumps({t: q.weight for t, q in overrides if q.weight is not None})
@@ -272,6 +309,11 @@ class FairQueue:
                 if now - float(text(taken_at)) > older_than_s:
                     stale.append((text(job_id), model))
         return stale
+
+    def readmit_strays(self, model: str, older_than_s: float, limit: int = 1000) -> list[str]:
+        """Admits queued jobs of `model` created over `older_than_s` ago that no queue holds (see _READMIT_STRAYS)."""
+        found = self._readmit_strays(args=[self.prefix, model, repr(time.time() - older_than_s), limit])
+        return [text(i) for i in found]
 
     def sweep_active(self) -> int:
         """Drops ended or vanished jobs from the running counts (a safety net; transitions do this)."""

@@ -2,14 +2,17 @@
 
 - Orphaned jobs: a job `in_progress` whose worker's heartbeat has expired (the worker was killed,
   lost its machine, or died between decoding and uploading) goes back to `queued` and is enqueued
-  again. The broker's own visibility timeout is far longer than any job, so this is what makes
-  redelivery prompt; the job record counts attempts and gives up after `jobs.max_attempts`.
+  again; so does one whose worker is alive but no longer lists it in its heartbeat (the attempt was
+  lost, e.g. Redis stayed away longer than `worker.redis_retry_s` while it ran). The broker's own
+  visibility timeout is far longer than any job, so this is what makes redelivery prompt; the job
+  record counts attempts and gives up after `jobs.max_attempts`.
 - Expired outputs: completed jobs past `expires_at` lose their stored objects (content -> 410).
   Where the store supports it, a bucket lifecycle rule is set as well, as a backstop.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -43,7 +46,7 @@ class Maintenance:
             record = self.store.get(job_id)
             if record is None or record.status is not JobStatus.in_progress or record.worker is None:
                 continue
-            if self.store.worker_alive(record.worker):
+            if self._still_running(record.id, record.worker):
                 continue
             if record.attempt_started_at and time.time() - record.attempt_started_at < grace:
                 continue  # claimed a moment ago by a worker whose first heartbeat may not be visible yet
@@ -84,6 +87,15 @@ class Maintenance:
                     },
                 )
         return requeued
+
+    def _still_running(self, job_id: str, worker: str) -> bool:
+        """The worker is alive and, by its latest heartbeat, still busy with the job. A live worker that no
+        longer lists it lost the attempt (e.g. it could not record progress while Redis was away)."""
+        raw = self.store.redis.get(f"{self.store.prefix}:worker:{worker}")
+        if raw is None:
+            return False
+        jobs = json.loads(raw).get("jobs")
+        return jobs is None or job_id in jobs  # None: a worker of a version that does not list its jobs
 
     def sweep_expired(self) -> list[str]:
         swept = []

@@ -45,7 +45,10 @@ def resolve_public(
     param: str = "url",
 ) -> tuple[str, int, list[IPAddress]]:
     """Checks the URL and returns (host, port, addresses); raises InvalidRequest saying why not."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. "http://[::1": an unclosed IPv6 bracket
+        raise InvalidRequest(f"invalid '{param}' {url[:80]!r}: {exc}", param=param) from None
     if parts.scheme not in ("http", "https"):
         raise InvalidRequest(f"invalid '{param}' {url[:80]!r}: only http and https URLs are accepted", param=param)
     host = parts.hostname

@@ -152,6 +152,8 @@ class WorkerSettings(BaseModel):
     """How long a worker process may take to load its model before Celery gives up on it."""
     metrics_port: int = Field(default=0, ge=0, le=65535)
     """Port of the worker's Prometheus `/metrics` (served by the process that holds the model); 0 = off."""
+    redis_retry_s: float = Field(default=120.0, ge=0)
+    """How long a running job waits for an unreachable Redis (a restart) before it gives up on recording its progress."""
 
 
 class MaintenanceSettings(BaseModel):
@@ -171,7 +173,7 @@ class ApiSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     """Port `wanq api` listens on."""
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
-    """Largest request body."""
+    """Largest request body, on every route; past it the answer is 413 (bodies sent chunked included)."""
 
 
 class WebhookSettings(BaseModel):

@@ -14,7 +14,7 @@ import math
 import random
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.catalog import ModelSpec
 from shared.errors import InvalidRequest, ModelNotAvailable
@@ -44,6 +44,24 @@ class VideoRequest(BaseModel):
     image_url: str | None = Field(default=None, description="https:// or data: URL of the first frame.")
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
+
+    @field_validator(
+        "seconds",
+        "num_frames",
+        "fps",
+        "num_inference_steps",
+        "guidance_scale",
+        "guidance_scale_2",
+        "seed",
+        "flow_shift",
+        mode="before",
+    )
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        # pydantic's lax mode reads true as 1; a boolean where a number belongs is a client bug worth naming.
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true or false")
+        return value
 
 
 def parse_request(data: dict[str, Any]) -> VideoRequest:
@@ -148,11 +166,12 @@ def resolve_spec(
     # 4. Duration
     fps = model.fps if req.fps is None else req.fps
     _check(1 <= fps <= 60, "fps", fps, "must be between 1 and 60")
+    if req.seconds is not None:  # checked even where num_frames wins: an absurd value is a client bug
+        _check(math.isfinite(req.seconds) and req.seconds > 0, "seconds", req.seconds, "must be positive")
     if req.num_frames is not None:
         frames = req.num_frames
         _check(frames % 4 == 1, "num_frames", frames, "must be 4k+1 (e.g. 17, 49, 81, 121)")
     elif req.seconds is not None:
-        _check(math.isfinite(req.seconds) and req.seconds > 0, "seconds", req.seconds, "must be positive")
         frames = frames_for_seconds(min(req.seconds, 1e6), fps)
         _check(frames <= limits.max_frames, "seconds", req.seconds, f"at most {limits.max_frames} frames at {fps} fps")
     else:
@@ -173,7 +192,7 @@ def resolve_spec(
     if guidance_2 is not None:
         _check(math.isfinite(guidance_2) and 0 <= guidance_2 <= 30, "guidance_scale_2", guidance_2, "must be between 0 and 30")
     shift = model.flow_shift if req.flow_shift is None else req.flow_shift
-    _check(math.isfinite(shift) and 0 < shift <= 100, "flow_shift", shift, "must be in (0, 100]")
+    _check(math.isfinite(shift) and 0.01 <= shift <= 100, "flow_shift", shift, "must be between 0.01 and 100")
     seed = random.randint(0, MAX_SEED) if req.seed is None else req.seed
     _check(0 <= seed <= MAX_SEED, "seed", seed, f"must be between 0 and {MAX_SEED}")
 

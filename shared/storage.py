@@ -31,6 +31,9 @@ class Storage:
             endpoint_url=settings.endpoint_url or None,
             region_name=settings.region or None,
             config=Config(
+                # SigV4 everywhere: presigned URLs then carry a signed X-Amz-Expires of at most 7 days, and R2 and
+                # newer AWS regions accept nothing else (botocore may pick SigV2 for a custom endpoint).
+                signature_version="s3v4",
                 connect_timeout=5,
                 read_timeout=60,
                 retries={"max_attempts": 2, "mode": "standard"},

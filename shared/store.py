@@ -108,8 +108,19 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> JobStore:
-        return cls(redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30), **kwargs)
+    def from_url(cls, url: str, *, retry_s: float = 0, **kwargs: Any) -> JobStore:
+        """`retry_s` > 0: commands that find Redis unreachable (restarting, loading its AOF) are retried for about
+        that long before they raise, so a job pauses through a Redis restart instead of failing. Every command the
+        store sends is safe to repeat: transitions are guarded, the rest are writes of the same value."""
+        options: dict[str, Any] = {}
+        if retry_s > 0:
+            from redis.backoff import ExponentialBackoff
+            from redis.retry import Retry
+
+            # Backoff 0.1, 0.2, ... capped at 1 s: about retry_s seconds in all, Redis' own restart included.
+            options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=int(retry_s) + 4)
+        client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30, **options)
+        return cls(client, **kwargs)
 
     # Keys
     def job_key(self, job_id: str) -> str:

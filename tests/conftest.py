@@ -31,6 +31,12 @@ for key, value in AWS_TEST_ENV.items():
     os.environ.setdefault(key, value)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The log scan (tests/e2e/test_secrets_in_logs.py) reads what every other test made the stack log: it runs last.
+    last = [item for item in items if item.path.name == "test_secrets_in_logs.py"]
+    items[:] = [item for item in items if item not in last] + last
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("stack")

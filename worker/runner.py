@@ -53,6 +53,7 @@ class JobRunner:
         self.engine = engine
         self.worker_id = worker_id
         self.current_job: str | None = None
+        self._finishing: str | None = None
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanq-finish")
         self._pending: Future[str] | None = None
 
@@ -67,15 +68,22 @@ class JobRunner:
         self.current_job = job_id
         try:
             outcome, generation, timings, started = self._generate(claim)
+            if generation is None:
+                return outcome
+            self.wait_pending()
+            # Marked as finishing before it stops being current: the heartbeat always names it (see busy_with).
+            self._finishing = job_id
+            self._pending = self._finisher.submit(self._finalize, claim, generation, timings, started)
         finally:
             self.current_job = None
-        if generation is None:
-            return outcome
-        self.wait_pending()
-        self._pending = self._finisher.submit(self._finalize, claim, generation, timings, started)
         if wait or not self.settings.worker.overlap_export:
             return self._pending.result()
         return "finishing"
+
+    def busy_with(self) -> list[str]:
+        """The jobs this worker is running or finishing, for its heartbeat: a job in progress under this worker's
+        name that the heartbeat does not list has lost its attempt (e.g. Redis was away too long) and is requeued."""
+        return [j for j in (self.current_job, self._finishing) if j]
 
     def wait_pending(self) -> str | None:
         """Blocks until the job being exported and uploaded (if any) is recorded."""
@@ -153,6 +161,12 @@ class JobRunner:
 
     def _finalize(self, claim: Claim, generation: Any, timings: dict[str, float], started: float) -> str:
         """Export -> upload -> record the outcome; runs while the next job is on the GPU."""
+        try:
+            return self._export_and_record(claim, generation, timings, started)
+        finally:
+            self._finishing = None
+
+    def _export_and_record(self, claim: Claim, generation: Any, timings: dict[str, float], started: float) -> str:
         record, attempt = claim.record, claim.attempt
         spec = record.spec
         try:

@@ -49,7 +49,10 @@ class WorkerProcess:
 
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         store = JobStore.from_url(
-            self.settings.redis.url, prefix=self.settings.redis.key_prefix, record_ttl_s=self.settings.jobs.record_ttl_s
+            self.settings.redis.url,
+            prefix=self.settings.redis.key_prefix,
+            record_ttl_s=self.settings.jobs.record_ttl_s,
+            retry_s=self.settings.worker.redis_retry_s,
         )
         storage = Storage(self.settings.s3)
         if self.settings.s3.create_bucket:
@@ -81,7 +84,8 @@ class WorkerProcess:
             while not self._stop.is_set():
                 try:
                     job = self.runner.current_job if self.runner is not None else None
-                    store.heartbeat(self.worker_id, self.model_id, {**self._info, "job": job}, ttl)
+                    jobs = self.runner.busy_with() if self.runner is not None else []
+                    store.heartbeat(self.worker_id, self.model_id, {**self._info, "job": job, "jobs": jobs}, ttl)
                 except Exception as exc:  # Redis away for a moment: keep beating once it is back
                     log.warning("heartbeat failed: %s", exc)
                 self._stop.wait(interval)

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from api.deps import ServicesDep, get_admin
+from api.openapi import ApiKey, ApiKeyList, QueueDrained, QueueList, VideoList, ok
 from api.routes.videos import video_object
 from shared.errors import NotFound
 from shared.fairqueue import text
@@ -24,7 +25,7 @@ router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(get
 TenantQuery = Annotated[str | None, Query(pattern=TENANT_PATTERN)]
 
 
-@router.get("/jobs", summary="List every tenant's video jobs, newest first")
+@router.get("/jobs", response_model=None, responses=ok(VideoList), summary="List every tenant's video jobs, newest first")
 def list_all_jobs(
     services: ServicesDep,
     tenant: TenantQuery = None,
@@ -43,13 +44,18 @@ def list_all_jobs(
     }
 
 
-@router.get("/queues", summary="Queue depth per model and tenant")
+@router.get("/queues", response_model=None, responses=ok(QueueList), summary="Queue depth per model and tenant")
 def queues(services: ServicesDep) -> dict[str, Any]:
     data = [services.fairq.depth(model, len(services.store.live_workers(model))) for model in services.settings.models]
     return {"object": "list", "data": data}
 
 
-@router.post("/models/{model}/drain", summary="Cancel every queued job of a model (running ones go on)")
+@router.post(
+    "/models/{model}/drain",
+    response_model=None,
+    responses=ok(QueueDrained),
+    summary="Cancel every queued job of a model (running ones go on)",
+)
 def drain(model: str, services: ServicesDep, tenant: TenantQuery = None) -> dict[str, Any]:
     if model not in services.settings.catalog():
         raise NotFound(f"no model {model!r}; configured: {services.settings.models}", param="model")
@@ -80,17 +86,23 @@ class KeyRequest(BaseModel):
     name: str = Field(default="", max_length=200)
 
 
-@router.post("/keys", status_code=201, summary="Create an API key (the key is in this response only)")
+@router.post(
+    "/keys",
+    status_code=201,
+    response_model=None,
+    responses=ok(ApiKey, 201),
+    summary="Create an API key (the key is in this response only)",
+)
 def create_key(body: KeyRequest, services: ServicesDep) -> dict[str, Any]:
     key, record = services.keys.create(body.tenant, admin=body.admin, name=body.name)
     return {**record.public(), "key": key}
 
 
-@router.get("/keys", summary="List API keys (ids and prefixes, never the keys)")
+@router.get("/keys", response_model=None, responses=ok(ApiKeyList), summary="List API keys (ids and prefixes, never the keys)")
 def list_keys(services: ServicesDep) -> dict[str, Any]:
     return {"object": "list", "data": [r.public() for r in services.keys.records()]}
 
 
-@router.delete("/keys/{key_ref}", summary="Revoke an API key by id or prefix")
+@router.delete("/keys/{key_ref}", response_model=None, responses=ok(ApiKey), summary="Revoke an API key by id or prefix")
 def revoke_key(key_ref: str, services: ServicesDep) -> dict[str, Any]:
     return services.keys.revoke(key_ref).public()

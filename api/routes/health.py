@@ -9,16 +9,17 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import ServicesDep
+from api.openapi import Health, Readiness, ok
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="The API process is up")
+@router.get("/healthz", response_model=None, responses=ok(Health), summary="The API process is up")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Redis and the object store are reachable")
+@router.get("/readyz", responses={**ok(Readiness), 503: {"model": Readiness}}, summary="Redis and the object store are reachable")
 async def readyz(services: ServicesDep) -> JSONResponse:
     checks: dict[str, Any] = {}
 

@@ -14,6 +14,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api.deps import Principal, PrincipalDep, Services, ServicesDep
+from api.openapi import CONTENT, CREATED, EVENTS, Video, VideoDeleted, VideoList, ok
 from api.routes.webhooks import check_job_webhook
 from shared import images
 from shared.errors import (
@@ -40,11 +41,12 @@ _create_schema = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/VideoRequest"}},
+            "application/json": {"schema": VideoRequest.model_json_schema()},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
                     "required": ["prompt"],
+                    "additionalProperties": False,
                     "properties": {
                         **{name: {"type": "string"} for name in VideoRequest.model_fields if name != "webhook_events"},
                         "webhook_events": {"type": "array", "items": {"type": "string"}},
@@ -114,10 +116,15 @@ async def _read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], 
             raise PayloadTooLarge(f"request body of {len(raw)} bytes exceeds {max_bytes}", param="body")
         try:
             data = json.loads(raw or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"body is not valid JSON: {exc}", param="body") from None
+        except (ValueError, RecursionError) as exc:  # ValueError: also integers over 4300 digits; Recursion: deep nesting
+            raise InvalidRequest(f"body is not valid JSON: {str(exc)[:200]}", param="body") from None
         if not isinstance(data, dict):
             raise InvalidRequest("body must be a JSON object", param="body")
+        try:
+            # JSON may escape lone surrogates (\ud800), which no UTF-8 store can hold: refuse them here.
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise InvalidRequest("body holds invalid Unicode: a lone surrogate escape such as \\ud800", param="body") from None
         # OpenAI's JSON form of a reference: {"input_reference": {"image_url": "..."}}.
         ref = data.pop("input_reference", None)
         if isinstance(ref, dict) and isinstance(ref.get("image_url"), str) and "image_url" not in data:
@@ -149,7 +156,7 @@ def _image_bytes(services: Services, req: VideoRequest, upload: bytes | None) ->
 # Routes
 
 
-@router.post("", status_code=202, openapi_extra=_create_schema, summary="Create a video job")
+@router.post("", status_code=202, openapi_extra=_create_schema, responses=CREATED, summary="Create a video job")
 async def create_video(
     request: Request,
     services: ServicesDep,
@@ -263,7 +270,7 @@ def _submit(services: Services, record: JobRecord) -> dict[str, Any]:
     return video_object(services, record)
 
 
-@router.get("", summary="List video jobs, newest first")
+@router.get("", response_model=None, responses=ok(VideoList), summary="List video jobs, newest first")
 def list_videos(
     services: ServicesDep,
     principal: PrincipalDep,
@@ -283,7 +290,7 @@ def list_videos(
     }
 
 
-@router.get("/{video_id}", summary="Retrieve a video job")
+@router.get("/{video_id}", response_model=None, responses=ok(Video), summary="Retrieve a video job")
 def retrieve_video(video_id: str, services: ServicesDep, principal: PrincipalDep, response: Response) -> dict[str, Any]:
     record = load_job(services, principal, video_id)
     if not record.status.is_terminal():
@@ -291,7 +298,7 @@ def retrieve_video(video_id: str, services: ServicesDep, principal: PrincipalDep
     return video_object(services, record)
 
 
-@router.post("/{video_id}/cancel", summary="Cancel a queued or running video job")
+@router.post("/{video_id}/cancel", response_model=None, responses=ok(Video), summary="Cancel a queued or running video job")
 def cancel_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     record = load_job(services, principal, video_id)
     return video_object(services, request_cancel(services, record))
@@ -319,7 +326,7 @@ def request_cancel(services: Services, record: JobRecord) -> JobRecord:
     raise Conflict(f"video {record.id} is already {current.status.value} and cannot be canceled", param="video_id")
 
 
-@router.delete("/{video_id}", summary="Delete a video job and its outputs")
+@router.delete("/{video_id}", response_model=None, responses=ok(VideoDeleted), summary="Delete a video job and its outputs")
 def delete_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     record = load_job(services, principal, video_id)
     if not record.status.is_terminal():
@@ -332,7 +339,7 @@ def delete_video(video_id: str, services: ServicesDep, principal: PrincipalDep) 
     return {"id": record.id, "object": "video.deleted", "deleted": True}
 
 
-@router.get("/{video_id}/content", summary="Download the MP4, its thumbnail or its spritesheet")
+@router.get("/{video_id}/content", responses=CONTENT, summary="Download the MP4, its thumbnail or its spritesheet")
 def download_content(
     video_id: str,
     services: ServicesDep,
@@ -359,7 +366,7 @@ def download_content(
     return StreamingResponse(chunks, media_type=CONTENT_TYPES[variant], headers=headers)
 
 
-@router.get("/{video_id}/events", summary="Server-Sent Events: every status and progress change")
+@router.get("/{video_id}/events", responses=EVENTS, summary="Server-Sent Events: every status and progress change")
 async def video_events(video_id: str, request: Request, services: ServicesDep, principal: PrincipalDep) -> StreamingResponse:
     record = await asyncio.to_thread(load_job, services, principal, video_id)
     pubsub = services.aioredis.pubsub()

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Principal, PrincipalDep, Services, ServicesDep
+from api.openapi import DeliveryList, WebhookEndpoint, WebhookEndpointDeleted, ok
 from shared.errors import InvalidRequest, NotFound
 from shared.netguard import parse_allowlist, resolve_public
 from shared.webhook_store import WebhookStore, endpoint_dump
@@ -69,14 +70,21 @@ def _tenant(principal: Principal, tenant: str | None) -> str:
     raise NotFound(f"no tenant {tenant!r}", param="tenant")  # as if it did not exist
 
 
-@router.get("/v1/webhook_endpoint", summary="The tenant's default webhook endpoint")
+@router.get(
+    "/v1/webhook_endpoint", response_model=None, responses=ok(WebhookEndpoint), summary="The tenant's default webhook endpoint"
+)
 def get_endpoint(services: ServicesDep, principal: PrincipalDep, tenant: TenantQuery = None) -> dict[str, Any]:
     name = _tenant(principal, tenant)
     store = webhook_store(services)
     return endpoint_dump(name, store.endpoint(name), store.secrets(name))
 
 
-@router.put("/v1/webhook_endpoint", summary="Set the tenant's default webhook endpoint (re-enables a disabled one)")
+@router.put(
+    "/v1/webhook_endpoint",
+    response_model=None,
+    responses=ok(WebhookEndpoint),
+    summary="Set the tenant's default webhook endpoint (re-enables a disabled one)",
+)
 def put_endpoint(
     body: EndpointRequest, services: ServicesDep, principal: PrincipalDep, tenant: TenantQuery = None
 ) -> dict[str, Any]:
@@ -93,13 +101,23 @@ def put_endpoint(
     return out
 
 
-@router.delete("/v1/webhook_endpoint", summary="Remove the tenant's default endpoint (the signing secret stays)")
+@router.delete(
+    "/v1/webhook_endpoint",
+    response_model=None,
+    responses=ok(WebhookEndpointDeleted),
+    summary="Remove the tenant's default endpoint (the signing secret stays)",
+)
 def delete_endpoint(services: ServicesDep, principal: PrincipalDep, tenant: TenantQuery = None) -> dict[str, Any]:
     name = _tenant(principal, tenant)
     return {"object": "webhook_endpoint.deleted", "tenant": name, "deleted": webhook_store(services).delete_endpoint(name)}
 
 
-@router.post("/v1/webhook_endpoint/rotate_secret", summary="Create or rotate the tenant's signing secret; shown once")
+@router.post(
+    "/v1/webhook_endpoint/rotate_secret",
+    response_model=None,
+    responses=ok(WebhookEndpoint),
+    summary="Create or rotate the tenant's signing secret; shown once",
+)
 def rotate_secret(
     services: ServicesDep, principal: PrincipalDep, body: RotateRequest | None = None, tenant: TenantQuery = None
 ) -> dict[str, Any]:
@@ -112,7 +130,12 @@ def rotate_secret(
     return {**endpoint_dump(name, store.endpoint(name), secrets), "secret": secrets.current}
 
 
-@router.get("/v1/videos/{video_id}/webhook_deliveries", summary="Every webhook delivery of a job, with its attempts")
+@router.get(
+    "/v1/videos/{video_id}/webhook_deliveries",
+    response_model=None,
+    responses=ok(DeliveryList),
+    summary="Every webhook delivery of a job, with its attempts",
+)
 def list_deliveries(video_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     from api.routes.videos import load_job  # here: videos.py imports this module for check_job_webhook
 

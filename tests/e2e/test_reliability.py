@@ -21,6 +21,7 @@ import pytest
 from shared.storage import Storage
 from shared.store import JobStore
 from tests.conftest import LATE, wait_for_status
+from tests.reliability_report import record as record_figures
 from wanq.stack import Managed, Stack, free_port
 
 FAULTY = {
@@ -138,13 +139,20 @@ def test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once(
         keys = storage.list_keys(storage.job_prefix(video["id"]))
         assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["spritesheet.jpg", "thumbnail.webp", "video.mp4"]
     assert sum(f["attempts"] for f in finals) >= len(ids) + len(set(kills)) - 2
-    RELIABILITY["sigkill"] = {
-        "kills": len(kills),
-        "jobs": len(ids),
-        "completed": len(finals),
-        "lost": 0,
-        "duplicated_outcomes": 0,
-    }
+    record_figures(
+        "sigkill",
+        {
+            "test": "tests/e2e/test_reliability.py::test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once",
+            "summary": f"{len(kills)} SIGKILLs (one of a whole worker) across {len(ids)} jobs: all completed, each once",
+            "kills": len(kills),
+            "jobs": len(ids),
+            "jobs_killed_at_least_once": len(set(kills)),
+            "attempts": sum(f["attempts"] for f in finals),
+            "completed": len(finals),
+            "lost": 0,
+            "completed_twice": 0,
+        },
+    )
 
 
 def test_sigterm_is_a_warm_shutdown_that_finishes_the_running_job(api: httpx.Client, store: JobStore, workers: Workers) -> None:
@@ -158,6 +166,18 @@ def test_sigterm_is_a_warm_shutdown_that_finishes_the_running_job(api: httpx.Cli
     video = api.get(f"/v1/videos/{video_id}").json()
     assert video["status"] == "completed", video
     assert worker.proc.returncode == 0
+    record_figures(
+        "sigterm",
+        {
+            "test": "tests/e2e/test_reliability.py::test_sigterm_is_a_warm_shutdown_that_finishes_the_running_job",
+            "summary": "SIGTERM mid-denoise: the job completed on the same attempt, the worker exited 0",
+            "signals": 1,
+            "job_status": video["status"],
+            "attempts": video["attempts"],
+            "worker_exit_code": worker.proc.returncode,
+            "lost": 0,
+        },
+    )
 
 
 @pytest.mark.slow
@@ -173,7 +193,18 @@ def test_poison_jobs_end_failed_after_bounded_attempts(api: httpx.Client, worker
     assert "gave up after 2 attempts" in video["error"]["message"]
     healthy = submit(api, "after the poison")
     assert wait_for_status(api, healthy, {"completed", "failed"}, timeout=60)["status"] == "completed"
-    RELIABILITY["poison"] = {"raising_attempts": 1, "crashing_attempts": 2, "next_job": "completed"}
+    record_figures(
+        "poison",
+        {
+            "test": "tests/e2e/test_reliability.py::test_poison_jobs_end_failed_after_bounded_attempts",
+            "summary": "a raising job failed after 1 attempt, a worker-killing one after 2 (the cap); the next job completed",
+            "raising_job_attempts": 1,
+            "crashing_job_attempts": 2,
+            "max_attempts": 2,
+            "next_job": "completed",
+            "lost": 0,
+        },
+    )
 
 
 def test_out_of_memory_fails_the_job_and_the_worker_carries_on(api: httpx.Client, workers: Workers) -> None:
@@ -185,6 +216,16 @@ def test_out_of_memory_fails_the_job_and_the_worker_carries_on(api: httpx.Client
     after = submit(api, "fits")
     done = wait_for_status(api, after, {"completed", "failed"}, timeout=60)
     assert done["status"] == "completed" and done["attempts"] == 1
+    record_figures(
+        "oom",
+        {
+            "test": "tests/e2e/test_reliability.py::test_out_of_memory_fails_the_job_and_the_worker_carries_on",
+            "summary": "OOM at step 2: the job failed with out_of_memory; the same worker completed the next job",
+            "error_code": video["error"]["code"],
+            "next_job": done["status"],
+            "lost": 0,
+        },
+    )
 
 
 @pytest.mark.slow
@@ -201,6 +242,17 @@ def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(
     assert done["status"] == "completed", done["error"]["message"]
     # The hard limit killed the child that hung; a fresh process ran the next job.
     assert pid_of(str(store.get(after).worker)) != pid_of(str(hung_worker))  # type: ignore[union-attr]
+    record_figures(
+        "timeout",
+        {
+            "test": "tests/e2e/test_reliability.py::test_hard_time_limit_fails_with_timeout_and_replaces_the_process",
+            "summary": "a hung job failed with timeout (soft 6 s, hard 8 s); a fresh process completed the next job",
+            "error_code": video["error"]["code"],
+            "next_job": done["status"],
+            "process_replaced": True,
+            "lost": 0,
+        },
+    )
 
 
 class FlakyProxy:
@@ -280,11 +332,20 @@ def test_storage_outage_is_retried_then_fails_with_storage_unavailable(
         long = outage_during_upload(submit(api, "long outage [[fault:sleep@1]]"), None)
         assert long["status"] == "failed" and long["error"]["code"] == "storage_unavailable", long
         assert "after 4 attempts" in long["error"]["message"]
+        record_figures(
+            "storage_outage",
+            {
+                "test": "tests/e2e/test_reliability.py::test_storage_outage_is_retried_then_fails_with_storage_unavailable",
+                "summary": "S3 refused for 1 s during upload: retried and completed; refused for good: failed with "
+                "storage_unavailable after 4 attempts",
+                "brief_outage": short["status"],
+                "lasting_outage": long["error"]["code"],
+                "upload_attempts": 4,
+                "lost": 0,
+            },
+        )
     finally:
         proxy.close()
-
-
-RELIABILITY: dict[str, Any] = {}
 
 
 @pytest.mark.slow
