@@ -183,7 +183,7 @@ def metrics(request: Request) -> Response:
     return Response(generate_latest(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/metrics/demand", summary="Queued plus running jobs of one model (for the autoscaler)")
+@router.get("/metrics/demand", summary="Queued plus running jobs of one model (for the autoscaler)", include_in_schema=False)
 def model_demand(services: ServicesDep, model: Annotated[str, Query(max_length=200)]) -> dict[str, Any]:
     if model not in services.settings.models:
         raise NotFound(f"unknown model {model!r}; configured: {services.settings.models}", param="model")
