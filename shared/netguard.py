@@ -1,7 +1,8 @@
 """SSRF guard for URLs the service itself calls (webhooks, image URLs).
 
 Only http and https; the host is resolved and every address it resolves to must be public, unless
-it falls in an explicit allowlist. Callers check again right before connecting (DNS rebinding).
+it falls in an explicit allowlist. `GuardedBackend` checks again as it connects, and connects to the
+address it checked (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import urlsplit
+
+import httpcore
 
 from shared.errors import InvalidRequest
 
@@ -74,3 +78,34 @@ def resolve_public(
                 param=param,
             )
     return host, port, addresses
+
+
+class GuardedBackend(httpcore.SyncBackend):
+    """Resolves, checks and connects in one step: the address connected to is one that passed the SSRF
+    check, so a DNS answer that changes between the check and the connection (rebinding) cannot slip in.
+    Used by webhook delivery (wanq/webhookd.py) and image fetching (shared/fetch.py).
+    """
+
+    def __init__(self, allowlist: Iterable[Any], *, param: str = "webhook_url") -> None:
+        self.allowlist = list(allowlist)
+        self.param = param
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        bare = host.strip("[]")
+        _, _, addresses = resolve_public(
+            f"http://[{bare}]:{port}/" if ":" in bare else f"http://{bare}:{port}/", allowlist=self.allowlist, param=self.param
+        )
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return super().connect_tcp(str(address), port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        raise last or httpcore.ConnectError(f"{host} has no address")

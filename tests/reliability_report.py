@@ -58,11 +58,8 @@ LIMITS = [
     "moto, the test suite's S3, does not enforce the expiry of presigned URLs (an expired URL still answers "
     "200 there). The test checks what wanq controls: the URL's `X-Amz-Expires` is the configured lifetime "
     "and the SigV4 signature covers it, so real S3, MinIO and R2 refuse the URL once it has expired.",
-    "`image_url` is checked against private addresses before it is fetched by name, so a DNS answer that "
-    "changes between the check and the connection (rebinding) is not caught there, unlike webhook "
-    "deliveries, which check the address they connect to.",
-    "Latencies are from a 2-core machine shared with other test runs (load averages of 10-18), with the API, "
-    "workers, Redis, S3 and the load generator on the same cores: they show the shape, not a capacity.",
+    "Latencies are from a 2-core machine shared with other test runs (each section gives the load average), "
+    "with the API, workers, Redis, S3 and the load generator on the same cores: they show the shape, not a capacity.",
 ]
 
 

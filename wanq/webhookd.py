@@ -22,7 +22,6 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
@@ -31,7 +30,7 @@ import httpcore
 import redis
 
 from shared.errors import InvalidRequest
-from shared.netguard import parse_allowlist, resolve_public
+from shared.netguard import GuardedBackend, parse_allowlist
 from shared.schemas import JobRecord
 from shared.settings import Settings
 from shared.webhook_store import GROUP, Attempt, Delivery, WebhookStore
@@ -41,35 +40,6 @@ log = logging.getLogger("wanq.webhooks")
 
 MAX_ANSWER_BYTES = 64 * 1024
 """Read at most this much of a receiver's answer (only its status matters)."""
-
-
-class GuardedBackend(httpcore.SyncBackend):
-    """Resolves, checks and connects in one step: the address connected to is one that passed the SSRF
-    check, so a DNS answer that changes between the check and the connection (rebinding) cannot slip in.
-    """
-
-    def __init__(self, allowlist: Iterable[Any]) -> None:
-        self.allowlist = list(allowlist)
-
-    def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.NetworkStream:
-        bare = host.strip("[]")
-        _, _, addresses = resolve_public(
-            f"http://[{bare}]:{port}/" if ":" in bare else f"http://{bare}:{port}/", allowlist=self.allowlist, param="webhook_url"
-        )
-        last: Exception | None = None
-        for address in addresses:
-            try:
-                return super().connect_tcp(str(address), port, timeout, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                last = exc
-        raise last or httpcore.ConnectError(f"{host} has no address")
 
 
 class Answer(NamedTuple):
