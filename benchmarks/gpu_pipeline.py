@@ -618,7 +618,10 @@ def part_multi(args: argparse.Namespace) -> None:
     import torch
 
     mode = args.mode
-    extra: dict[str, Any] = {"num_gpus": 2, "cfg_parallel": mode == "cfg", "ulysses_degree": 2 if mode == "ulysses" else 1}
+    # cfg / ulysses: two GPUs; cfg-ulysses2 / ulysses4: four GPUs (issue 11's two lossless layouts).
+    layouts = {"cfg": (2, True, 1), "ulysses": (2, False, 2), "cfg-ulysses2": (4, True, 2), "ulysses4": (4, False, 4)}
+    num_gpus, cfg, ulysses = layouts[mode]
+    extra: dict[str, Any] = {"num_gpus": num_gpus, "cfg_parallel": cfg, "ulysses_degree": ulysses}
     backend = args.backend or best_backend(args)
     settings = engine_settings(args, compile=not args.tiny and not args.eager, attention_backend=backend, **extra)
     t0 = time.perf_counter()
@@ -773,6 +776,11 @@ PLANS: dict[str, list[tuple[str, list[str], int]]] = {
         ("cache", ["--cache-presets", "fbcache,taylorseer", "--cache-steps", "12"], 100),
         ("a14b-offload", [*A14B, "--mode", "none"], 150),
         ("multi", [*A14B, "--mode", "cfg", "--ref-steps", "2", "--eager", "--engine", "text_encoder_cpu_offload=true"], 150),
+    ],
+    "four": [
+        ("env", [], 40),
+        ("multi", [*A14B, "--mode", "cfg-ulysses2", "--eager", "--engine", "text_encoder_cpu_offload=true"], 130),
+        ("multi", [*A14B, "--mode", "ulysses4", "--eager", "--engine", "text_encoder_cpu_offload=true"], 130),
     ],
     "call3": [
         ("repeat", ["--ref-steps", "5"], 90),
