@@ -246,7 +246,7 @@ def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(
         "timeout",
         {
             "test": "tests/e2e/test_reliability.py::test_hard_time_limit_fails_with_timeout_and_replaces_the_process",
-            "summary": "a hung job failed with timeout (soft 6 s, hard 8 s); a fresh process completed the next job",
+            "summary": "a hung job failed with timeout (soft 10 s, hard 12 s); a fresh process completed the next job",
             "error_code": video["error"]["code"],
             "next_job": done["status"],
             "process_replaced": True,
