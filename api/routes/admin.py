@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import ServicesDep, get_admin
 from api.openapi import ApiKey, ApiKeyList, QueueDrained, QueueList, VideoList, ok
-from api.routes.videos import video_object
+from api.routes.videos import video_page
 from shared.errors import NotFound
 from shared.fairqueue import text
 from shared.schemas import JobStatus
@@ -33,15 +33,7 @@ def list_all_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
 ) -> dict[str, Any]:
-    ids, has_more = services.store.list_ids(tenant, after=after, limit=limit, newest_first=order == "desc")
-    data = [video_object(services, r) | {"tenant": r.tenant} for r in services.store.get_many(ids)]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
+    return video_page(services, tenant, after=after, limit=limit, order=order, with_tenant=True)
 
 
 @router.get("/queues", response_model=None, responses=ok(QueueList), summary="Queue depth per model and tenant")

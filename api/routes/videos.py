@@ -278,9 +278,15 @@ def list_videos(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
 ) -> dict[str, Any]:
-    ids, has_more = services.store.list_ids(principal.tenant, after=after, limit=limit, newest_first=order == "desc")
-    records = services.store.get_many(ids)
-    data = [video_object(services, r) for r in records]
+    return video_page(services, principal.tenant, after=after, limit=limit, order=order)
+
+
+def video_page(
+    services: Services, tenant: str | None, *, after: str | None, limit: int, order: str, with_tenant: bool = False
+) -> dict[str, Any]:
+    """One page of jobs in OpenAI's list shape; `tenant` None means every tenant's (admin listing)."""
+    ids, has_more = services.store.list_ids(tenant, after=after, limit=limit, newest_first=order == "desc")
+    data = [video_object(services, r) | ({"tenant": r.tenant} if with_tenant else {}) for r in services.store.get_many(ids)]
     return {
         "object": "list",
         "data": data,
