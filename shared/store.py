@@ -187,6 +187,19 @@ class JobStore:
         record = JobRecord.model_validate_json(raw) if raw else None
         return TransitionResult(ok=code == 1, record=record)
 
+    def cancel_queued(self, job_id: str, message: str) -> TransitionResult:
+        """Ends a job that has not started (it never will); refused once it runs or has ended."""
+        return self.transition(
+            job_id,
+            allowed=[JobStatus.queued],
+            patch={
+                "status": "canceled",
+                "stage": "done",
+                "completed_at": time.time(),
+                "error": {"code": "canceled", "message": message},
+            },
+        )
+
     def delete(self, record: JobRecord) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(self.job_key(record.id))

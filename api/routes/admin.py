@@ -6,7 +6,6 @@ Admin keys only (403 otherwise). Canceling any one job needs no route here: `POS
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -17,7 +16,6 @@ from api.openapi import ApiKey, ApiKeyList, QueueDrained, QueueList, VideoList, 
 from api.routes.videos import video_page
 from shared.errors import NotFound
 from shared.fairqueue import text
-from shared.schemas import JobStatus
 from shared.settings import TENANT_PATTERN
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(get_admin)])
@@ -57,16 +55,7 @@ def drain(model: str, services: ServicesDep, tenant: TenantQuery = None) -> dict
     for record in store.get_many(ids):
         if tenant is not None and record.tenant != tenant:
             continue
-        result = store.transition(
-            record.id,
-            allowed=[JobStatus.queued],
-            patch={
-                "status": "canceled",
-                "stage": "done",
-                "completed_at": time.time(),
-                "error": {"code": "canceled", "message": "canceled by an administrator (queue drained)"},
-            },
-        )
+        result = store.cancel_queued(record.id, "canceled by an administrator (queue drained)")
         if result.ok:
             canceled.append(record.id)
     return {"object": "queue.drained", "model": model, "tenant": tenant, "canceled": len(canceled), "ids": canceled}

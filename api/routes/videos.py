@@ -313,16 +313,7 @@ def cancel_video(video_id: str, services: ServicesDep, principal: PrincipalDep) 
 def request_cancel(services: Services, record: JobRecord) -> JobRecord:
     """A queued job ends now; a running one is flagged and stops at its next denoising step."""
     store = services.store
-    result = store.transition(
-        record.id,
-        allowed=[JobStatus.queued],
-        patch={
-            "status": "canceled",
-            "stage": "done",
-            "completed_at": time.time(),
-            "error": {"code": "canceled", "message": "canceled before it started"},
-        },
-    )
+    result = store.cancel_queued(record.id, "canceled before it started")
     if result.ok and result.record:
         return result.record
     result = store.transition(record.id, allowed=[JobStatus.in_progress], patch={"cancel_requested": True})
