@@ -117,6 +117,8 @@ class JobRecord(BaseModel):
     outputs: dict[str, str] = Field(default_factory=dict)
     """Variant name -> storage key."""
     cancel_requested: bool = False
+    version: int = 0
+    """Incremented by every transition (pub/sub messages may arrive after a newer read)."""
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
 

@@ -49,6 +49,8 @@ for _, pair in ipairs(cjson.decode(ARGV[5])) do
   if job[pair[1]] ~= pair[2] then return {-1, raw} end
 end
 for _, pair in ipairs(cjson.decode(ARGV[4])) do job[pair[1]] = pair[2] end
+-- Every stored state gets the next version, so readers can tell an older message from a newer one.
+job.version = (type(job.version) == 'number' and job.version or 0) + 1
 local out = cjson.encode(job)
 redis.call('SET', key, out, 'KEEPTTL')
 if job.status ~= 'queued' then

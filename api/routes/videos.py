@@ -374,7 +374,8 @@ async def video_events(video_id: str, request: Request, services: ServicesDep, p
         try:
             current = await asyncio.to_thread(services.store.get, video_id) or record
             yield _sse(await asyncio.to_thread(video_object, services, current))
-            last_seen = current.model_dump_json()
+            # Messages published between the subscribe and the read above are older than what was sent.
+            sent_version = current.version
             if current.status.is_terminal():
                 return
             idle = 0.0
@@ -388,10 +389,10 @@ async def video_events(video_id: str, request: Request, services: ServicesDep, p
                     continue
                 idle = 0.0
                 raw = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
-                if raw == last_seen:
-                    continue
-                last_seen = raw
                 update = JobRecord.model_validate_json(raw)
+                if update.version <= sent_version:
+                    continue
+                sent_version = update.version
                 yield _sse(update.to_video())
                 if update.status.is_terminal():
                     return
