@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+import redis
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.datastructures import UploadFile
@@ -25,10 +26,10 @@ from shared.errors import (
     NotFound,
     PayloadTooLarge,
     RateLimited,
-    ServiceUnavailable,
 )
+from shared.fairqueue import estimated_start_at
 from shared.idempotency import MAX_KEY_LENGTH, fingerprint
-from shared.schemas import JobError, JobRecord, JobStatus
+from shared.schemas import JobRecord, JobStatus
 from shared.specs import VideoRequest, parse_request, resolve_spec
 from shared.storage import CONTENT_TYPES
 
@@ -84,11 +85,7 @@ def _estimated_start(services: Services, record: JobRecord, position: int | None
     if position is None:
         return None
     workers = len(services.store.live_workers(record.spec.model))
-    mean = services.store.mean_duration(record.spec.model)
-    if not workers or mean is None:
-        return None
-    # Jobs ahead drain across the live workers; the running ones are assumed half done.
-    return int(time.time() + mean * (position // workers + 0.5))
+    return estimated_start_at(time.time(), position, workers, services.store.mean_duration(record.spec.model))
 
 
 async def _read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
@@ -205,10 +202,17 @@ def _created(body: dict[str, Any], *, replayed: bool = False) -> Response:
 
 
 async def _create(services: Services, principal: Principal, fields: dict[str, Any], upload: bytes | None) -> Response:
+    """The hot path: without an image or a job webhook, a create is the key lookup, the rate-limit hit
+    and one atomic script (FairQueue.acreate), all on the event loop through redis.asyncio."""
     settings = services.settings
     req = parse_request(fields)
-    await asyncio.to_thread(check_job_webhook, services, principal.tenant, req.webhook_url, req.webhook_events)
-    image_data = await asyncio.to_thread(_image_bytes, services, req, upload)
+    if req.webhook_url is None:
+        check_job_webhook(services, principal.tenant, None, req.webhook_events)  # no I/O without a URL
+    else:
+        await asyncio.to_thread(check_job_webhook, services, principal.tenant, req.webhook_url, req.webhook_events)
+    image_data = None
+    if upload is not None or req.image_url is not None:
+        image_data = await asyncio.to_thread(_image_bytes, services, req, upload)
 
     # Resolve against the model's defaults and limits
     job_id = f"video_{uuid.uuid4().hex}"
@@ -221,10 +225,12 @@ async def _create(services: Services, principal: Principal, fields: dict[str, An
         has_image=image_data is not None,
         image_key=image_key,
     )
-    await asyncio.to_thread(services.quotas.check_job, principal.tenant, spec)
+    services.quotas.check_size(principal.tenant, spec)
 
-    # Store the fitted image beside the job, then the record, then enqueue
+    # Store the fitted image beside the job (after an early look for room in the tenant's queue, so that
+    # a full queue refuses before the upload), then the record and its queue entry, atomically.
     if image_data is not None and image_key is not None:
+        await asyncio.to_thread(services.quotas.check_room, principal.tenant, spec)
         png = await asyncio.to_thread(_fit_image, image_data, spec.width, spec.height, settings)
         await asyncio.to_thread(services.storage.put_bytes, png, image_key, CONTENT_TYPES["image"])
     record = JobRecord(
@@ -235,39 +241,20 @@ async def _create(services: Services, principal: Principal, fields: dict[str, An
         webhook_url=req.webhook_url,
         webhook_events=req.webhook_events,
     )
-    body = await asyncio.to_thread(_submit, services, record)
-    return _created(body)
+    try:
+        # Into the tenant's queue; the dispatcher moves it to the model's worker queue (shared/fairqueue.py).
+        created = await services.fairq.acreate(record)
+    except RateLimited:
+        # The tenant's queue filled up since the early check: the job never existed.
+        if image_key is not None:
+            await asyncio.to_thread(services.storage.delete_prefix, services.storage.job_prefix(record.id))
+        raise
+    return _created(record.to_video(queue_position=created.position, estimated_start_at=created.estimated_start_at(time.time())))
 
 
 def _fit_image(data: bytes, width: int, height: int, settings: Any) -> bytes:
     image = images.load_image(data, max_bytes=settings.jobs.max_image_bytes, max_pixels=settings.jobs.max_image_pixels)
     return images.to_png(images.fit_to(image, width, height))
-
-
-def _submit(services: Services, record: JobRecord) -> dict[str, Any]:
-    services.store.create(record)
-    try:
-        # Into the tenant's queue; the dispatcher moves it to the model's worker queue (shared/fairqueue.py).
-        services.fairq.submit(record)
-    except RateLimited:
-        # The tenant's queue filled up since the early check: the job never existed.
-        services.store.delete(record)
-        if record.spec.image_key is not None:
-            services.storage.delete_prefix(services.storage.job_prefix(record.id))
-        raise
-    except Exception as exc:
-        # The record exists: fail it visibly rather than leave a job nobody will run.
-        services.store.transition(
-            record.id,
-            allowed=[JobStatus.queued],
-            patch={
-                "status": "failed",
-                "error": JobError(code="service_unavailable", message=f"could not enqueue: {exc}").model_dump(),
-                "completed_at": time.time(),
-            },
-        )
-        raise ServiceUnavailable("the job queue is unavailable; retry shortly") from exc
-    return video_object(services, record)
 
 
 @router.get("", response_model=None, responses=ok(VideoList), summary="List video jobs, newest first")
@@ -367,20 +354,32 @@ def download_content(
 async def video_events(video_id: str, request: Request, services: ServicesDep, principal: PrincipalDep) -> StreamingResponse:
     record = await asyncio.to_thread(load_job, services, principal, video_id)
     pubsub = services.aioredis.pubsub()
-    # Subscribe before reading the current state, so no change can fall between the two.
-    await pubsub.subscribe(services.store.events_channel(video_id))
+    try:
+        # Subscribe before reading the current state, so no change can fall between the two. Both happen
+        # before the 200 goes out: an unreachable Redis here is a plain 503, not a stream cut short.
+        await pubsub.subscribe(services.store.events_channel(video_id))
+        current = await asyncio.to_thread(services.store.get, video_id) or record
+        first = _sse(await asyncio.to_thread(video_object, services, current))
+    except BaseException:
+        await _close_quietly(pubsub)
+        raise
 
     async def stream() -> AsyncIterator[bytes]:
         try:
-            current = await asyncio.to_thread(services.store.get, video_id) or record
-            yield _sse(await asyncio.to_thread(video_object, services, current))
+            yield first
             # Messages published between the subscribe and the read above are older than what was sent.
             sent_version = current.version
             if current.status.is_terminal():
                 return
             idle = 0.0
             while not await request.is_disconnected():
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                try:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                except (redis.RedisError, OSError):
+                    # Redis went away mid-stream: end the stream cleanly and say why; the client reconnects
+                    # (EventSource does by itself after `retry` ms) and first gets the state as it is then.
+                    yield _sse_error("store_unavailable", "The job store is unreachable; reconnect to resume.")
+                    return
                 if message is None:
                     idle += 1.0
                     if idle >= 15.0:
@@ -397,13 +396,26 @@ async def video_events(video_id: str, request: Request, services: ServicesDep, p
                 if update.status.is_terminal():
                     return
         finally:
-            await pubsub.aclose()
+            await _close_quietly(pubsub)
 
     return StreamingResponse(
         stream(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+async def _close_quietly(pubsub: Any) -> None:
+    """Closing a pub/sub whose connection Redis already dropped must not turn a clean end into a broken one."""
+    try:
+        await pubsub.aclose()
+    except (redis.RedisError, OSError):
+        pass
+
+
+def _sse_error(code: str, message: str) -> bytes:
+    body = json.dumps({"error": {"code": code, "message": message}})
+    return f"retry: 2000\nevent: error\ndata: {body}\n\n".encode()
 
 
 def _sse(video: dict[str, Any]) -> bytes:

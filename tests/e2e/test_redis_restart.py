@@ -106,6 +106,29 @@ class Hammer:
             return response
 
 
+class Follower(threading.Thread):
+    """One client that follows a job's event stream for as long as the server keeps it open."""
+
+    def __init__(self, stack: Stack, video_id: str) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{stack.api_url}/v1/videos/{video_id}/events"
+        self.headers = stack.admin_headers()
+        self.events: list[tuple[str | None, dict[str, Any]]] = []
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            with httpx.stream("GET", self.url, headers=self.headers, timeout=60) as response:
+                event = None
+                for line in response.iter_lines():
+                    if line.startswith("event: "):
+                        event = line.removeprefix("event: ")
+                    elif line.startswith("data: "):
+                        self.events.append((event, json.loads(line.removeprefix("data: "))))
+        except httpx.HTTPError as exc:
+            self.error = repr(exc)
+
+
 def statuses(client: redis.Redis, ids: list[str]) -> Counter[str]:
     raws = client.mget([f"wanq:job:{i}" for i in ids])
     return Counter(json.loads(r)["status"] if r else "missing" for r in raws)
@@ -178,6 +201,10 @@ def _restart_under_load(stack: Stack, receiver: Receiver, started: float) -> Non
         time.sleep(0.05)
     before = statuses(client, ids)
     running_then = [i for i in ids if final_status(client, i) == "in_progress"]
+    # A client that follows a running job's events across the outage: its stream must end cleanly.
+    follower = Follower(stack, running_then[0]) if running_then else None
+    if follower:
+        follower.start()
     hammer = Hammer(stack, ids)
     hammer.start()
     time.sleep(1.0)
@@ -206,6 +233,14 @@ def _restart_under_load(stack: Stack, receiver: Receiver, started: float) -> Non
     assert bad == [], f"the API answered other than 2xx or 503: {Counter(bad)}"
     assert all(retry is not None and int(retry) > 0 for _, outcome, retry in during if outcome == 503)
     assert sum(1 for _, outcome, _ in during if outcome == 503) >= 10
+    if follower:
+        # Either the job ended before Redis stopped, or the stream said why it ended (never a cut connection).
+        follower.join(60)
+        assert follower.error is None and follower.events, (follower.error, follower.events)
+        last_event, last_data = follower.events[-1]
+        assert last_event == "error" or last_data["status"] in ("completed", "failed", "canceled"), follower.events[-1]
+        if last_event == "error":
+            assert last_data["error"]["code"] == "store_unavailable", last_data
 
     # 4. Workers take jobs again; once they have shown it, the rest of the queue is drained (canceled)
     everything = ids + hammer.created
