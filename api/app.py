@@ -58,17 +58,27 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     store = JobStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix, record_ttl_s=settings.jobs.record_ttl_s)
-    fairq = FairQueue(store, settings.quotas, settings.models, backlog=settings.dispatch.backlog)
+    aclient = aioredis.Redis.from_url(settings.redis.url)
+    fairq = FairQueue(
+        store,
+        settings.quotas,
+        settings.models,
+        backlog=settings.dispatch.backlog,
+        aclient=aclient,
+        worker_ttl_s=settings.worker.heartbeat_ttl_s,
+    )
     app.state.services = Services(
         settings=settings,
         store=store,
         storage=Storage(settings.s3),
         celery=make_celery(settings),
-        aioredis=aioredis.Redis.from_url(settings.redis.url),
+        aioredis=aclient,
         idempotency=IdempotencyKeys(store.redis, prefix=settings.redis.key_prefix, ttl_s=settings.jobs.idempotency_ttl_s),
         keys=KeyStore(store.redis, settings.auth, prefix=settings.redis.key_prefix),
         fairq=fairq,
-        quotas=Quotas(settings.quotas, store.redis, fairq, url=settings.redis.url, prefix=settings.redis.key_prefix),
+        quotas=Quotas(
+            settings.quotas, store.redis, fairq, url=settings.redis.url, prefix=settings.redis.key_prefix, aclient=aclient
+        ),
     )
     services = app.state.services
     warn_if_open(services)

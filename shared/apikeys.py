@@ -20,6 +20,7 @@ import time
 from typing import Literal
 
 import redis
+import redis.asyncio as aioredis
 from pydantic import BaseModel
 
 from shared.errors import InvalidRequest, NotFound
@@ -100,7 +101,14 @@ class KeyStore:
     def lookup(self, key: str) -> KeyRecord | None:
         """The live record of a presented key, or None if it is unknown or revoked."""
         digest = hash_key(key)
-        raw = self.redis.get(self._record_key(digest))
+        return self._live(digest, self.redis.get(self._record_key(digest)))
+
+    async def alookup(self, client: aioredis.Redis, key: str) -> KeyRecord | None:
+        """`lookup` on the API's event loop (every request makes one: no thread hop for it)."""
+        digest = hash_key(key)
+        return self._live(digest, await client.get(self._record_key(digest)))
+
+    def _live(self, digest: str, raw: bytes | str | None) -> KeyRecord | None:
         record = KeyRecord.model_validate_json(raw) if raw else self._seeds.get(digest)
         if record is None or record.revoked:
             return None

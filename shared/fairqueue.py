@@ -46,6 +46,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as aioredis
+
 from shared.errors import RateLimited
 from shared.queue import queue_name
 from shared.schemas import JobRecord
@@ -199,6 +201,56 @@ return ahead
 """
 
 
+# A new job, in one atomic step: admission to its tenant's queue (_ADMIT) and, only if admitted, its
+# record and indexes (as JobStore.create writes them), then what the API answers with: its place in
+# line (_POSITION), the model's live workers and its recent job durations (the start estimate).
+# Either both the record and the queue entry exist or neither does: no job the client was refused
+# can run, and none can sit stored but unqueued. One round trip.
+# ARGV: _ADMIT's 7; record JSON, job key, tenant index, all-jobs index, queued index, created_at;
+# JSON {tenant: weight}, default weight; workers key, live-since time, durations key.
+# Returns {admitted 0/1, waiting, place (-1 if none), live workers, {durations}}.
+_CREATE = (
+    "local function admit(ARGV)\n"
+    + _ADMIT
+    + "\nend\nlocal function position(ARGV)\n"
+    + _POSITION
+    + """
+end
+local admitted = admit({ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]})
+local durations = redis.call('LRANGE', ARGV[18], 0, -1)
+if admitted[1] == 0 then return {0, admitted[2], -1, 0, durations} end
+if not redis.call('SET', ARGV[9], ARGV[8], 'NX') then return redis.error_reply('job ' .. ARGV[4] .. ' already exists') end
+redis.call('ZADD', ARGV[10], ARGV[13], ARGV[4])
+redis.call('ZADD', ARGV[11], ARGV[13], ARGV[4])
+redis.call('ZADD', ARGV[12], ARGV[13], ARGV[4])
+local place = position({ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[14], ARGV[15]})
+local live = redis.call('ZCOUNT', ARGV[16], ARGV[17], '+inf')
+return {1, admitted[2], place, live, durations}
+"""
+)
+
+
+@dataclass(frozen=True)
+class Created:
+    """What `FairQueue.create` did and what the API answers with."""
+
+    admitted: bool
+    waiting: int
+    position: int | None
+    live_workers: int
+    mean_duration_s: float | None
+
+    def estimated_start_at(self, now: float) -> int | None:
+        return estimated_start_at(now, self.position, self.live_workers, self.mean_duration_s)
+
+
+def estimated_start_at(now: float, position: int | None, live_workers: int, mean_duration_s: float | None) -> int | None:
+    """Jobs ahead drain across the live workers; the running ones are assumed half done."""
+    if position is None or not live_workers or mean_duration_s is None:
+        return None
+    return int(now + mean_duration_s * (position // live_workers + 0.5))
+
+
 @dataclass(frozen=True)
 class Taken:
     job_id: str
@@ -206,14 +258,25 @@ class Taken:
 
 
 class FairQueue:
-    def __init__(self, store: JobStore, quotas: QuotaSettings, models: list[str], *, backlog: int = 1) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        quotas: QuotaSettings,
+        models: list[str],
+        *,
+        backlog: int = 1,
+        aclient: aioredis.Redis | None = None,
+        worker_ttl_s: float = 10.0,
+    ) -> None:
         self.store = store
+        self.worker_ttl_s = worker_ttl_s
         self.backlog = backlog
         self.redis = store.redis
         self.prefix = store.prefix
         self.quotas = quotas
         self.models = list(models)
-        self._admit = self.redis.register_script(_ADMIT)
+        self._create = self.redis.register_script(_CREATE)
+        self._acreate = aclient.register_script(_CREATE) if aclient is not None else None
         self._take = self.redis.register_script(_TAKE)
         self._position = self.redis.register_script(_POSITION)
         self._readmit_strays = self.redis.register_script(_READMIT_STRAYS)
@@ -248,25 +311,56 @@ class FairQueue:
 
     def retry_hint(self, model: str) -> int:
         """Seconds until a queue slot is likely to free: the model's mean job time (5 s if unknown)."""
-        mean = self.store.mean_duration(model)
-        return 5 if mean is None else min(600, max(1, math.ceil(mean)))
+        return _retry_hint(self.store.mean_duration(model))
 
-    def submit(self, record: JobRecord) -> None:
-        """Puts a stored job in its tenant's queue, or raises RateLimited if that queue is full."""
-        limit = self.quotas.for_tenant(record.tenant).max_queued_jobs
-        admitted, waiting = self._admit(
-            args=[
-                self.prefix,
-                record.spec.model,
-                record.tenant,
-                record.id,
-                repr(record.created_at),
-                limit,
-                json.dumps(self.models),
-            ]
+    def create(self, record: JobRecord) -> Created:
+        """Stores a new job and puts it in its tenant's queue, atomically; raises RateLimited if that queue
+        is full (then nothing was stored)."""
+        return self._created(record, self._create(args=self._create_args(record)))
+
+    async def acreate(self, record: JobRecord) -> Created:
+        """`create` through redis.asyncio, on the API's event loop (needs `aclient`)."""
+        assert self._acreate is not None, "FairQueue was built without an asyncio client"
+        return self._created(record, await self._acreate(args=self._create_args(record)))
+
+    def _create_args(self, record: JobRecord) -> list[Any]:
+        store, model = self.store, record.spec.model
+        created_at = repr(record.created_at)
+        return [
+            self.prefix,
+            model,
+            record.tenant,
+            record.id,
+            created_at,
+            self.quotas.for_tenant(record.tenant).max_queued_jobs,
+            json.dumps(self.models),
+            record.model_dump_json(),
+            store.job_key(record.id),
+            store.tenant_jobs_key(record.tenant),
+            store.all_jobs_key(),
+            store.queued_key(model),
+            created_at,
+            self._weights,
+            self.quotas.weight,
+            store.workers_key(model),
+            repr(time.time() - self.worker_ttl_s),
+            store.durations_key(model),
+        ]
+
+    def _created(self, record: JobRecord, result: list[Any]) -> Created:
+        admitted, waiting, place, live, durations = result
+        values = [float(v) for v in durations]
+        created = Created(
+            admitted=bool(admitted),
+            waiting=int(waiting),
+            position=None if int(place) < 0 else int(place),
+            live_workers=int(live),
+            mean_duration_s=sum(values) / len(values) if values else None,
         )
-        if not admitted:
-            raise queue_full(record.tenant, int(waiting), limit, self.retry_hint(record.spec.model))
+        if not created.admitted:
+            limit = self.quotas.for_tenant(record.tenant).max_queued_jobs
+            raise queue_full(record.tenant, created.waiting, limit, _retry_hint(created.mean_duration_s))
+        return created
 
     def position(self, record: JobRecord) -> int | None:
         """0-based place in the model's dispatch order, if nobody else submits and no cap intervenes."""
@@ -381,6 +475,10 @@ class FairQueue:
 def text(value: object) -> str:
     """A Redis reply item as str (clients may or may not decode responses)."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _retry_hint(mean_duration_s: float | None) -> int:
+    return 5 if mean_duration_s is None else min(600, max(1, math.ceil(mean_duration_s)))
 
 
 def queue_full(tenant: str, waiting: int, limit: int, retry_after_s: int) -> RateLimited:

@@ -12,7 +12,10 @@ import math
 import time
 
 import redis
+import redis.asyncio as aioredis
 from limits import RateLimitItemPerMinute
+from limits.aio.storage import RedisStorage as AsyncRedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncSlidingWindowCounterRateLimiter
 from limits.storage import RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
@@ -23,11 +26,27 @@ from shared.settings import QuotaSettings, TenantPolicy
 
 
 class Quotas:
-    def __init__(self, settings: QuotaSettings, client: redis.Redis, fairq: FairQueue, *, url: str, prefix: str = "wanq") -> None:
+    def __init__(
+        self,
+        settings: QuotaSettings,
+        client: redis.Redis,
+        fairq: FairQueue,
+        *,
+        url: str,
+        prefix: str = "wanq",
+        aclient: aioredis.Redis | None = None,
+    ) -> None:
         self.settings = settings
         self.fairq = fairq
         storage = RedisStorage(url, connection_pool=client.connection_pool, key_prefix=f"{prefix}:rpm")
         self._limiter = SlidingWindowCounterRateLimiter(storage)
+        # The same counters through redis.asyncio, for the API's event loop (`ahit_request`).
+        self._alimiter = None
+        if aclient is not None:
+            astorage = AsyncRedisStorage(
+                f"async+{url}", implementation="redispy", connection_pool=aclient.connection_pool, key_prefix=f"{prefix}:rpm"
+            )
+            self._alimiter = AsyncSlidingWindowCounterRateLimiter(astorage)
 
     def policy(self, tenant: str) -> TenantPolicy:
         return self.settings.for_tenant(tenant)
@@ -38,18 +57,27 @@ class Quotas:
         item = RateLimitItemPerMinute(limit)
         if self._limiter.hit(item, tenant):
             return
-        reset_at = self._limiter.get_window_stats(item, tenant).reset_time
+        self._refuse(tenant, limit, self._limiter.get_window_stats(item, tenant).reset_time)
+
+    async def ahit_request(self, tenant: str) -> None:
+        """`hit_request` on the event loop (needs `aclient`)."""
+        assert self._alimiter is not None, "Quotas was built without an asyncio client"
+        limit = self.policy(tenant).requests_per_minute
+        item = RateLimitItemPerMinute(limit)
+        if await self._alimiter.hit(item, tenant):
+            return
+        self._refuse(tenant, limit, (await self._alimiter.get_window_stats(item, tenant)).reset_time)
+
+    @staticmethod
+    def _refuse(tenant: str, limit: int, reset_at: float) -> None:
         raise RateLimited(
             f"tenant {tenant!r} exceeded its {limit} requests per minute (quota requests_per_minute)",
             retry_after_s=max(1, math.ceil(reset_at - time.time())),
             param="requests_per_minute",
         )
 
-    def check_job(self, tenant: str, spec: GenerationSpec) -> None:
-        """Refuses a job larger than the tenant's per-job size, or one its queue has no room for.
-
-        The room check here is an early answer before any upload; `FairQueue.submit` checks again
-        atomically."""
+    def check_size(self, tenant: str, spec: GenerationSpec) -> None:
+        """Refuses a job larger than the tenant's per-job size (no I/O)."""
         policy = self.policy(tenant)
         size = spec.width * spec.height * spec.num_frames
         if size > policy.max_pixel_frames:
@@ -59,6 +87,11 @@ class Quotas:
                 retry_after_s=60,
                 param="max_pixel_frames",
             )
+
+    def check_room(self, tenant: str, spec: GenerationSpec) -> None:
+        """An early answer, before an upload, when the tenant's queue is full; `FairQueue.create` checks
+        again atomically."""
+        policy = self.policy(tenant)
         waiting = self.fairq.waiting_count(tenant)
         if waiting >= policy.max_queued_jobs:
             raise queue_full(tenant, waiting, policy.max_queued_jobs, self.fairq.retry_hint(spec.model))

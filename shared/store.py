@@ -137,6 +137,13 @@ class JobStore:
     def queued_key(self, model: str) -> str:
         return f"{self.prefix}:queued:{model}"
 
+    def workers_key(self, model: str) -> str:
+        """Sorted set: the model's workers by the time of their last heartbeat."""
+        return f"{self.prefix}:workers:{model}"
+
+    def durations_key(self, model: str) -> str:
+        return f"{self.prefix}:durations:{model}"
+
     def finished_key(self, model: str) -> str:
         return f"{self.prefix}:finished:{model}"
 
@@ -247,14 +254,14 @@ class JobStore:
 
     # Run times of finished jobs, for estimates.
     def record_duration(self, model: str, seconds: float, keep: int = 20) -> None:
-        key = f"{self.prefix}:durations:{model}"
+        key = self.durations_key(model)
         pipe = self.redis.pipeline()
         pipe.lpush(key, f"{seconds:.3f}")
         pipe.ltrim(key, 0, keep - 1)
         pipe.execute()
 
     def mean_duration(self, model: str) -> float | None:
-        values = [float(v) for v in self.redis.lrange(f"{self.prefix}:durations:{model}", 0, -1)]
+        values = [float(v) for v in self.redis.lrange(self.durations_key(model), 0, -1)]
         return sum(values) / len(values) if values else None
 
     # Workers
@@ -262,21 +269,21 @@ class JobStore:
         now = time.time()
         pipe = self.redis.pipeline()
         pipe.set(f"{self.prefix}:worker:{worker_id}", json.dumps({**info, "model": model, "seen_at": now}), px=int(ttl_s * 1000))
-        pipe.zadd(f"{self.prefix}:workers:{model}", {worker_id: now})
-        pipe.zremrangebyscore(f"{self.prefix}:workers:{model}", 0, now - 3600)
+        pipe.zadd(self.workers_key(model), {worker_id: now})
+        pipe.zremrangebyscore(self.workers_key(model), 0, now - 3600)
         pipe.execute()
 
     def forget_worker(self, worker_id: str, model: str) -> None:
         pipe = self.redis.pipeline()
         pipe.delete(f"{self.prefix}:worker:{worker_id}")
-        pipe.zrem(f"{self.prefix}:workers:{model}", worker_id)
+        pipe.zrem(self.workers_key(model), worker_id)
         pipe.execute()
 
     def worker_alive(self, worker_id: str) -> bool:
         return bool(self.redis.exists(f"{self.prefix}:worker:{worker_id}"))
 
     def live_workers(self, model: str) -> list[dict[str, Any]]:
-        ids = self.redis.zrange(f"{self.prefix}:workers:{model}", 0, -1)
+        ids = self.redis.zrange(self.workers_key(model), 0, -1)
         if not ids:
             return []
         raws = self.redis.mget([f"{self.prefix}:worker:{i.decode() if isinstance(i, bytes) else i}" for i in ids])

@@ -1,0 +1,93 @@
+"""A new job is stored and queued in one atomic script (FairQueue.create / acreate): either the record
+and its queue entry both exist or neither does, and the answer carries the job's place in line and
+what its start estimate needs. Real Redis; a model id of its own, so no worker or dispatcher sees it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from shared.errors import RateLimited
+from shared.fairqueue import FairQueue
+from shared.schemas import GenerationSpec, JobRecord, JobStatus
+from shared.settings import QuotaSettings
+from shared.store import JobStore
+
+
+def _record(model: str, tenant: str) -> JobRecord:
+    spec = GenerationSpec(
+        model=model,
+        prompt="queued",
+        negative_prompt="",
+        width=64,
+        height=64,
+        num_frames=5,
+        fps=8,
+        num_inference_steps=1,
+        guidance_scale=1.0,
+        guidance_scale_2=None,
+        flow_shift=1.0,
+        seed=0,
+    )
+    return JobRecord(id=f"video_{uuid.uuid4().hex}", tenant=tenant, spec=spec)
+
+
+def _fresh(store: JobStore, **quota: int) -> tuple[FairQueue, str, str]:
+    model, tenant = f"create-test-{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}"
+    quotas = QuotaSettings(tenants={tenant: quota})
+    return FairQueue(store, quotas, [model]), model, tenant
+
+
+def test_create_stores_and_queues_or_refuses_with_nothing_stored(store: JobStore) -> None:
+    fairq, model, tenant = _fresh(store, max_queued_jobs=2)
+    first, second, third = (_record(model, tenant) for _ in range(3))
+
+    created = [fairq.create(first), fairq.create(second)]
+    assert [c.position for c in created] == [0, 1]
+    assert [c.admitted for c in created] == [True, True]
+    assert store.get(first.id) == first and store.get(second.id) == second
+    assert fairq.waiting_count(tenant) == 2
+    assert fairq.position(second) == 1
+    assert store.redis.zscore(store.tenant_jobs_key(tenant), first.id) == pytest.approx(first.created_at)
+    assert store.redis.zscore(store.queued_key(model), second.id) is not None
+
+    with pytest.raises(RateLimited) as refused:
+        fairq.create(third)
+    assert refused.value.param == "max_queued_jobs" and "2 jobs waiting" in str(refused.value)
+    # Refused means never stored: no record, in no index, in no queue.
+    assert store.get(third.id) is None
+    assert store.redis.zscore(store.tenant_jobs_key(tenant), third.id) is None
+    assert store.redis.zscore(store.all_jobs_key(), third.id) is None
+    assert fairq.position(third) is None and fairq.waiting_count(tenant) == 2
+
+    # A job that leaves the queue frees its slot.
+    assert store.transition(first.id, allowed=[JobStatus.queued], patch={"status": "canceled"}).ok
+    assert fairq.create(third).position == 1
+
+
+def test_acreate_answers_with_place_live_workers_and_mean_duration(store: JobStore) -> None:
+    fairq_sync, model, tenant = _fresh(store, max_queued_jobs=10)
+    url = store.redis.connection_pool.connection_kwargs
+    aclient = aioredis.Redis(host=url["host"], port=url["port"], db=url.get("db", 0))
+    fairq = FairQueue(store, fairq_sync.quotas, [model], aclient=aclient, worker_ttl_s=10)
+    store.heartbeat("w-live", model, {}, ttl_s=10)
+    store.record_duration(model, 30.0)
+    store.record_duration(model, 50.0)
+
+    async def go() -> list[object]:
+        try:
+            return [await fairq.acreate(_record(model, tenant)) for _ in range(3)]
+        finally:
+            await aclient.aclose()
+
+    before = time.time()
+    created = asyncio.run(go())
+    assert [c.position for c in created] == [0, 1, 2]  # type: ignore[attr-defined]
+    assert all(c.live_workers == 1 and c.mean_duration_s == pytest.approx(40.0) for c in created)  # type: ignore[attr-defined]
+    # Third in line, one worker, 40 s a job: about 2.5 jobs' time from now.
+    start = created[2].estimated_start_at(before)  # type: ignore[attr-defined]
+    assert start == int(before + 40.0 * 2.5)
