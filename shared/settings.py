@@ -172,6 +172,9 @@ class ApiSettings(BaseModel):
     """Address `wanq api` listens on."""
     port: int = Field(default=8000, ge=0, le=65535)
     """Port `wanq api` listens on."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """API processes sharing the port (uvicorn's workers); each runs its own dispatcher when `dispatch.in_api`.
+    One process uses about one core: past ~600 POST/s on one core, add processes (or replicas)."""
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     """Largest request body, on every route; past it the answer is 413 (bodies sent chunked included)."""
 

@@ -79,8 +79,14 @@ def cmd_api(args: argparse.Namespace) -> None:
     _configure_logging(args.loglevel)
     host = args.host or settings.api.host
     port = args.port if args.port is not None else settings.api.port
+    workers = args.workers or settings.api.workers
+    if workers > 1:
+        # Each worker process builds its app from the same settings, through api_factory.
+        os.environ[_API_LOGLEVEL_ENV] = args.loglevel
     uvicorn.run(
-        create_app(settings),
+        create_app(settings) if workers == 1 else "wanq.cli:api_factory",
+        factory=workers > 1,
+        workers=workers,
         host=host,
         port=port,
         log_level=args.loglevel.lower(),
@@ -88,6 +94,17 @@ def cmd_api(args: argparse.Namespace) -> None:
         timeout_graceful_shutdown=5,
         log_config=None,  # uvicorn's own lines go through the JSON handler too
     )
+
+
+_API_LOGLEVEL_ENV = "_WANQ_API_LOGLEVEL"
+
+
+def api_factory() -> Any:
+    """The entry point of each process of `wanq api --workers N` (uvicorn imports it by name)."""
+    from api.app import create_app
+
+    _configure_logging(os.environ.get(_API_LOGLEVEL_ENV, "INFO"))
+    return create_app(load_settings())
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -230,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("api", help="run the HTTP API")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, help="API processes sharing the port (WANQ_API_WORKERS, default 1)")
     p.add_argument("--loglevel", default="INFO")
     p.set_defaults(func=cmd_api)
 
