@@ -36,6 +36,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -48,6 +49,8 @@ from shared.settings import Settings
 from shared.store import JobStore
 from wanq.stack import Stack
 
+OPEN_RATES = (100.0, 300.0)  # req/s offered over 64 connections, one API process
+OPEN_RATES_2 = (600.0,)  # the same with two API processes
 SERVED = "tiny-t2v-a14b"
 UNSERVED = "wan2.2-t2v-a14b"  # accepted and queued; no worker: POSTs measure the API alone
 
@@ -57,28 +60,86 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def post_load(url: str, headers: dict[str, str], clients: int, seconds: float) -> dict[str, Any]:
+def _post_request(url: str, headers: dict[str, str]) -> tuple[str, int, bytes]:
+    """The raw bytes of one POST /v1/videos, built once and sent over and over."""
+    parsed = urlsplit(url)
+    body = json.dumps({"prompt": "load", "model": UNSERVED, "size": "64x64", "num_frames": 5, "num_inference_steps": 1})
+    head = ["POST /v1/videos HTTP/1.1", f"Host: {parsed.netloc}", "Content-Type: application/json"]
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    head.append(f"Content-Length: {len(body)}")
+    return parsed.hostname or "127.0.0.1", parsed.port or 80, ("\r\n".join(head) + "\r\n\r\n" + body).encode()
+
+
+async def _read_status(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length:
+        await reader.readexactly(length)
+    return int(head[9:12])
+
+
+async def post_load(url: str, headers: dict[str, str], clients: int, seconds: float, rate: float | None = None) -> dict[str, Any]:
+    """POSTs over `clients` keep-alive connections for `seconds`.
+
+    Closed loop (rate None): each connection posts again as soon as it has its answer, so this finds the
+    saturation throughput, and latency is mostly queueing (Little's law). Open loop (rate in req/s):
+    requests are due at a fixed rate whatever the answers, spread over the connections, and each latency
+    counts from when the request was due, so a slow answer also delays the ones behind it (no coordinated
+    omission). The client is a few lines of asyncio over raw HTTP/1.1: a general HTTP client spends
+    more CPU per request than the API does and, on a shared 2-core machine, would measure itself.
+    """
+    host, port, request = _post_request(url, headers)
     latencies: list[float] = []
     errors = 0
-    body = {"prompt": "load", "model": UNSERVED, "size": "64x64", "num_frames": 5, "num_inference_steps": 1}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as client:
-        stop_at = time.perf_counter() + seconds
+    stop_at = time.perf_counter() + seconds
+    due: asyncio.Queue[float | None] = asyncio.Queue()
 
-        async def one_client() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                t0 = time.perf_counter()
-                response = await client.post("/v1/videos", json=body)
+    async def one_client() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while True:
+                if rate is None:
+                    if time.perf_counter() >= stop_at:
+                        return
+                    t0 = time.perf_counter()
+                else:
+                    t = await due.get()
+                    if t is None:
+                        return
+                    t0 = t
+                writer.write(request)
+                status = await _read_status(reader)
                 latencies.append(time.perf_counter() - t0)
-                if response.status_code != 202:
+                if status != 202:
                     errors += 1
+        finally:
+            writer.close()
 
-        started = time.perf_counter()
-        await asyncio.gather(*(one_client() for _ in range(clients)))
-        elapsed = time.perf_counter() - started
+    async def schedule() -> None:
+        assert rate is not None
+        first = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            at = first + i / rate
+            await asyncio.sleep(max(0.0, at - time.perf_counter()))
+            due.put_nowait(at)
+        for _ in range(clients):
+            due.put_nowait(None)
+
+    started = time.perf_counter()
+    tasks = [one_client() for _ in range(clients)]
+    if rate is not None:
+        tasks.append(schedule())
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
     return {
         "clients": clients,
+        "mode": "closed" if rate is None else "open",
+        "offered_rps": rate,
         "requests": len(latencies),
         "errors": errors,
         "throughput_rps": len(latencies) / elapsed,
@@ -118,6 +179,14 @@ def celery_floor(settings: Settings, clients: int, seconds: float) -> dict[str, 
         "p50_ms": pct(latencies, 0.5) * 1000,
         "p99_ms": pct(latencies, 0.99) * 1000,
     }
+
+
+def restart_api(stack: Stack, *, workers: int) -> None:
+    for managed in [m for m in stack.processes if m.name.startswith("api-")]:
+        managed.stop()
+        stack.processes.remove(managed)
+    stack.env["WANQ_API_WORKERS"] = str(workers)
+    stack.start_api()
 
 
 def drain(api: httpx.Client, model: str) -> None:
@@ -188,6 +257,7 @@ def main() -> None:
     parser.add_argument("--pickups", type=int, default=30)
     parser.add_argument("--jobs", type=int, default=6, help="back-to-back jobs for the idle measurement")
     parser.add_argument("--out", default="benchmarks/results/service_load.json")
+    parser.add_argument("--post-only", action="store_true", help="part 1 only (for iterating on the API's own overhead)")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="wanq-bench-"))
@@ -234,6 +304,26 @@ def main() -> None:
             results["floor"].append(celery_floor(settings, clients, args.seconds))
             store.redis.delete("wanq.floor")
 
+        # Open loop: requests due at a fixed rate over 64 connections (latency at a given load).
+        results["post_open"] = []
+        for rate in OPEN_RATES:
+            results["post_open"].append(asyncio.run(post_load(stack.api_url, headers, 64, args.seconds, rate)))
+            drain(api, UNSERVED)
+
+        # The same API on two processes (`wanq api --workers 2`): one process is one core.
+        results["post_2_processes"] = []
+        restart_api(stack, workers=2)
+        api = httpx.Client(base_url=stack.api_url, headers=headers, timeout=30)
+        for rate in (None, *OPEN_RATES_2):
+            results["post_2_processes"].append(asyncio.run(post_load(stack.api_url, headers, 64, args.seconds, rate)))
+            drain(api, UNSERVED)
+        restart_api(stack, workers=1)
+        api = httpx.Client(base_url=stack.api_url, headers=headers, timeout=30)
+
+        if args.post_only:
+            print_table(results)
+            return
+
         # 2. Pick-up latency with an idle worker
         results["pickup"] = pickup_latency(api, store, args.pickups)
 
@@ -275,6 +365,17 @@ def print_table(r: dict[str, Any]) -> None:
             f"{post['clients']:7d} | {post['throughput_rps']:6.0f} | {post['p50_ms']:7.1f} | {post['p90_ms']:7.1f} | {post['p99_ms']:7.1f} | "
             f"{post['errors']:6d} | {floor['throughput_rps']:6.0f} | {floor['p50_ms']:6.2f} | {floor['p99_ms']:6.2f} | {post['throughput_rps'] / floor['throughput_rps']:.2f}"
         )
+    print("\nPOST /v1/videos, open loop over 64 connections (latency counted from when each request was due)")
+    print("API processes | offered req/s | served req/s |  p50 ms |  p90 ms |  p99 ms | errors")
+    rows = [(1, p) for p in r["post_open"]] + [(2, p) for p in r["post_2_processes"]]
+    for procs, post in rows:
+        offered = "closed" if post["offered_rps"] is None else f"{post['offered_rps']:.0f}"
+        print(
+            f"{procs:13d} | {offered:>13} | {post['throughput_rps']:12.0f} | {post['p50_ms']:7.1f} | {post['p90_ms']:7.1f} | "
+            f"{post['p99_ms']:7.1f} | {post['errors']:6d}"
+        )
+    if "pickup" not in r:
+        return
     p = r["pickup"]
     print(
         f"\npick-up latency (idle worker, {p['jobs']} jobs): p50 {p['p50_ms']:.1f} ms, p90 {p['p90_ms']:.1f} ms, max {p['max_ms']:.1f} ms"
