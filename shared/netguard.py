@@ -66,7 +66,7 @@ def resolve_public(
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):
         raise InvalidRequest(f"invalid '{param}': host {host!r} does not resolve", param=param) from None
-    addresses = sorted({ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos}, key=str)
+    addresses = sorted({ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos}, key=str)
     allowed = list(allowlist)
     for addr in addresses:
         if any(addr in net for net in allowed):

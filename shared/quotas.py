@@ -44,7 +44,10 @@ class Quotas:
         self._alimiter = None
         if aclient is not None:
             astorage = AsyncRedisStorage(
-                f"async+{url}", implementation="redispy", connection_pool=aclient.connection_pool, key_prefix=f"{prefix}:rpm"
+                f"async+{url}",
+                implementation="redispy",
+                connection_pool=aclient.connection_pool,  # type: ignore[arg-type]  # passed on to redis.asyncio
+                key_prefix=f"{prefix}:rpm",
             )
             self._alimiter = AsyncSlidingWindowCounterRateLimiter(astorage)
 

@@ -227,27 +227,27 @@ class JobStore:
         key = self.tenant_jobs_key(tenant) if tenant is not None else self.all_jobs_key()
         start = 0
         if after is not None:
-            rank = self.redis.zrevrank(key, after) if newest_first else self.redis.zrank(key, after)
+            rank: Any = self.redis.zrevrank(key, after) if newest_first else self.redis.zrank(key, after)
             if rank is None:
                 return [], False
-            start = rank + 1
+            start = int(rank) + 1
         fetch = self.redis.zrevrange if newest_first else self.redis.zrange
-        ids = [i.decode() if isinstance(i, bytes) else i for i in fetch(key, start, start + limit)]
+        ids = _texts(fetch(key, start, start + limit))
         return ids[:limit], len(ids) > limit
 
     def queue_position(self, record: JobRecord) -> int | None:
         """0-based place among the model's queued jobs, oldest first."""
-        rank = self.redis.zrank(self.queued_key(record.spec.model), record.id)
+        rank: Any = self.redis.zrank(self.queued_key(record.spec.model), record.id)
         return None if rank is None else int(rank)
 
     def queued_count(self, model: str) -> int:
         return int(self.redis.zcard(self.queued_key(model)))
 
     def running_ids(self) -> list[str]:
-        return [i.decode() for i in self.redis.zrange(f"{self.prefix}:running", 0, -1)]
+        return _texts(self.redis.zrange(f"{self.prefix}:running", 0, -1))
 
     def expired_ids(self, now: float, limit: int = 500) -> list[str]:
-        return [i.decode() for i in self.redis.zrangebyscore(f"{self.prefix}:expiring", 0, now, start=0, num=limit)]
+        return _texts(self.redis.zrangebyscore(f"{self.prefix}:expiring", 0, now, start=0, num=limit))
 
     def forget_expired(self, job_id: str) -> None:
         self.redis.zrem(f"{self.prefix}:expiring", job_id)
@@ -288,6 +288,11 @@ class JobStore:
             return []
         raws = self.redis.mget([f"{self.prefix}:worker:{i.decode() if isinstance(i, bytes) else i}" for i in ids])
         return [json.loads(r) for r in raws if r]
+
+
+def _texts(values: Any) -> list[str]:
+    """Members as str (the client is built without decode_responses)."""
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
 
 
 def is_terminal(status: str | JobStatus) -> bool:

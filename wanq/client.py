@@ -247,7 +247,9 @@ class Client:
     def webhook_endpoint(self, *, tenant: str | None = None) -> dict[str, Any]:
         return self._check(self._http.get("/v1/webhook_endpoint", params=_tenant(tenant))).json()  # type: ignore[no-any-return]
 
-    def set_webhook_endpoint(self, url: str, *, events: list[str] | None = None, tenant: str | None = None) -> dict[str, Any]:
+    def set_webhook_endpoint(
+        self, url: str, *, events: builtins.list[str] | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
         """Returns the endpoint; its `secret` is present only when this call created the signing secret."""
         response = self._http.put("/v1/webhook_endpoint", json={"url": url, "events": events}, params=_tenant(tenant))
         return self._check(response).json()  # type: ignore[no-any-return]

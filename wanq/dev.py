@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from shared.catalog import TINY_MODEL_IDS
@@ -105,7 +106,7 @@ def run_demo(argv: list[str] | None = None) -> None:
     try:
         key = ["--api-key", stack.env[DEV_ADMIN_KEY_ENV]]  # works whether or not authentication is open
         cli.main(["submit", args.prompt, "--model", "tiny-ti2v-5b", "--wait", "-o", str(output), "--url", stack.api_url, *key])
-        info = probe_mp4(output)
+        info: dict[str, Any] = probe_mp4(output)
         print(
             f"demo: {output.resolve()} — {info['codec']} {info['size'][0]}x{info['size'][1]}, {info['frames']} frames at {info['fps']:g} fps"
         )

@@ -66,7 +66,10 @@ _create_schema = {
 
 def load_job(services: Services, principal: Principal, job_id: str) -> JobRecord:
     """The caller's job, or 404 exactly as for an id that does not exist."""
-    record = services.store.get(job_id)
+    return _visible(services.store.get(job_id), principal, job_id)
+
+
+def _visible(record: JobRecord | None, principal: Principal, job_id: str) -> JobRecord:
     if record is None or (record.tenant != principal.tenant and not principal.admin):
         raise NotFound(f"no video with id {job_id!r}", param="video_id")
     return record
@@ -190,7 +193,7 @@ async def create_video(
     except BaseException:
         await asyncio.to_thread(keys.abandon, principal.tenant, idempotency_key)
         raise
-    await asyncio.to_thread(keys.complete, principal.tenant, idempotency_key, print_, json.loads(response.body)["id"])
+    await asyncio.to_thread(keys.complete, principal.tenant, idempotency_key, print_, json.loads(bytes(response.body))["id"])
     return response
 
 
@@ -284,11 +287,16 @@ def video_page(
 
 
 @router.get("/{video_id}", response_model=None, responses=ok(Video), summary="Retrieve a video job")
-def retrieve_video(video_id: str, services: ServicesDep, principal: PrincipalDep, response: Response) -> dict[str, Any]:
-    record = load_job(services, principal, video_id)
+async def retrieve_video(video_id: str, services: ServicesDep, principal: PrincipalDep, response: Response) -> dict[str, Any]:
+    # Clients poll this: a running or finished job is one read on the event loop; only a queued job's
+    # place in line and start estimate take the thread pool.
+    raw = await services.aioredis.get(services.store.job_key(video_id))
+    record = _visible(JobRecord.model_validate_json(raw) if raw else None, principal, video_id)
     if not record.status.is_terminal():
         response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
-    return video_object(services, record)
+    if record.status is JobStatus.queued:
+        return await asyncio.to_thread(video_object, services, record)
+    return record.to_video()
 
 
 @router.post("/{video_id}/cancel", response_model=None, responses=ok(Video), summary="Cancel a queued or running video job")
