@@ -13,27 +13,10 @@ import redis.asyncio as aioredis
 
 from shared.errors import RateLimited
 from shared.fairqueue import FairQueue
-from shared.schemas import GenerationSpec, JobRecord, JobStatus
+from shared.schemas import JobStatus
 from shared.settings import QuotaSettings
 from shared.store import JobStore
-
-
-def _record(model: str, tenant: str) -> JobRecord:
-    spec = GenerationSpec(
-        model=model,
-        prompt="queued",
-        negative_prompt="",
-        width=64,
-        height=64,
-        num_frames=5,
-        fps=8,
-        num_inference_steps=1,
-        guidance_scale=1.0,
-        guidance_scale_2=None,
-        flow_shift=1.0,
-        seed=0,
-    )
-    return JobRecord(id=f"video_{uuid.uuid4().hex}", tenant=tenant, spec=spec)
+from tests.records import job_record
 
 
 def _fresh(store: JobStore, **quota: int) -> tuple[FairQueue, str, str]:
@@ -44,7 +27,7 @@ def _fresh(store: JobStore, **quota: int) -> tuple[FairQueue, str, str]:
 
 def test_create_stores_and_queues_or_refuses_with_nothing_stored(store: JobStore) -> None:
     fairq, model, tenant = _fresh(store, max_queued_jobs=2)
-    first, second, third = (_record(model, tenant) for _ in range(3))
+    first, second, third = (job_record(model, tenant) for _ in range(3))
 
     created = [fairq.create(first), fairq.create(second)]
     assert [c.position for c in created] == [0, 1]
@@ -80,7 +63,7 @@ def test_acreate_answers_with_place_live_workers_and_mean_duration(store: JobSto
 
     async def go() -> list[object]:
         try:
-            return [await fairq.acreate(_record(model, tenant)) for _ in range(3)]
+            return [await fairq.acreate(job_record(model, tenant)) for _ in range(3)]
         finally:
             await aclient.aclose()
 

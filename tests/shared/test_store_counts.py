@@ -4,30 +4,15 @@ no worker or other test sees these jobs."""
 
 from __future__ import annotations
 
-import uuid
-
-from shared.schemas import GenerationSpec, JobRecord, JobStatus
+from shared.schemas import JobRecord, JobStatus
 from shared.store import JobStore
+from tests.records import job_record
 
 MODEL = "counts-test-model"
 
 
 def _record() -> JobRecord:
-    spec = GenerationSpec(
-        model=MODEL,
-        prompt="counting",
-        negative_prompt="",
-        width=64,
-        height=64,
-        num_frames=5,
-        fps=8,
-        num_inference_steps=1,
-        guidance_scale=1.0,
-        guidance_scale_2=None,
-        flow_shift=1.0,
-        seed=0,
-    )
-    return JobRecord(id=f"video_{uuid.uuid4().hex}", tenant="counts", spec=spec)
+    return job_record(MODEL, "counts")
 
 
 def _finished(store: JobStore) -> dict[str, int]:
