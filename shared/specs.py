@@ -24,6 +24,19 @@ from shared.settings import JobSettings
 MAX_SEED = 2**32 - 1
 
 
+# The request's numeric generation fields (each refuses a JSON boolean); `wanq generate` takes the same ones.
+NUMBER_FIELDS = (
+    "seconds",
+    "num_frames",
+    "fps",
+    "num_inference_steps",
+    "guidance_scale",
+    "guidance_scale_2",
+    "seed",
+    "flow_shift",
+)
+
+
 class VideoRequest(BaseModel):
     """The body of `POST /v1/videos` (JSON or multipart form fields)."""
 
@@ -45,17 +58,7 @@ class VideoRequest(BaseModel):
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
 
-    @field_validator(
-        "seconds",
-        "num_frames",
-        "fps",
-        "num_inference_steps",
-        "guidance_scale",
-        "guidance_scale_2",
-        "seed",
-        "flow_shift",
-        mode="before",
-    )
+    @field_validator(*NUMBER_FIELDS, mode="before")
     @classmethod
     def _not_a_boolean(cls, value: Any) -> Any:
         # pydantic's lax mode reads true as 1; a boolean where a number belongs is a client bug worth naming.

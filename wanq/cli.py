@@ -128,7 +128,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     from shared.catalog import PRESETS
     from shared.errors import WanqError
-    from shared.specs import VideoRequest, resolve_spec
+    from shared.specs import NUMBER_FIELDS, VideoRequest, resolve_spec
     from worker import export
     from worker.engine import WanEngine, detect_variant
 
@@ -139,22 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     model_id = args.model or next(m for m, s in PRESETS.items() if s.variant == variant and s.tiny == args.tiny)
     catalog = {model_id: PRESETS[model_id]}
     image = Image.open(args.image).convert("RGB") if args.image else None
-    fields = {
-        k: getattr(args, k)
-        for k in (
-            "size",
-            "seconds",
-            "num_frames",
-            "fps",
-            "num_inference_steps",
-            "guidance_scale",
-            "guidance_scale_2",
-            "seed",
-            "flow_shift",
-            "negative_prompt",
-        )
-        if getattr(args, k) is not None
-    }
+    fields = {k: getattr(args, k) for k in ("size", *NUMBER_FIELDS, "negative_prompt") if getattr(args, k) is not None}
     try:
         spec = resolve_spec(
             VideoRequest(prompt=args.prompt, model=model_id, **fields),
