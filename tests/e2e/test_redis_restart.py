@@ -137,9 +137,9 @@ def statuses(client: redis.Redis, ids: list[str]) -> Counter[str]:
 def test_a_job_stored_but_never_queued_is_queued_by_the_dispatcher(
     stack: Stack, api: httpx.Client, settings: Settings, store: JobStore
 ) -> None:
-    """The API writes a job's record, then puts it in its tenant's queue: if Redis goes away between the two,
-    the client got a 503, but the record exists. A dispatcher queues such a job once it is older than
-    `dispatch.recover_after_s`, so it runs rather than sitting `queued` forever."""
+    """The API stores and queues a job in one script (FairQueue.create), so it never leaves a record outside
+    every queue; a record written on its own (an older API during a rolling upgrade, a hand-made repair) is
+    still not left `queued` forever: a dispatcher queues it once it is older than `dispatch.recover_after_s`."""
     request = VideoRequest(prompt="half submitted", model="tiny-ti2v-5b", size="64x64", num_frames=5, num_inference_steps=1)
     spec = resolve_spec(request, settings.catalog(), settings.default_model, settings.jobs, has_image=False)
     record = JobRecord(id=f"video_{uuid.uuid4().hex}", tenant="admin", spec=spec, total_steps=spec.num_inference_steps)
