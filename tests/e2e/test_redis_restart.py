@@ -289,6 +289,9 @@ def _restart_under_load(stack: Stack, receiver: Receiver, started: float) -> Non
             "api_calls_during_outage": len(during),
             "api_answers": dict(tally),
             "api_recovered_after_s": round(recovered_s, 2),
+            "event_stream_across_outage": (
+                "no job was running" if follower is None else f"ended cleanly with a {follower.events[-1][0]!r} event"
+            ),
             "completed": final["completed"],
             "completed_after_restart_before_drain": after_restart,
             "workers_resumed_within_s": round(resumed_s, 1),
