@@ -272,6 +272,24 @@ def test_a_client_error_is_final_and_an_attempt_that_times_out_is_retried(
     assert second.status_code == 200
 
 
+def test_a_slow_receiver_holds_up_no_other_delivery(receiver: Receiver, tenant: Tenant, redis_client: redis.Redis) -> None:
+    # Three receivers that hang past the stack's 3 s attempt timeout on their first request, then one that
+    # answers at once: with the slow attempts in flight, the fast delivery must be done before any of them
+    # has ended (a delivery process that sent one at a time would record a slow timeout first).
+    hangs = [path(f"hang{n}", "sleep=6&slow=1") for n in range(3)]
+    slow = [inject(redis_client, tenant, receiver.url(hang)) for hang in hangs]
+    for hang in hangs:
+        receiver.wait_for(hang, 1)  # all three attempts are now in flight, each held by its receiver
+    fast = finished(redis_client, inject(redis_client, tenant, receiver.url(path("quick"))))
+    assert fast.status == "delivered" and [a.status_code for a in fast.attempts] == [200]
+    store = WebhookStore(redis_client)
+    still = [store.get_delivery(d.id) for d in slow]
+    assert all(d is not None and d.attempts == [] for d in still), [d.attempts if d else None for d in still]
+    for delivery in slow:  # each times out once, then its retry is answered
+        done = finished(redis_client, delivery)
+        assert done.status == "delivered" and str(done.attempts[0].error).startswith("timeout")
+
+
 def test_progress_events_are_opt_in(api: httpx.Client, receiver: Receiver, tenant: Tenant) -> None:
     secret = tenant.secret
     hook = path("progress")
