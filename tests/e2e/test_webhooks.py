@@ -73,13 +73,13 @@ def verified(secret: str, request: dict[str, Any]) -> dict[str, Any]:
     return Webhook(secret).verify(request["body"], request["headers"])  # type: ignore[no-any-return]
 
 
-def inject(redis_client: redis.Redis, tenant: Tenant, url: str) -> Delivery:
+def inject(redis_client: redis.Redis, tenant: Tenant, url: str, job_id: str | None = None) -> Delivery:
     """A delivery of `tenant` put straight into the due set, for the stack's delivery process to send (no
     job needed). It is signed with the tenant's secrets: a tenant without one gets nothing sent."""
     store = WebhookStore(redis_client)
     body = event_body("video.completed", time.time(), {"id": "video_injected", "object": "video", "status": "completed"})
     delivery = Delivery(
-        id=f"msg_{uuid.uuid4().hex}", job_id=f"video_{uuid.uuid4().hex}", tenant=tenant.name, event="video.completed",
+        id=f"msg_{uuid.uuid4().hex}", job_id=job_id or f"video_{uuid.uuid4().hex}", tenant=tenant.name, event="video.completed",
         target="job", url=url, max_attempts=5, body=body.decode(),
     )  # fmt: skip
     assert store.add_delivery(delivery)
@@ -270,6 +270,21 @@ def test_a_client_error_is_final_and_an_attempt_that_times_out_is_retried(
     first, second = slow.attempts
     assert first.status_code is None and str(first.error).startswith("timeout")
     assert second.status_code == 200
+
+
+def test_a_410_from_a_jobs_own_url_stops_that_jobs_deliveries_there_only(
+    receiver: Receiver, tenant: Tenant, redis_client: redis.Redis
+) -> None:
+    gone = path("job-gone", "codes=410,200")  # 410 to the first request, 200 to any later one
+    job = f"video_{uuid.uuid4().hex}"
+    first = finished(redis_client, inject(redis_client, tenant, receiver.url(gone), job_id=job))
+    assert first.status == "failed" and [a.status_code for a in first.attempts] == [410] and "410" in str(first.error)
+    # The same job's next event to that URL is not sent at all; another job's event to it still is.
+    again = finished(redis_client, inject(redis_client, tenant, receiver.url(gone), job_id=job))
+    assert again.status == "failed" and again.attempts == [] and "410 Gone earlier" in str(again.error)
+    other = finished(redis_client, inject(redis_client, tenant, receiver.url(gone)))
+    assert other.status == "delivered" and [a.status_code for a in other.attempts] == [200]
+    assert [r["status"] for r in receiver.requests(gone)] == [410, 200]
 
 
 def test_a_slow_receiver_holds_up_no_other_delivery(receiver: Receiver, tenant: Tenant, redis_client: redis.Redis) -> None:
