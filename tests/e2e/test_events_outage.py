@@ -1,0 +1,80 @@
+"""A live event stream when Redis goes away (a stack of its own: its Redis is stopped): the stream says
+why it ends and ends cleanly, never a cut connection; a new stream meanwhile is a 503 with Retry-After;
+once Redis is back, reconnecting resumes with the job's current state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.private_stack import ADMIN_UNLIMITED, MODEL, redis_process
+from wanq.stack import Stack
+
+
+def _events(lines: Any) -> list[tuple[str | None, dict[str, Any]]]:
+    events, name = [], None
+    for line in lines:
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def test_an_event_stream_ends_cleanly_when_redis_goes_away(tmp_path: Path) -> None:
+    stack = Stack(tmp_path)
+    stack.env.update(
+        {
+            "WANQ_MODELS": json.dumps([MODEL]),  # no worker: the job stays queued
+            "WANQ_S3_BUCKET": "wanq-outage",
+            "WANQ_S3_CREATE_BUCKET": "true",
+            "WANQ_QUOTAS_TENANTS": json.dumps(ADMIN_UNLIMITED),
+        }
+    )
+    stack.seed_admin_key()
+    try:
+        stack.start_redis(appendonly=True)
+        stack.start_s3()
+        stack.start_api()
+        api = httpx.Client(base_url=stack.api_url, headers=stack.admin_headers(), timeout=30)
+        created = api.post("/v1/videos", json={"prompt": "waits", "model": MODEL, "size": "64x64", "num_frames": 5})
+        assert created.status_code == 202, created.text
+        video_id = created.json()["id"]
+
+        with api.stream("GET", f"/v1/videos/{video_id}/events") as response:
+            assert response.status_code == 200
+            lines = response.iter_lines()
+            before: list[str] = []
+            for line in lines:
+                before.append(line)
+                if line.startswith("data: "):
+                    break
+            ((name, video),) = _events(before)
+            assert name == "video" and video["id"] == video_id and video["status"] == "queued"
+            port, server = redis_process(stack)
+            server.stop()  # type: ignore[attr-defined]
+            rest = list(lines)  # returns only when the server ends the stream
+        ending = _events(rest)
+        assert ending and ending[-1][0] == "error", rest
+        assert ending[-1][1]["error"]["code"] == "store_unavailable"
+        assert "retry: 2000" in rest
+
+        # Meanwhile a new stream (and any call) is refused plainly, with a hint when to come back.
+        refused = api.get(f"/v1/videos/{video_id}/events")
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) > 0, refused.text
+
+        # Redis back (AOF): reconnecting starts with the job as it is, still queued.
+        stack.start_redis(port, appendonly=True)
+        with api.stream("GET", f"/v1/videos/{video_id}/events") as again:
+            assert again.status_code == 200
+            resumed: list[str] = []
+            for line in again.iter_lines():
+                resumed.append(line)
+                if line.startswith("data: "):
+                    break
+        assert _events(resumed)[0][1]["id"] == video_id and _events(resumed)[0][1]["status"] == "queued"
+    finally:
+        stack.stop()
