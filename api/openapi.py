@@ -263,15 +263,19 @@ CONTENT: dict[int | str, dict[str, Any]] = {
 
 EVENTS: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Server-Sent Events: `event: video` with the Video object as `data`, until it ends.",
+        "description": "Server-Sent Events: `event: video` with the Video object as `data`, until it ends. "
+        "If the server must end the stream early (its job store became unreachable), the last event is "
+        "`event: interrupted` with an OpenAI-style `{\"error\": {...}}` as `data` and a `retry` hint: "
+        "reconnect, and the stream starts again from the current state.",
         "content": {
             "text/event-stream": {
                 "schema": {
                     "type": "object",
-                    "description": "One event: `event: video`, `data`: the Video object as JSON.",
+                    "description": "One event: `event: video`, `data`: the Video object as JSON "
+                    "(or, last, `event: interrupted`, `data`: an error object).",
                     "required": ["event", "data"],
                     "properties": {
-                        "event": {"const": "video"},
+                        "event": {"enum": ["video", "interrupted"]},
                         "id": {"type": "string"},
                         "data": {"type": "string", "contentMediaType": "application/json"},
                     },

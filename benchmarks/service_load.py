@@ -71,13 +71,21 @@ def _post_request(url: str, headers: dict[str, str]) -> tuple[str, int, bytes]:
 
 
 async def _read_status(reader: asyncio.StreamReader) -> int:
+    """Reads one whole response (Content-Length or chunked body) and returns its status."""
     head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
+    length, chunked = 0, False
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+        name = name.strip().lower()
+        if name == b"content-length":
             length = int(value)
-    if length:
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    if chunked:
+        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            await reader.readexactly(size + 2)
+        await reader.readuntil(b"\r\n")  # no trailers are sent
+    elif length:
         await reader.readexactly(length)
     return int(head[9:12])
 
@@ -112,10 +120,16 @@ async def post_load(url: str, headers: dict[str, str], clients: int, seconds: fl
                     if t is None:
                         return
                     t0 = t
-                writer.write(request)
-                status = await _read_status(reader)
-                latencies.append(time.perf_counter() - t0)
-                if status != 202:
+                try:
+                    writer.write(request)
+                    status = await _read_status(reader)
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    status = 0  # the server dropped the connection: an error, then a new connection
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, port)
+                if status == 202:
+                    latencies.append(time.perf_counter() - t0)  # latency and throughput count successes only
+                else:
                     errors += 1
         finally:
             writer.close()

@@ -49,6 +49,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from shared.errors import RateLimited
+from shared.idempotency import IdempotentCreate
 from shared.queue import queue_name
 from shared.schemas import JobRecord
 from shared.settings import QuotaSettings
@@ -135,8 +136,9 @@ return {}
 
 # ARGV: prefix, model, created before (Unix time), how many of the oldest queued jobs to look at.
 # A job the store holds as queued that is in no tenant queue, not dispatched and not being dispatched
-# was stored but never admitted (the API lost Redis between the two writes): it is admitted now, as
-# _ADMIT does but past the tenant's limit, since the tenant was already told it was accepted.
+# was stored but never admitted (the API stores and admits in one script, _CREATE; such a record comes
+# from elsewhere: an older API during a rolling upgrade, a hand-made repair): it is admitted now, as
+# _ADMIT does but past the tenant's limit.
 # Returns the ids admitted.
 _READMIT_STRAYS = """
 local p, m = ARGV[1], ARGV[2]
@@ -205,9 +207,13 @@ return ahead
 # record and indexes (as JobStore.create writes them), then what the API answers with: its place in
 # line (_POSITION), the model's live workers and its recent job durations (the start estimate).
 # Either both the record and the queue entry exist or neither does: no job the client was refused
-# can run, and none can sit stored but unqueued. One round trip.
+# can run, and none can sit stored but unqueued. One round trip. With an Idempotency-Key, the key's
+# entry gets the job id in the same step, so a retry after a lost answer replays this job.
+# A record that already exists under this id (ids are fresh per request) means this very script ran
+# already, its answer lost and the command sent again: it answers as created and changes nothing.
 # ARGV: _ADMIT's 7; record JSON, job key, tenant index, all-jobs index, queued index, created_at;
-# JSON {tenant: weight}, default weight; workers key, live-since time, durations key.
+# JSON {tenant: weight}, default weight; workers key, live-since time, durations key;
+# idempotency entry key ('' for none), its JSON, its TTL in seconds.
 # Returns {admitted 0/1, waiting, place (-1 if none), live workers, {durations}}.
 _CREATE = (
     "local function admit(ARGV)\n"
@@ -216,16 +222,21 @@ _CREATE = (
     + _POSITION
     + """
 end
-local admitted = admit({ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]})
 local durations = redis.call('LRANGE', ARGV[18], 0, -1)
-if admitted[1] == 0 then return {0, admitted[2], -1, 0, durations} end
-if not redis.call('SET', ARGV[9], ARGV[8], 'NX') then return redis.error_reply('job ' .. ARGV[4] .. ' already exists') end
-redis.call('ZADD', ARGV[10], ARGV[13], ARGV[4])
-redis.call('ZADD', ARGV[11], ARGV[13], ARGV[4])
-redis.call('ZADD', ARGV[12], ARGV[13], ARGV[4])
+local waiting = 0
+if redis.call('EXISTS', ARGV[9]) == 0 then
+  local admitted = admit({ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]})
+  if admitted[1] == 0 then return {0, admitted[2], -1, 0, durations} end
+  waiting = admitted[2]
+  redis.call('SET', ARGV[9], ARGV[8])
+  redis.call('ZADD', ARGV[10], ARGV[13], ARGV[4])
+  redis.call('ZADD', ARGV[11], ARGV[13], ARGV[4])
+  redis.call('ZADD', ARGV[12], ARGV[13], ARGV[4])
+  if ARGV[19] ~= '' then redis.call('SET', ARGV[19], ARGV[20], 'EX', ARGV[21]) end
+end
 local place = position({ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[14], ARGV[15]})
 local live = redis.call('ZCOUNT', ARGV[16], ARGV[17], '+inf')
-return {1, admitted[2], place, live, durations}
+return {1, waiting, place, live, durations}
 """
 )
 
@@ -313,17 +324,17 @@ class FairQueue:
         """Seconds until a queue slot is likely to free: the model's mean job time (5 s if unknown)."""
         return _retry_hint(self.store.mean_duration(model))
 
-    def create(self, record: JobRecord) -> Created:
+    def create(self, record: JobRecord, idempotency: IdempotentCreate | None = None) -> Created:
         """Stores a new job and puts it in its tenant's queue, atomically; raises RateLimited if that queue
-        is full (then nothing was stored)."""
-        return self._created(record, self._create(args=self._create_args(record)))
+        is full (then nothing was stored). Sent again after a lost answer, it changes nothing."""
+        return self._created(record, self._create(args=self._create_args(record, idempotency)))
 
-    async def acreate(self, record: JobRecord) -> Created:
+    async def acreate(self, record: JobRecord, idempotency: IdempotentCreate | None = None) -> Created:
         """`create` through redis.asyncio, on the API's event loop (needs `aclient`)."""
         assert self._acreate is not None, "FairQueue was built without an asyncio client"
-        return self._created(record, await self._acreate(args=self._create_args(record)))
+        return self._created(record, await self._acreate(args=self._create_args(record, idempotency)))
 
-    def _create_args(self, record: JobRecord) -> list[Any]:
+    def _create_args(self, record: JobRecord, idempotency: IdempotentCreate | None) -> list[Any]:
         store, model = self.store, record.spec.model
         created_at = repr(record.created_at)
         return [
@@ -345,6 +356,7 @@ class FairQueue:
             store.workers_key(model),
             repr(time.time() - self.worker_ttl_s),
             store.durations_key(model),
+            *(("", "", 0) if idempotency is None else (idempotency.key, idempotency.entry, idempotency.ttl_s)),
         ]
 
     def _created(self, record: JobRecord, result: list[Any]) -> Created:

@@ -44,7 +44,7 @@ class Quotas:
         self._alimiter = None
         if aclient is not None:
             astorage = AsyncRedisStorage(
-                f"async+{url}",
+                "async+redis://",  # only picks the redis-py bridge: the connections come from `aclient`'s pool
                 implementation="redispy",
                 connection_pool=aclient.connection_pool,  # type: ignore[arg-type]  # passed on to redis.asyncio
                 key_prefix=f"{prefix}:rpm",

@@ -82,6 +82,14 @@ def _api_error(response: httpx.Response) -> APIError:
     )
 
 
+class _Interrupted(Exception):
+    """The server ended an event stream early (`event: interrupted`); `events` reconnects."""
+
+    def __init__(self, error: APIError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class Client:
     def __init__(self, base_url: str = "http://127.0.0.1:8000", *, api_key: str | None = None, timeout: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -169,8 +177,9 @@ class Client:
     def events(self, video_id: str, *, timeout: float | None = None) -> Iterator[Video]:
         """Yields the video object on every change (Server-Sent Events), ending after a final status.
 
-        The first event is the current state. A dropped connection is reopened (the server starts again from the
-        current state); `timeout` bounds the whole wait and raises TimeoutError."""
+        The first event is the current state. A dropped connection, a stream the server ended early (`event:
+        interrupted`) or a 503 is reopened after a pause (the server starts again from the current state);
+        `timeout` bounds the whole wait and raises TimeoutError."""
         deadline = None if timeout is None else time.monotonic() + timeout
         failures = 0
         while True:
@@ -184,6 +193,12 @@ class Client:
                 failures += 1
                 if failures > _SSE_RECONNECTS:
                     raise self._unreachable(exc) from None
+            except (_Interrupted, APIError) as exc:
+                if isinstance(exc, APIError) and exc.status != 503:
+                    raise
+                failures += 1
+                if failures > _SSE_RECONNECTS:
+                    raise exc.error if isinstance(exc, _Interrupted) else exc from None
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"video {video_id} did not finish within {timeout} s")
             time.sleep(min(0.2 * 2**failures, 5.0))
@@ -195,12 +210,20 @@ class Client:
                 response.read()
                 raise _api_error(response)
             data: list[str] = []
+            event = "message"
             for line in response.iter_lines():
                 if line.startswith("data:"):
                     data.append(line[5:].removeprefix(" "))
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
                 elif line == "" and data:
-                    yield json.loads("\n".join(data))
-                    data = []
+                    payload = json.loads("\n".join(data))
+                    if event == "interrupted":
+                        error = payload.get("error") or {}
+                        raise _Interrupted(APIError(503, error.get("message", "stream interrupted"), error.get("code")))
+                    if event in ("video", "message"):
+                        yield payload
+                    data, event = [], "message"
                 if deadline is not None and time.monotonic() >= deadline:
                     return
 

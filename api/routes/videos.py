@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -189,12 +190,15 @@ async def create_video(
             body = await asyncio.to_thread(video_object, services, record)
             return _created(body, replayed=True)
     try:
-        response = await _create(services, principal, fields, upload)
+        # The job's creation also writes the key's job id, in the same step (shared/idempotency.py).
+        return await _create(services, principal, fields, upload, idempotency=(idempotency_key, print_))
     except BaseException:
-        await asyncio.to_thread(keys.abandon, principal.tenant, idempotency_key)
+        # Free the key for a retry, unless the job exists after all (then the key names it: a retry replays it).
+        # If Redis cannot say, the key's short in-flight lease runs out by itself.
+        with contextlib.suppress(redis.RedisError, OSError):
+            if await asyncio.to_thread(keys.job_of, principal.tenant, idempotency_key) is None:
+                await asyncio.to_thread(keys.abandon, principal.tenant, idempotency_key)
         raise
-    await asyncio.to_thread(keys.complete, principal.tenant, idempotency_key, print_, json.loads(bytes(response.body))["id"])
-    return response
 
 
 def _created(body: dict[str, Any], *, replayed: bool = False) -> Response:
@@ -204,7 +208,14 @@ def _created(body: dict[str, Any], *, replayed: bool = False) -> Response:
     return Response(content=json.dumps(body), status_code=202, media_type="application/json", headers=headers)
 
 
-async def _create(services: Services, principal: Principal, fields: dict[str, Any], upload: bytes | None) -> Response:
+async def _create(
+    services: Services,
+    principal: Principal,
+    fields: dict[str, Any],
+    upload: bytes | None,
+    *,
+    idempotency: tuple[str, str] | None = None,
+) -> Response:
     """The hot path: without an image or a job webhook, a create is the key lookup, the rate-limit hit
     and one atomic script (FairQueue.acreate), all on the event loop through redis.asyncio."""
     settings = services.settings
@@ -244,15 +255,40 @@ async def _create(services: Services, principal: Principal, fields: dict[str, An
         webhook_url=req.webhook_url,
         webhook_events=req.webhook_events,
     )
+    completion = None
+    if idempotency is not None:
+        completion = services.idempotency.completion(principal.tenant, *idempotency, job_id)
     try:
         # Into the tenant's queue; the dispatcher moves it to the model's worker queue (shared/fairqueue.py).
-        created = await services.fairq.acreate(record)
+        created = await services.fairq.acreate(record, completion)
     except RateLimited:
         # The tenant's queue filled up since the early check: the job never existed.
-        if image_key is not None:
-            await asyncio.to_thread(services.storage.delete_prefix, services.storage.job_prefix(record.id))
+        await _forget_image(services, record)
         raise
+    except (redis.RedisError, OSError):
+        # The answer may have been lost after Redis ran the script: look before saying the create failed.
+        if not await _landed(services, record):
+            raise
+        return _created(record.to_video())
     return _created(record.to_video(queue_position=created.position, estimated_start_at=created.estimated_start_at(time.time())))
+
+
+async def _landed(services: Services, record: JobRecord) -> bool:
+    """Whether a create whose answer never came did create the job. Cleans up behind one that did not;
+    if Redis cannot say, the answer is an error (503) and an uploaded image may stay behind."""
+    try:
+        landed = bool(await services.aioredis.exists(services.store.job_key(record.id)))
+    except (redis.RedisError, OSError):
+        return False
+    if not landed:
+        await _forget_image(services, record)
+    return landed
+
+
+async def _forget_image(services: Services, record: JobRecord) -> None:
+    if record.spec.image_key is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(services.storage.delete_prefix, services.storage.job_prefix(record.id))
 
 
 def _fit_image(data: bytes, width: int, height: int, settings: Any) -> bytes:
@@ -386,7 +422,7 @@ async def video_events(video_id: str, request: Request, services: ServicesDep, p
                 except (redis.RedisError, OSError):
                     # Redis went away mid-stream: end the stream cleanly and say why; the client reconnects
                     # (EventSource does by itself after `retry` ms) and first gets the state as it is then.
-                    yield _sse_error("store_unavailable", "The job store is unreachable; reconnect to resume.")
+                    yield _sse_interrupted("store_unavailable", "The job store is unreachable; reconnect to resume.")
                     return
                 if message is None:
                     idle += 1.0
@@ -421,9 +457,11 @@ async def _close_quietly(pubsub: Any) -> None:
         pass
 
 
-def _sse_error(code: str, message: str) -> bytes:
+def _sse_interrupted(code: str, message: str) -> bytes:
+    """The last event of a stream the server ends early: why, in OpenAI's error shape. (Not named `error`,
+    which a browser's EventSource reserves for its own connection errors.)"""
     body = json.dumps({"error": {"code": code, "message": message}})
-    return f"retry: 2000\nevent: error\ndata: {body}\n\n".encode()
+    return f"retry: 2000\nevent: interrupted\ndata: {body}\n\n".encode()
 
 
 def _sse(video: dict[str, Any]) -> bytes:

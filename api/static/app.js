@@ -98,12 +98,15 @@ async function* sseEvents(body) {
       while ((end = buffer.indexOf("\n\n")) >= 0) {
         const block = buffer.slice(0, end);
         buffer = buffer.slice(end + 2);
-        const data = block
-          .split("\n")
+        const lines = block.split("\n");
+        const named = lines.find((line) => line.startsWith("event:"));
+        const event = named ? named.slice(6).trim() : "message";
+        const data = lines
           .filter((line) => line.startsWith("data:"))
           .map((line) => line.slice(5).replace(/^ /, ""))
           .join("\n");
-        if (data) yield JSON.parse(data);
+        // `interrupted`: the server ended the stream early; the caller reopens it.
+        if (data && (event === "video" || event === "message")) yield JSON.parse(data);
       }
     }
   } finally {

@@ -5,13 +5,15 @@ once Redis is back, reconnecting resumes with the job's current state."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.private_stack import ADMIN_UNLIMITED, MODEL, redis_process
-from wanq.stack import Stack
+from wanq.client import Client
+from wanq.stack import DEV_ADMIN_KEY_ENV, Stack
 
 
 def _events(lines: Any) -> list[tuple[str | None, dict[str, Any]]]:
@@ -44,6 +46,20 @@ def test_an_event_stream_ends_cleanly_when_redis_goes_away(tmp_path: Path) -> No
         assert created.status_code == 202, created.text
         video_id = created.json()["id"]
 
+        # wanq's own client follows the job throughout: it must ride out the outage and see the job end.
+        seen: list[str] = []
+        failure: list[BaseException] = []
+
+        def follow() -> None:
+            try:
+                for video in Client(stack.api_url, api_key=stack.env[DEV_ADMIN_KEY_ENV]).events(video_id, timeout=90):
+                    seen.append(video["status"])
+            except BaseException as exc:  # reported by the assertion below
+                failure.append(exc)
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
+
         with api.stream("GET", f"/v1/videos/{video_id}/events") as response:
             assert response.status_code == 200
             lines = response.iter_lines()
@@ -58,7 +74,7 @@ def test_an_event_stream_ends_cleanly_when_redis_goes_away(tmp_path: Path) -> No
             server.stop()  # type: ignore[attr-defined]
             rest = list(lines)  # returns only when the server ends the stream
         ending = _events(rest)
-        assert ending and ending[-1][0] == "error", rest
+        assert ending and ending[-1][0] == "interrupted", rest
         assert ending[-1][1]["error"]["code"] == "store_unavailable"
         assert "retry: 2000" in rest
 
@@ -76,5 +92,10 @@ def test_an_event_stream_ends_cleanly_when_redis_goes_away(tmp_path: Path) -> No
                 if line.startswith("data: "):
                     break
         assert _events(resumed)[0][1]["id"] == video_id and _events(resumed)[0][1]["status"] == "queued"
+
+        assert api.post(f"/v1/videos/{video_id}/cancel").json()["status"] == "canceled"
+        follower.join(60)
+        assert not follower.is_alive() and failure == [], failure
+        assert seen[0] == "queued" and seen[-1] == "canceled", seen
     finally:
         stack.stop()

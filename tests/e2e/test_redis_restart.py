@@ -238,8 +238,8 @@ def _restart_under_load(stack: Stack, receiver: Receiver, started: float) -> Non
         follower.join(60)
         assert follower.error is None and follower.events, (follower.error, follower.events)
         last_event, last_data = follower.events[-1]
-        assert last_event == "error" or last_data["status"] in ("completed", "failed", "canceled"), follower.events[-1]
-        if last_event == "error":
+        assert last_event == "interrupted" or last_data["status"] in ("completed", "failed", "canceled"), follower.events[-1]
+        if last_event == "interrupted":
             assert last_data["error"]["code"] == "store_unavailable", last_data
 
     # 4. Workers take jobs again; once they have shown it, the rest of the queue is drained (canceled)

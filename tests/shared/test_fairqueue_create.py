@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from shared.errors import RateLimited
 from shared.fairqueue import FairQueue
+from shared.idempotency import IN_FLIGHT_S, Claim, IdempotencyKeys
 from shared.schemas import JobStatus
 from shared.settings import QuotaSettings
 from shared.store import JobStore
@@ -74,3 +75,22 @@ def test_acreate_answers_with_place_live_workers_and_mean_duration(store: JobSto
     # Third in line, one worker, 40 s a job: about 2.5 jobs' time from now.
     start = created[2].estimated_start_at(before)  # type: ignore[attr-defined]
     assert start == int(before + 40.0 * 2.5)
+
+
+def test_the_same_create_sent_again_changes_nothing_and_completes_its_idempotency_key(store: JobStore) -> None:
+    # What redis-py does when the answer to the script is lost on a dropped connection: send it again.
+    fairq, model, tenant = _fresh(store, max_queued_jobs=5)
+    keys = IdempotencyKeys(store.redis, prefix=store.prefix, ttl_s=3600)
+    record = job_record(model, tenant)
+    assert keys.begin(tenant, "retry-me", "fp").outcome == "new"
+    assert 0 < store.redis.ttl(keys._key(tenant, "retry-me")) <= IN_FLIGHT_S  # an unfinished request holds it briefly
+    completion = keys.completion(tenant, "retry-me", "fp", record.id)
+
+    first = fairq.create(record, completion)
+    again = fairq.create(record, completion)
+    assert first.position == again.position == 0 and again.admitted
+    assert fairq.waiting_count(tenant) == 1 and store.redis.zcard(store.tenant_jobs_key(tenant)) == 1
+    # The job and the key's entry were written in the same step: a retry of the request replays this job.
+    assert keys.job_of(tenant, "retry-me") == record.id
+    assert keys.begin(tenant, "retry-me", "fp") == Claim("replay", record.id)
+    assert store.redis.ttl(keys._key(tenant, "retry-me")) > IN_FLIGHT_S
