@@ -54,7 +54,12 @@ class Storage:
             kwargs: dict[str, Any] = {"Bucket": self.bucket}
             if self.settings.region and self.settings.region != "us-east-1":
                 kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self.settings.region}
-            self.client.create_bucket(**kwargs)
+            try:
+                self.client.create_bucket(**kwargs)
+            except ClientError as exc:
+                # Another process (`wanq api --workers N`, replicas) created it meanwhile.
+                if exc.response.get("Error", {}).get("Code") not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
 
     def ensure_lifecycle(self, retention_s: int) -> bool:
         """Expires objects under the key prefix a day after the retention; False where not permitted."""
