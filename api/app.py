@@ -8,12 +8,15 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
 
 from api import metrics, web
 from api.auth import warn_if_open
 from api.body_limit import BodyLimit
 from api.deps import Services, get_principal
 from api.errors import install_error_handlers
+from api.events import EventHub
 from api.openapi import ERRORS
 from api.routes import admin, health, models, videos, webhooks
 from shared.apikeys import KeyStore
@@ -49,6 +52,7 @@ def create_app(settings: Settings) -> FastAPI:
                 dispatcher.stop()
             if stop is not None:
                 stop.set()
+            await services.events.close()
             await services.aioredis.aclose()
 
     app = FastAPI(
@@ -58,7 +62,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     store = JobStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix, record_ttl_s=settings.jobs.record_ttl_s)
-    aclient = aioredis.Redis.from_url(settings.redis.url)
+    # One immediate retry on a new connection: after a Redis restart, pooled connections are stale (see JobStore).
+    aclient = aioredis.Redis.from_url(settings.redis.url, retry=AsyncRetry(NoBackoff(), 1))
     fairq = FairQueue(
         store,
         settings.quotas,
@@ -73,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
         storage=Storage(settings.s3),
         celery=make_celery(settings),
         aioredis=aclient,
+        events=EventHub(aclient),
         idempotency=IdempotencyKeys(store.redis, prefix=settings.redis.key_prefix, ttl_s=settings.jobs.idempotency_ttl_s),
         keys=KeyStore(store.redis, settings.auth, prefix=settings.redis.key_prefix),
         fairq=fairq,

@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from api.auth import Principal, authenticate, bearer_scheme, require_admin
+from api.events import EventHub
 from shared.apikeys import KeyStore
 from shared.fairqueue import FairQueue
 from shared.idempotency import IdempotencyKeys
@@ -27,6 +28,7 @@ class Services:
     storage: Storage
     celery: Celery
     aioredis: aioredis.Redis
+    events: EventHub
     idempotency: IdempotencyKeys
     keys: KeyStore
     fairq: FairQueue

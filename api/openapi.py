@@ -265,7 +265,7 @@ EVENTS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-Sent Events: `event: video` with the Video object as `data`, until it ends. "
         "If the server must end the stream early (its job store became unreachable), the last event is "
-        "`event: interrupted` with an OpenAI-style `{\"error\": {...}}` as `data` and a `retry` hint: "
+        '`event: interrupted` with an OpenAI-style `{"error": {...}}` as `data` and a `retry` hint: '
         "reconnect, and the stream starts again from the current state.",
         "content": {
             "text/event-stream": {

@@ -16,6 +16,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api.deps import Principal, PrincipalDep, Services, ServicesDep
+from api.events import INTERRUPTED
 from api.openapi import CONTENT, CREATED, EVENTS, Video, VideoDeleted, VideoList, ok
 from api.routes.webhooks import check_job_webhook
 from shared import images
@@ -397,15 +398,15 @@ def download_content(
 @router.get("/{video_id}/events", responses=EVENTS, summary="Server-Sent Events: every status and progress change")
 async def video_events(video_id: str, request: Request, services: ServicesDep, principal: PrincipalDep) -> StreamingResponse:
     record = await asyncio.to_thread(load_job, services, principal, video_id)
-    pubsub = services.aioredis.pubsub()
+    channel = services.store.events_channel(video_id)
+    # Subscribed (confirmed by Redis) before reading the current state, so no change can fall between the
+    # two. Both happen before the 200 goes out: an unreachable Redis here is a plain 503, not a cut stream.
+    updates = await services.events.subscribe(channel)
     try:
-        # Subscribe before reading the current state, so no change can fall between the two. Both happen
-        # before the 200 goes out: an unreachable Redis here is a plain 503, not a stream cut short.
-        await pubsub.subscribe(services.store.events_channel(video_id))
         current = await asyncio.to_thread(services.store.get, video_id) or record
         first = _sse(await asyncio.to_thread(video_object, services, current))
     except BaseException:
-        await _close_quietly(pubsub)
+        await services.events.unsubscribe(channel, updates)
         raise
 
     async def stream() -> AsyncIterator[bytes]:
@@ -418,21 +419,20 @@ async def video_events(video_id: str, request: Request, services: ServicesDep, p
             idle = 0.0
             while not await request.is_disconnected():
                 try:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                except (redis.RedisError, OSError):
-                    # Redis went away mid-stream: end the stream cleanly and say why; the client reconnects
-                    # (EventSource does by itself after `retry` ms) and first gets the state as it is then.
-                    yield _sse_interrupted("store_unavailable", "The job store is unreachable; reconnect to resume.")
-                    return
-                if message is None:
+                    data = await asyncio.wait_for(updates.get(), timeout=1.0)
+                except TimeoutError:
                     idle += 1.0
                     if idle >= 15.0:
                         idle = 0.0
                         yield b": keep-alive\n\n"
                     continue
+                if data is INTERRUPTED:
+                    # Redis went away mid-stream: end the stream cleanly and say why; the client reconnects
+                    # (EventSource does by itself after `retry` ms) and first gets the state as it is then.
+                    yield _sse_interrupted("store_unavailable", "The job store is unreachable; reconnect to resume.")
+                    return
                 idle = 0.0
-                raw = message["data"].decode() if isinstance(message["data"], bytes) else message["data"]
-                update = JobRecord.model_validate_json(raw)
+                update = JobRecord.model_validate_json(data)
                 if update.version <= sent_version:
                     continue
                 sent_version = update.version
@@ -440,21 +440,13 @@ async def video_events(video_id: str, request: Request, services: ServicesDep, p
                 if update.status.is_terminal():
                     return
         finally:
-            await _close_quietly(pubsub)
+            await services.events.unsubscribe(channel, updates)
 
     return StreamingResponse(
         stream(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
-
-
-async def _close_quietly(pubsub: Any) -> None:
-    """Closing a pub/sub whose connection Redis already dropped must not turn a clean end into a broken one."""
-    try:
-        await pubsub.aclose()
-    except (redis.RedisError, OSError):
-        pass
 
 
 def _sse_interrupted(code: str, message: str) -> bytes:

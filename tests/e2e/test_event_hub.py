@@ -1,0 +1,78 @@
+"""Event streams share one Redis subscription per job in an API process (api/events.py), not one Redis
+connection per stream: several clients following the same jobs cost one subscription per job, and
+each still gets every change and its own end."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+import redis
+
+from tests.conftest import LATE
+from wanq.stack import Stack
+
+
+class Stream(threading.Thread):
+    def __init__(self, stack: Stack, video_id: str) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{stack.api_url}/v1/videos/{video_id}/events"
+        self.headers = stack.admin_headers()
+        self.statuses: list[str] = []
+        self.opened = threading.Event()
+        self.error: str | None = None
+
+    def run(self) -> None:
+        try:
+            with httpx.stream("GET", self.url, headers=self.headers, timeout=60) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        self.statuses.append(json.loads(line.removeprefix("data: "))["status"])
+                        self.opened.set()
+        except httpx.HTTPError as exc:
+            self.error = repr(exc)
+        finally:
+            self.opened.set()
+
+
+def _subscribers(redis_client: redis.Redis, *channels: str) -> list[int]:
+    counts: list[Any] = redis_client.pubsub_numsub(*channels)  # type: ignore[assignment]
+    return [int(n) for _, n in counts]
+
+
+def test_streams_of_the_same_jobs_share_one_subscription_each(stack: Stack, api: httpx.Client, redis_client: redis.Redis) -> None:
+    # No worker serves LATE here: both jobs stay queued until canceled.
+    ids = []
+    for n in range(2):
+        created = api.post("/v1/videos", json={"prompt": f"followed {n}", "model": LATE, "size": "64x64", "num_frames": 5})
+        assert created.status_code == 202, created.text
+        ids.append(created.json()["id"])
+    channels = [f"wanq:events:{video_id}" for video_id in ids]
+    streams = [Stream(stack, video_id) for video_id in ids for _ in range(3)]  # three clients per job
+    for stream in streams:
+        stream.start()
+    for stream in streams:
+        assert stream.opened.wait(30) and stream.statuses == ["queued"], (stream.statuses, stream.error)
+
+    # Six streams, two jobs: one subscriber (the API process's hub) per job channel.
+    assert _subscribers(redis_client, *channels) == [1, 1]
+
+    # Each stream still gets its job's change and ends there; the other job's streams stay open.
+    assert api.post(f"/v1/videos/{ids[0]}/cancel").json()["status"] == "canceled"
+    for stream in streams[:3]:
+        stream.join(30)
+        assert not stream.is_alive() and stream.error is None and stream.statuses == ["queued", "canceled"]
+    assert all(stream.is_alive() for stream in streams[3:])
+    deadline = time.monotonic() + 10
+    while _subscribers(redis_client, *channels) != [0, 1]:  # the last stream of a job unsubscribes it
+        assert time.monotonic() < deadline, _subscribers(redis_client, *channels)
+        time.sleep(0.05)
+
+    api.delete(f"/v1/videos/{ids[1]}")  # deleting cancels it too: its streams end with `canceled`
+    for stream in streams[3:]:
+        stream.join(30)
+        assert not stream.is_alive() and stream.statuses[-1] == "canceled", stream.statuses
+    api.delete(f"/v1/videos/{ids[0]}")
