@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
 
 from shared.schemas import TERMINAL_STATUSES, JobRecord, JobStatus
 
@@ -114,11 +116,10 @@ class JobStore:
         """`retry_s` > 0: commands that find Redis unreachable (restarting, loading its AOF) are retried for about
         that long before they raise, so a job pauses through a Redis restart instead of failing. Every command the
         store sends is safe to repeat: transitions are guarded, the rest are writes of the same value."""
-        options: dict[str, Any] = {}
+        # A pooled connection that Redis closed (a restart, an idle timeout) fails its next command at once;
+        # one immediate retry on a new connection hides that, while a Redis that is down still fails fast.
+        options: dict[str, Any] = {"retry": Retry(NoBackoff(), 1)}
         if retry_s > 0:
-            from redis.backoff import ExponentialBackoff
-            from redis.retry import Retry
-
             # Backoff 0.1, 0.2, ... capped at 1 s: about retry_s seconds in all, Redis' own restart included.
             options["retry"] = Retry(ExponentialBackoff(cap=1.0, base=0.1), retries=int(retry_s) + 4)
         client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30, **options)

@@ -93,7 +93,8 @@ def test_an_event_stream_ends_cleanly_when_redis_goes_away(tmp_path: Path) -> No
                     break
         assert _events(resumed)[0][1]["id"] == video_id and _events(resumed)[0][1]["status"] == "queued"
 
-        assert api.post(f"/v1/videos/{video_id}/cancel").json()["status"] == "canceled"
+        canceled = api.post(f"/v1/videos/{video_id}/cancel")
+        assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
         follower.join(60)
         assert not follower.is_alive() and failure == [], failure
         assert seen[0] == "queued" and seen[-1] == "canceled", seen
