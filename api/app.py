@@ -78,7 +78,9 @@ def create_app(settings: Settings) -> FastAPI:
         storage=Storage(settings.s3),
         celery=make_celery(settings),
         aioredis=aclient,
-        events=EventHub(aclient),
+        # Its own client, without the retry: a pub/sub connection that silently reconnected would have missed
+        # whatever was published meanwhile, so a dropped connection must end the streams (they reconnect).
+        events=EventHub(aioredis.Redis.from_url(settings.redis.url)),
         idempotency=IdempotencyKeys(store.redis, prefix=settings.redis.key_prefix, ttl_s=settings.jobs.idempotency_ttl_s),
         keys=KeyStore(store.redis, settings.auth, prefix=settings.redis.key_prefix),
         fairq=fairq,

@@ -7,7 +7,9 @@ streams of that job.
 
 `subscribe` returns only once Redis has confirmed the subscription, so a state read after it cannot
 miss a change published in between (a plain `PubSub.subscribe` only sends the command). If the
-connection fails, every stream gets `INTERRUPTED` and ends; the next subscribe starts afresh.
+connection fails, every stream gets `INTERRUPTED` and ends; the next subscribe starts afresh. The
+hub's client must not retry commands: redis-py's pub/sub would reconnect and subscribe again in
+silence, and a stream would never learn what was published in between (its job's end included).
 """
 
 from __future__ import annotations
@@ -134,3 +136,4 @@ class EventHub:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+        await self.client.aclose()

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+import redis
 
 from tests.private_stack import ADMIN_UNLIMITED, MODEL, redis_process
 from wanq.client import Client
@@ -26,6 +28,7 @@ def _events(lines: Any) -> list[tuple[str | None, dict[str, Any]]]:
     return events
 
 
+@pytest.mark.timeout(120)  # a stream that never ends is the failure this test looks for
 def test_an_event_stream_ends_cleanly_when_redis_goes_away(tmp_path: Path) -> None:
     stack = Stack(tmp_path)
     stack.env.update(
@@ -98,5 +101,18 @@ def test_an_event_stream_ends_cleanly_when_redis_goes_away(tmp_path: Path) -> No
         follower.join(60)
         assert not follower.is_alive() and failure == [], failure
         assert seen[0] == "queued" and seen[-1] == "canceled", seen
+
+        # Redis up, but the API's pub/sub connection dropped (CLIENT KILL): the stream must end and say so,
+        # not reconnect in silence and miss what was published meanwhile (it could wait forever for an end).
+        other = api.post("/v1/videos", json={"prompt": "also waits", "model": MODEL, "size": "64x64", "num_frames": 5})
+        with api.stream("GET", f"/v1/videos/{other.json()['id']}/events") as response:
+            lines = response.iter_lines()
+            for line in lines:
+                if line.startswith("data: "):
+                    break
+            killed = redis.Redis.from_url(stack.redis_url).client_kill_filter(_type="pubsub")
+            assert killed >= 1
+            dropped = _events(list(lines))
+        assert dropped and dropped[-1][0] == "interrupted", dropped
     finally:
         stack.stop()
