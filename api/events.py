@@ -109,6 +109,9 @@ class EventHub:
         except (redis.RedisError, OSError) as exc:
             log.warning("event streams interrupted: %s", exc)
             await self._reset(pubsub, exc)
+        except Exception as exc:  # never leave streams waiting on a reader that is gone
+            log.exception("event hub reader failed")
+            await self._reset(pubsub, exc)
         except asyncio.CancelledError:
             await self._reset(pubsub, None)
             raise
