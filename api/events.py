@@ -37,6 +37,7 @@ class EventHub:
         self._queues: dict[str, set[asyncio.Queue[Any]]] = {}
         self._confirming: dict[str, deque[asyncio.Future[None]]] = {}  # one future per SUBSCRIBE sent
         self._lock = asyncio.Lock()
+        self.streams = 0  # listeners now (wanq_event_streams); read by the metrics thread, so a plain int
 
     async def subscribe(self, channel: str) -> asyncio.Queue[Any]:
         """A queue that receives each message published on `channel` from now on (raw data), or INTERRUPTED."""
@@ -46,6 +47,7 @@ class EventHub:
                 self._pubsub = self.client.pubsub()
             listeners = self._queues.setdefault(channel, set())
             listeners.add(queue)
+            self.streams += 1
             pending = self._confirming.setdefault(channel, deque())
             if len(listeners) == 1:
                 confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -78,9 +80,10 @@ class EventHub:
     def _drop(self, channel: str, queue: asyncio.Queue[Any]) -> bool:
         """Forgets one listener; True when it was the channel's last."""
         listeners = self._queues.get(channel)
-        if listeners is None:
+        if listeners is None or queue not in listeners:
             return False
-        listeners.discard(queue)
+        listeners.remove(queue)
+        self.streams -= 1
         if listeners:
             return False
         del self._queues[channel]
@@ -131,8 +134,14 @@ class EventHub:
                         confirmed.exception()  # whoever waited has seen it; nobody else need log it
             self._queues.clear()
             self._confirming.clear()
+            self.streams = 0
         with contextlib.suppress(Exception):
             await pubsub.aclose()
+
+    @property
+    def channels(self) -> int:
+        """Job channels subscribed now (one Redis subscription each, whatever the number of streams)."""
+        return len(self._queues)
 
     async def close(self) -> None:
         if self._reader is not None and not self._reader.done():

@@ -163,6 +163,20 @@ class RequestTimer:
                 observe(500)
 
 
+class EventStreamCollector(Collector):
+    """This API process's live event streams and the Redis subscriptions behind them (api/events.py)."""
+
+    def __init__(self, services: Services) -> None:
+        self.hub = services.events
+
+    def collect(self) -> Iterator[Metric]:
+        streams = GaugeMetricFamily("wanq_event_streams", "Open GET /v1/videos/{id}/events streams in this API process")
+        streams.add_metric([], self.hub.streams)
+        channels = GaugeMetricFamily("wanq_event_subscriptions", "Job channels this API process subscribes to in Redis")
+        channels.add_metric([], self.hub.channels)
+        yield from (streams, channels)
+
+
 def install(app: FastAPI, services: Services) -> None:
     registry = CollectorRegistry()
     latency = Histogram(
@@ -173,6 +187,7 @@ def install(app: FastAPI, services: Services) -> None:
         registry=registry,
     )
     registry.register(QueueCollector(services))
+    registry.register(EventStreamCollector(services))
     app.state.metrics_registry = registry
     app.add_middleware(RequestTimer, histogram=latency)
     app.include_router(router)

@@ -240,10 +240,23 @@ return {1, waiting, place, live, durations}
 """
 )
 
+# A queued job's place in line and what its start estimate needs, for the API's GET (clients poll it).
+# ARGV: _POSITION's 6; workers key, live-since time, durations key.
+# Returns {place (-1 if not waiting), live workers, {durations}}.
+_PLACE = (
+    "local function position(ARGV)\n"
+    + _POSITION
+    + """
+end
+local place = position({ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]})
+return {place, redis.call('ZCOUNT', ARGV[7], ARGV[8], '+inf'), redis.call('LRANGE', ARGV[9], 0, -1)}
+"""
+)
+
 
 @dataclass(frozen=True)
-class Created:
-    """What `FairQueue.create` did and what the API answers with."""
+class Placement:
+    """A queued job's place in line and what its start estimate needs (from `create`, or `aplace` for a GET)."""
 
     admitted: bool
     waiting: int
@@ -288,6 +301,7 @@ class FairQueue:
         self.models = list(models)
         self._create = self.redis.register_script(_CREATE)
         self._acreate = aclient.register_script(_CREATE) if aclient is not None else None
+        self._aplace = aclient.register_script(_PLACE) if aclient is not None else None
         self._take = self.redis.register_script(_TAKE)
         self._position = self.redis.register_script(_POSITION)
         self._readmit_strays = self.redis.register_script(_READMIT_STRAYS)
@@ -324,12 +338,12 @@ class FairQueue:
         """Seconds until a queue slot is likely to free: the model's mean job time (5 s if unknown)."""
         return _retry_hint(self.store.mean_duration(model))
 
-    def create(self, record: JobRecord, idempotency: IdempotentCreate | None = None) -> Created:
+    def create(self, record: JobRecord, idempotency: IdempotentCreate | None = None) -> Placement:
         """Stores a new job and puts it in its tenant's queue, atomically; raises RateLimited if that queue
         is full (then nothing was stored). Sent again after a lost answer, it changes nothing."""
         return self._created(record, self._create(args=self._create_args(record, idempotency)))
 
-    async def acreate(self, record: JobRecord, idempotency: IdempotentCreate | None = None) -> Created:
+    async def acreate(self, record: JobRecord, idempotency: IdempotentCreate | None = None) -> Placement:
         """`create` through redis.asyncio, on the API's event loop (needs `aclient`)."""
         assert self._acreate is not None, "FairQueue was built without an asyncio client"
         return self._created(record, await self._acreate(args=self._create_args(record, idempotency)))
@@ -359,10 +373,10 @@ class FairQueue:
             *(("", "", 0) if idempotency is None else (idempotency.key, idempotency.entry, idempotency.ttl_s)),
         ]
 
-    def _created(self, record: JobRecord, result: list[Any]) -> Created:
+    def _created(self, record: JobRecord, result: list[Any]) -> Placement:
         admitted, waiting, place, live, durations = result
         values = [float(v) for v in durations]
-        created = Created(
+        created = Placement(
             admitted=bool(admitted),
             waiting=int(waiting),
             position=None if int(place) < 0 else int(place),
@@ -380,6 +394,32 @@ class FairQueue:
             self._position(args=[self.prefix, record.spec.model, record.tenant, record.id, self._weights, self.quotas.weight])
         )
         return None if place < 0 else place
+
+    async def aplace(self, record: JobRecord) -> Placement:
+        """A queued job's place in line, live workers and mean duration, in one round trip (needs `aclient`)."""
+        assert self._aplace is not None, "FairQueue was built without an asyncio client"
+        store, model = self.store, record.spec.model
+        place, live, durations = await self._aplace(
+            args=[
+                self.prefix,
+                model,
+                record.tenant,
+                record.id,
+                self._weights,
+                self.quotas.weight,
+                store.workers_key(model),
+                repr(time.time() - self.worker_ttl_s),
+                store.durations_key(model),
+            ]
+        )
+        values = [float(v) for v in durations]
+        return Placement(
+            admitted=True,
+            waiting=0,
+            position=None if int(place) < 0 else int(place),
+            live_workers=int(live),
+            mean_duration_s=sum(values) / len(values) if values else None,
+        )
 
     # Dispatcher side
     def take(self, model: str, target: int) -> Taken | None:

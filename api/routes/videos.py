@@ -325,14 +325,15 @@ def video_page(
 
 @router.get("/{video_id}", response_model=None, responses=ok(Video), summary="Retrieve a video job")
 async def retrieve_video(video_id: str, services: ServicesDep, principal: PrincipalDep, response: Response) -> dict[str, Any]:
-    # Clients poll this: a running or finished job is one read on the event loop; only a queued job's
-    # place in line and start estimate take the thread pool.
+    # Clients poll this: on the event loop, one read for the record, one script for a queued job's place
+    # in line and start estimate.
     raw = await services.aioredis.get(services.store.job_key(video_id))
     record = _visible(JobRecord.model_validate_json(raw) if raw else None, principal, video_id)
     if not record.status.is_terminal():
         response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
     if record.status is JobStatus.queued:
-        return await asyncio.to_thread(video_object, services, record)
+        place = await services.fairq.aplace(record)
+        return record.to_video(queue_position=place.position, estimated_start_at=place.estimated_start_at(time.time()))
     return record.to_video()
 
 

@@ -43,6 +43,11 @@ def _subscribers(redis_client: redis.Redis, *channels: str) -> list[int]:
     return [int(n) for _, n in counts]
 
 
+def _gauge(stack: Stack, name: str) -> float:
+    metrics = httpx.get(f"{stack.api_url}/metrics").text
+    return float(next(line.split()[1] for line in metrics.splitlines() if line.startswith(f"{name} ")))
+
+
 def test_streams_of_the_same_jobs_share_one_subscription_each(stack: Stack, api: httpx.Client, redis_client: redis.Redis) -> None:
     # No worker serves LATE here: both jobs stay queued until canceled.
     ids = []
@@ -59,6 +64,8 @@ def test_streams_of_the_same_jobs_share_one_subscription_each(stack: Stack, api:
 
     # Six streams, two jobs: one subscriber (the API process's hub) per job channel.
     assert _subscribers(redis_client, *channels) == [1, 1]
+    # The API's metrics count them (other tests' streams may still be closing: at least ours).
+    assert _gauge(stack, "wanq_event_streams") >= 6 and _gauge(stack, "wanq_event_subscriptions") >= 2
 
     # Each stream still gets its job's change and ends there; the other job's streams stay open.
     assert api.post(f"/v1/videos/{ids[0]}/cancel").json()["status"] == "canceled"

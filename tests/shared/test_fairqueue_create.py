@@ -62,9 +62,15 @@ def test_acreate_answers_with_place_live_workers_and_mean_duration(store: JobSto
     store.record_duration(model, 30.0)
     store.record_duration(model, 50.0)
 
+    records = [job_record(model, tenant) for _ in range(3)]
+
     async def go() -> list[object]:
         try:
-            return [await fairq.acreate(job_record(model, tenant)) for _ in range(3)]
+            created = [await fairq.acreate(record) for record in records]
+            # What a GET of a queued job answers with: the same, looked up in one script.
+            looked_up = await fairq.aplace(records[2])
+            assert (looked_up.position, looked_up.live_workers, looked_up.mean_duration_s) == (2, 1, pytest.approx(40.0))
+            return created
         finally:
             await aclient.aclose()
 
