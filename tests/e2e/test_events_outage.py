@@ -52,16 +52,19 @@ def test_an_event_stream_ends_cleanly_when_redis_goes_away(tmp_path: Path) -> No
         # wanq's own client follows the job throughout: it must ride out the outage and see the job end.
         seen: list[str] = []
         failure: list[BaseException] = []
+        following = threading.Event()
 
         def follow() -> None:
             try:
                 for video in Client(stack.api_url, api_key=stack.env[DEV_ADMIN_KEY_ENV]).events(video_id, timeout=90):
                     seen.append(video["status"])
+                    following.set()
             except BaseException as exc:  # reported by the assertion below
                 failure.append(exc)
 
         follower = threading.Thread(target=follow, daemon=True)
         follower.start()
+        assert following.wait(30), failure  # the client is connected before Redis goes away
 
         with api.stream("GET", f"/v1/videos/{video_id}/events") as response:
             assert response.status_code == 200
