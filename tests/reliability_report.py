@@ -48,6 +48,11 @@ ITEMS: list[tuple[str, str, str]] = [
 
 # What the figures do not show, written by hand; keep in step with the tests.
 LIMITS = [
+    "A job is created by one atomic script, so the record and its queue entry exist together or not at all. "
+    "But if Redis applies the script and goes away before its answer reaches the API, the client gets a 503 "
+    "(or a dropped connection) for a job that exists: it runs and ends once like the others "
+    "(`creates_not_answered_202_that_had_landed` counts them in the Redis restart). A client that must know "
+    "sends an Idempotency-Key: the same script records the job under the key, so its retry replays the job.",
     "Redis is restarted gracefully (SIGTERM: it writes its AOF, then exits). With AOF's default "
     "`appendfsync everysec`, a crash of the Redis host can lose the last second of writes, jobs included; "
     "`appendfsync always` closes that gap at some cost in throughput. A SIGKILL of Redis is not tested.",
