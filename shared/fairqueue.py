@@ -264,6 +264,18 @@ class Placement:
     live_workers: int
     mean_duration_s: float | None
 
+    @classmethod
+    def from_script(cls, place: Any, live: Any, durations: list[Any], *, admitted: bool = True, waiting: int = 0) -> Placement:
+        """From what _CREATE and _PLACE return: place (-1: not waiting), live workers, recent durations."""
+        values = [float(v) for v in durations]
+        return cls(
+            admitted=admitted,
+            waiting=waiting,
+            position=None if int(place) < 0 else int(place),
+            live_workers=int(live),
+            mean_duration_s=sum(values) / len(values) if values else None,
+        )
+
     def estimated_start_at(self, now: float) -> int | None:
         return estimated_start_at(now, self.position, self.live_workers, self.mean_duration_s)
 
@@ -375,14 +387,7 @@ class FairQueue:
 
     def _created(self, record: JobRecord, result: list[Any]) -> Placement:
         admitted, waiting, place, live, durations = result
-        values = [float(v) for v in durations]
-        created = Placement(
-            admitted=bool(admitted),
-            waiting=int(waiting),
-            position=None if int(place) < 0 else int(place),
-            live_workers=int(live),
-            mean_duration_s=sum(values) / len(values) if values else None,
-        )
+        created = Placement.from_script(place, live, durations, admitted=bool(admitted), waiting=int(waiting))
         if not created.admitted:
             limit = self.quotas.for_tenant(record.tenant).max_queued_jobs
             raise queue_full(record.tenant, created.waiting, limit, _retry_hint(created.mean_duration_s))
@@ -412,14 +417,7 @@ class FairQueue:
                 store.durations_key(model),
             ]
         )
-        values = [float(v) for v in durations]
-        return Placement(
-            admitted=True,
-            waiting=0,
-            position=None if int(place) < 0 else int(place),
-            live_workers=int(live),
-            mean_duration_s=sum(values) / len(values) if values else None,
-        )
+        return Placement.from_script(place, live, durations)
 
     # Dispatcher side
     def take(self, model: str, target: int) -> Taken | None:
