@@ -4,8 +4,6 @@ each still gets every change and its own end."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from typing import Any
 
@@ -13,29 +11,8 @@ import httpx
 import redis
 
 from tests.conftest import LATE
+from tests.sse import Follower
 from wanq.stack import Stack
-
-
-class Stream(threading.Thread):
-    def __init__(self, stack: Stack, video_id: str) -> None:
-        super().__init__(daemon=True)
-        self.url = f"{stack.api_url}/v1/videos/{video_id}/events"
-        self.headers = stack.admin_headers()
-        self.statuses: list[str] = []
-        self.opened = threading.Event()
-        self.error: str | None = None
-
-    def run(self) -> None:
-        try:
-            with httpx.stream("GET", self.url, headers=self.headers, timeout=60) as response:
-                for line in response.iter_lines():
-                    if line.startswith("data: "):
-                        self.statuses.append(json.loads(line.removeprefix("data: "))["status"])
-                        self.opened.set()
-        except httpx.HTTPError as exc:
-            self.error = repr(exc)
-        finally:
-            self.opened.set()
 
 
 def _subscribers(redis_client: redis.Redis, *channels: str) -> list[int]:
@@ -56,7 +33,7 @@ def test_streams_of_the_same_jobs_share_one_subscription_each(stack: Stack, api:
         assert created.status_code == 202, created.text
         ids.append(created.json()["id"])
     channels = [f"wanq:events:{video_id}" for video_id in ids]
-    streams = [Stream(stack, video_id) for video_id in ids for _ in range(3)]  # three clients per job
+    streams = [Follower(stack, video_id) for video_id in ids for _ in range(3)]  # three clients per job
     for stream in streams:
         stream.start()
     for stream in streams:

@@ -7,25 +7,15 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 import redis
 
 from tests.private_stack import ADMIN_UNLIMITED, MODEL, redis_process
+from tests.sse import sse_events
 from wanq.client import Client
 from wanq.stack import DEV_ADMIN_KEY_ENV, Stack
-
-
-def _events(lines: Any) -> list[tuple[str | None, dict[str, Any]]]:
-    events, name = [], None
-    for line in lines:
-        if line.startswith("event: "):
-            name = line.removeprefix("event: ")
-        elif line.startswith("data: "):
-            events.append((name, json.loads(line.removeprefix("data: "))))
-    return events
 
 
 @pytest.mark.timeout(120)  # a stream that never ends is the failure this test looks for
@@ -74,12 +64,12 @@ def test_an_event_stream_ends_cleanly_when_redis_goes_away(tmp_path: Path) -> No
                 before.append(line)
                 if line.startswith("data: "):
                     break
-            ((name, video),) = _events(before)
+            ((name, video),) = sse_events(before)
             assert name == "video" and video["id"] == video_id and video["status"] == "queued"
             port, server = redis_process(stack)
             server.stop()  # type: ignore[attr-defined]
             rest = list(lines)  # returns only when the server ends the stream
-        ending = _events(rest)
+        ending = sse_events(rest)
         assert ending and ending[-1][0] == "interrupted", rest
         assert ending[-1][1]["error"]["code"] == "store_unavailable"
         assert "retry: 2000" in rest
@@ -97,7 +87,7 @@ def test_an_event_stream_ends_cleanly_when_redis_goes_away(tmp_path: Path) -> No
                 resumed.append(line)
                 if line.startswith("data: "):
                     break
-        assert _events(resumed)[0][1]["id"] == video_id and _events(resumed)[0][1]["status"] == "queued"
+        assert sse_events(resumed)[0][1]["id"] == video_id and sse_events(resumed)[0][1]["status"] == "queued"
 
         canceled = api.post(f"/v1/videos/{video_id}/cancel")
         assert canceled.status_code == 200 and canceled.json()["status"] == "canceled", canceled.text
@@ -115,7 +105,7 @@ def test_an_event_stream_ends_cleanly_when_redis_goes_away(tmp_path: Path) -> No
                     break
             killed = redis.Redis.from_url(stack.redis_url).client_kill_filter(_type="pubsub")
             assert killed >= 1
-            dropped = _events(list(lines))
+            dropped = sse_events(list(lines))
         assert dropped and dropped[-1][0] == "interrupted", dropped
     finally:
         stack.stop()

@@ -32,6 +32,7 @@ from shared.store import JobStore
 from tests.conftest import wait_for_status
 from tests.private_stack import MODEL, private_stack, redis_process
 from tests.reliability_report import record
+from tests.sse import Follower
 from tests.webhook_receiver import Receiver
 from wanq.stack import Stack
 
@@ -104,29 +105,6 @@ class Hammer:
             else:
                 response.read()
             return response
-
-
-class Follower(threading.Thread):
-    """One client that follows a job's event stream for as long as the server keeps it open."""
-
-    def __init__(self, stack: Stack, video_id: str) -> None:
-        super().__init__(daemon=True)
-        self.url = f"{stack.api_url}/v1/videos/{video_id}/events"
-        self.headers = stack.admin_headers()
-        self.events: list[tuple[str | None, dict[str, Any]]] = []
-        self.error: str | None = None
-
-    def run(self) -> None:
-        try:
-            with httpx.stream("GET", self.url, headers=self.headers, timeout=60) as response:
-                event = None
-                for line in response.iter_lines():
-                    if line.startswith("event: "):
-                        event = line.removeprefix("event: ")
-                    elif line.startswith("data: "):
-                        self.events.append((event, json.loads(line.removeprefix("data: "))))
-        except httpx.HTTPError as exc:
-            self.error = repr(exc)
 
 
 def statuses(client: redis.Redis, ids: list[str]) -> Counter[str]:
