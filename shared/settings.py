@@ -154,6 +154,9 @@ class WorkerSettings(BaseModel):
     """Port of the worker's Prometheus `/metrics` (served by the process that holds the model); 0 = off."""
     redis_retry_s: float = Field(default=120.0, ge=0)
     """How long a running job waits for an unreachable Redis (a restart) before it gives up on recording its progress."""
+    run_log: str = ""
+    """A file the worker appends one JSON line to per run event (claimed, dropped, uploaded, ended): an audit trail
+    of every run; the fault suite counts runs from it. Empty = off."""
 
 
 class MaintenanceSettings(BaseModel):

@@ -6,6 +6,8 @@ A prompt containing `[[fault:NAME@STEP]]` triggers NAME when denoising reaches S
   crash  SIGKILL the worker process (a poison job that kills its worker every time)
   hang   sleep forever, deaf to the soft time limit and SIGTERM (only the hard limit's SIGKILL ends it)
   sleep  sleep 0.5 s at each step from STEP on (a slow job)
+and `[[fault:slowexport@SECONDS]]` makes the export (MP4, thumbnail, spritesheet) take SECONDS longer.
+Markers combine: "[[fault:sleep@1]] [[fault:slowexport@2]]".
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ import time
 from shared.schemas import GenerationSpec
 
 _MARKER = re.compile(r"\[\[fault:(oom|error|crash|hang|sleep)@(\d+)\]\]")
+_SLOW_EXPORT = re.compile(r"\[\[fault:slowexport@(\d+)\]\]")
 
 
 def parse(prompt: str) -> tuple[str, int] | None:
     match = _MARKER.search(prompt)
     return (match.group(1), int(match.group(2))) if match else None
+
+
+def export_delay(spec: GenerationSpec) -> float:
+    """Seconds the export of this job is held up (0 without a marker)."""
+    match = _SLOW_EXPORT.search(spec.prompt)
+    return float(match.group(1)) if match else 0.0
 
 
 def inject(spec: GenerationSpec, step: int) -> None:

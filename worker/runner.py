@@ -25,6 +25,7 @@ from shared.storage import CONTENT_TYPES, Storage
 from shared.store import JobStore
 from shared.timeouts import deadline, overran, timeout_message
 from worker import export, faults
+from worker.journal import RunJournal
 
 log = logging.getLogger("wanq.worker")
 
@@ -56,6 +57,7 @@ class JobRunner:
         self._finishing: str | None = None
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanq-finish")
         self._pending: Future[str] | None = None
+        self.journal = RunJournal(settings.worker.run_log, worker_id)
 
     # -----------------------------------------------------------------------------------------
     def run(self, job_id: str, *, wait: bool = False) -> str:
@@ -64,11 +66,14 @@ class JobRunner:
         finishing at a time). Returns what happened, or "finishing" while the upload goes on."""
         claim = self.claim(job_id)
         if claim is None:
+            self.journal.write("dropped", job_id)
             return "skipped"
+        self.journal.write("claimed", job_id, attempt=claim.attempt)
         self.current_job = job_id
         try:
             outcome, generation, timings, started = self._generate(claim)
             if generation is None:
+                self.journal.write("ended", job_id, attempt=claim.attempt, outcome=outcome)
                 return outcome
             self.wait_pending()
             # Marked as finishing before it stops being current: the heartbeat always names it (see busy_with).
@@ -162,7 +167,9 @@ class JobRunner:
     def _finalize(self, claim: Claim, generation: Any, timings: dict[str, float], started: float) -> str:
         """Export -> upload -> record the outcome; runs while the next job is on the GPU."""
         try:
-            return self._export_and_record(claim, generation, timings, started)
+            outcome = self._export_and_record(claim, generation, timings, started)
+            self.journal.write("ended", claim.record.id, attempt=claim.attempt, outcome=outcome)
+            return outcome
         finally:
             self._finishing = None
 
@@ -231,6 +238,8 @@ class JobRunner:
         with tempfile.TemporaryDirectory(prefix="wanq-") as tmp:
             folder = Path(tmp)
             t0 = time.perf_counter()
+            if self.settings.engine.fault_injection:
+                time.sleep(faults.export_delay(spec))
             files = {
                 "video": export.write_mp4(frames, spec.fps, folder / "video.mp4"),
                 "thumbnail": export.write_thumbnail(frames, folder / "thumbnail.webp"),
@@ -245,6 +254,7 @@ class JobRunner:
                 self.storage.upload_file(path, key, CONTENT_TYPES[variant])
                 outputs[variant] = key
             timings["uploading"] = time.perf_counter() - t0
+        self.journal.write("uploaded", record.id, attempt=attempt, keys=sorted(outputs.values()))
         return outputs
 
     # -----------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ model the shared workers don't serve, so nothing here disturbs the rest of the s
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -12,7 +11,6 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,77 +18,12 @@ import pytest
 
 from shared.storage import Storage
 from shared.store import JobStore
-from tests.conftest import LATE, wait_for_status
+from tests.conftest import wait_for_status
+from tests.faulty import TerminalLog, Workers, pid_of, processes_of, submit
 from tests.reliability_report import record as record_figures
-from wanq.stack import Managed, Stack, free_port
-
-FAULTY = {
-    "WANQ_ENGINE_FAULT_INJECTION": "true",
-    "WANQ_JOBS_MAX_ATTEMPTS": "6",
-    "WANQ_WORKER_HEARTBEAT_INTERVAL_S": "0.3",
-    "WANQ_WORKER_HEARTBEAT_TTL_S": "1.5",
-}
-TINY_JOB = {"model": LATE, "size": "64x64", "num_frames": 5, "num_inference_steps": 6, "guidance_scale_2": 2.0}
-
-
-class Workers:
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.started: list[Managed] = []
-
-    def start(self, count: int = 1, **env: str) -> list[Managed]:
-        new = [self.stack.start_worker(LATE, extra_env={**FAULTY, **env}) for _ in range(count)]
-        self.started.extend(new)
-        self.stack.wait_for_workers(LATE, len([w for w in self.started if w.alive()]), timeout=180)
-        return new
-
-    def stop_all(self) -> None:
-        for worker in self.started:
-            worker.stop(signal.SIGKILL)
-
-
-@pytest.fixture
-def workers(stack: Stack, store: JobStore) -> Iterator[Workers]:
-    pool = Workers(stack)
-    yield pool
-    pool.stop_all()
-    # Leave no queued LATE job behind for other tests' workers.
-    for job_id in store.redis.zrange(store.queued_key(LATE), 0, -1):
-        store.transition(job_id.decode(), allowed=[], patch={"status": "canceled"})
-
-
-class TerminalLog:
-    """Counts terminal transitions per job from the store's pub/sub (one per job, or a bug)."""
-
-    def __init__(self, store: JobStore) -> None:
-        self.counts: Counter[str] = Counter()
-        self._pubsub = store.redis.pubsub()
-        self._pubsub.psubscribe(f"{store.prefix}:events:*")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-            if message and json.loads(message["data"])["status"] in ("completed", "failed", "canceled"):
-                self.counts[json.loads(message["data"])["id"]] += 1
-
-    def close(self) -> None:
-        time.sleep(0.5)
-        self._stop.set()
-        self._thread.join()
-        self._pubsub.close()
-
-
-def submit(api: httpx.Client, prompt: str, **fields: Any) -> str:
-    response = api.post("/v1/videos", json={"prompt": prompt, **TINY_JOB, **fields})
-    assert response.status_code == 202, response.text
-    return str(response.json()["id"])
-
-
-def pid_of(worker_id: str) -> int:
-    return int(worker_id.split(":")[1])
+from tests.runs import tally
+from wanq.stack import Stack, free_port
+from worker import journal
 
 
 @pytest.mark.slow
@@ -103,6 +36,7 @@ def test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once(
     ids = [submit(api, f"survivor {n} [[fault:sleep@1]]") for n in range(10)]
     kills: list[str] = []
     killed_per_job: Counter[str] = Counter()
+    killed_pids: set[int] = set()
     deadline = time.monotonic() + 240
     while len(kills) < 20 and time.monotonic() < deadline:
         running = [
@@ -120,6 +54,7 @@ def test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once(
             # Once, a whole worker (parent and child) dies: its job must go to another worker.
             owner = next((w for w in pool if w.alive()), None)
             if owner is not None:
+                killed_pids |= processes_of(owner)
                 owner.stop(signal.SIGKILL)
                 pool.remove(owner)
         else:
@@ -127,6 +62,7 @@ def test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once(
                 os.kill(pid_of(str(victim.worker)), signal.SIGKILL)
             except ProcessLookupError:
                 continue
+            killed_pids.add(pid_of(str(victim.worker)))
         kills.append(victim.id)
         killed_per_job[victim.id] += 1
     assert len(kills) == 20, f"only {len(kills)} kills happened"
@@ -139,6 +75,10 @@ def test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once(
         keys = storage.list_keys(storage.job_prefix(video["id"]))
         assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["spritesheet.jpg", "thumbnail.webp", "video.mp4"]
     assert sum(f["attempts"] for f in finals) >= len(ids) + len(set(kills)) - 2
+    # Runs, from the workers' own journal: each job ran once more than it was killed, and uploaded once.
+    runs = tally(journal.read(str(workers.journal)), ids, killed_pids)
+    assert all(r.exactly_once() for r in runs.values()), {j: r for j, r in runs.items() if not r.exactly_once()}
+    assert all(f["attempts"] == runs[f["id"]].runs for f in finals)
     record_figures(
         "sigkill",
         {
@@ -148,6 +88,9 @@ def test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once(
             "jobs": len(ids),
             "jobs_killed_at_least_once": len(set(kills)),
             "attempts": sum(f["attempts"] for f in finals),
+            "runs": sum(r.runs for r in runs.values()),
+            "runs_interrupted_by_a_kill": sum(r.killed for r in runs.values()),
+            "uploads": sum(r.uploads for r in runs.values()),
             "completed": len(finals),
             "lost": 0,
             "completed_twice": 0,
