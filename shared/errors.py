@@ -78,6 +78,13 @@ class OutOfMemory(WanqError):
     code = "out_of_memory"
 
 
+class ClaimLost(WanqError):
+    """The run's claim on its job is gone: the job was requeued (its worker looked dead) and another run
+    replaced this one. The run stops and touches nothing of the job's."""
+
+    code = "claim_lost"
+
+
 class JobTimeout(WanqError):
     code = "timeout"
 

@@ -25,7 +25,12 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("wanq", broker=settings.redis.url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
-        task_reject_on_worker_lost=True,  # a killed child requeues its job; attempts are capped by the job record
+        # One mechanism puts a dead worker's job back: upkeep (shared/maintenance.py), when the worker's heartbeat
+        # stops. It sees both a killed Celery child and a whole worker gone (machine lost, pod evicted), which
+        # Celery's reject-on-worker-lost cannot (that message would wait for the visibility timeout), and it counts
+        # attempts and time limits on the record. So a lost child's message is acknowledged, not requeued: two
+        # mechanisms made two messages for one job, and the job ran twice.
+        task_reject_on_worker_lost=False,
         worker_prefetch_multiplier=1,
         task_soft_time_limit=jobs.soft_time_limit_s,
         task_time_limit=jobs.hard_time_limit_s,

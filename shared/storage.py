@@ -1,7 +1,8 @@
 """Output storage on any S3-compatible endpoint (AWS, MinIO, R2, moto) through boto3.
 
-Keys derive from the job id (`videos/{job_id}/video.mp4`), so a redelivered job overwrites its own
-output and never writes beside another job's.
+Keys derive from the job id: the input image at `videos/{job_id}/input.png`, each run's outputs under
+its attempt (`videos/{job_id}/{attempt}/video.mp4`), so a stale run (one whose job was requeued while it
+still ran) can never overwrite the outputs of the run that replaced it, and never writes beside another job's.
 """
 
 from __future__ import annotations
@@ -42,10 +43,18 @@ class Storage:
         )
 
     def key(self, job_id: str, variant: str) -> str:
+        """Where a job's input (`image`) is kept."""
         return f"{self.settings.key_prefix}{job_id}/{FILE_NAMES[variant]}"
+
+    def output_key(self, job_id: str, attempt: int, variant: str) -> str:
+        """Where run `attempt` of a job stores an output; the job record's `outputs` name the winning run's."""
+        return f"{self.attempt_prefix(job_id, attempt)}{FILE_NAMES[variant]}"
 
     def job_prefix(self, job_id: str) -> str:
         return f"{self.settings.key_prefix}{job_id}/"
+
+    def attempt_prefix(self, job_id: str, attempt: int) -> str:
+        return f"{self.job_prefix(job_id)}{attempt}/"
 
     def ensure_bucket(self) -> None:
         try:
@@ -128,6 +137,9 @@ class Storage:
             Params={"Bucket": self.bucket, "Key": key},
             ExpiresIn=expires_s or self.settings.presign_expiry_s,
         )
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def delete_prefix(self, prefix: str) -> int:
         deleted = 0

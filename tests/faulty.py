@@ -68,6 +68,14 @@ def processes_of(worker: Managed) -> set[int]:
         return set()
 
 
+def running_process(pid: int) -> bool:
+    """Alive and not a zombie (a killed child stays in the process table until its parent reaps it)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 class TerminalLog:
     """Counts terminal transitions per job from the store's pub/sub (one per job, or a bug)."""
 

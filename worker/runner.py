@@ -1,8 +1,12 @@
 """Runs one job: claim it, generate, export, upload, record the outcome. No Celery in here.
 
-Every state change is a guarded transition in the job store, so a redelivered or duplicated message
-can never produce two outcomes: a job is claimed by one attempt at a time, and only the attempt
-that claimed it may move it on.
+Exactly once per delivery. A claim is fenced: only a `queued` job can be claimed, so a message for a job
+that is already running or finishing anywhere (this worker included, while it exports the previous run)
+is acknowledged and dropped without touching the record. A job goes back to `queued` only through upkeep
+(shared/maintenance.py), when its worker's heartbeat stops. `attempts` counts the runs that started, and
+the attempt travels with every later write of the run (a guard on each transition, the run's own folder
+in storage): a run whose job was requeued meanwhile finds its claim lost at its next step and stops,
+without touching the progress, outputs or outcome of the run that replaced it.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from shared.errors import JobCanceled, WanqError
+from shared.errors import ClaimLost, JobCanceled, WanqError
 from shared.schemas import GenerationSpec, JobRecord, JobStatus, Stage, progress_for
 from shared.settings import Settings
 from shared.storage import CONTENT_TYPES, Storage
 from shared.store import JobStore
-from shared.timeouts import deadline, overran, timeout_message
+from shared.timeouts import deadline, timeout_message
 from worker import export, faults
 from worker.journal import RunJournal
 
@@ -66,9 +70,7 @@ class JobRunner:
         finishing at a time). Returns what happened, or "finishing" while the upload goes on."""
         claim = self.claim(job_id)
         if claim is None:
-            self.journal.write("dropped", job_id)
             return "skipped"
-        self.journal.write("claimed", job_id, attempt=claim.attempt)
         self.current_job = job_id
         try:
             outcome, generation, timings, started = self._generate(claim)
@@ -96,20 +98,17 @@ class JobRunner:
         return pending.result() if pending is not None else None
 
     def claim(self, job_id: str) -> Claim | None:
+        """Starts a run of the job if this message should: the job must be `queued`. Anything else (running or
+        finishing anywhere, ended, deleted) means the message is a duplicate: it is dropped, the record untouched."""
         record = self.store.get(job_id)
-        if record is None or record.status.is_terminal():
-            return None
-        running_elsewhere = record.status is JobStatus.in_progress and record.worker not in (None, self.worker_id)
-        if running_elsewhere and self.store.worker_alive(str(record.worker)):
-            return None  # a duplicate delivery: the job is running elsewhere
-        attempt = record.attempts + 1
-        if record.status is JobStatus.in_progress and overran(record):
-            self._finish(record, record.attempts, JobStatus.failed, "timeout", timeout_message(record))
+        if record is None or record.status is not JobStatus.queued:
+            self._drop(job_id, "no such job" if record is None else f"already {record.status.value}")
             return None
         if record.cancel_requested:
-            self._finish(record, attempt - 1, JobStatus.canceled, "canceled", "canceled before it started")
+            self._finish(record, record.attempts, JobStatus.canceled, "canceled", "canceled before it started")
+            self._drop(job_id, "canceled")
             return None
-        if attempt > self.settings.jobs.max_attempts:
+        if record.attempts >= self.settings.jobs.max_attempts:
             self._finish(
                 record,
                 record.attempts,
@@ -117,11 +116,13 @@ class JobRunner:
                 "internal_error",
                 f"gave up after {record.attempts} attempts: the worker running it died each time",
             )
+            self._drop(job_id, "attempts used up")
             return None
+        attempt = record.attempts + 1
         now = time.time()
         result = self.store.transition(
             job_id,
-            allowed=[record.status],
+            allowed=[JobStatus.queued],
             guards={"attempts": record.attempts},
             patch={
                 "status": "in_progress",
@@ -136,8 +137,15 @@ class JobRunner:
             },
         )
         if not result.ok or result.record is None:
+            self._drop(job_id, "claimed by another run meanwhile")
             return None
+        self.journal.write("claimed", job_id, attempt=attempt)
+        log.info("job started", extra={"job_id": job_id, "attempt": attempt, "worker": self.worker_id})
         return Claim(record=result.record, attempt=attempt)
+
+    def _drop(self, job_id: str, why: str) -> None:
+        self.journal.write("dropped", job_id, why=why)
+        log.info("message dropped: %s", why, extra={"job_id": job_id, "worker": self.worker_id})
 
     # -----------------------------------------------------------------------------------------
     def _generate(self, claim: Claim) -> tuple[str, Any, dict[str, float], float]:
@@ -201,14 +209,27 @@ class JobRunner:
         if done.record is None:
             self.storage.delete_prefix(self.storage.job_prefix(record.id))
             return "deleted"
-        if done.ok:
-            self.store.record_duration(spec.model, timings["total"])
-            log.info(
-                "job completed",
-                extra={"job_id": record.id, "model": spec.model, "tenant": record.tenant, "total_s": round(timings["total"], 3)},
-            )
-            return "completed"
-        return done.record.status.value
+        if not done.ok:
+            # Requeued or canceled meanwhile: what this run stored is nobody's output.
+            self.storage.delete_prefix(self.storage.attempt_prefix(record.id, attempt))
+            return "superseded" if done.record.attempts != attempt else done.record.status.value
+        self._forget_other_runs(record, attempt)
+        self.store.record_duration(spec.model, timings["total"])
+        log.info(
+            "job completed",
+            extra={"job_id": record.id, "model": spec.model, "tenant": record.tenant, "total_s": round(timings["total"], 3)},
+        )
+        return "completed"
+
+    def _forget_other_runs(self, record: JobRecord, attempt: int) -> None:
+        """Deletes what interrupted runs of the job left in storage (a run killed mid-upload)."""
+        keep = self.storage.attempt_prefix(record.id, attempt)
+        inputs = {record.spec.image_key}
+        stale = [
+            k for k in self.storage.list_keys(self.storage.job_prefix(record.id)) if not k.startswith(keep) and k not in inputs
+        ]
+        for key in stale:
+            self.storage.delete(key)
 
     def _fail(self, record: JobRecord, attempt: int, exc: Exception, timings: dict[str, float]) -> str:
         """Records why the job ended early and returns the outcome."""
@@ -218,6 +239,13 @@ class JobRunner:
         if isinstance(exc, JobVanished):
             self.storage.delete_prefix(self.storage.job_prefix(record.id))
             return "deleted"
+        if isinstance(exc, ClaimLost):
+            log.warning(
+                "run stopped: its job was requeued and another run took it over",
+                extra={"job_id": record.id, "attempt": attempt, "worker": self.worker_id},
+            )
+            self.storage.delete_prefix(self.storage.attempt_prefix(record.id, attempt))
+            return "superseded"
         if isinstance(exc, WanqError):
             self._finish(record, attempt, JobStatus.failed, exc.code, exc.message, timings)
             return exc.code
@@ -250,7 +278,7 @@ class JobRunner:
             t0 = time.perf_counter()
             outputs = {}
             for variant, path in files.items():
-                key = self.storage.key(record.id, variant)
+                key = self.storage.output_key(record.id, attempt, variant)
                 self.storage.upload_file(path, key, CONTENT_TYPES[variant])
                 outputs[variant] = key
             timings["uploading"] = time.perf_counter() - t0
@@ -261,7 +289,8 @@ class JobRunner:
     def _progress(
         self, job_id: str, attempt: int, stage: Stage, step: int, total: int, timings: dict[str, float], **extra: Any
     ) -> None:
-        """Records the stage and step; raises JobCanceled if a cancel was requested."""
+        """Records the stage and step; raises JobCanceled if a cancel was requested, ClaimLost if the job is no
+        longer this run's (requeued: another run has it or will), JobVanished if it was deleted."""
         result = self.store.transition(
             job_id,
             allowed=[JobStatus.in_progress],
@@ -276,7 +305,11 @@ class JobRunner:
         )
         if result.record is None:
             raise JobVanished(job_id)
-        if result.record.cancel_requested or result.record.status is JobStatus.canceled:
+        if not result.ok:
+            raise ClaimLost(
+                f"job {job_id} is {result.record.status.value} at attempt {result.record.attempts}, not run {attempt}'s"
+            )
+        if result.record.cancel_requested:
             raise JobCanceled("canceled")
 
     def _finish(

@@ -147,9 +147,8 @@ class WorkerProcess:
             record = self._store.get(job_id)
         except Exception:
             record = None
-        token = logs.enter_job(job_id, record.tenant if record else None, record.spec.model if record else self.model_id)
-        log.info("job started", extra={"attempt": record.attempts + 1 if record else None, "worker": self.worker_id})
-        return token
+        # "job started" is logged by the claim, once a run has really started (a dropped duplicate logs why).
+        return logs.enter_job(job_id, record.tenant if record else None, record.spec.model if record else self.model_id)
 
 
 def build_app(settings: Settings, model_id: str, model_path: Path) -> tuple[Celery, WorkerProcess]:

@@ -272,9 +272,13 @@ def test_expired_outputs_answer_410_and_are_swept(api: httpx.Client, store: JobS
 
 
 @pytest.mark.parametrize("variant", ["video", "thumbnail", "spritesheet"])
-def test_presigned_redirect_mode_serves_the_same_bytes(api: httpx.Client, storage: Storage, variant: str) -> None:
+def test_presigned_redirect_mode_serves_the_same_bytes(
+    api: httpx.Client, store: JobStore, storage: Storage, variant: str
+) -> None:
     video = submit(api)
     wait_for_status(api, video["id"], {"completed"})
     streamed = api.get(f"/v1/videos/{video['id']}/content", params={"variant": variant}).content
-    url = storage.presigned_url(storage.key(video["id"], variant), expires_s=60)
+    record = store.get(video["id"])
+    assert record is not None
+    url = storage.presigned_url(record.outputs[variant], expires_s=60)
     assert httpx.get(url).content == streamed

@@ -19,7 +19,7 @@ import pytest
 from shared.storage import Storage
 from shared.store import JobStore
 from tests.conftest import wait_for_status
-from tests.faulty import TerminalLog, Workers, pid_of, processes_of, submit
+from tests.faulty import TerminalLog, Workers, pid_of, processes_of, running_process, submit
 from tests.reliability_report import record as record_figures
 from tests.runs import tally
 from wanq.stack import Stack, free_port
@@ -58,11 +58,14 @@ def test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once(
                 owner.stop(signal.SIGKILL)
                 pool.remove(owner)
         else:
+            pid = pid_of(str(victim.worker))
+            if not running_process(pid):
+                continue  # killed already (a zombie until its parent reaps it: a kill would "succeed")
             try:
-                os.kill(pid_of(str(victim.worker)), signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 continue
-            killed_pids.add(pid_of(str(victim.worker)))
+            killed_pids.add(pid)
         kills.append(victim.id)
         killed_per_job[victim.id] += 1
     assert len(kills) == 20, f"only {len(kills)} kills happened"

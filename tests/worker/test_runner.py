@@ -122,3 +122,98 @@ def test_the_engine_cache_holds_at_most_its_size(engine: WanEngine) -> None:
     for n in range(5):
         engine.encode_text(f"prompt number {n}")
     assert len(engine.prompt_cache) == 2
+
+
+# Exactly once per delivery: the claim is fenced, and a run whose job was requeued stops without writing.
+
+
+def requeue_as_upkeep_does(store: JobStore, job_id: str, attempts: int) -> None:
+    result = store.transition(
+        job_id,
+        allowed=[JobStatus.in_progress],
+        guards={"attempts": attempts},
+        patch={"status": "queued", "stage": "queued", "progress": 0, "step": 0, "worker": None},
+    )
+    assert result.ok
+
+
+def test_a_duplicate_message_for_the_job_this_worker_is_finishing_is_dropped_untouched(
+    runner: tuple[JobRunner, SlowUploads], store: JobStore
+) -> None:
+    job_runner, storage = runner
+    job = make_job(store, "exported while its duplicate arrives")
+    assert job_runner.run(job) == "finishing"
+    assert storage.started.wait(10)
+    before = store.get(job)
+    assert before is not None and before.status is JobStatus.in_progress and before.worker == job_runner.worker_id
+    assert job_runner.run(job) == "skipped"  # the same worker, the same job, while its upload is held
+    after = store.get(job)
+    assert after is not None and after.version == before.version and after.attempts == 1
+    storage.release.set()
+    assert job_runner.wait_pending() == "completed"
+    done = store.get(job)
+    assert done is not None and done.status is JobStatus.completed and done.attempts == 1
+
+
+def test_a_stale_run_never_overwrites_the_run_that_replaced_it(
+    settings: Settings, store: JobStore, storage: Storage, runner: tuple[JobRunner, SlowUploads], engine: WanEngine
+) -> None:
+    stale, held = runner
+    job = make_job(store, "requeued while its first run uploads")
+    assert stale.run(job) == "finishing"
+    assert held.started.wait(10)
+    # Upkeep took the first run's worker for dead and requeued the job; another worker runs it to the end.
+    requeue_as_upkeep_does(store, job, attempts=1)
+    other = JobRunner(settings, store, storage, engine, worker_id=f"test-runner-2:{time.time_ns()}")
+    assert other.run(job, wait=True) == "completed"
+    winner = store.get(job)
+    assert winner is not None and winner.attempts == 2 and winner.worker == other.worker_id
+    # The first run's upload goes through now: its completion is refused and what it stored is deleted.
+    held.release.set()
+    assert stale.wait_pending() == "superseded"
+    final = store.get(job)
+    assert final is not None and final.version == winner.version and final.outputs == winner.outputs
+    keys = storage.list_keys(storage.job_prefix(job))
+    assert sorted(keys) == sorted(winner.outputs.values()) and all(k.startswith(storage.attempt_prefix(job, 2)) for k in keys)
+
+
+def test_a_run_whose_job_was_requeued_stops_at_its_next_step(
+    settings: Settings, store: JobStore, storage: Storage, engine: WanEngine
+) -> None:
+    job = make_job(store, "requeued mid-denoise")
+
+    class RequeuedAfterStepOne:
+        def generate(self, spec, image=None, *, on_stage=None, on_step=None):  # type: ignore[no-untyped-def]
+            def step(done: int, total: int) -> None:
+                if done == 1:
+                    requeue_as_upkeep_does(store, job, attempts=1)
+                assert on_step is not None
+                on_step(done, total)
+
+            return engine.generate(spec, image, on_stage=on_stage, on_step=step)
+
+    run = JobRunner(settings, store, storage, RequeuedAfterStepOne(), worker_id=f"test-runner-3:{time.time_ns()}")
+    assert run.run(job, wait=True) == "superseded"
+    record = store.get(job)
+    assert record is not None and record.status is JobStatus.queued and record.attempts == 1 and record.step == 0
+    assert storage.list_keys(storage.job_prefix(job)) == []
+
+
+def test_the_attempt_cap_fails_only_a_queued_job(
+    settings: Settings, store: JobStore, storage: Storage, engine: WanEngine
+) -> None:
+    capped = make_job(store, "died every time")
+    store.transition(capped, allowed=[JobStatus.queued], patch={"attempts": settings.jobs.max_attempts})
+    run = JobRunner(settings, store, storage, engine, worker_id=f"test-runner-4:{time.time_ns()}")
+    assert run.run(capped) == "skipped"
+    record = store.get(capped)
+    assert record is not None and record.status is JobStatus.failed
+    assert record.error is not None and f"gave up after {settings.jobs.max_attempts} attempts" in record.error.message
+    # A run at the cap that is finishing is never failed by a late duplicate message.
+    last = make_job(store, "last attempt completes")
+    store.transition(last, allowed=[JobStatus.queued], patch={"attempts": settings.jobs.max_attempts - 1})
+    assert run.run(last) == "finishing"
+    assert run.run(last) == "skipped"
+    assert run.wait_pending() == "completed"
+    done = store.get(last)
+    assert done is not None and done.status is JobStatus.completed and done.attempts == settings.jobs.max_attempts
