@@ -6,14 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import NoBackoff
 
 from api import metrics, web
 from api.auth import warn_if_open
 from api.body_limit import BodyLimit
+from api.daemons.dispatcher import start_in_thread
+from api.daemons.upkeep import Upkeep
 from api.deps import Services, get_principal
 from api.errors import install_error_handlers
 from api.events import EventHub
@@ -22,9 +21,9 @@ from api.routes import admin, health, models, videos, webhooks
 from shared.apikeys import KeyStore
 from shared.fairqueue import FairQueue
 from shared.idempotency import IdempotencyKeys
-from shared.maintenance import Maintenance
-from shared.queue import make_celery
+from shared.queue import enqueue, make_celery
 from shared.quotas import Quotas
+from shared.redisconn import connect_async
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import JobStore
@@ -38,13 +37,12 @@ def create_app(settings: Settings) -> FastAPI:
         services = app.state.services
         stop = None
         if settings.maintenance.enabled:
-            stop = Maintenance(settings, services.store, services.storage, services.celery).start()
-        # The embedded dispatcher (see shared/dispatcher.py); several API processes may each run one.
-        dispatcher = None
-        if settings.dispatch.in_api:
-            from shared.dispatcher import start_in_thread
-
-            dispatcher = start_in_thread(settings)
+            celery = services.celery
+            stop = Upkeep(
+                settings, services.store, services.storage, services.fairq, lambda job, model: enqueue(celery, job, model)
+            ).start()
+        # The embedded dispatcher (api/daemons/dispatcher.py); several API processes may each run one.
+        dispatcher = start_in_thread(settings) if settings.dispatch.in_api else None
         try:
             yield
         finally:
@@ -61,9 +59,8 @@ def create_app(settings: Settings) -> FastAPI:
         description="Self-hosted Wan2.2 video generation, OpenAI Videos API compatible.",
         lifespan=lifespan,
     )
-    store = JobStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix, record_ttl_s=settings.jobs.record_ttl_s)
-    # One immediate retry on a new connection: after a Redis restart, pooled connections are stale (see JobStore).
-    aclient = aioredis.Redis.from_url(settings.redis.url, retry=AsyncRetry(NoBackoff(), 1))
+    store = JobStore.from_settings(settings)
+    aclient = connect_async(settings.redis)
     fairq = FairQueue(
         store,
         settings.quotas,
@@ -80,8 +77,8 @@ def create_app(settings: Settings) -> FastAPI:
         aioredis=aclient,
         # Its own client, without the retry: a pub/sub connection that silently reconnected would have missed
         # whatever was published meanwhile, so a dropped connection must end the streams (they reconnect).
-        events=EventHub(aioredis.Redis.from_url(settings.redis.url)),
-        idempotency=IdempotencyKeys(store.redis, prefix=settings.redis.key_prefix, ttl_s=settings.jobs.idempotency_ttl_s),
+        events=EventHub(connect_async(settings.redis, retry=False)),
+        idempotency=IdempotencyKeys(store.redis, keys=store.keys, ttl_s=settings.jobs.idempotency_ttl_s),
         keys=KeyStore(store.redis, settings.auth, prefix=settings.redis.key_prefix),
         fairq=fairq,
         quotas=Quotas(

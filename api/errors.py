@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from shared.errors import RateLimited, WanqError
+from shared.errors import Forbidden, InvalidRequest, NotFound, RateLimited, ServiceUnavailable, Unauthorized, WanqError
 
 log = logging.getLogger("wanq.api")
 
@@ -20,7 +20,13 @@ def error_body(message: str, code: str, param: str | None = None, type_: str = "
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-_HTTP_CODES = {401: "unauthorized", 403: "permission_denied", 404: "not_found", 405: "method_not_allowed", 413: "invalid_request"}
+_HTTP_CODES = {
+    401: Unauthorized.code,
+    403: Forbidden.code,
+    404: NotFound.code,
+    405: "method_not_allowed",
+    413: InvalidRequest.code,
+}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -43,12 +49,12 @@ def install_error_handlers(app: FastAPI) -> None:
         field = ".".join(loc) or "request"
         value = err.get("input")
         message = f"invalid '{field}' {value!r}: {err.get('msg')}" if value is not None else f"'{field}': {err.get('msg')}"
-        return JSONResponse(error_body(message, "invalid_request", field), status_code=400)
+        return JSONResponse(error_body(message, InvalidRequest.code, field), status_code=400)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         # Starlette's own refusals (unknown path, wrong method, a body FastAPI could not parse) in the same shape.
-        code = _HTTP_CODES.get(exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error")
+        code = _HTTP_CODES.get(exc.status_code, InvalidRequest.code if exc.status_code < 500 else WanqError.code)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         return JSONResponse(error_body(str(exc.detail), code, None, type_), status_code=exc.status_code, headers=exc.headers)
 
@@ -56,7 +62,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
         return JSONResponse(
-            error_body("the job store is unavailable; retry shortly", "service_unavailable", None, "server_error"),
+            error_body("the job store is unavailable; retry shortly", ServiceUnavailable.code, None, "server_error"),
             status_code=503,
             headers={"Retry-After": "2"},
         )

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import Services, ServicesDep
 from shared.errors import NotFound
-from shared.queue import queue_name
+from shared.keys import text
 from shared.store import JobStore
 
 router = APIRouter(tags=["metrics"])
@@ -52,26 +52,22 @@ class ModelQueue:
         return self.queued + self.running
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def read_queues(store: JobStore, models: list[str]) -> dict[str, ModelQueue]:
     """Per-model counts in one pipelined round trip, plus one read of the running jobs' records."""
     pipe = store.redis.pipeline(transaction=False)
     for model in models:
-        pipe.zcard(store.queued_key(model))
-        pipe.llen(queue_name(model))
-        pipe.hgetall(store.finished_key(model))
-    pipe.zrange(f"{store.prefix}:running", 0, -1)
+        pipe.zcard(store.keys.queued(model))
+        pipe.llen(store.keys.broker_queue(model))
+        pipe.hgetall(store.keys.finished(model))
+    pipe.zrange(store.keys.running, 0, -1)
     replies = pipe.execute()
     queues: dict[str, ModelQueue] = {}
     for i, model in enumerate(models):
         queued, messages, finished = replies[3 * i : 3 * i + 3]
         queues[model] = ModelQueue(
-            queued=int(queued), messages=int(messages), finished={_text(k): int(v) for k, v in finished.items()}
+            queued=int(queued), messages=int(messages), finished={text(k): int(v) for k, v in finished.items()}
         )
-    for record in store.get_many(_text(i) for i in replies[-1]):
+    for record in store.get_many(text(i) for i in replies[-1]):
         if record.spec.model in queues:
             queues[record.spec.model].running += 1
     return queues

@@ -1,17 +1,18 @@
-"""What the API answers, as schemas for `/openapi.json`: documentation only (routes build their own dicts).
+"""What the API answers besides the video object (shared/video.py): the response models of the other routes,
+the error shape, and the OpenAPI extras (links, file and event-stream bodies).
 
-They are exact enough to test against: tests/api/test_openapi_fuzz.py runs schemathesis on the live
-API and checks every answer against these. Routes declare them with `responses=`; the error shape of
-every 4xx and of 503 is declared once per router (api/app.py).
+Every route declares its `response_model`, so each answer is checked against its schema as it is made, and
+tests/api/test_openapi_fuzz.py runs schemathesis on the live API against the same schemas. The error shape
+of every 4xx and of 503 is declared once per router (api/app.py).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-Status = Literal["queued", "in_progress", "completed", "failed", "canceled"]
+from shared.video import Video
 
 
 class ErrorDetail(BaseModel):
@@ -35,64 +36,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "headers": {"Retry-After": {"schema": {"type": "string"}, "description": "Seconds to wait."}},
     },
 }
-
-
-class JobErrorOut(BaseModel):
-    code: str
-    message: str
-
-
-class Video(BaseModel):
-    """OpenAI's Video object plus wanq's own fields."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    object: Literal["video"]
-    model: str
-    status: Status
-    progress: int = Field(ge=0, le=100)
-    created_at: int
-    completed_at: int | None
-    expires_at: int | None
-    error: JobErrorOut | None
-    seconds: str
-    size: str
-    prompt: str
-    remixed_from_video_id: None
-    stage: str
-    step: int
-    total_steps: int
-    num_frames: int
-    fps: int
-    seed: int
-    negative_prompt: str
-    num_inference_steps: int
-    guidance_scale: float
-    guidance_scale_2: float | None
-    flow_shift: float
-    has_image: bool
-    started_at: int | None
-    timings: dict[str, float]
-    attempts: int
-    cancel_requested: bool
-    queue_position: int | None = Field(default=None, description="Only while queued: place in the dispatch order.")
-    estimated_start_at: int | None = Field(default=None, description="Only while queued: a rough start time.")
-    tenant: str | None = Field(default=None, description="Admin listings only.")
-
-
-class VideoList(BaseModel):
-    object: Literal["list"]
-    data: list[Video]
-    first_id: str | None
-    last_id: str | None
-    has_more: bool
-
-
-class VideoDeleted(BaseModel):
-    id: str
-    object: Literal["video.deleted"]
-    deleted: bool
 
 
 class ModelDefaults(BaseModel):
@@ -223,11 +166,6 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "unavailable"]
     checks: dict[str, str]
-
-
-def ok(model: type[BaseModel], status: int = 200) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route whose success answer is `model`."""
-    return {status: {"model": model}}
 
 
 def _job_link(path: str, method: str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -114,7 +115,7 @@ def main() -> None:
         stack.start_s3()
         stack.build_tiny_models([args.model])
         stack.start_api()
-        store = JobStore.from_url(stack.redis_url)
+        store = JobStore(redis.Redis.from_url(stack.redis_url))
         client = httpx.Client(base_url=stack.api_url, timeout=30)
         for n in range(max(counts)):
             threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}

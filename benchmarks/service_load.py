@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -305,7 +306,7 @@ def main() -> None:
         settings = Settings()
         os.environ.clear()
         os.environ.update(saved)
-        store = JobStore.from_url(settings.redis.url)
+        store = JobStore(redis.Redis.from_url(settings.redis.url))
         headers = stack.admin_headers()
         api = httpx.Client(base_url=stack.api_url, headers=headers, timeout=30)
 
@@ -359,7 +360,7 @@ def main() -> None:
         stack2.start_worker(SERVED)
         stack2.wait_for_workers(SERVED, 1, timeout=300)
         api2 = httpx.Client(base_url=stack2.api_url, headers=stack2.admin_headers(), timeout=30)
-        store2 = JobStore.from_url(stack2.redis_url)
+        store2 = JobStore(redis.Redis.from_url(stack2.redis_url))
         results["idle_serial"] = idle_share(api2, store2, args.jobs, results["job_fields"])
     finally:
         stack2.stop()

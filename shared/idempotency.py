@@ -4,7 +4,7 @@ Same key and same request -> the first job; same key, other request -> 422; a re
 first request is still being handled -> 409. Keys are scoped to the tenant and expire after
 `jobs.idempotency_ttl_s` (24 h by default), counted from the job's creation.
 
-The key's entry gets its job id in the same atomic step that creates the job (FairQueue.create), so
+The key's entry gets its job id in the same atomic step that creates the job (shared/lua/create.lua), so
 "the job exists" and "the key names it" never disagree: a retry after an answer lost on the way
 replays that job. A first request that never got as far holds its key for at most `IN_FLIGHT_S`.
 """
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import redis
+
+from shared.keys import Keys
 
 Outcome = Literal["new", "replay", "mismatch", "in_flight"]
 MAX_KEY_LENGTH = 255
@@ -31,7 +33,7 @@ def fingerprint(fields: dict[str, Any], image: bytes | None) -> str:
 
 @dataclass(frozen=True)
 class IdempotentCreate:
-    """The key's entry that the job's creation writes, in the same step (FairQueue.create)."""
+    """The key's entry that the job's creation writes, in the same step (shared/lua/create.lua)."""
 
     key: str
     entry: str
@@ -45,13 +47,13 @@ class Claim:
 
 
 class IdempotencyKeys:
-    def __init__(self, client: redis.Redis, *, prefix: str, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, *, keys: Keys, ttl_s: int) -> None:
         self.redis = client
-        self.prefix = prefix
+        self.keys = keys
         self.ttl_s = ttl_s
 
     def _key(self, tenant: str, key: str) -> str:
-        return f"{self.prefix}:idem:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+        return self.keys.idempotency(tenant, hashlib.sha256(key.encode()).hexdigest())
 
     def begin(self, tenant: str, key: str, print_: str) -> Claim:
         name = self._key(tenant, key)

@@ -38,25 +38,80 @@ NUMBER_FIELDS = (
 
 
 class VideoRequest(BaseModel):
-    """The body of `POST /v1/videos` (JSON or multipart form fields)."""
+    """The body of `POST /v1/videos` (JSON or multipart form fields). Omitted fields take the model's own
+    defaults (GET /v1/models lists them); limits named WANQ_JOBS_* are the deployment's (defaults shown)."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    # Ranges are in the schema only (json_schema_extra): resolve_spec checks them, with messages that name the
+    # field, the value and the rule, and with the deployment's own limits.
 
-    prompt: str = Field(description="What the video shows.")
-    model: str | None = Field(default=None, description="A model id from GET /v1/models.")
-    size: str | None = Field(default=None, description='"WIDTHxHEIGHT", e.g. "1280x720".')
-    seconds: float | None = Field(default=None, description="Duration; num_frames wins if both are given.")
-    negative_prompt: str | None = None
-    num_frames: int | None = Field(default=None, description="4k+1 frames.")
-    fps: int | None = None
-    num_inference_steps: int | None = None
-    guidance_scale: float | None = None
-    guidance_scale_2: float | None = Field(default=None, description="Low-noise expert guidance (A14B).")
-    seed: int | None = None
-    flow_shift: float | None = None
-    image_url: str | None = Field(default=None, description="https:// or data: URL of the first frame.")
-    webhook_url: str | None = None
-    webhook_events: list[str] | None = None
+    prompt: str = Field(description="What the video shows (at most WANQ_JOBS_MAX_PROMPT_CHARS, 4000, characters).")
+    model: str | None = Field(
+        default=None, description="A model id from GET /v1/models; default: the first one the deployment serves."
+    )
+    size: str | None = Field(
+        default=None,
+        description='"WIDTHxHEIGHT", e.g. "1280x720"; multiples of 16 (TI2V-5B: 32), at most WANQ_JOBS_MAX_PIXELS '
+        "(1280x1280) pixels; default: the model's (TI2V-5B 1280x704, A14B 1280x720).",
+        examples=["1280x704"],
+    )
+    seconds: float | None = Field(
+        default=None,
+        json_schema_extra={"exclusiveMinimum": 0},
+        description="Duration; becomes the 4k+1 frame count nearest to seconds x fps (4 s at 16 fps -> 65 frames). "
+        'num_frames wins if both are given. OpenAI\'s SDK types it as the string "4", "8" or "12"; any number is taken.',
+    )
+    negative_prompt: str | None = Field(default=None, description="What to avoid; default: the model's (Wan's own list).")
+    num_frames: int | None = Field(
+        default=None,
+        json_schema_extra={"minimum": 5},
+        description="Frames, 4k+1 (17, 49, 81, 121...), at most WANQ_JOBS_MAX_FRAMES (241); default: the model's "
+        "(A14B 81, TI2V-5B 121).",
+    )
+    fps: int | None = Field(
+        default=None,
+        json_schema_extra={"minimum": 1, "maximum": 60},
+        description="Frames per second; default: the model's (A14B 16, TI2V-5B 24).",
+    )
+    num_inference_steps: int | None = Field(
+        default=None,
+        json_schema_extra={"minimum": 1},
+        description="Denoising steps, at most WANQ_JOBS_MAX_STEPS (100); default: the model's (A14B 40, TI2V-5B 50).",
+    )
+    guidance_scale: float | None = Field(
+        default=None,
+        json_schema_extra={"minimum": 0, "maximum": 30},
+        description="Classifier-free guidance; 1 or less runs no unconditional branch (one forward per step); "
+        "default: the model's (T2V-A14B 4.0, I2V-A14B 3.5, TI2V-5B 5.0).",
+    )
+    guidance_scale_2: float | None = Field(
+        default=None,
+        json_schema_extra={"minimum": 0, "maximum": 30},
+        description="Guidance of the low-noise expert (A14B models only); default: the model's (T2V-A14B 3.0, I2V-A14B 3.5).",
+    )
+    seed: int | None = Field(
+        default=None,
+        json_schema_extra={"minimum": 0, "maximum": MAX_SEED},
+        description="Seed; default: a random one (the video object shows it).",
+    )
+    flow_shift: float | None = Field(
+        default=None,
+        json_schema_extra={"minimum": 0.01, "maximum": 100},
+        description="Shift of the flow-matching schedule; default: the model's (T2V-A14B 12.0, others 5.0).",
+    )
+    image_url: str | None = Field(
+        default=None,
+        description="https:// or data: URL of the first frame (image-to-video); or send the file as `input_reference` "
+        "(multipart). Scaled to cover the size and centre-cropped.",
+    )
+    webhook_url: str | None = Field(
+        default=None, description="http(s) URL told of this job's events, signed with the tenant's webhook secret."
+    )
+    webhook_events: list[str] | None = Field(
+        default=None,
+        description="Events sent to webhook_url: video.started, video.completed, video.failed, video.canceled "
+        "(default: these four), video.progress.",
+    )
 
     @field_validator(*NUMBER_FIELDS, mode="before")
     @classmethod

@@ -1,15 +1,9 @@
 """Webhook state in Redis: tenants' endpoints and signing secrets, and every delivery with its attempts.
 
-Layout (prefix `wanq`):
-  wanq:webhook-endpoint:{tenant}   the tenant's default endpoint, JSON (the job store's transition checks
-                                   that this key exists before it writes an event: keep the name in step)
-  wanq:webhook-secret:{tenant}     signing secrets, JSON: current, and previous until previous_expires_at
-  wanq:job-events                  stream of events written by the job store's transition
-  wanq:webhook-delivery:{id}       one delivery (one event to one URL), JSON, with its attempt log
-  wanq:webhook-due                 sorted set: pending delivery id -> time of its next attempt
-  wanq:webhook-deliveries:{job}    sorted set: the job's delivery ids by creation time
-  wanq:webhook-gone:{job}          set of the job's webhook URLs that answered 410 Gone
-  wanq:webhook-progress:{job}      present while the job's progress events are throttled
+Keys (shared/keys.py): webhook-endpoint:{tenant} (the default endpoint; the job transition checks it exists
+before it writes an event), webhook-secret:{tenant}, job-events (the stream the transitions write),
+webhook-delivery:{id} (one delivery with its attempt log), webhook-due (pending delivery -> next attempt),
+webhook-deliveries:{job}, webhook-gone:{job} (URLs that answered 410), webhook-progress:{job} (the throttle).
 
 Signing secrets are stored as they are (HMAC needs them): protect Redis like any credential store.
 """
@@ -22,18 +16,12 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, Field
 
+from shared import lua
+from shared.keys import Keys, text
 from shared.webhooks import LIFECYCLE_EVENTS, new_secret, secret_hint
 
-STREAM = "job-events"
 GROUP = "webhooks"
-
-# KEYS: the due set. ARGV: now, how many, lease end. Takes the due ids and pushes each one's time to the
-# lease end, so a second delivery process skips them and a killed one's attempt runs again after it.
-_CLAIM_DUE = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[3], id) end
-return ids
-"""
+"""The delivery processes' consumer group on the job-events stream."""
 
 
 class Endpoint(BaseModel):
@@ -92,32 +80,32 @@ class Delivery(BaseModel):
 
 
 class WebhookStore:
-    def __init__(self, client: redis.Redis, *, prefix: str = "wanq", ttl_s: int = 30 * 24 * 3600) -> None:
+    def __init__(self, client: redis.Redis, *, keys: Keys | None = None, ttl_s: int = 30 * 24 * 3600) -> None:
         self.redis = client
-        self.prefix = prefix
+        self.keys = keys or Keys()
         self.ttl_s = ttl_s
-        self._claim_due = client.register_script(_CLAIM_DUE)
+        self._claim_due = lua.load(client, "claim_due")
 
     # Keys
     @property
     def stream(self) -> str:
-        return f"{self.prefix}:{STREAM}"
+        return self.keys.job_events
 
     def endpoint_key(self, tenant: str) -> str:
-        return f"{self.prefix}:webhook-endpoint:{tenant}"
+        return self.keys.webhook_endpoint(tenant)
 
     def secret_key(self, tenant: str) -> str:
-        return f"{self.prefix}:webhook-secret:{tenant}"
+        return self.keys.webhook_secret(tenant)
 
     def delivery_key(self, delivery_id: str) -> str:
-        return f"{self.prefix}:webhook-delivery:{delivery_id}"
+        return self.keys.webhook_delivery(delivery_id)
 
     @property
     def due_key(self) -> str:
-        return f"{self.prefix}:webhook-due"
+        return self.keys.webhook_due
 
     def job_deliveries_key(self, job_id: str) -> str:
-        return f"{self.prefix}:webhook-deliveries:{job_id}"
+        return self.keys.webhook_deliveries(job_id)
 
     # Endpoints ----------------------------------------------------------------------------------
     def endpoint(self, tenant: str) -> Endpoint | None:
@@ -216,15 +204,15 @@ class WebhookStore:
         self.redis.zrem(self.due_key, delivery_id)
 
     def claim_due(self, now: float, limit: int, lease_s: float) -> list[str]:
-        ids = self._claim_due(keys=[self.due_key], args=[now, limit, now + lease_s])
-        return [_text(i) for i in ids]
+        ids = self._claim_due(keys=[self.due_key], args=lua.argv(now=now, limit=limit, lease_end=now + lease_s))
+        return [text(i) for i in ids]
 
     def next_due_at(self) -> float | None:
         first = self.redis.zrange(self.due_key, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
     def deliveries_for_job(self, job_id: str) -> list[Delivery]:
-        ids = [_text(i) for i in self.redis.zrange(self.job_deliveries_key(job_id), 0, -1)]
+        ids = [text(i) for i in self.redis.zrange(self.job_deliveries_key(job_id), 0, -1)]
         if not ids:
             return []
         raws = self.redis.mget([self.delivery_key(i) for i in ids])
@@ -232,24 +220,20 @@ class WebhookStore:
 
     # Per-job state ------------------------------------------------------------------------------
     def mark_gone(self, job_id: str, url: str) -> None:
-        key = f"{self.prefix}:webhook-gone:{job_id}"
+        key = self.keys.webhook_gone(job_id)
         pipe = self.redis.pipeline()
         pipe.sadd(key, url)
         pipe.expire(key, self.ttl_s)
         pipe.execute()
 
     def is_gone(self, job_id: str, url: str) -> bool:
-        return bool(self.redis.sismember(f"{self.prefix}:webhook-gone:{job_id}", url))
+        return bool(self.redis.sismember(self.keys.webhook_gone(job_id), url))
 
     def progress_slot(self, job_id: str, interval_s: float) -> bool:
         """True at most once per `interval_s` per job: the throttle of `video.progress`."""
         if interval_s <= 0:
             return True
-        return bool(self.redis.set(f"{self.prefix}:webhook-progress:{job_id}", "1", nx=True, px=max(1, int(interval_s * 1000))))
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        return bool(self.redis.set(self.keys.webhook_progress(job_id), "1", nx=True, px=max(1, int(interval_s * 1000))))
 
 
 def endpoint_dump(tenant: str, endpoint: Endpoint | None, secrets: Secrets | None) -> dict[str, Any]:

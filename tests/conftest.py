@@ -95,7 +95,7 @@ def settings(stack: Stack) -> Settings:
 
 @pytest.fixture(scope="session")
 def store(settings: Settings) -> JobStore:
-    return JobStore.from_url(settings.redis.url)
+    return JobStore.from_settings(settings)
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +106,16 @@ def storage(settings: Settings) -> Storage:
 @pytest.fixture(scope="session")
 def redis_client(stack: Stack) -> redis.Redis:
     return redis.Redis.from_url(stack.redis_url)
+
+
+@pytest.fixture(scope="session")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
+    """A redis-server of its own (not the stack's), for tests of scripts and loops that need nothing else."""
+    own = Stack(tmp_path_factory.mktemp("own-redis"))
+    try:
+        yield redis.Redis.from_url(own.start_redis())
+    finally:
+        own.stop()
 
 
 @pytest.fixture

@@ -82,7 +82,7 @@ class TerminalLog:
     def __init__(self, store: JobStore) -> None:
         self.counts: Counter[str] = Counter()
         self._pubsub = store.redis.pubsub()
-        self._pubsub.psubscribe(f"{store.prefix}:events:*")
+        self._pubsub.psubscribe(store.keys.events("*"))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

@@ -79,7 +79,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> None:
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> None:
-    from shared.dispatcher import Dispatcher
+    from api.daemons.dispatcher import Dispatcher
     from shared.logs import configure
 
     settings = load_settings()

@@ -30,9 +30,11 @@ import httpcore
 import redis
 
 from shared.errors import InvalidRequest
+from shared.keys import Keys
 from shared.netguard import GuardedBackend, parse_allowlist
 from shared.schemas import JobRecord
 from shared.settings import Settings
+from shared.video import Video
 from shared.webhook_store import GROUP, Attempt, Delivery, WebhookStore
 from shared.webhooks import LIFECYCLE_EVENTS, PROGRESS_EVENT, RETRY_STATUSES, event_body, headers, next_delay_s, retry_after_s
 
@@ -65,7 +67,7 @@ class Deliverer:
         self.settings = settings
         self.config = settings.webhooks
         self.redis = client
-        self.store = WebhookStore(client, prefix=settings.redis.key_prefix, ttl_s=settings.jobs.record_ttl_s)
+        self.store = WebhookStore(client, keys=Keys(settings.redis.key_prefix), ttl_s=settings.jobs.record_ttl_s)
         self.consumer = self.config.consumer_name or socket.gethostname()
         self.http = httpcore.ConnectionPool(
             network_backend=GuardedBackend(parse_allowlist(self.config.allowlist)),
@@ -163,7 +165,7 @@ class Deliverer:
             # Progress is superseded by the next one: one try. Lifecycle events follow the whole schedule.
             max_attempts=1 if event == PROGRESS_EVENT else len(schedule),
             next_attempt_at=now + schedule[0],
-            body=event_body(event, happened_at, record.to_video()).decode(),
+            body=event_body(event, happened_at, Video.of(record).dump()).decode(),
         )
         if self.store.add_delivery(delivery):
             log.info("webhook queued", extra={"delivery": delivery.id, "job_id": record.id, "event": event, "target": kind})

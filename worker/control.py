@@ -18,7 +18,7 @@ from shared.store import JobStore
 
 
 def _store(settings: Settings) -> JobStore:
-    return JobStore.from_url(settings.redis.url, prefix=settings.redis.key_prefix)
+    return JobStore.from_settings(settings)
 
 
 def local_workers(settings: Settings, model: str, host: str | None = None) -> list[dict[str, Any]]:

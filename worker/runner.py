@@ -22,8 +22,9 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from shared.errors import ClaimLost, JobCanceled, WanqError
-from shared.schemas import GenerationSpec, JobRecord, JobStatus, Stage, progress_for
+from shared import jobstate
+from shared.errors import ClaimLost, JobCanceled, JobTimeout, WanqError
+from shared.schemas import GenerationSpec, JobRecord, JobStatus, Stage
 from shared.settings import Settings
 from shared.storage import CONTENT_TYPES, Storage
 from shared.store import JobStore
@@ -105,40 +106,18 @@ class JobRunner:
             self._drop(job_id, "no such job" if record is None else f"already {record.status.value}")
             return None
         if record.cancel_requested:
-            self._finish(record, record.attempts, JobStatus.canceled, "canceled", "canceled before it started")
+            jobstate.cancel_queued(self.store, record, "canceled before it started")
             self._drop(job_id, "canceled")
             return None
         if record.attempts >= self.settings.jobs.max_attempts:
-            self._finish(
-                record,
-                record.attempts,
-                JobStatus.failed,
-                "internal_error",
-                f"gave up after {record.attempts} attempts: the worker running it died each time",
-            )
+            jobstate.give_up(self.store, record)
             self._drop(job_id, "attempts used up")
             return None
-        attempt = record.attempts + 1
-        now = time.time()
-        result = self.store.transition(
-            job_id,
-            allowed=[JobStatus.queued],
-            guards={"attempts": record.attempts},
-            patch={
-                "status": "in_progress",
-                "stage": Stage.loading.value,
-                "progress": progress_for(Stage.loading),
-                "step": 0,
-                "attempts": attempt,
-                "worker": self.worker_id,
-                "started_at": record.started_at or now,
-                "attempt_started_at": now,
-                "deadline_at": deadline(self.settings, now),
-            },
-        )
+        result = jobstate.claim(self.store, record, worker=self.worker_id, deadline_at=deadline(self.settings, time.time()))
         if not result.ok or result.record is None:
             self._drop(job_id, "claimed by another run meanwhile")
             return None
+        attempt = result.record.attempts
         self.journal.write("claimed", job_id, attempt=attempt)
         log.info("job started", extra={"job_id": job_id, "attempt": attempt, "worker": self.worker_id})
         return Claim(record=result.record, attempt=attempt)
@@ -158,16 +137,16 @@ class JobRunner:
             image = self._load_image(spec)
 
             def on_stage(stage: Stage) -> None:
-                self._progress(record.id, attempt, stage, 0, spec.num_inference_steps, timings)
+                self._progress(record, attempt, stage, 0, spec.num_inference_steps, timings)
 
             def on_step(done: int, total: int) -> None:
-                self._progress(record.id, attempt, Stage.denoising, done, total, timings)
+                self._progress(record, attempt, Stage.denoising, done, total, timings)
                 if self.settings.engine.fault_injection:
                     faults.inject(spec, done)
 
             result = self.engine.generate(spec, image, on_stage=on_stage, on_step=on_step)
             timings.update(result.timings)
-            self._progress(record.id, attempt, Stage.encoding_video, 0, 0, timings, generated_at=time.time())
+            self._progress(record, attempt, Stage.encoding_video, 0, 0, timings, generated_at=time.time())
             return "generated", result, timings, started
         except Exception as exc:
             return self._fail(record, attempt, exc, timings), None, timings, started
@@ -189,22 +168,8 @@ class JobRunner:
         except Exception as exc:
             return self._fail(record, attempt, exc, timings)
         timings["total"] = time.perf_counter() - started
-        now = time.time()
-        done = self.store.transition(
-            record.id,
-            allowed=[JobStatus.in_progress],
-            guards={"attempts": attempt},
-            patch={
-                "status": "completed",
-                "stage": Stage.done.value,
-                "progress": 100,
-                "step": spec.num_inference_steps,
-                "completed_at": now,
-                "expires_at": now + self.settings.jobs.retention_s,
-                "outputs": outputs,
-                "timings": _rounded(timings),
-                "error": None,
-            },
+        done = jobstate.complete(
+            self.store, record, attempt, outputs=outputs, timings=timings, retention_s=self.settings.jobs.retention_s
         )
         if done.record is None:
             self.storage.delete_prefix(self.storage.job_prefix(record.id))
@@ -234,7 +199,7 @@ class JobRunner:
     def _fail(self, record: JobRecord, attempt: int, exc: Exception, timings: dict[str, float]) -> str:
         """Records why the job ended early and returns the outcome."""
         if isinstance(exc, JobCanceled):
-            self._finish(record, attempt, JobStatus.canceled, "canceled", "canceled while running", timings)
+            jobstate.cancel_running(self.store, record, attempt, timings)
             return "canceled"
         if isinstance(exc, JobVanished):
             self.storage.delete_prefix(self.storage.job_prefix(record.id))
@@ -246,15 +211,13 @@ class JobRunner:
             )
             self.storage.delete_prefix(self.storage.attempt_prefix(record.id, attempt))
             return "superseded"
-        if isinstance(exc, WanqError):
-            self._finish(record, attempt, JobStatus.failed, exc.code, exc.message, timings)
-            return exc.code
         if type(exc).__name__ == "SoftTimeLimitExceeded":
-            self._finish(record, attempt, JobStatus.failed, "timeout", timeout_message(record), timings)
-            return "timeout"
-        log.exception("job failed", extra={"job_id": record.id, "model": record.spec.model, "tenant": record.tenant})
-        self._finish(record, attempt, JobStatus.failed, "internal_error", f"{type(exc).__name__}: {exc}", timings)
-        return "internal_error"
+            exc = JobTimeout(timeout_message(record))
+        if not isinstance(exc, WanqError):
+            log.exception("job failed", extra={"job_id": record.id, "model": record.spec.model, "tenant": record.tenant})
+            exc = WanqError(f"{type(exc).__name__}: {exc}")
+        jobstate.fail(self.store, record, attempt, exc, timings)
+        return exc.code
 
     def _load_image(self, spec: GenerationSpec) -> Image.Image | None:
         if spec.image_key is None:
@@ -274,7 +237,7 @@ class JobRunner:
                 "spritesheet": export.write_spritesheet(frames, folder / "spritesheet.jpg"),
             }
             timings["encoding_video"] = time.perf_counter() - t0
-            self._progress(record.id, attempt, Stage.uploading, 0, 0, timings)
+            self._progress(record, attempt, Stage.uploading, 0, 0, timings)
             t0 = time.perf_counter()
             outputs = {}
             for variant, path in files.items():
@@ -287,55 +250,16 @@ class JobRunner:
 
     # -----------------------------------------------------------------------------------------
     def _progress(
-        self, job_id: str, attempt: int, stage: Stage, step: int, total: int, timings: dict[str, float], **extra: Any
+        self, record: JobRecord, attempt: int, stage: Stage, step: int, total: int, timings: dict[str, float], **extra: Any
     ) -> None:
         """Records the stage and step; raises JobCanceled if a cancel was requested, ClaimLost if the job is no
         longer this run's (requeued: another run has it or will), JobVanished if it was deleted."""
-        result = self.store.transition(
-            job_id,
-            allowed=[JobStatus.in_progress],
-            guards={"attempts": attempt},
-            patch={
-                "stage": stage.value,
-                "step": step,
-                "progress": progress_for(stage, step, total),
-                "timings": _rounded(timings),
-                **extra,
-            },
-        )
+        result = jobstate.progress(self.store, record, attempt, stage, step, total, timings, **extra)
         if result.record is None:
-            raise JobVanished(job_id)
+            raise JobVanished(record.id)
         if not result.ok:
             raise ClaimLost(
-                f"job {job_id} is {result.record.status.value} at attempt {result.record.attempts}, not run {attempt}'s"
+                f"job {record.id} is {result.record.status.value} at attempt {result.record.attempts}, not run {attempt}'s"
             )
         if result.record.cancel_requested:
             raise JobCanceled("canceled")
-
-    def _finish(
-        self,
-        record: JobRecord,
-        attempt: int,
-        status: JobStatus,
-        code: str,
-        message: str,
-        timings: dict[str, float] | None = None,
-    ) -> None:
-        patch: dict[str, Any] = {
-            "status": status.value,
-            "stage": Stage.done.value,
-            "completed_at": time.time(),
-            "error": {"code": code, "message": message},
-        }
-        if timings:
-            patch["timings"] = _rounded(timings)
-        self.store.transition(
-            record.id,
-            allowed=[JobStatus.queued, JobStatus.in_progress],
-            guards={"attempts": attempt},
-            patch=patch,
-        )
-
-
-def _rounded(timings: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 4) for k, v in timings.items()}

@@ -20,6 +20,7 @@ from celery import Celery
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init, worker_process_shutdown
 
 from shared import logs
+from shared.errors import WanqError
 from shared.queue import GENERATE_TASK, make_celery, queue_name
 from shared.settings import Settings
 from shared.storage import Storage
@@ -48,12 +49,7 @@ class WorkerProcess:
         from worker.runner import JobRunner
 
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        store = JobStore.from_url(
-            self.settings.redis.url,
-            prefix=self.settings.redis.key_prefix,
-            record_ttl_s=self.settings.jobs.record_ttl_s,
-            retry_s=self.settings.worker.redis_retry_s,
-        )
+        store = JobStore.from_settings(self.settings, retry_s=self.settings.worker.redis_retry_s)
         storage = Storage(self.settings.s3)
         if self.settings.s3.create_bucket:
             storage.ensure_bucket()
@@ -113,14 +109,14 @@ class WorkerProcess:
         try:
             outcome = str(self.runner.run(job_id))
         except BaseException:
-            self._job_ended(job_id, "internal_error")
+            self._job_ended(job_id, WanqError.code)
             raise
         # With the export overlapped, the outcome is known once the background upload is recorded.
         finishing = getattr(self.runner, "_pending", None) if outcome == "finishing" else None
         if finishing is None:
             self._job_ended(job_id, outcome)
         else:
-            finishing.add_done_callback(lambda f: self._job_ended(job_id, "internal_error" if f.exception() else f.result()))
+            finishing.add_done_callback(lambda f: self._job_ended(job_id, WanqError.code if f.exception() else f.result()))
         if getattr(self.runner.engine, "broken", False):
             # A several-GPU job failed mid-denoise and took its follower ranks down: this child can't
             # run another job. Finish the upload in flight, then exit; Celery starts a fresh child.

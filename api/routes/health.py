@@ -9,17 +9,19 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from api.deps import ServicesDep
-from api.openapi import Health, Readiness, ok
+from api.openapi import Health, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=None, responses=ok(Health), summary="The API process is up")
+@router.get("/healthz", response_model=Health, summary="The API process is up")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={**ok(Readiness), 503: {"model": Readiness}}, summary="Redis and the object store are reachable")
+@router.get(
+    "/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, summary="Redis and the object store are reachable"
+)
 async def readyz(services: ServicesDep) -> JSONResponse:
     checks: dict[str, Any] = {}
 

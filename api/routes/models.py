@@ -7,12 +7,12 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import PrincipalDep, ServicesDep
-from api.openapi import ModelList, ok
+from api.openapi import ModelList
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("", response_model=None, responses=ok(ModelList), summary="List the models this service accepts")
+@router.get("", response_model=ModelList, summary="List the models this service accepts")
 def list_models(services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
     data = []
     for spec in services.settings.catalog().values():

@@ -15,10 +15,12 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
+from api import jobs
 from api.deps import Principal, PrincipalDep, Services, ServicesDep
 from api.events import INTERRUPTED
-from api.openapi import CONTENT, CREATED, EVENTS, Video, VideoDeleted, VideoList, ok
-from api.routes.webhooks import check_job_webhook
+from api.jobs import JobDep
+from api.openapi import CONTENT, CREATED, EVENTS
+from api.webhook_checks import check_job_webhook
 from shared import images
 from shared.errors import (
     Conflict,
@@ -29,11 +31,11 @@ from shared.errors import (
     PayloadTooLarge,
     RateLimited,
 )
-from shared.fairqueue import estimated_start_at
 from shared.idempotency import MAX_KEY_LENGTH, fingerprint
 from shared.schemas import JobRecord, JobStatus
 from shared.specs import VideoRequest, parse_request, resolve_spec
 from shared.storage import CONTENT_TYPES
+from shared.video import Video, VideoDeleted, VideoList
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
@@ -64,33 +66,6 @@ _create_schema = {
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def load_job(services: Services, principal: Principal, job_id: str) -> JobRecord:
-    """The caller's job, or 404 exactly as for an id that does not exist."""
-    return _visible(services.store.get(job_id), principal, job_id)
-
-
-def _visible(record: JobRecord | None, principal: Principal, job_id: str) -> JobRecord:
-    if record is None or (record.tenant != principal.tenant and not principal.admin):
-        raise NotFound(f"no video with id {job_id!r}", param="video_id")
-    return record
-
-
-def video_object(services: Services, record: JobRecord) -> dict[str, Any]:
-    extra: dict[str, Any] = {}
-    if record.status is JobStatus.queued:
-        position = services.fairq.position(record)  # place in the fair dispatch order
-        extra["queue_position"] = position
-        extra["estimated_start_at"] = _estimated_start(services, record, position)
-    return record.to_video(**extra)
-
-
-def _estimated_start(services: Services, record: JobRecord, position: int | None) -> int | None:
-    if position is None:
-        return None
-    workers = len(services.store.live_workers(record.spec.model))
-    return estimated_start_at(time.time(), position, workers, services.store.mean_duration(record.spec.model))
 
 
 async def _read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
@@ -188,8 +163,7 @@ async def create_video(
     if claim.outcome == "replay" and claim.job_id:
         record = await asyncio.to_thread(services.store.get, claim.job_id)
         if record is not None:
-            body = await asyncio.to_thread(video_object, services, record)
-            return _created(body, replayed=True)
+            return _created(await jobs.avideo_object(services, record), replayed=True)
     try:
         # The job's creation also writes the key's job id, in the same step (shared/idempotency.py).
         return await _create(services, principal, fields, upload, idempotency=(idempotency_key, print_))
@@ -202,11 +176,11 @@ async def create_video(
         raise
 
 
-def _created(body: dict[str, Any], *, replayed: bool = False) -> Response:
-    headers = {"Location": f"/v1/videos/{body['id']}", "openai-poll-after-ms": POLL_AFTER_MS}
+def _created(video: Video, *, replayed: bool = False) -> Response:
+    headers = {"Location": f"/v1/videos/{video.id}", "openai-poll-after-ms": POLL_AFTER_MS}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    return Response(content=json.dumps(body), status_code=202, media_type="application/json", headers=headers)
+    return Response(content=json.dumps(video.dump()), status_code=202, media_type="application/json", headers=headers)
 
 
 async def _create(
@@ -270,15 +244,15 @@ async def _create(
         # The answer may have been lost after Redis ran the script: look before saying the create failed.
         if not await _landed(services, record):
             raise
-        return _created(record.to_video())
-    return _created(record.to_video(queue_position=created.position, estimated_start_at=created.estimated_start_at(time.time())))
+        return _created(Video.of(record))
+    return _created(Video.of(record, queue_position=created.position, estimated_start_at=created.estimated_start_at(time.time())))
 
 
 async def _landed(services: Services, record: JobRecord) -> bool:
     """Whether a create whose answer never came did create the job. Cleans up behind one that did not;
     if Redis cannot say, the answer is an error (503) and an uploaded image may stay behind."""
     try:
-        landed = bool(await services.aioredis.exists(services.store.job_key(record.id)))
+        landed = bool(await services.aioredis.exists(services.store.keys.job(record.id)))
     except (redis.RedisError, OSError):
         return False
     if not landed:
@@ -297,86 +271,43 @@ def _fit_image(data: bytes, width: int, height: int, settings: Any) -> bytes:
     return images.to_png(images.fit_to(image, width, height))
 
 
-@router.get("", response_model=None, responses=ok(VideoList), summary="List video jobs, newest first")
+@router.get("", response_model=VideoList, response_model_exclude_unset=True, summary="List video jobs, newest first")
 def list_videos(
     services: ServicesDep,
     principal: PrincipalDep,
     after: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     order: Annotated[Literal["asc", "desc"], Query()] = "desc",
-) -> dict[str, Any]:
-    return video_page(services, principal.tenant, after=after, limit=limit, order=order)
+) -> VideoList:
+    return jobs.video_page(services, principal.tenant, after=after, limit=limit, order=order)
 
 
-def video_page(
-    services: Services, tenant: str | None, *, after: str | None, limit: int, order: str, with_tenant: bool = False
-) -> dict[str, Any]:
-    """One page of jobs in OpenAI's list shape; `tenant` None means every tenant's (admin listing)."""
-    ids, has_more = services.store.list_ids(tenant, after=after, limit=limit, newest_first=order == "desc")
-    data = [video_object(services, r) | ({"tenant": r.tenant} if with_tenant else {}) for r in services.store.get_many(ids)]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": has_more,
-    }
-
-
-@router.get("/{video_id}", response_model=None, responses=ok(Video), summary="Retrieve a video job")
-async def retrieve_video(video_id: str, services: ServicesDep, principal: PrincipalDep, response: Response) -> dict[str, Any]:
-    # Clients poll this: on the event loop, one read for the record, one script for a queued job's place
-    # in line and start estimate.
-    raw = await services.aioredis.get(services.store.job_key(video_id))
-    record = _visible(JobRecord.model_validate_json(raw) if raw else None, principal, video_id)
+@router.get("/{video_id}", response_model=Video, response_model_exclude_unset=True, summary="Retrieve a video job")
+async def retrieve_video(record: JobDep, services: ServicesDep, response: Response) -> Video:
+    # Clients poll this: on the event loop, one read for the record, one script for a queued job's place in line.
     if not record.status.is_terminal():
         response.headers["openai-poll-after-ms"] = POLL_AFTER_MS
-    if record.status is JobStatus.queued:
-        place = await services.fairq.aplace(record)
-        return record.to_video(queue_position=place.position, estimated_start_at=place.estimated_start_at(time.time()))
-    return record.to_video()
+    return await jobs.avideo_object(services, record)
 
 
-@router.post("/{video_id}/cancel", response_model=None, responses=ok(Video), summary="Cancel a queued or running video job")
-def cancel_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
-    record = load_job(services, principal, video_id)
-    return video_object(services, request_cancel(services, record))
+@router.post(
+    "/{video_id}/cancel", response_model=Video, response_model_exclude_unset=True, summary="Cancel a queued or running video job"
+)
+def cancel_video(record: JobDep, services: ServicesDep) -> Video:
+    return jobs.video_object(services, jobs.cancel(services, record))
 
 
-def request_cancel(services: Services, record: JobRecord) -> JobRecord:
-    """A queued job ends now; a running one is flagged and stops at its next denoising step."""
-    store = services.store
-    result = store.cancel_queued(record.id, "canceled before it started")
-    if result.ok and result.record:
-        return result.record
-    result = store.transition(record.id, allowed=[JobStatus.in_progress], patch={"cancel_requested": True})
-    if result.ok and result.record:
-        return result.record
-    current = result.record or record
-    raise Conflict(f"video {record.id} is already {current.status.value} and cannot be canceled", param="video_id")
-
-
-@router.delete("/{video_id}", response_model=None, responses=ok(VideoDeleted), summary="Delete a video job and its outputs")
-def delete_video(video_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
-    record = load_job(services, principal, video_id)
-    if not record.status.is_terminal():
-        try:
-            request_cancel(services, record)
-        except Conflict:
-            pass  # it ended meanwhile
-    services.store.delete(record)
-    services.storage.delete_prefix(services.storage.job_prefix(record.id))
-    return {"id": record.id, "object": "video.deleted", "deleted": True}
+@router.delete("/{video_id}", response_model=VideoDeleted, summary="Delete a video job and its outputs")
+def delete_video(record: JobDep, services: ServicesDep) -> VideoDeleted:
+    jobs.delete(services, record)
+    return VideoDeleted(id=record.id, object="video.deleted", deleted=True)
 
 
 @router.get("/{video_id}/content", responses=CONTENT, summary="Download the MP4, its thumbnail or its spritesheet")
 def download_content(
-    video_id: str,
-    services: ServicesDep,
-    principal: PrincipalDep,
-    variant: Annotated[Variant, Query()] = "video",
+    video_id: str, services: ServicesDep, principal: PrincipalDep, variant: Annotated[Variant, Query()] = "video"
 ) -> Response:
-    record = load_job(services, principal, video_id)
+    record = jobs.load_job(services, principal, video_id)  # after the query is checked: a bad variant is a 400
     if record.status is not JobStatus.completed:
         raise Conflict(f"video {video_id} is {record.status.value}; content exists once it is completed", param="video_id")
     if record.expires_at is not None and record.expires_at <= time.time():
@@ -397,15 +328,15 @@ def download_content(
 
 
 @router.get("/{video_id}/events", responses=EVENTS, summary="Server-Sent Events: every status and progress change")
-async def video_events(video_id: str, request: Request, services: ServicesDep, principal: PrincipalDep) -> StreamingResponse:
-    record = await asyncio.to_thread(load_job, services, principal, video_id)
-    channel = services.store.events_channel(video_id)
+async def video_events(record: JobDep, request: Request, services: ServicesDep) -> StreamingResponse:
+    video_id = record.id
+    channel = services.store.keys.events(video_id)
     # Subscribed (confirmed by Redis) before reading the current state, so no change can fall between the
     # two. Both happen before the 200 goes out: an unreachable Redis here is a plain 503, not a cut stream.
     updates = await services.events.subscribe(channel)
     try:
         current = await asyncio.to_thread(services.store.get, video_id) or record
-        first = _sse(await asyncio.to_thread(video_object, services, current))
+        first = _sse(await jobs.avideo_object(services, current))
     except BaseException:
         await services.events.unsubscribe(channel, updates)
         raise
@@ -437,7 +368,7 @@ async def video_events(video_id: str, request: Request, services: ServicesDep, p
                 if update.version <= sent_version:
                     continue
                 sent_version = update.version
-                yield _sse(update.to_video())
+                yield _sse(Video.of(update))
                 if update.status.is_terminal():
                     return
         finally:
@@ -457,5 +388,5 @@ def _sse_interrupted(code: str, message: str) -> bytes:
     return f"retry: 2000\nevent: interrupted\ndata: {body}\n\n".encode()
 
 
-def _sse(video: dict[str, Any]) -> bytes:
-    return f"event: video\nid: {video['status']}-{video['progress']}-{video['step']}\ndata: {json.dumps(video)}\n\n".encode()
+def _sse(video: Video) -> bytes:
+    return f"event: video\nid: {video.status.value}-{video.progress}-{video.step}\ndata: {json.dumps(video.dump())}\n\n".encode()

@@ -1,5 +1,6 @@
-"""Webhooks: the tenant's default endpoint and signing secret, each job's delivery log, and the checks a
-job's own `webhook_url` must pass. Delivery itself runs in `wanq webhooks` (wanq/webhookd.py).
+"""Webhook routes: the tenant's default endpoint and signing secret, and each job's delivery log. What a job's
+own `webhook_url` must pass is in api/webhook_checks.py; delivery itself is a process of its own
+(api/daemons/webhooks.py).
 """
 
 from __future__ import annotations
@@ -9,16 +10,16 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.deps import Principal, PrincipalDep, Services, ServicesDep
-from api.openapi import DeliveryList, WebhookEndpoint, WebhookEndpointDeleted, ok
-from shared.errors import InvalidRequest, NotFound
-from shared.netguard import parse_allowlist, resolve_public
-from shared.webhook_store import WebhookStore, endpoint_dump
+from api.deps import Principal, PrincipalDep, ServicesDep
+from api.jobs import JobDep
+from api.openapi import DeliveryList, WebhookEndpoint, WebhookEndpointDeleted
+from api.webhook_checks import check_url, webhook_store
+from shared.errors import NotFound
+from shared.webhook_store import endpoint_dump
 from shared.webhooks import check_events
 
 router = APIRouter(tags=["webhooks"])
 
-MAX_URL_CHARS = 2048
 TenantQuery = Annotated[str | None, Query(max_length=200, description="Admins only: act for this tenant.")]
 
 
@@ -37,31 +38,6 @@ class RotateRequest(BaseModel):
     )
 
 
-def webhook_store(services: Services) -> WebhookStore:
-    return WebhookStore(services.store.redis, prefix=services.store.prefix, ttl_s=services.settings.jobs.record_ttl_s)
-
-
-def check_url(services: Services, url: str, param: str) -> None:
-    """http(s), resolving only to public addresses (or allowlisted ones); raises naming the field."""
-    if len(url) > MAX_URL_CHARS:
-        raise InvalidRequest(f"invalid '{param}' {url[:60]!r}...: at most {MAX_URL_CHARS} characters", param=param)
-    resolve_public(url, allowlist=parse_allowlist(services.settings.webhooks.allowlist), param=param)
-
-
-def check_job_webhook(services: Services, tenant: str, url: str | None, events: list[str] | None) -> None:
-    """What `POST /v1/videos` checks about a job's own webhook: known events, a safe URL, a secret to sign with."""
-    check_events(events)
-    if url is None:
-        return
-    check_url(services, url, "webhook_url")
-    if webhook_store(services).secrets(tenant) is None:
-        raise InvalidRequest(
-            f"invalid 'webhook_url': tenant {tenant!r} has no webhook signing secret yet; create one with "
-            "POST /v1/webhook_endpoint/rotate_secret (or `wanq webhooks rotate-secret`) and verify deliveries with it",
-            param="webhook_url",
-        )
-
-
 def _tenant(principal: Principal, tenant: str | None) -> str:
     if tenant is None or tenant == principal.tenant:
         return principal.tenant
@@ -71,7 +47,10 @@ def _tenant(principal: Principal, tenant: str | None) -> str:
 
 
 @router.get(
-    "/v1/webhook_endpoint", response_model=None, responses=ok(WebhookEndpoint), summary="The tenant's default webhook endpoint"
+    "/v1/webhook_endpoint",
+    response_model=WebhookEndpoint,
+    response_model_exclude_unset=True,
+    summary="The tenant's default webhook endpoint",
 )
 def get_endpoint(services: ServicesDep, principal: PrincipalDep, tenant: TenantQuery = None) -> dict[str, Any]:
     name = _tenant(principal, tenant)
@@ -81,8 +60,8 @@ def get_endpoint(services: ServicesDep, principal: PrincipalDep, tenant: TenantQ
 
 @router.put(
     "/v1/webhook_endpoint",
-    response_model=None,
-    responses=ok(WebhookEndpoint),
+    response_model=WebhookEndpoint,
+    response_model_exclude_unset=True,
     summary="Set the tenant's default webhook endpoint (re-enables a disabled one)",
 )
 def put_endpoint(
@@ -103,8 +82,7 @@ def put_endpoint(
 
 @router.delete(
     "/v1/webhook_endpoint",
-    response_model=None,
-    responses=ok(WebhookEndpointDeleted),
+    response_model=WebhookEndpointDeleted,
     summary="Remove the tenant's default endpoint (the signing secret stays)",
 )
 def delete_endpoint(services: ServicesDep, principal: PrincipalDep, tenant: TenantQuery = None) -> dict[str, Any]:
@@ -114,8 +92,8 @@ def delete_endpoint(services: ServicesDep, principal: PrincipalDep, tenant: Tena
 
 @router.post(
     "/v1/webhook_endpoint/rotate_secret",
-    response_model=None,
-    responses=ok(WebhookEndpoint),
+    response_model=WebhookEndpoint,
+    response_model_exclude_unset=True,
     summary="Create or rotate the tenant's signing secret; shown once",
 )
 def rotate_secret(
@@ -132,13 +110,9 @@ def rotate_secret(
 
 @router.get(
     "/v1/videos/{video_id}/webhook_deliveries",
-    response_model=None,
-    responses=ok(DeliveryList),
+    response_model=DeliveryList,
     summary="Every webhook delivery of a job, with its attempts",
 )
-def list_deliveries(video_id: str, services: ServicesDep, principal: PrincipalDep) -> dict[str, Any]:
-    from api.routes.videos import load_job  # here: videos.py imports this module for check_job_webhook
-
-    record = load_job(services, principal, video_id)
+def list_deliveries(record: JobDep, services: ServicesDep) -> dict[str, Any]:
     data = [d.public() for d in webhook_store(services).deliveries_for_job(record.id)]
     return {"object": "list", "data": data}

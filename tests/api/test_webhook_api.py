@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from shared.errors import InvalidRequest
+from shared.keys import Keys
 from shared.netguard import parse_allowlist
 from shared.settings import Settings
 from shared.webhook_store import Delivery, WebhookStore
@@ -194,7 +195,7 @@ def test_an_attempt_to_a_refused_address_fails_without_sending(settings: Setting
 
 
 def test_progress_is_throttled_per_job(settings: Settings) -> None:
-    store = WebhookStore(redis.Redis.from_url(settings.redis.url), prefix="wanqtest")
+    store = WebhookStore(redis.Redis.from_url(settings.redis.url), keys=Keys("wanqtest"))
     job = f"video_throttle{time.time_ns()}"
     assert store.progress_slot(job, 60) is True
     assert store.progress_slot(job, 60) is False

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from shared import jobstate
 from shared.store import JobStore
 from tests.conftest import LATE
 from tests.faulty import Workers
@@ -18,5 +19,5 @@ def workers(stack: Stack, store: JobStore, tmp_path: Path) -> Iterator[Workers]:
     yield pool
     pool.stop_all()
     # Leave no queued LATE job behind for other tests' workers.
-    for job_id in store.redis.zrange(store.queued_key(LATE), 0, -1):
-        store.transition(job_id.decode(), allowed=[], patch={"status": "canceled"})
+    for record in store.get_many(store.queued_ids(LATE)):
+        jobstate.cancel_queued(store, record, "the test that made it ended")

@@ -18,6 +18,7 @@ from PIL import Image
 from shared.storage import Storage
 from shared.store import JobStore
 from tests.conftest import SMALL, png_bytes, wait_for_status
+from tests.records import rewrite
 
 LONG = {"size": "64x64", "num_frames": 9, "num_inference_steps": 100}
 
@@ -101,7 +102,7 @@ def test_cancel_racing_completion_ends_in_exactly_one_terminal_state(api: httpx.
     for delay in (0.0, 0.3, 0.6, 0.9):
         video = submit(api, num_inference_steps=2)
         pubsub = store.redis.pubsub()
-        pubsub.subscribe(store.events_channel(video["id"]))
+        pubsub.subscribe(store.keys.events(video["id"]))
         time.sleep(delay)
         answer = api.post(f"/v1/videos/{video['id']}/cancel")
         assert answer.status_code in (200, 409)
@@ -191,7 +192,7 @@ def test_idempotency_key(api: httpx.Client, store: JobStore) -> None:
     # While the first request is still being handled, a retry is told so (409).
     from shared.idempotency import IdempotencyKeys
 
-    keys = IdempotencyKeys(store.redis, prefix="wanq", ttl_s=60)
+    keys = IdempotencyKeys(store.redis, keys=store.keys, ttl_s=60)
     assert keys.begin("admin", "k-busy", "fp").outcome == "new"  # the `api` fixture's key is tenant "admin"
     busy = api.post("/v1/videos", json=body, headers={"Idempotency-Key": "k-busy"})
     assert busy.status_code in (409, 422)
@@ -261,8 +262,8 @@ def test_expired_outputs_answer_410_and_are_swept(api: httpx.Client, store: JobS
     done = wait_for_status(api, video["id"], {"completed"})
     assert done["expires_at"] > time.time()
     # Fast-forward: the retention ends now.
-    store.transition(video["id"], allowed=[], patch={"expires_at": time.time() - 1})
-    store.redis.zadd(f"{store.prefix}:expiring", {video["id"]: time.time() - 1})
+    rewrite(store, video["id"], expires_at=time.time() - 1)
+    store.redis.zadd(store.keys.expiring, {video["id"]: time.time() - 1})
     response = api.get(f"/v1/videos/{video['id']}/content")
     assert response.status_code == 410 and response.json()["error"]["code"] == "expired"
     deadline = time.monotonic() + 10

@@ -31,6 +31,7 @@ from shared.specs import VideoRequest, resolve_spec
 from shared.store import JobStore
 from tests.conftest import wait_for_status
 from tests.private_stack import MODEL, private_stack, redis_process
+from tests.records import write_stray
 from tests.reliability_report import record
 from tests.sse import Follower
 from tests.webhook_receiver import Receiver
@@ -112,30 +113,23 @@ def statuses(client: redis.Redis, ids: list[str]) -> Counter[str]:
     return Counter(json.loads(r)["status"] if r else "missing" for r in raws)
 
 
-def test_a_job_stored_but_never_queued_is_queued_by_the_dispatcher(
+def test_a_job_stored_but_never_queued_is_put_back_by_upkeep(
     stack: Stack, api: httpx.Client, settings: Settings, store: JobStore
 ) -> None:
-    """The API stores and queues a job in one script (FairQueue.create), so it never leaves a record outside
+    """The API stores and queues a job in one script (shared/lua/create.lua), so it never leaves a record outside
     every queue; a record written on its own (an older API during a rolling upgrade, a hand-made repair) is
-    still not left `queued` forever: a dispatcher queues it once it is older than `dispatch.recover_after_s`."""
+    still not left `queued` forever: upkeep's reconciler finds it in no queue twice in a row and puts it back."""
     request = VideoRequest(prompt="half submitted", model="tiny-ti2v-5b", size="64x64", num_frames=5, num_inference_steps=1)
     spec = resolve_spec(request, settings.catalog(), settings.default_model, settings.jobs, has_image=False)
     record = JobRecord(id=f"video_{uuid.uuid4().hex}", tenant="admin", spec=spec, total_steps=spec.num_inference_steps)
-    store.create(record)  # the first write only, as the API left it
-    time.sleep(1.5)
+    write_stray(store, record)  # the record only, as an older API could leave it
     first = api.get(f"/v1/videos/{record.id}").json()
-    # In no queue (unless the session's own dispatcher already readmitted it: then it is past queued).
-    assert first["status"] != "queued" or first["queue_position"] is None, first
-    extra = stack.start_dispatcher(extra_env={"WANQ_DISPATCH_RECOVER_AFTER_S": "1"})
-    try:
-        video = wait_for_status(api, record.id, {"completed", "failed"})
-    finally:
-        extra.stop()
-        stack.processes.remove(extra)
+    # In no queue: upkeep puts it back only once it has seen it so twice (two rounds, 0.5 s apart here).
+    assert first["status"] == "queued" and first["queue_position"] is None, first
+    video = wait_for_status(api, record.id, {"completed", "failed"})
     assert video["status"] == "completed" and video["attempts"] == 1, video
-    # Whichever dispatcher got there first (another may also run with a short recover_after_s) said so.
-    logs = [path.read_text(errors="replace") for path in (stack.workdir / "logs").glob("dispatcher-*.log")]
-    assert any("stored but never queued" in text and record.id in text for text in logs)
+    logs = [path.read_text(errors="replace") for path in (stack.workdir / "logs").glob("api-*.log")]
+    assert any("put back a queued job that no queue held" in text and record.id in text for text in logs)
 
 
 def final_status(client: redis.Redis, video_id: str) -> str:

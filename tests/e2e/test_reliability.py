@@ -42,7 +42,7 @@ def test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once(
         running = [
             r for r in store.get_many(ids) if r.status.value == "in_progress" and r.stage.value == "denoising" and r.worker
         ]
-        running = [r for r in running if killed_per_job[r.id] < 3 and store.worker_alive(str(r.worker))]
+        running = [r for r in running if killed_per_job[r.id] < 3 and store.worker_info(str(r.worker)) is not None]
         if not running:
             if all(r.status.is_terminal() for r in store.get_many(ids)):
                 ids.append(submit(api, f"survivor {len(ids)} [[fault:sleep@1]]"))

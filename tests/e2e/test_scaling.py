@@ -44,13 +44,12 @@ class Worker:
 
 
 def _live_ids(store: JobStore, model: str) -> set[str]:
-    ids = {i.decode() for i in store.redis.zrange(f"{store.prefix}:workers:{model}", 0, -1)}
-    return {i for i in ids if store.worker_alive(i)}
+    ids = {i.decode() for i in store.redis.zrange(store.keys.workers(model), 0, -1)}
+    return {i for i in ids if store.worker_info(i) is not None}
 
 
 def _heartbeat(store: JobStore, worker_id: str) -> dict[str, object]:
-    raw = store.redis.get(f"{store.prefix}:worker:{worker_id}")
-    return json.loads(raw) if raw else {}
+    return store.worker_info(worker_id) or {}
 
 
 def _parent_pid(pid: int) -> int:

@@ -11,10 +11,10 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
+from shared import jobstate
 from shared.errors import RateLimited
 from shared.fairqueue import FairQueue
 from shared.idempotency import IN_FLIGHT_S, Claim, IdempotencyKeys
-from shared.schemas import JobStatus
 from shared.settings import QuotaSettings
 from shared.store import JobStore
 from tests.records import job_record
@@ -36,20 +36,20 @@ def test_create_stores_and_queues_or_refuses_with_nothing_stored(store: JobStore
     assert store.get(first.id) == first and store.get(second.id) == second
     assert fairq.waiting_count(tenant) == 2
     assert fairq.position(second) == 1
-    assert store.redis.zscore(store.tenant_jobs_key(tenant), first.id) == pytest.approx(first.created_at)
-    assert store.redis.zscore(store.queued_key(model), second.id) is not None
+    assert store.redis.zscore(store.keys.tenant_jobs(tenant), first.id) == pytest.approx(first.created_at)
+    assert store.redis.zscore(store.keys.queued(model), second.id) is not None
 
     with pytest.raises(RateLimited) as refused:
         fairq.create(third)
     assert refused.value.param == "max_queued_jobs" and "2 jobs waiting" in str(refused.value)
     # Refused means never stored: no record, in no index, in no queue.
     assert store.get(third.id) is None
-    assert store.redis.zscore(store.tenant_jobs_key(tenant), third.id) is None
-    assert store.redis.zscore(store.all_jobs_key(), third.id) is None
+    assert store.redis.zscore(store.keys.tenant_jobs(tenant), third.id) is None
+    assert store.redis.zscore(store.keys.all_jobs, third.id) is None
     assert fairq.position(third) is None and fairq.waiting_count(tenant) == 2
 
     # A job that leaves the queue frees its slot.
-    assert store.transition(first.id, allowed=[JobStatus.queued], patch={"status": "canceled"}).ok
+    assert jobstate.cancel_queued(store, first, "test").ok
     assert fairq.create(third).position == 1
 
 
@@ -86,7 +86,7 @@ def test_acreate_answers_with_place_live_workers_and_mean_duration(store: JobSto
 def test_the_same_create_sent_again_changes_nothing_and_completes_its_idempotency_key(store: JobStore) -> None:
     # What redis-py does when the answer to the script is lost on a dropped connection: send it again.
     fairq, model, tenant = _fresh(store, max_queued_jobs=5)
-    keys = IdempotencyKeys(store.redis, prefix=store.prefix, ttl_s=3600)
+    keys = IdempotencyKeys(store.redis, keys=store.keys, ttl_s=3600)
     record = job_record(model, tenant)
     assert keys.begin(tenant, "retry-me", "fp").outcome == "new"
     assert 0 < store.redis.ttl(keys._key(tenant, "retry-me")) <= IN_FLIGHT_S  # an unfinished request holds it briefly
@@ -95,7 +95,7 @@ def test_the_same_create_sent_again_changes_nothing_and_completes_its_idempotenc
     first = fairq.create(record, completion)
     again = fairq.create(record, completion)
     assert first.position == again.position == 0 and again.admitted
-    assert fairq.waiting_count(tenant) == 1 and store.redis.zcard(store.tenant_jobs_key(tenant)) == 1
+    assert fairq.waiting_count(tenant) == 1 and store.redis.zcard(store.keys.tenant_jobs(tenant)) == 1
     # The job and the key's entry were written in the same step: a retry of the request replays this job.
     assert keys.job_of(tenant, "retry-me") == record.id
     assert keys.begin(tenant, "retry-me", "fp") == Claim("replay", record.id)

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from shared import jobstate
 from shared.schemas import GenerationSpec, JobRecord, JobStatus
 from shared.settings import EngineSettings, Settings
 from shared.storage import Storage
 from shared.store import JobStore
+from tests.records import rewrite, store_job
 from wanq.stack import Stack
 from worker.engine import PromptCache, WanEngine
 from worker.runner import JobRunner
@@ -68,7 +70,7 @@ def make_job(store: JobStore, prompt: str) -> str:
         seed=1,
     )
     record = JobRecord(id=f"video_runner_{time.time_ns()}", tenant="runner-test", spec=spec)
-    store.create(record)
+    store_job(store, record)
     return record.id
 
 
@@ -128,13 +130,9 @@ def test_the_engine_cache_holds_at_most_its_size(engine: WanEngine) -> None:
 
 
 def requeue_as_upkeep_does(store: JobStore, job_id: str, attempts: int) -> None:
-    result = store.transition(
-        job_id,
-        allowed=[JobStatus.in_progress],
-        guards={"attempts": attempts},
-        patch={"status": "queued", "stage": "queued", "progress": 0, "step": 0, "worker": None},
-    )
-    assert result.ok
+    record = store.get(job_id)
+    assert record is not None and record.attempts == attempts
+    assert jobstate.requeue(store, record).ok
 
 
 def test_a_duplicate_message_for_the_job_this_worker_is_finishing_is_dropped_untouched(
@@ -203,7 +201,7 @@ def test_the_attempt_cap_fails_only_a_queued_job(
     settings: Settings, store: JobStore, storage: Storage, engine: WanEngine
 ) -> None:
     capped = make_job(store, "died every time")
-    store.transition(capped, allowed=[JobStatus.queued], patch={"attempts": settings.jobs.max_attempts})
+    rewrite(store, capped, attempts=settings.jobs.max_attempts)
     run = JobRunner(settings, store, storage, engine, worker_id=f"test-runner-4:{time.time_ns()}")
     assert run.run(capped) == "skipped"
     record = store.get(capped)
@@ -211,7 +209,7 @@ def test_the_attempt_cap_fails_only_a_queued_job(
     assert record.error is not None and f"gave up after {settings.jobs.max_attempts} attempts" in record.error.message
     # A run at the cap that is finishing is never failed by a late duplicate message.
     last = make_job(store, "last attempt completes")
-    store.transition(last, allowed=[JobStatus.queued], patch={"attempts": settings.jobs.max_attempts - 1})
+    rewrite(store, last, attempts=settings.jobs.max_attempts - 1)
     assert run.run(last) == "finishing"
     assert run.run(last) == "skipped"
     assert run.wait_pending() == "completed"

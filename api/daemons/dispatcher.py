@@ -6,10 +6,10 @@ unless `WANQ_DISPATCH_IN_API=false`. A pass runs whenever a job is submitted or 
 listens to the store's events) and at least every `dispatch.interval_s`.
 
 Taking a job and sending its message are two steps; a dispatcher that dies between them leaves the
-job in a journal, and the next pass of any dispatcher sends it once `recover_after_s` has passed. A
-message sent twice is harmless: the worker's claim is a guarded transition, so the job runs once.
-Likewise a job whose record was stored but which never reached its tenant's queue (the API lost
-Redis between the two writes) is queued by the next pass once it is `recover_after_s` old.
+job in the dispatch journal, and the next pass of any dispatcher sends it once `recover_after_s` has
+passed (upkeep's requeue writes the journal too). A message sent twice is harmless: the worker's claim
+is fenced (shared/jobstate.py), so the job runs once. Every other broken invariant of the queues is
+upkeep's reconciler's to repair (api/daemons/upkeep.py).
 """
 
 from __future__ import annotations
@@ -28,16 +28,14 @@ from shared.store import JobStore
 
 log = logging.getLogger("wanq.dispatcher")
 
-MAINTENANCE_EVERY_S = 10.0
+RESEND_EVERY_S = 10.0
 WORKERS_CACHE_S = 1.0
 
 
 class Dispatcher:
     def __init__(self, settings: Settings, *, send: Callable[[str, str], None] | None = None) -> None:
         self.settings = settings
-        self.store = JobStore.from_url(
-            settings.redis.url, prefix=settings.redis.key_prefix, record_ttl_s=settings.jobs.record_ttl_s
-        )
+        self.store = JobStore.from_settings(settings)
         self.fairq = FairQueue(self.store, settings.quotas, settings.models, backlog=settings.dispatch.backlog)
         if send is None:
             celery = make_celery(settings)
@@ -48,7 +46,7 @@ class Dispatcher:
         self._send = send
         self._stop = threading.Event()
         self._workers: dict[str, tuple[float, int]] = {}
-        self._maintained_at = 0.0
+        self._resent_at = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -64,11 +62,11 @@ class Dispatcher:
             pubsub = None
             try:
                 pubsub = self.store.redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.fairq.wake_channel)
-                pubsub.psubscribe(self.store.events_channel("*"))
+                pubsub.subscribe(self.store.keys.wake)
+                pubsub.psubscribe(self.store.keys.events("*"))
                 while not self._stop.is_set():
                     self.dispatch_once()
-                    self._maintain()
+                    self._resend_unsent()
                     # Sleep until something happens (or the interval), then take every queued wake-up at once.
                     if pubsub.get_message(timeout=interval) is not None:
                         while pubsub.get_message(timeout=0) is not None:
@@ -108,25 +106,17 @@ class Dispatcher:
             self._workers[model] = cached
         return cached[1]
 
-    def _maintain(self) -> None:
+    def _resend_unsent(self) -> None:
         now = time.monotonic()
-        if now - self._maintained_at < min(MAINTENANCE_EVERY_S, self.settings.dispatch.recover_after_s):
+        if now - self._resent_at < min(RESEND_EVERY_S, self.settings.dispatch.recover_after_s):
             return
-        self._maintained_at = now
+        self._resent_at = now
         for job_id, model in self.fairq.unsent(self.settings.dispatch.recover_after_s):
             log.warning(
                 "dispatcher: sending again a job whose dispatch was interrupted", extra={"job_id": job_id, "model": model}
             )
             self._send(job_id, model)
             self.fairq.sent(job_id, model)
-        for model in self.settings.models:
-            for job_id in self.fairq.readmit_strays(model, self.settings.dispatch.recover_after_s):
-                log.warning(
-                    "dispatcher: admitted a job that was stored but never queued", extra={"job_id": job_id, "model": model}
-                )
-        swept = self.fairq.sweep_active()
-        if swept:
-            log.warning("dispatcher: dropped %d ended jobs from running counts", swept)
 
 
 def start_in_thread(settings: Settings) -> Dispatcher:

@@ -1,0 +1,124 @@
+"""The public video object: what every route, event stream and webhook says about a job (OpenAI's Video shape
+plus wanq's own fields). One pydantic model, used to build the answers and to generate their OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.schemas import JobRecord, JobStatus, Stage
+
+
+class VideoError(BaseModel):
+    code: str = Field(
+        description="Stable machine-readable code: invalid_request, model_not_available, out_of_memory, timeout, "
+        "canceled, storage_unavailable, internal_error."
+    )
+    message: str = Field(description="What happened, in words.")
+
+
+class Video(BaseModel):
+    """A video job. Fields after `remixed_from_video_id` are wanq's own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The job's id, `video_` and 32 hex digits.", examples=["video_4f1c0b8e2d7a4c1e9f3b6a5d8c2e1f0a"])
+    object: Literal["video"] = Field(default="video", description="Always `video`.")
+    model: str = Field(description="The model id that makes it (GET /v1/models).")
+    status: JobStatus = Field(description="queued -> in_progress -> completed, failed or canceled.")
+    progress: int = Field(ge=0, le=100, description="Percent done, weighted by stage; denoising moves with each step.")
+    created_at: int = Field(description="Unix seconds.")
+    completed_at: int | None = Field(default=None, description="Unix seconds, once it ended (any outcome).")
+    expires_at: int | None = Field(
+        default=None, description="Unix seconds: when its files are deleted (completion + WANQ_JOBS_RETENTION_S)."
+    )
+    error: VideoError | None = Field(default=None, description="Why it failed or was canceled.")
+    seconds: str = Field(description="Duration: num_frames / fps, as a decimal string (e.g. `5.0625`).", examples=["5"])
+    size: str = Field(description="`WIDTHxHEIGHT`.", examples=["1280x704"])
+    prompt: str = Field(description="What the video shows.")
+    remixed_from_video_id: str | None = Field(default=None, description="The job this one remixes, if any.")
+    stage: Stage = Field(
+        description="queued, loading, encoding_prompt, denoising (see step), decoding, encoding_video, uploading, done."
+    )
+    step: int = Field(ge=0, description="Denoising steps done.")
+    total_steps: int = Field(ge=1, description="Denoising steps in all (num_inference_steps).")
+    num_frames: int = Field(ge=1, description="Frames: 4k+1 (17, 49, 81, 121, ...).")
+    fps: int = Field(ge=1, le=60, description="Frames per second of the MP4.")
+    seed: int = Field(ge=0, le=2**32 - 1, description="The seed used: the same seed, prompt and parameters give the same video.")
+    negative_prompt: str = Field(description="What the video avoids (the model's default if none was given).")
+    num_inference_steps: int = Field(ge=1, description="Denoising steps.")
+    guidance_scale: float = Field(ge=0, le=30, description="Classifier-free guidance; 1 or less runs no unconditional branch.")
+    guidance_scale_2: float | None = Field(
+        default=None, ge=0, le=30, description="Guidance of the low-noise expert (A14B models); null for single-expert models."
+    )
+    flow_shift: float = Field(ge=0.01, le=100, description="Shift of the flow-matching noise schedule.")
+    has_image: bool = Field(description="Whether it animates an input image (image-to-video).")
+    started_at: int | None = Field(default=None, description="Unix seconds: when its first run started.")
+    timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the latest run.")
+    attempts: int = Field(ge=0, description="Runs that started (a worker that died mid-job makes one more).")
+    cancel_requested: bool = Field(default=False, description="A cancel is pending: it stops at its next denoising step.")
+    queue_position: int | None = Field(
+        default=None, ge=0, description="Only while queued: jobs ahead of it in the fair dispatch order."
+    )
+    estimated_start_at: int | None = Field(
+        default=None, description="Only while queued: a rough start time (Unix seconds) from recent run times."
+    )
+    tenant: str | None = Field(default=None, description="Admin listings only: whose job it is.")
+
+    @classmethod
+    def of(cls, record: JobRecord, **extra: Any) -> Video:
+        """The public object of a job record; `extra`: queue_position, estimated_start_at, tenant."""
+        spec = record.spec
+        return cls(
+            id=record.id,
+            object="video",
+            model=spec.model,
+            status=record.status,
+            progress=record.progress,
+            created_at=int(record.created_at),
+            completed_at=int(record.completed_at) if record.completed_at else None,
+            expires_at=int(record.expires_at) if record.expires_at else None,
+            error=VideoError(code=record.error.code, message=record.error.message) if record.error else None,
+            seconds=spec.seconds,
+            size=spec.size,
+            prompt=spec.prompt,
+            remixed_from_video_id=None,
+            stage=record.stage,
+            step=record.step,
+            total_steps=record.total_steps or spec.num_inference_steps,
+            num_frames=spec.num_frames,
+            fps=spec.fps,
+            seed=spec.seed,
+            negative_prompt=spec.negative_prompt,
+            num_inference_steps=spec.num_inference_steps,
+            guidance_scale=spec.guidance_scale,
+            guidance_scale_2=spec.guidance_scale_2,
+            flow_shift=spec.flow_shift,
+            has_image=spec.image_key is not None,
+            started_at=int(record.started_at) if record.started_at else None,
+            timings=record.timings,
+            attempts=record.attempts,
+            cancel_requested=record.cancel_requested,
+            **extra,
+        )
+
+    def dump(self) -> dict[str, Any]:
+        """As JSON-ready data: every field `of` sets; queue_position, estimated_start_at and tenant only where they
+        were given (routes answer with `response_model_exclude_unset=True`, the same)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+class VideoList(BaseModel):
+    object: Literal["list"]
+    data: list[Video]
+    first_id: str | None = Field(description="The first id of this page: `before` for the previous page.")
+    last_id: str | None = Field(description="The last id of this page: `after` for the next page.")
+    has_more: bool
+
+
+class VideoDeleted(BaseModel):
+    id: str
+    object: Literal["video.deleted"]
+    deleted: bool
