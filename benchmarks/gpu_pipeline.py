@@ -4,7 +4,7 @@
 Runs `worker.engine.WanEngine` on a GPU. Without `--model-path` the pipelines are the real-size
 architectures (TI2V-5B, T2V-A14B) with random bf16 weights, built on the GPU by
 benchmarks/gpu_models.py and handed to the engine as a factory, so the engine's own option path
-(worker/accel.py, worker/parallel.py) is what is measured. Each part runs in its own process and
+(worker/accel.py, worker/parallel/) is what is measured. Each part runs in its own process and
 adds to one JSON file; `report` prints the tables.
 
   python benchmarks/gpu_pipeline.py plan call1 --out OUT     # TI2V-5B: 1 GPU, then 2 GPUs

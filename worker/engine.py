@@ -2,7 +2,7 @@
 
 Stages are explicit and timed: encode prompt -> denoise -> decode. The engine knows nothing of
 Celery, Redis or S3; the runner (worker/runner.py) wires it to those. With `num_gpus > 1` the
-engine is rank 0 of a group of processes (worker/parallel.py): it starts the other ranks, sends
+engine is rank 0 of a group of processes (worker/parallel/): it starts the other ranks, sends
 them each job, and alone encodes the prompt, decodes and returns frames.
 """
 
@@ -29,7 +29,10 @@ from PIL import Image
 from shared.errors import InvalidRequest, JobCanceled, OutOfMemory
 from shared.schemas import GenerationSpec, Stage
 from shared.settings import EngineSettings
-from worker import accel, parallel
+from worker import accel
+from worker.parallel import mesh
+from worker.parallel.group import Group
+from worker.parallel.messages import EXIT_BROKEN, Job
 
 log = logging.getLogger("wanq.engine")
 
@@ -123,7 +126,7 @@ class WanEngine:
         model_id: str = "",
         factory: str | None = None,
         factory_kwargs: dict[str, Any] | None = None,
-        member: parallel.Member | None = None,
+        member: mesh.Member | None = None,
     ) -> None:
         started = time.perf_counter()
         if model_path is None and factory is None:
@@ -132,7 +135,7 @@ class WanEngine:
         self.settings = settings
         self.factory, self.factory_kwargs = factory, dict(factory_kwargs or {})
         device = accel.resolve_device(settings.device)
-        self.device = parallel.device_for(device, member.rank if member else 0) if settings.num_gpus > 1 else torch.device(device)
+        self.device = mesh.device_for(device, member.rank if member else 0) if settings.num_gpus > 1 else torch.device(device)
         self.dtype = (
             DTYPES[settings.dtype]
             if settings.dtype != "auto"
@@ -147,12 +150,12 @@ class WanEngine:
         self.model_id = model_id or (self.model_path.name if self.model_path is not None else "")
 
         # 1. Several GPUs: start the other ranks first, so that they load while we do
-        self.group: parallel.Group | None = None
+        self.group: Group | None = None
         self.member = member
         if settings.num_gpus > 1 and member is None:
-            self.group = parallel.Group(
+            self.group = Group(
                 settings,
-                model_path=str(self.model_path or ""),
+                model_path=self.model_path,
                 model_id=self.model_id,
                 factory=factory,
                 factory_kwargs=factory_kwargs,
@@ -235,7 +238,7 @@ class WanEngine:
             # The previous job failed while every rank was inside the same collectives.
             log.critical("several-GPU engine is broken since its last job failed mid-denoise: restarting the worker")
             logging.shutdown()
-            os._exit(parallel.EXIT_BROKEN)
+            os._exit(EXIT_BROKEN)
         on_stage = on_stage or (lambda stage: None)
         timings: dict[str, float] = {}
         step_times: list[float] = []
@@ -257,14 +260,7 @@ class WanEngine:
             t0 = time.perf_counter()
             if self.group is not None:
                 in_group = True
-                self.group.send_job(
-                    {
-                        "spec": spec.model_dump(),
-                        "image": parallel.encode_image(image),
-                        "embeds": [tuple(e.shape) for e in (prompt_embeds, negative_embeds) if e is not None],
-                        "dtype": str(prompt_embeds.dtype).removeprefix("torch."),
-                    }
-                )
+                self.group.send_job(Job.of(spec, image, [e for e in (prompt_embeds, negative_embeds) if e is not None]))
                 prompt_embeds, negative_embeds = self._share_embeds(prompt_embeds, negative_embeds)
             latents = self._denoise(
                 pipe, spec, image, prompt_embeds, negative_embeds, self._leader_callback(on_step, step_times, spec)
@@ -298,12 +294,12 @@ class WanEngine:
             raise OutOfMemory(f"out of GPU memory at {spec.size}x{spec.num_frames}: {out_of_memory[:300]}")
         return Generation(frames=frames, timings=timings, step_times=step_times, latents=latents)
 
-    def follow(self, job: dict[str, Any]) -> None:
+    def follow(self, job: Job) -> None:
         """A follower rank's part of one job: the same denoising, step for step with rank 0."""
-        spec = GenerationSpec.model_validate(job["spec"])
-        image = parallel.decode_image(job["image"])
-        dtype = getattr(torch, job["dtype"])
-        shapes = job["embeds"]
+        spec = job.spec
+        image = job.image()
+        dtype = getattr(torch, job.embed_dtype)
+        shapes = job.embed_shapes
         prompt_embeds = torch.empty(shapes[0], dtype=dtype, device=self.device)
         negative_embeds = torch.empty(shapes[1], dtype=dtype, device=self.device) if len(shapes) > 1 else None
         prompt_embeds, negative_embeds = self._share_embeds(prompt_embeds, negative_embeds)
@@ -327,7 +323,7 @@ class WanEngine:
         if negative is not None:
             negative = self.member.broadcast(negative.to(self.device).contiguous())
         if self.settings.cfg_parallel:
-            parallel.set_cfg_active(self.pipe, negative is not None)
+            mesh.set_cfg_active(accel.transformers_of(self.pipe), negative is not None)
             if negative is not None and self.member.cfg_rank == 1:
                 return negative, prompt
         return prompt, negative
