@@ -133,6 +133,17 @@ def validate(
         raise ValueError("impossible engine configuration: " + "; ".join(problems))
 
 
+def validate_before_loading(settings: EngineSettings, model_path: Path | None, device: torch.device) -> None:
+    """`validate` with what is known before the pipeline loads: the model directory's head count,
+    the device this rank computes on and how many GPUs the machine shows."""
+    validate(
+        settings,
+        num_heads=num_heads_of(model_path) if model_path is not None else None,
+        device=device.type,
+        gpu_count=torch.cuda.device_count() if device.type == "cuda" else None,
+    )
+
+
 def _known_backends() -> set[str]:
     try:
         from diffusers.models.attention_dispatch import AttentionBackendName

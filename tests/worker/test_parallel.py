@@ -28,12 +28,13 @@ from shared.errors import JobCanceled
 from shared.schemas import GenerationSpec
 from shared.settings import EngineSettings
 from worker.engine import WanEngine
+from worker.startup import start_engine
 
 path = sys.argv[1]
 spec = GenerationSpec(model="tiny", prompt="a cat walks", negative_prompt="blurry", width=64, height=64, num_frames=9,
                       fps=16, num_inference_steps=3, guidance_scale=4.0, guidance_scale_2=3.0, flow_shift=5.0, seed=5)
 reference = WanEngine(path, EngineSettings(device="cpu")).generate(spec).latents
-engine = WanEngine(path, EngineSettings(device="cpu", num_gpus=2, cfg_parallel=True))
+engine = start_engine(path, EngineSettings(device="cpu", num_gpus=2, cfg_parallel=True))
 print("PLAN", engine.plan.num_gpus, engine.plan.cfg_parallel, flush=True)
 result = engine.generate(spec)
 print("REL", float((result.latents - reference).norm() / reference.norm()), flush=True)
@@ -50,7 +51,7 @@ except JobCanceled:
 again = engine.generate(spec)
 print("AGAIN", bool(torch.equal(again.latents, result.latents)), flush=True)
 
-print("PIDS", *engine.group.pids, flush=True)
+print("PIDS", *engine.followers.pids, flush=True)
 def slow(done, total):
     print("STEP", done, flush=True)
     time.sleep(0.3)
