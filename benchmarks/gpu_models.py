@@ -1,6 +1,6 @@
 """Real-size Wan2.2 pipelines with random weights, built straight on the GPU (no download, no disk).
 
-Used by benchmarks/gpu_pipeline.py as a `WanEngine` factory: `WanEngine(None, settings,
+Used by benchmarks/gpu_pipeline.py as the engine's factory: `start_engine(None, settings,
 factory="benchmarks.gpu_models:build", factory_kwargs={"variant": "ti2v-5b"})`, so the engine's
 own `accel.apply` path runs on them. The architectures are the released checkpoints' configs
 (/work/shared/FACTS.md §1; diffusers' conversion script for the VAEs); the weights are random, so

@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """GPU benchmark of the worker's engine (a script, not a test). Results: benchmarks/RESULTS.md.
 
-Runs `worker.engine.WanEngine` on a GPU. Without `--model-path` the pipelines are the real-size
-architectures (TI2V-5B, T2V-A14B) with random bf16 weights, built on the GPU by
-benchmarks/gpu_models.py and handed to the engine as a factory, so the engine's own option path
-(worker/accel.py, worker/parallel.py) is what is measured. Each part runs in its own process and
+Runs the worker's engine (`worker.startup.start_engine`) on a GPU. Without `--model-path` the
+pipelines are the real-size architectures (TI2V-5B, T2V-A14B) with random bf16 weights, built on
+the GPU by benchmarks/gpu_models.py and handed to the engine as a factory, so the engine's own option path
+(worker/accel.py, worker/parallel/) is what is measured. Each part runs in its own process and
 adds to one JSON file; `report` prints the tables.
 
   python benchmarks/gpu_pipeline.py plan call1 --out OUT     # TI2V-5B: 1 GPU, then 2 GPUs
@@ -143,12 +143,12 @@ def engine_settings(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def make_engine(args: argparse.Namespace, settings: Any, **factory_kwargs: Any) -> Any:
-    from worker.engine import WanEngine
+    from worker.startup import start_engine
 
     if args.model_path:
-        return WanEngine(args.model_path, settings, model_id=f"wan2.2-{args.variant}")
+        return start_engine(args.model_path, settings, model_id=f"wan2.2-{args.variant}")
     kwargs = {"variant": args.variant, "tiny": args.tiny, **factory_kwargs}
-    return WanEngine(None, settings, model_id=f"wan2.2-{args.variant}", factory=FACTORY, factory_kwargs=kwargs)
+    return start_engine(None, settings, model_id=f"wan2.2-{args.variant}", factory=FACTORY, factory_kwargs=kwargs)
 
 
 def build_pipeline(args: argparse.Namespace, **kwargs: Any) -> Any:

@@ -130,7 +130,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from shared.errors import WanqError
     from shared.specs import NUMBER_FIELDS, VideoRequest, resolve_spec
     from worker import export
-    from worker.engine import WanEngine, detect_variant
+    from worker.engine import detect_variant
+    from worker.startup import start_engine
 
     settings = _settings_with_engine_flags(load_settings(), args)
     _configure_logging(args.loglevel)
@@ -155,7 +156,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
         image = fit_to(image, spec.width, spec.height)
     try:
-        engine = WanEngine(model_path, settings.engine, model_id=model_id)
+        engine = start_engine(model_path, settings.engine, model_id=model_id)
     except ValueError as exc:
         raise SystemExit(f"wanq generate: {exc}") from None
     started = time.perf_counter()

@@ -3,7 +3,7 @@
 Attention backend (`set_attention_backend`), cache hooks (`enable_cache`), placement (device,
 `enable_model_cpu_offload`, `enable_sequential_cpu_offload`, `enable_group_offload` /
 `apply_group_offloading` with CUDA streams), context parallelism (`enable_parallelism` with a
-`ContextParallelConfig`, see worker/parallel.py), VAE tiling and regional compile
+`ContextParallelConfig`, see worker/parallel/mesh.py), VAE tiling and regional compile
 (`compile_repeated_blocks`). Impossible combinations are refused by `validate` before anything
 loads, with a message that says what to change.
 """
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from shared.settings import EngineSettings
+from worker.parallel import mesh
 
 log = logging.getLogger("wanq.engine")
 
@@ -47,10 +48,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def context_parallel(settings: EngineSettings) -> bool:
-    return settings.ulysses_degree * settings.ring_degree > 1
 
 
 def uses_group_offload(settings: EngineSettings) -> bool:
@@ -108,7 +105,7 @@ def validate(
             "--pin-cpu-memory applies to group offloading only; add --offload group (or --text-encoder-cpu-offload / "
             "--vae-cpu-offload) or drop it"
         )
-    if on_cpu and context_parallel(settings):
+    if on_cpu and mesh.context_parallel(settings):
         problems.append(
             "--ulysses-degree / --ring-degree need CUDA GPUs (diffusers' context parallelism); use --cfg-parallel on CPU"
         )
@@ -123,7 +120,7 @@ def validate(
         )
     if gpu_count is not None and not on_cpu and settings.num_gpus > gpu_count:
         problems.append(f"--num-gpus {settings.num_gpus} but this machine has {gpu_count} visible GPU(s)")
-    if context_parallel(settings) and settings.attention_backend not in CONTEXT_PARALLEL_BACKENDS:
+    if mesh.context_parallel(settings) and settings.attention_backend not in CONTEXT_PARALLEL_BACKENDS:
         problems.append(
             f"attention backend {settings.attention_backend!r} has no context-parallel support in diffusers; "
             f"use one of {sorted(b for b in CONTEXT_PARALLEL_BACKENDS if b)}"
@@ -134,6 +131,17 @@ def validate(
             problems.append(f"unknown --attention-backend {settings.attention_backend!r}; diffusers knows {sorted(known)}")
     if problems:
         raise ValueError("impossible engine configuration: " + "; ".join(problems))
+
+
+def validate_before_loading(settings: EngineSettings, model_path: Path | None, device: torch.device) -> None:
+    """`validate` with what is known before the pipeline loads: the model directory's head count,
+    the device this rank computes on and how many GPUs the machine shows."""
+    validate(
+        settings,
+        num_heads=num_heads_of(model_path) if model_path is not None else None,
+        device=device.type,
+        gpu_count=torch.cuda.device_count() if device.type == "cuda" else None,
+    )
 
 
 def _known_backends() -> set[str]:
@@ -172,10 +180,12 @@ def module_device(module: Any) -> torch.device:
         return next(module.parameters()).device  # type: ignore[no-any-return]
 
 
-def apply(pipe: Any, settings: EngineSettings, device: torch.device, *, member: Any = None, sync_weights: bool = False) -> Plan:
+def apply(
+    pipe: Any, settings: EngineSettings, device: torch.device, *, member: mesh.Member | None = None, sync_weights: bool = False
+) -> Plan:
     """Applies every option to `pipe` in the order diffusers needs.
 
-    `member` (a worker.parallel.Member) is given on every rank of a several-GPU worker;
+    `member` is given on every rank of a several-GPU worker;
     `sync_weights` copies rank 0's transformer weights to the others (random-weight pipelines).
     """
     transformers = transformers_of(pipe)
@@ -201,9 +211,7 @@ def apply(pipe: Any, settings: EngineSettings, device: torch.device, *, member: 
 
     # 4. Several GPUs: context parallelism on every transformer, CFG branches on two rank groups
     if member is not None:
-        from worker import parallel
-
-        parallel.enable(pipe, settings, member, sync_weights=sync_weights)
+        mesh.enable(transformers, settings, member, sync_weights=sync_weights)
 
     # 5. VAE tiling (decode memory grows with frames x pixels; tiles bound it)
     if settings.vae_tiling:
@@ -217,7 +225,7 @@ def apply(pipe: Any, settings: EngineSettings, device: torch.device, *, member: 
         for limit in ("recompile_limit", "cache_size_limit"):
             if hasattr(torch._dynamo.config, limit):
                 setattr(torch._dynamo.config, limit, max(64, getattr(torch._dynamo.config, limit)))
-        fullgraph = not context_parallel(settings)
+        fullgraph = not mesh.context_parallel(settings)
         for model in transformers:
             model.compile_repeated_blocks(fullgraph=fullgraph)
 

@@ -1,14 +1,14 @@
 """The engine: a resident Wan2.2 diffusers pipeline that turns a GenerationSpec into frames.
 
 Stages are explicit and timed: encode prompt -> denoise -> decode. The engine knows nothing of
-Celery, Redis or S3; the runner (worker/runner.py) wires it to those. With `num_gpus > 1` the
-engine is rank 0 of a group of processes (worker/parallel.py): it starts the other ranks, sends
-them each job, and alone encodes the prompt, decodes and returns frames.
+Celery, Redis or S3; the runner (worker/runner.py) wires it to those. With `num_gpus > 1` there
+is one engine per rank (worker/parallel/): each is given its `Member` of the group, and rank 0's
+is also given its `Followers`, to which it sends each job; rank 0 alone encodes the prompt, decodes
+and returns frames. worker/startup.py starts the group and builds rank 0's engine.
 """
 
 from __future__ import annotations
 
-import atexit
 import gc
 import importlib
 import json
@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,7 +29,9 @@ from PIL import Image
 from shared.errors import InvalidRequest, JobCanceled, OutOfMemory
 from shared.schemas import GenerationSpec, Stage
 from shared.settings import EngineSettings
-from worker import accel, parallel
+from worker import accel
+from worker.parallel import mesh
+from worker.parallel.messages import EXIT_BROKEN, Job
 
 log = logging.getLogger("wanq.engine")
 
@@ -81,6 +83,23 @@ def load_factory(factory: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
+def rank_device(settings: EngineSettings, rank: int) -> torch.device:
+    """The device a rank computes on: the configured one, or cuda:<rank> with several GPUs."""
+    device = accel.resolve_device(settings.device)
+    return mesh.device_for(device, rank) if settings.num_gpus > 1 else torch.device(device)
+
+
+class Followers(Protocol):
+    """Rank 0's handle on the other ranks (worker.parallel.group.Group): each job goes to them before
+    rank 0 broadcasts its embeddings; a job that fails mid-denoise ends them at once; `close` stops them."""
+
+    def send_job(self, job: Job) -> None: ...
+
+    def kill(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 class PromptCache:
     """Bounded LRU of text-encoder outputs, kept on the CPU, keyed by (model, text)."""
 
@@ -113,7 +132,8 @@ class PromptCache:
 
 class WanEngine:
     """One resident pipeline. `model_path` is a diffusers directory; `factory` ('module:function',
-    called with device, dtype and text_encoder) builds the pipeline instead (benchmarks)."""
+    called with device, dtype and text_encoder) builds the pipeline instead (benchmarks). With several
+    GPUs, every rank's engine is given its `member`, and rank 0's its `followers` too."""
 
     def __init__(
         self,
@@ -123,7 +143,8 @@ class WanEngine:
         model_id: str = "",
         factory: str | None = None,
         factory_kwargs: dict[str, Any] | None = None,
-        member: parallel.Member | None = None,
+        member: mesh.Member | None = None,
+        followers: Followers | None = None,
     ) -> None:
         started = time.perf_counter()
         if model_path is None and factory is None:
@@ -131,34 +152,22 @@ class WanEngine:
         self.model_path = Path(model_path) if model_path is not None else None
         self.settings = settings
         self.factory, self.factory_kwargs = factory, dict(factory_kwargs or {})
-        device = accel.resolve_device(settings.device)
-        self.device = parallel.device_for(device, member.rank if member else 0) if settings.num_gpus > 1 else torch.device(device)
+        self.device = rank_device(settings, member.rank if member else 0)
         self.dtype = (
             DTYPES[settings.dtype]
             if settings.dtype != "auto"
             else (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
         )
-        accel.validate(
-            settings,
-            num_heads=accel.num_heads_of(self.model_path) if self.model_path is not None else None,
-            device=self.device.type,
-            gpu_count=torch.cuda.device_count() if self.device.type == "cuda" else None,
-        )
-        self.model_id = model_id or (self.model_path.name if self.model_path is not None else "")
-
-        # 1. Several GPUs: start the other ranks first, so that they load while we do
-        self.group: parallel.Group | None = None
-        self.member = member
+        # 1. Refuse an impossible configuration before anything loads
+        accel.validate_before_loading(settings, self.model_path, self.device)
         if settings.num_gpus > 1 and member is None:
-            self.group = parallel.Group(
-                settings,
-                model_path=str(self.model_path or ""),
-                model_id=self.model_id,
-                factory=factory,
-                factory_kwargs=factory_kwargs,
+            raise ValueError(
+                f"num_gpus is {settings.num_gpus}: build the engine with worker.startup.start_engine, "
+                "which starts the other ranks and joins their group"
             )
-            self.member = self.group.start()
-            atexit.register(self.close)
+        self.model_id = model_id or (self.model_path.name if self.model_path is not None else "")
+        self.member = member
+        self.followers = followers
         self.broken = False
         """A several-GPU job failed mid-denoise: the ranks cannot agree any more; restart the process."""
 
@@ -188,8 +197,6 @@ class WanEngine:
             accel.share_placement(self.pipe, self.image_pipe)
         self._schedulers: dict[float, Any] = {}
         self.prompt_cache = PromptCache(settings.prompt_cache_size)
-        if self.group is not None:
-            self.group.wait_ready()
         self.load_time_s = time.perf_counter() - started
         log.info(
             "engine ready",
@@ -235,7 +242,7 @@ class WanEngine:
             # The previous job failed while every rank was inside the same collectives.
             log.critical("several-GPU engine is broken since its last job failed mid-denoise: restarting the worker")
             logging.shutdown()
-            os._exit(parallel.EXIT_BROKEN)
+            os._exit(EXIT_BROKEN)
         on_stage = on_stage or (lambda stage: None)
         timings: dict[str, float] = {}
         step_times: list[float] = []
@@ -255,16 +262,9 @@ class WanEngine:
             # 2. Denoise (every rank from here on)
             on_stage(Stage.denoising)
             t0 = time.perf_counter()
-            if self.group is not None:
+            if self.followers is not None:
                 in_group = True
-                self.group.send_job(
-                    {
-                        "spec": spec.model_dump(),
-                        "image": parallel.encode_image(image),
-                        "embeds": [tuple(e.shape) for e in (prompt_embeds, negative_embeds) if e is not None],
-                        "dtype": str(prompt_embeds.dtype).removeprefix("torch."),
-                    }
-                )
+                self.followers.send_job(Job.of(spec, image, [e for e in (prompt_embeds, negative_embeds) if e is not None]))
                 prompt_embeds, negative_embeds = self._share_embeds(prompt_embeds, negative_embeds)
             latents = self._denoise(
                 pipe, spec, image, prompt_embeds, negative_embeds, self._leader_callback(on_step, step_times, spec)
@@ -298,12 +298,12 @@ class WanEngine:
             raise OutOfMemory(f"out of GPU memory at {spec.size}x{spec.num_frames}: {out_of_memory[:300]}")
         return Generation(frames=frames, timings=timings, step_times=step_times, latents=latents)
 
-    def follow(self, job: dict[str, Any]) -> None:
+    def follow(self, job: Job) -> None:
         """A follower rank's part of one job: the same denoising, step for step with rank 0."""
-        spec = GenerationSpec.model_validate(job["spec"])
-        image = parallel.decode_image(job["image"])
-        dtype = getattr(torch, job["dtype"])
-        shapes = job["embeds"]
+        spec = job.spec
+        image = job.image()
+        dtype = getattr(torch, job.embed_dtype)
+        shapes = job.embed_shapes
         prompt_embeds = torch.empty(shapes[0], dtype=dtype, device=self.device)
         negative_embeds = torch.empty(shapes[1], dtype=dtype, device=self.device) if len(shapes) > 1 else None
         prompt_embeds, negative_embeds = self._share_embeds(prompt_embeds, negative_embeds)
@@ -327,7 +327,7 @@ class WanEngine:
         if negative is not None:
             negative = self.member.broadcast(negative.to(self.device).contiguous())
         if self.settings.cfg_parallel:
-            parallel.set_cfg_active(self.pipe, negative is not None)
+            mesh.set_cfg_active(accel.transformers_of(self.pipe), negative is not None)
             if negative is not None and self.member.cfg_rank == 1:
                 return negative, prompt
         return prompt, negative
@@ -356,10 +356,10 @@ class WanEngine:
         return callback
 
     def _after_failure(self, in_group: bool) -> None:
-        if in_group and self.group is not None:
+        if in_group and self.followers is not None:
             # The followers wait in a collective that rank 0 will never join: end them now.
             log.error("job failed mid-denoise on rank 0: stopping the other ranks; the next job restarts the worker")
-            self.group.kill()
+            self.followers.kill()
             self.broken = True
         self.release_memory()
 
@@ -491,9 +491,9 @@ class WanEngine:
 
     def close(self) -> None:
         """Stops the follower ranks (several GPUs); the engine is unusable afterwards."""
-        if self.group is not None:
-            self.group.stop()
-            self.group = None
+        if self.followers is not None:
+            self.followers.stop()
+            self.followers = None
             if torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
 

@@ -45,8 +45,8 @@ class WorkerProcess:
         self._info: dict[str, Any] = {}
 
     def load(self) -> None:
-        from worker.engine import WanEngine  # torch is imported here, in the child
         from worker.runner import JobRunner
+        from worker.startup import start_engine  # torch is imported here, in the child
 
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         store = JobStore.from_settings(self.settings, retry_s=self.settings.worker.redis_retry_s)
@@ -62,7 +62,7 @@ class WorkerProcess:
         }
         self._start_heartbeat(store)
         metrics.serve(self.settings.worker.metrics_port)
-        engine = WanEngine(self.model_path, self.settings.engine, model_id=self.model_id)
+        engine = start_engine(self.model_path, self.settings.engine, model_id=self.model_id)
         metrics.model_loaded(self.model_id, engine.load_time_s)
         self._info.update(load_time_s=round(engine.load_time_s, 3), variant=engine.variant, plan=engine.plan.__dict__)
         if self.settings.engine.warmup:

@@ -15,6 +15,7 @@ from shared.settings import EngineSettings
 from wanq.cli import main
 from worker.engine import WanEngine, is_out_of_memory
 from worker.export import probe_mp4
+from worker.startup import start_engine
 from worker.tiny_model import write_tiny_model
 
 
@@ -167,4 +168,4 @@ def test_generate_cli_runs_the_engine_with_its_flags(
 
 def test_an_impossible_configuration_fails_before_loading(models: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="2 attention heads are not divisible by --ulysses-degree 4"):
-        WanEngine(models["ti2v-5b"], EngineSettings(device="cpu", num_gpus=4, ulysses_degree=4))
+        start_engine(models["ti2v-5b"], EngineSettings(device="cpu", num_gpus=4, ulysses_degree=4))

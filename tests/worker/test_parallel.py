@@ -3,6 +3,7 @@ a dead rank taking the worker down promptly. (Ulysses / ring need CUDA: diffuser
 parallelism is verified on the lent GPUs, benchmarks/RESULTS.md.)
 
 Rank 0 runs in a child process because a dead follower makes it `os._exit`, as it must in a worker.
+The messages on the rank pipes are checked on their own, over a plain pipe.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.parallel import EXIT_RANK_DIED
+from shared.schemas import GenerationSpec
+from worker.parallel.messages import EXIT_RANK_DIED, Failed, Job, Stop, receive, send
 from worker.tiny_model import write_tiny_model
 
 RANK0 = r"""
@@ -26,12 +28,13 @@ from shared.errors import JobCanceled
 from shared.schemas import GenerationSpec
 from shared.settings import EngineSettings
 from worker.engine import WanEngine
+from worker.startup import start_engine
 
 path = sys.argv[1]
 spec = GenerationSpec(model="tiny", prompt="a cat walks", negative_prompt="blurry", width=64, height=64, num_frames=9,
                       fps=16, num_inference_steps=3, guidance_scale=4.0, guidance_scale_2=3.0, flow_shift=5.0, seed=5)
 reference = WanEngine(path, EngineSettings(device="cpu")).generate(spec).latents
-engine = WanEngine(path, EngineSettings(device="cpu", num_gpus=2, cfg_parallel=True))
+engine = start_engine(path, EngineSettings(device="cpu", num_gpus=2, cfg_parallel=True))
 print("PLAN", engine.plan.num_gpus, engine.plan.cfg_parallel, flush=True)
 result = engine.generate(spec)
 print("REL", float((result.latents - reference).norm() / reference.norm()), flush=True)
@@ -48,7 +51,7 @@ except JobCanceled:
 again = engine.generate(spec)
 print("AGAIN", bool(torch.equal(again.latents, result.latents)), flush=True)
 
-print("PIDS", *engine.group.pids, flush=True)
+print("PIDS", *engine.followers.pids, flush=True)
 def slow(done, total):
     print("STEP", done, flush=True)
     time.sleep(0.3)
@@ -97,3 +100,43 @@ def test_cfg_parallel_cancel_and_a_dead_rank(tiny_a14b: Path, tmp_path: Path) ->
     assert "NOT" not in lines
     assert code == EXIT_RANK_DIED
     assert time.monotonic() - killed_at < 20
+
+
+def test_messages_cross_a_pipe_typed_and_only_ours_are_accepted() -> None:
+    import pickle
+
+    import torch
+    from PIL import Image
+
+    spec = GenerationSpec(
+        model="tiny",
+        prompt="a cat",
+        negative_prompt="",
+        width=64,
+        height=48,
+        num_frames=5,
+        fps=16,
+        num_inference_steps=2,
+        guidance_scale=4.0,
+        guidance_scale_2=None,
+        flow_shift=5.0,
+        seed=1,
+    )
+    image = Image.new("RGB", (64, 48), (200, 10, 30))
+    job = Job.of(spec, image, [torch.zeros(1, 7, 16, dtype=torch.bfloat16), torch.zeros(1, 3, 16, dtype=torch.bfloat16)])
+    read_fd, write_fd = os.pipe()
+    with os.fdopen(read_fd, "rb") as reader, os.fdopen(write_fd, "wb") as writer:
+        for message in (job, Failed("OutOfMemoryError: no"), Stop()):
+            send(writer, message)
+        writer.write(len(pickle.dumps({"op": "stop"})).to_bytes(8, "little") + pickle.dumps({"op": "stop"}))
+        writer.close()
+        received = receive(reader)
+        assert isinstance(received, Job)
+        assert (received.spec, received.embed_shapes, received.embed_dtype) == (spec, ((1, 7, 16), (1, 3, 16)), "bfloat16")
+        decoded = received.image()
+        assert decoded is not None and decoded.tobytes() == image.tobytes()  # a lossless PNG on the way
+        assert receive(reader) == Failed("OutOfMemoryError: no")
+        assert receive(reader) == Stop()
+        with pytest.raises(TypeError, match="unexpected message on a rank pipe: dict"):
+            receive(reader)
+        assert receive(reader) is None  # the other side is gone

@@ -1,0 +1,118 @@
+"""What crosses between the processes of a several-GPU worker: the messages on its pipes and its exit statuses.
+
+Rank 0 writes `Launch` once, then one `Job` per generation, then `Stop`, down each follower's stdin;
+a follower answers `Ready` or `Failed` on its report pipe. On the wire each message is an 8-byte
+length and a pickle of the dataclass; both ends are our own processes, running the same code. A
+per-job extra (LoRA adapters to activate, cache settings) is a new typed field of `Job` with a
+default, and nothing else changes.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from shared.schemas import GenerationSpec
+from shared.settings import EngineSettings
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+EXIT_RANK_DIED = 70
+"""Exit status of rank 0 when a follower died (the worker restarts; the job is redelivered)."""
+EXIT_BROKEN = 71
+"""Exit status of rank 0 when a job failed mid-denoise and the ranks can no longer agree."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A follower's first message: its rank, where the group meets, and how to build its engine."""
+
+    rank: int
+    world_size: int
+    init_method: str
+    settings: EngineSettings
+    model_path: Path | None
+    model_id: str
+    factory: str | None = None
+    factory_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One generation: what every rank denoises, and the embeddings rank 0 broadcasts right after it
+    (the prompt's, then the negative prompt's when guidance is on), so that a follower can receive them."""
+
+    spec: GenerationSpec
+    image_png: bytes | None
+    embed_shapes: tuple[tuple[int, ...], ...]
+    embed_dtype: str
+    """A torch dtype's name, e.g. "bfloat16"."""
+
+    @classmethod
+    def of(cls, spec: GenerationSpec, image: Image.Image | None, embeds: Sequence[torch.Tensor]) -> Job:
+        png = None
+        if image is not None:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            png = buffer.getvalue()
+        return cls(
+            spec=spec,
+            image_png=png,
+            embed_shapes=tuple(tuple(e.shape) for e in embeds),
+            embed_dtype=str(embeds[0].dtype).removeprefix("torch."),
+        )
+
+    def image(self) -> Image.Image | None:
+        if self.image_png is None:
+            return None
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.image_png)).convert("RGB")
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Rank 0 is closing: the follower leaves its loop and exits."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The follower has loaded its engine and waits for jobs."""
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The follower could not load its engine; it exits after this."""
+
+    message: str
+
+
+Message = Launch | Job | Stop | Ready | Failed
+
+
+def send(stream: IO[bytes], message: Message) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(data)) + data)
+    stream.flush()
+
+
+def receive(stream: IO[bytes]) -> Message | None:
+    """The next message, or None at end of stream (the other side is gone)."""
+    header = stream.read(8)
+    if len(header) < 8:
+        return None
+    (size,) = struct.unpack("<Q", header)
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+    message = pickle.loads(data)
+    if not isinstance(message, Message):
+        raise TypeError(f"unexpected message on a rank pipe: {type(message).__name__}")
+    return message
