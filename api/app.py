@@ -13,11 +13,12 @@ from api.auth import warn_if_open
 from api.body_limit import BodyLimit
 from api.daemons.dispatcher import start_in_thread
 from api.daemons.upkeep import Upkeep
-from api.deps import Services, get_principal
+from api.deps import get_principal
 from api.errors import install_error_handlers
 from api.events import EventHub
 from api.openapi import ERRORS
 from api.routes import admin, health, models, videos, webhooks
+from api.services import Services
 from shared.apikeys import KeyStore
 from shared.fairqueue import FairQueue
 from shared.idempotency import IdempotencyKeys

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.services import Services
 from shared.errors import Forbidden, Unauthorized
-
-if TYPE_CHECKING:
-    from api.deps import Services
 
 log = logging.getLogger("wanq.api")
 

@@ -2,37 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
-import redis.asyncio as aioredis
-from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 
 from api.auth import Principal, authenticate, bearer_scheme, require_admin
-from api.events import EventHub
-from shared.apikeys import KeyStore
-from shared.fairqueue import FairQueue
-from shared.idempotency import IdempotencyKeys
-from shared.quotas import Quotas
-from shared.settings import Settings
-from shared.storage import Storage
-from shared.store import JobStore
-
-
-@dataclass
-class Services:
-    settings: Settings
-    store: JobStore
-    storage: Storage
-    celery: Celery
-    aioredis: aioredis.Redis
-    events: EventHub
-    idempotency: IdempotencyKeys
-    keys: KeyStore
-    fairq: FairQueue
-    quotas: Quotas
+from api.services import Services
 
 
 # Dependencies are `async def` even where they await nothing: FastAPI runs a plain `def` one on its

@@ -9,7 +9,8 @@ from typing import Annotated, Any
 
 from fastapi import Depends
 
-from api.deps import Principal, PrincipalDep, Services, ServicesDep
+from api.deps import Principal, PrincipalDep, ServicesDep
+from api.services import Services
 from shared import jobstate
 from shared.errors import Conflict, NotFound
 from shared.schemas import JobRecord, JobStatus

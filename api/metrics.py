@@ -23,7 +23,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import Services, ServicesDep
+from api.deps import ServicesDep
+from api.services import Services
 from shared.errors import NotFound
 from shared.keys import text
 from shared.store import JobStore

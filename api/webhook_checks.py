@@ -4,7 +4,7 @@ webhook state in Redis. Used by the video and webhook routes.
 
 from __future__ import annotations
 
-from api.deps import Services
+from api.services import Services
 from shared.errors import InvalidRequest
 from shared.netguard import parse_allowlist, resolve_public
 from shared.webhook_store import WebhookStore

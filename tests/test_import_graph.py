@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["api", "shared", "wanq", "worker"]
-PACKAGES_CHECKED = ["worker"]
+PACKAGES_CHECKED = ["api", "shared", "worker"]
 """The packages this test holds to no circle; the others are added here as their circles are removed."""
 
 

@@ -16,10 +16,11 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from starlette.datastructures import UploadFile
 
 from api import jobs
-from api.deps import Principal, PrincipalDep, Services, ServicesDep
+from api.deps import Principal, PrincipalDep, ServicesDep
 from api.events import INTERRUPTED
 from api.jobs import JobDep
 from api.openapi import CONTENT, CREATED, EVENTS
+from api.services import Services
 from api.webhook_checks import check_job_webhook
 from shared import images
 from shared.errors import (
