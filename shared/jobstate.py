@@ -165,3 +165,12 @@ def time_out(store: JobStore, record: JobRecord, message: str) -> TransitionResu
 def expire(store: JobStore, record: JobRecord) -> TransitionResult:
     """The outputs were deleted at `expires_at`: the record no longer names them."""
     return _apply(store, "expire", record, {"outputs": {}})
+
+
+def transition_table() -> str:
+    """TRANSITIONS as a markdown table (docs/ARCHITECTURE.md's is generated from it)."""
+    rows = ["| transition | from | to |", "|---|---|---|"]
+    for name, transition in TRANSITIONS.items():
+        source = ", ".join(sorted(s.value for s in transition.source))
+        rows.append(f"| `{name}` | {source} | {transition.target.value if transition.target else '(unchanged)'} |")
+    return "\n".join(rows)

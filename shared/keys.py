@@ -188,3 +188,16 @@ class Keys:
 def text(value: object) -> str:
     """A Redis reply item as str (clients are built without decode_responses)."""
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def key_table() -> str:
+    """KEY_MAP as a markdown table (docs/ARCHITECTURE.md's key map is generated from it)."""
+    rows = ["| key (after the prefix `wanq:`) | type | holds |", "|---|---|---|"]
+    rows += [f"| `{pattern}` | {kind} | {what} |" for pattern, kind, what in KEY_MAP]
+    rows.append("| `wanq.<model>` (Celery's, unprefixed) | list | the model's Celery queue (what KEDA reads) |")
+    rows.append(f"| `{BROKER_UNACKED}` (kombu's, unprefixed) | hash | messages delivered to a worker, not yet acknowledged |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(key_table())
