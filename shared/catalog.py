@@ -40,48 +40,18 @@ class ModelSpec:
         return f"{self.width}x{self.height}"
 
 
+# Each variant's defaults, from the Wan2.2 repository's configs and the diffusers model cards.
+_FIELDS = ("hf_repo", "width", "height", "num_frames", "fps", "num_inference_steps", "flow_shift", "guidance_scale",
+           "guidance_scale_2", "size_multiple", "image")  # fmt: skip
+_VARIANTS: dict[str, tuple[object, ...]] = {
+    "t2v-a14b": ("Wan-AI/Wan2.2-T2V-A14B-Diffusers", 1280, 720, 81, 16, 40, 12.0, 4.0, 3.0, 16, "none"),
+    "i2v-a14b": ("Wan-AI/Wan2.2-I2V-A14B-Diffusers", 1280, 720, 81, 16, 40, 5.0, 3.5, 3.5, 16, "required"),
+    "ti2v-5b": ("Wan-AI/Wan2.2-TI2V-5B-Diffusers", 1280, 704, 121, 24, 50, 5.0, 5.0, None, 32, "optional"),
+}
+
+
 def _variant_presets(variant: Variant) -> dict[str, object]:
-    if variant == "t2v-a14b":
-        return dict(
-            hf_repo="Wan-AI/Wan2.2-T2V-A14B-Diffusers",
-            width=1280,
-            height=720,
-            num_frames=81,
-            fps=16,
-            num_inference_steps=40,
-            flow_shift=12.0,
-            guidance_scale=4.0,
-            guidance_scale_2=3.0,
-            size_multiple=16,
-            image="none",
-        )
-    if variant == "i2v-a14b":
-        return dict(
-            hf_repo="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
-            width=1280,
-            height=720,
-            num_frames=81,
-            fps=16,
-            num_inference_steps=40,
-            flow_shift=5.0,
-            guidance_scale=3.5,
-            guidance_scale_2=3.5,
-            size_multiple=16,
-            image="required",
-        )
-    return dict(
-        hf_repo="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
-        width=1280,
-        height=704,
-        num_frames=121,
-        fps=24,
-        num_inference_steps=50,
-        flow_shift=5.0,
-        guidance_scale=5.0,
-        guidance_scale_2=None,
-        size_multiple=32,
-        image="optional",
-    )
+    return dict(zip(_FIELDS, _VARIANTS[variant], strict=True))
 
 
 def _preset(model_id: str, variant: Variant) -> ModelSpec:
