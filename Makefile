@@ -58,7 +58,7 @@ test-fast: install
 	$(PY) -m pytest -x -q -m "not slow"
 
 readme: install
-	$(PY) -c "from shared.settings import update_architecture, update_readme; update_readme(); update_architecture()"
+	$(PY) -m shared.docgen
 
 clean:
 	rm -rf $(VENV) .wanq out test-artifacts

@@ -394,32 +394,5 @@ def _doc(text: str | None) -> str:
     return " ".join((text or "").split()).replace("|", "\\|")
 
 
-def _fill(path: str, marker: str, table: str) -> bool:
-    """Rewrites the text between `<!-- marker:start -->` and `<!-- marker:end -->` in `path`; True if it changed."""
-    from pathlib import Path
-
-    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-    text = Path(path).read_text()
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    new = f"{head}{start}\n{table}\n{end}{tail}"
-    if new != text:
-        Path(path).write_text(new)
-    return new != text
-
-
-def update_readme(path: str = "README.md") -> bool:
-    """Rewrites the README's settings table; True if it changed."""
-    return _fill(path, "settings", settings_table())
-
-
-def update_architecture(path: str = "docs/ARCHITECTURE.md") -> bool:
-    """Rewrites docs/ARCHITECTURE.md's transition table and Redis key map; True if either changed."""
-    from shared.jobstate import transition_table
-    from shared.keys import key_table
-
-    return _fill(path, "transitions", transition_table()) | _fill(path, "keys", key_table())
-
-
 if __name__ == "__main__":
     print(settings_table())
