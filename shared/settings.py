@@ -183,7 +183,7 @@ class ApiSettings(BaseModel):
 
 
 class WebhookSettings(BaseModel):
-    """Webhook delivery (`wanq webhooks`, wanq/webhookd.py) and the checks the API makes on webhook URLs."""
+    """Webhook delivery (`wanq webhook-delivery`, api/daemons/webhooks.py) and the checks the API makes on webhook URLs."""
 
     retry_schedule_s: list[float] = Field(default_factory=lambda: [0.0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400])
     """Delay before each attempt, counted from the previous one; its length is the number of attempts."""

@@ -211,8 +211,8 @@ def cmd_fetch_model(args: argparse.Namespace) -> None:
         raise SystemExit(f"wanq fetch-model: {exc}") from None
 
 
-def cmd_webhooks(args: argparse.Namespace) -> None:
-    from wanq.webhookd import run
+def cmd_webhook_delivery(args: argparse.Namespace) -> None:
+    from api.daemons.webhooks import run
 
     settings = load_settings()
     _configure_logging(args.loglevel)
@@ -284,21 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
 
-    from wanq import webhooks_cli
-
-    p = sub.add_parser("webhooks", help="deliver webhooks (alone: the delivery process); subcommands manage the endpoint")
+    p = sub.add_parser("webhook-delivery", help="run the webhook delivery process (signed events, retried)")
     p.add_argument("--loglevel", default="INFO")
-    p.set_defaults(func=cmd_webhooks)
-    webhooks_cli.add_commands(p)
+    p.set_defaults(func=cmd_webhook_delivery)
 
     p = sub.add_parser("dev", help="the whole stack in the foreground (Redis, S3, API, tiny workers)")
     p.add_argument("--workdir", default=".wanq/dev")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_dev)
 
-    from wanq import admin_cli, client_cli
+    from wanq import admin_cli, client_cli, webhooks_cli
 
     client_cli.add_commands(sub)
+    webhooks_cli.add_commands(sub)
     admin_cli.add_commands(sub)
     return parser
 

@@ -203,9 +203,10 @@ class Stack:
         )
 
     def start_webhooks(self, *, extra_env: Mapping[str, str] | None = None) -> Managed:
-        """The webhook delivery process; it needs no readiness wait: events wait for it in Redis."""
+        """A `wanq webhook-delivery` process; it needs no readiness wait: events wait for it in Redis."""
         count = sum(1 for p in self.processes if p.name.startswith("webhooks"))
-        return self.spawn(f"webhooks-{count}", [sys.executable, "-m", "wanq", "webhooks", "--loglevel", "INFO"], extra_env)
+        args = [sys.executable, "-m", "wanq", "webhook-delivery", "--loglevel", "INFO"]
+        return self.spawn(f"webhooks-{count}", args, extra_env)
 
     def wait_for_workers(self, model: str, count: int = 1, timeout: float = 120) -> None:
         def ready() -> bool:

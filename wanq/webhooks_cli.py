@@ -1,7 +1,7 @@
 """`wanq webhooks ...`: manage the tenant's default endpoint and signing secret, and read a job's deliveries.
 
-`wanq webhooks` alone runs the delivery process (wanq/cli.py); these subcommands talk to the API like
-the other client commands (--url / --api-key, or WANQ_URL / WANQ_API_KEY).
+Client commands: they talk to the API like the others (--url / --api-key, or WANQ_URL / WANQ_API_KEY).
+The delivery process itself is `wanq webhook-delivery` (api/daemons/webhooks.py).
 """
 
 from __future__ import annotations
@@ -14,11 +14,18 @@ from typing import Any
 from shared.webhooks import EVENTS
 from wanq.client_cli import _run
 
+SUBCOMMANDS = ("show", "set-endpoint", "delete-endpoint", "rotate-secret", "deliveries")
 
-def add_commands(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(
-        dest="webhooks_command", required=False, metavar="{show,set-endpoint,delete-endpoint,rotate-secret,deliveries}"
-    )
+
+def add_commands(commands: Any) -> None:
+    parser = commands.add_parser("webhooks", help="the tenant's webhook endpoint and signing secret; a job's deliveries")
+    sub = parser.add_subparsers(dest="webhooks_command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
+
+    def pick_one(args: argparse.Namespace) -> None:
+        # Not argparse's `required=True`: its message names neither the choices nor where the delivery process went.
+        parser.error(f"pick a subcommand: {', '.join(SUBCOMMANDS)} (the delivery process is `wanq webhook-delivery`)")
+
+    parser.set_defaults(func=pick_one)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=None, help="server URL (WANQ_URL, default http://127.0.0.1:8000)")
