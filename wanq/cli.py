@@ -1,64 +1,20 @@
-"""The `wanq` command: run the API, a worker, the engine alone, a tiny model, or the whole dev stack."""
+"""The `wanq` command: one parser for every subcommand. The service's processes (api, worker, dispatcher,
+webhook-delivery, dev) and the worker's tools are here; the client's commands are in client_cli.py and
+webhooks_cli.py, the key commands in keys_cli.py."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from shared.settings import EngineSettings, Settings
-
-ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
-    ("--device", dict(help="cuda, cuda:N, cpu or auto")),
-    ("--dtype", dict(choices=["auto", "bf16", "fp16", "fp32"])),
-    ("--attention-backend", dict(help="a diffusers attention backend (native, _native_cudnn, flash, ...)")),
-    ("--compile", dict(action="store_true", default=None, help="regional compile of the repeated transformer blocks")),
-    ("--warmup", dict(action="store_true", default=None, help="one small generation before taking jobs")),
-    ("--offload", dict(choices=["none", "model", "group", "sequential"])),
-    ("--text-encoder-cpu-offload", dict(action="store_true", default=None)),
-    ("--vae-cpu-offload", dict(action="store_true", default=None)),
-    ("--pin-cpu-memory", dict(action="store_true", default=None)),
-    ("--vae-tiling", dict(action="store_true", default=None)),
-    ("--num-gpus", dict(type=int)),
-    ("--ulysses-degree", dict(type=int)),
-    ("--ring-degree", dict(type=int)),
-    ("--cfg-parallel", dict(action="store_true", default=None)),
-    ("--cache", dict(choices=["none", "fbcache", "taylorseer"])),
-    ("--cache-threshold", dict(type=float)),
-    ("--cache-interval", dict(type=int)),
-]
-
-
-def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("engine (each also a WANQ_ENGINE_* setting)")
-    for flag, kwargs in ENGINE_FLAGS:
-        group.add_argument(flag, **kwargs)
-
-
-def _settings_with_engine_flags(settings: Settings, args: argparse.Namespace) -> Settings:
-    overrides = {
-        flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
-        for flag, _ in ENGINE_FLAGS
-        if getattr(args, flag[2:].replace("-", "_")) is not None
-    }
-    if not overrides:
-        return settings
-    engine = EngineSettings.model_validate({**settings.engine.model_dump(), **overrides})
-    return settings.model_copy(update={"engine": engine})
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise SystemExit("wanq: invalid configuration (WANQ_* variables):\n" + "\n".join(lines)) from None
+from wanq import client_cli, keys_cli, webhooks_cli
+from wanq.config import add_engine_flags, load_settings, settings_with_engine_flags
 
 
 def _configure_logging(level: str) -> None:
@@ -111,7 +67,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     from worker import accel
     from worker.service import run
 
-    settings = _settings_with_engine_flags(load_settings(), args)
+    settings = settings_with_engine_flags(load_settings(), args)
     _configure_logging(args.loglevel)
     try:
         accel.validate(settings.engine)
@@ -132,7 +88,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from worker import export
     from worker.engine import WanEngine, detect_variant
 
-    settings = _settings_with_engine_flags(load_settings(), args)
+    settings = settings_with_engine_flags(load_settings(), args)
     _configure_logging(args.loglevel)
     model_path = Path(args.model_path)
     variant = detect_variant(model_path)
@@ -211,6 +167,17 @@ def cmd_fetch_model(args: argparse.Namespace) -> None:
         raise SystemExit(f"wanq fetch-model: {exc}") from None
 
 
+def cmd_dispatcher(args: argparse.Namespace) -> None:
+    from shared.dispatcher import Dispatcher
+
+    settings = load_settings()
+    _configure_logging(args.loglevel)
+    dispatcher = Dispatcher(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: dispatcher.stop())
+    dispatcher.run()
+
+
 def cmd_webhook_delivery(args: argparse.Namespace) -> None:
     from api.daemons.webhooks import run
 
@@ -240,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model id it serves (its queue is wanq.<model>)")
     p.add_argument("--model-path", required=True, help="a diffusers Wan2.2 pipeline directory")
     p.add_argument("--loglevel", default="INFO")
-    _add_engine_flags(p)
+    add_engine_flags(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("worker-health", help="exit 0 if a worker on this host has loaded its model and beats")
@@ -275,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("-o", "--output", default="out.mp4")
     p.add_argument("--loglevel", default="WARNING")
-    _add_engine_flags(p)
+    add_engine_flags(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("tiny-model", help="write a random-weight few-layer Wan2.2 pipeline")
@@ -283,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", required=True, choices=["t2v-a14b", "i2v-a14b", "ti2v-5b"])
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
+
+    p = sub.add_parser("dispatcher", help="feed the models' worker queues from the tenants' queues, fairly")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_dispatcher)
 
     p = sub.add_parser("webhook-delivery", help="run the webhook delivery process (signed events, retried)")
     p.add_argument("--loglevel", default="INFO")
@@ -293,11 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_dev)
 
-    from wanq import admin_cli, client_cli, webhooks_cli
-
     client_cli.add_commands(sub)
     webhooks_cli.add_commands(sub)
-    admin_cli.add_commands(sub)
+    keys_cli.add_commands(sub)
     return parser
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared.catalog import TINY_MODEL_IDS
-from wanq.cli import load_settings
+from wanq.config import load_settings
 from wanq.stack import DEV_ADMIN_KEY_ENV, Stack, port_open
 
 log = logging.getLogger("wanq.dev")
@@ -92,7 +94,6 @@ def run_dev(workdir: Path, *, api_port: int | None = 8000) -> None:
 
 def run_demo(argv: list[str] | None = None) -> None:
     """Starts the dev stack, submits one prompt with a live progress bar, downloads the MP4, stops."""
-    from wanq import cli
     from worker.export import probe_mp4
 
     parser = argparse.ArgumentParser(prog="wanq-demo")
@@ -104,8 +105,12 @@ def run_demo(argv: list[str] | None = None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     stack = start_dev_stack(Path(args.workdir), api_port=None, models=("tiny-ti2v-5b",))
     try:
-        key = ["--api-key", stack.env[DEV_ADMIN_KEY_ENV]]  # works whether or not authentication is open
-        cli.main(["submit", args.prompt, "--model", "tiny-ti2v-5b", "--wait", "-o", str(output), "--url", stack.api_url, *key])
+        # `wanq submit`, as a person would run it. The stack's key works whether or not authentication is open.
+        submit = [sys.executable, "-m", "wanq", "submit", args.prompt, "--model", "tiny-ti2v-5b", "--wait", "-o", str(output)]
+        env = {**os.environ, "WANQ_URL": stack.api_url, "WANQ_API_KEY": stack.env[DEV_ADMIN_KEY_ENV]}
+        done = subprocess.run(submit, env=env, check=False)
+        if done.returncode != 0:
+            raise SystemExit(done.returncode)
         info: dict[str, Any] = probe_mp4(output)
         print(
             f"demo: {output.resolve()} — {info['codec']} {info['size'][0]}x{info['size'][1]}, {info['frames']} frames at {info['fps']:g} fps"

@@ -1,4 +1,4 @@
-"""Operator commands of `wanq` that talk to Redis directly: `wanq keys ...` and `wanq dispatcher`.
+"""`wanq keys ...`: create, list and revoke API keys, straight in Redis (an operator's commands, no API needed).
 
 `wanq keys create` prints the new key once, on stdout alone (pipe it into a secret store); every
 other line goes to stderr. Keys are stored hashed: a lost key cannot be shown again, only revoked.
@@ -7,12 +7,11 @@ other line goes to stderr. Keys are stored hashed: a lost key cannot be shown ag
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from typing import Any
 
-from wanq.cli import load_settings
+from wanq.config import load_settings
 
 
 def add_commands(sub: Any) -> None:
@@ -29,10 +28,6 @@ def add_commands(sub: Any) -> None:
     c = keys.add_parser("revoke", help="revoke a key by id (key_...) or prefix (wq_...)")
     c.add_argument("ref")
     c.set_defaults(func=cmd_keys_revoke)
-
-    p = sub.add_parser("dispatcher", help="feed the models' worker queues from the tenants' queues, fairly")
-    p.add_argument("--loglevel", default="INFO")
-    p.set_defaults(func=cmd_dispatcher)
 
 
 def _keystore() -> Any:
@@ -76,15 +71,3 @@ def cmd_keys_revoke(args: argparse.Namespace) -> None:
     except WanqError as exc:
         raise SystemExit(f"wanq keys: {exc.message}") from None
     print(f"revoked {record.id} ({record.prefix or 'seeded key'}) of tenant {record.tenant!r}", file=sys.stderr)
-
-
-def cmd_dispatcher(args: argparse.Namespace) -> None:
-    from shared.dispatcher import Dispatcher
-    from shared.logs import configure
-
-    settings = load_settings()
-    configure(args.loglevel)
-    dispatcher = Dispatcher(settings)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: dispatcher.stop())
-    dispatcher.run()
