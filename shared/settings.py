@@ -17,6 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.catalog import PRESETS, TINY_MODEL_IDS, ModelSpec
 
 Offload = Literal["none", "model", "group", "sequential"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CacheKind = Literal["none", "fbcache", "taylorseer"]
 
 
@@ -180,6 +182,13 @@ class ApiSettings(BaseModel):
     One process uses about one core: past ~600 POST/s on one core, add processes (or replicas)."""
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     """Largest request body, on every route; past it the answer is 413 (bodies sent chunked included)."""
+    log_level: LogLevel = "INFO"
+    """Log level of `wanq api`, in each of its processes; its `--loglevel` flag wins."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 class WebhookSettings(BaseModel):

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.settings import LOG_LEVELS
 from wanq import client_cli, keys_cli, webhooks_cli
 from wanq.config import add_engine_flags, load_settings, settings_with_engine_flags
 
@@ -32,35 +33,35 @@ def cmd_api(args: argparse.Namespace) -> None:
     from api.app import create_app
 
     settings = load_settings()
-    _configure_logging(args.loglevel)
+    level = args.loglevel or settings.api.log_level
+    _configure_logging(level)
     host = args.host or settings.api.host
     port = args.port if args.port is not None else settings.api.port
     workers = args.workers or settings.api.workers
     if workers > 1:
-        # Each worker process builds its app from the same settings, through api_factory.
-        os.environ[_API_LOGLEVEL_ENV] = args.loglevel
+        # uvicorn starts each process from the import string, and api_factory builds its app from the environment,
+        # as this process did; the one flag that matters to them goes along the same way.
+        os.environ["WANQ_API_LOG_LEVEL"] = level
     uvicorn.run(
         create_app(settings) if workers == 1 else "wanq.cli:api_factory",
         factory=workers > 1,
         workers=workers,
         host=host,
         port=port,
-        log_level=args.loglevel.lower(),
+        log_level=level.lower(),
         access_log=False,
         timeout_graceful_shutdown=5,
         log_config=None,  # uvicorn's own lines go through the JSON handler too
     )
 
 
-_API_LOGLEVEL_ENV = "_WANQ_API_LOGLEVEL"
-
-
 def api_factory() -> Any:
     """The entry point of each process of `wanq api --workers N` (uvicorn imports it by name)."""
     from api.app import create_app
 
-    _configure_logging(os.environ.get(_API_LOGLEVEL_ENV, "INFO"))
-    return create_app(load_settings())
+    settings = load_settings()
+    _configure_logging(settings.api.log_level)
+    return create_app(settings)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
@@ -192,6 +193,10 @@ def cmd_dev(args: argparse.Namespace) -> None:
     run_dev(Path(args.workdir), api_port=args.port)
 
 
+def _add_loglevel(parser: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:
+    parser.add_argument("--loglevel", type=str.upper, choices=LOG_LEVELS, default=default, help=help or f"default: {default}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wanq", description="Self-hosted Wan2.2 video generation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,13 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int, help="API processes sharing the port (WANQ_API_WORKERS, default 1)")
-    p.add_argument("--loglevel", default="INFO")
+    _add_loglevel(p, None, help="default: WANQ_API_LOG_LEVEL, else INFO")
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("worker", help="run a GPU worker for one model")
     p.add_argument("--model", required=True, help="model id it serves (its queue is wanq.<model>)")
     p.add_argument("--model-path", required=True, help="a diffusers Wan2.2 pipeline directory")
-    p.add_argument("--loglevel", default="INFO")
+    _add_loglevel(p, "INFO")
     add_engine_flags(p)
     p.set_defaults(func=cmd_worker)
 
@@ -241,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-shift", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("-o", "--output", default="out.mp4")
-    p.add_argument("--loglevel", default="WARNING")
+    _add_loglevel(p, "WARNING")
     add_engine_flags(p)
     p.set_defaults(func=cmd_generate)
 
@@ -252,11 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tiny_model)
 
     p = sub.add_parser("dispatcher", help="feed the models' worker queues from the tenants' queues, fairly")
-    p.add_argument("--loglevel", default="INFO")
+    _add_loglevel(p, "INFO")
     p.set_defaults(func=cmd_dispatcher)
 
     p = sub.add_parser("webhook-delivery", help="run the webhook delivery process (signed events, retried)")
-    p.add_argument("--loglevel", default="INFO")
+    _add_loglevel(p, "INFO")
     p.set_defaults(func=cmd_webhook_delivery)
 
     p = sub.add_parser("dev", help="the whole stack in the foreground (Redis, S3, API, tiny workers)")

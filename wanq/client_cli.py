@@ -1,15 +1,13 @@
 """Client commands of `wanq`: submit (with a live progress bar), status, list, cancel, delete, download, models.
 
-The server and key come from --url / --api-key, else WANQ_URL / WANQ_API_KEY: client-side settings, read here at
-the command's entry point (the server's `Settings` never sees them). Results go to stdout (an id, a path, JSON),
-progress and errors to stderr, so `ID=$(wanq submit ...)` works.
+The server and key come from --url / --api-key, else WANQ_URL / WANQ_API_KEY (`ClientSettings`, wanq/config.py).
+Results go to stdout (an id, a path, JSON), progress and errors to stderr, so `ID=$(wanq submit ...)` works.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -18,8 +16,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from wanq.client import TERMINAL, APIError, Client, ServerUnreachable, Video, WanqClientError
+from wanq.config import DEFAULT_URL, load_client_settings
 
-DEFAULT_URL = "http://127.0.0.1:8000"
 EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg"}
 # Share of the progress bar that denoising covers (shared/schemas.py `_STAGE_SPANS`: 5 -> 88 %).
 _DENOISE_SPAN = 83
@@ -108,8 +106,9 @@ def explain(exc: WanqClientError, *, api_key_given: bool) -> str:
 
 
 def _run(args: argparse.Namespace, action: Callable[[Client], None]) -> None:
-    url = args.url or os.environ.get("WANQ_URL") or DEFAULT_URL
-    key = args.api_key or os.environ.get("WANQ_API_KEY") or None
+    settings = load_client_settings()
+    url = args.url or settings.url or DEFAULT_URL
+    key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None) or None
     with Client(url, api_key=key) as client:
         try:
             action(client)

@@ -1,14 +1,30 @@
-"""What a `wanq` command is configured by: the service's `Settings` from WANQ_ variables, with the engine flags
-of `wanq worker` / `wanq generate` laid over them."""
+"""What a `wanq` command is configured by: the service's `Settings` from WANQ_ variables (with the engine flags
+of `wanq worker` / `wanq generate` laid over them), or for the client commands, `ClientSettings`."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.settings import EngineSettings, Settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class ClientSettings(BaseSettings):
+    """The client commands' side (`wanq submit`, `wanq webhooks ...`): which server, with which key. The service's
+    `Settings` never sees these."""
+
+    model_config = SettingsConfigDict(env_prefix="WANQ_", extra="ignore", use_attribute_docstrings=True)
+
+    url: str = DEFAULT_URL
+    """The wanq server (WANQ_URL); `--url` wins."""
+    api_key: SecretStr | None = None
+    """The API key sent as `Authorization: Bearer` (WANQ_API_KEY); `--api-key` wins."""
+
 
 ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--device", dict(help="cuda, cuda:N, cpu or auto")),
@@ -35,6 +51,14 @@ ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
 def load_settings() -> Settings:
     try:
         return Settings()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise SystemExit("wanq: invalid configuration (WANQ_* variables):\n" + "\n".join(lines)) from None
+
+
+def load_client_settings() -> ClientSettings:
+    try:
+        return ClientSettings()
     except ValidationError as exc:
         lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise SystemExit("wanq: invalid configuration (WANQ_* variables):\n" + "\n".join(lines)) from None
