@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from shared.settings import Settings, settings_table
+from shared.settings import Settings, settings_table, variables
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -41,6 +41,11 @@ def test_mistakes_fail_with_what_to_change(monkeypatch: pytest.MonkeyPatch, name
     with pytest.raises(ValidationError) as info:
         Settings()
     assert says in str(info.value)
+
+
+def test_every_setting_says_what_it_means() -> None:
+    blank = [variable for variable, field in variables() if not (field.description or "").strip()]
+    assert not blank, f"give these settings a docstring (the README's meaning column): {blank}"
 
 
 def test_readme_lists_every_setting() -> None:
