@@ -1,6 +1,10 @@
 """The `wanq` command: one parser for every subcommand. The service's processes (api, worker, dispatcher,
 webhook-delivery, dev) and the worker's tools are here; the client's commands are in client_cli.py and
-webhooks_cli.py, the key commands in keys_cli.py."""
+webhooks_cli.py, the key commands in keys_cli.py.
+
+Exit status: 0 done; 1 the work failed (a job, a refusal by the server, an unhealthy worker); 2 the command
+or its configuration is wrong, said in one line that names what to change (`UsageError`, wanq/config.py).
+"""
 
 from __future__ import annotations
 
@@ -13,15 +17,31 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.catalog import PRESETS
 from shared.settings import LOG_LEVELS
 from wanq import client_cli, keys_cli, webhooks_cli
-from wanq.config import add_engine_flags, load_settings, settings_with_engine_flags
+from wanq.config import UsageError, add_engine_flags, load_settings, reporting_usage_errors, settings_with_engine_flags
 
 
 def _configure_logging(level: str) -> None:
     from shared.logs import configure
 
     configure(level)
+
+
+def _known_model(command: str, model: str) -> str:
+    if model not in PRESETS:
+        raise UsageError(f"wanq {command}: unknown model {model!r}; known: {', '.join(sorted(PRESETS))}")
+    return model
+
+
+def _pipeline_dir(command: str, path: str) -> Path:
+    if not (Path(path) / "model_index.json").is_file():
+        raise UsageError(
+            f"wanq {command}: --model-path {path!r} is not a diffusers pipeline directory (no model_index.json); "
+            "download one with `wanq fetch-model` or make a tiny one with `wanq tiny-model`"
+        )
+    return Path(path)
 
 
 # Commands ----------------------------------------------------------------------------------------
@@ -65,33 +85,45 @@ def api_factory() -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
+    # 1. Check what was given, before the slow imports (torch)
+    settings = settings_with_engine_flags(load_settings(), args)
+    model = _known_model("worker", args.model)
+    model_path = _pipeline_dir("worker", args.model_path)
+
     from worker import accel
     from worker.service import run
 
-    settings = settings_with_engine_flags(load_settings(), args)
-    _configure_logging(args.loglevel)
     try:
         accel.validate(settings.engine)
     except ValueError as exc:
-        raise SystemExit(f"wanq worker: {exc}") from None
-    if args.model not in settings.catalog() and args.model not in settings.models:
-        # A worker may serve a model the API is not configured for only if WANQ_MODELS says so.
-        settings = settings.model_copy(update={"models": [*settings.models, args.model]})
-    run(settings, args.model, Path(args.model_path), loglevel=args.loglevel)
+        raise UsageError(f"wanq worker: {exc}") from None
+    if model not in settings.models:
+        # A known model the API is not configured for: the worker serves it all the same.
+        settings = settings.model_copy(update={"models": [*settings.models, model]})
+
+    # 2. Run
+    _configure_logging(args.loglevel)
+    run(settings, model, model_path, loglevel=args.loglevel)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    # 1. Check what was given, before the slow imports (torch)
+    settings = settings_with_engine_flags(load_settings(), args)
+    model_path = _pipeline_dir("generate", args.model_path)
+    if args.model is not None:
+        _known_model("generate", args.model)
+    if args.image and not Path(args.image).is_file():
+        raise UsageError(f"wanq generate: --image {args.image!r}: no such file")
+
     from PIL import Image
 
-    from shared.catalog import PRESETS
     from shared.errors import WanqError
     from shared.specs import NUMBER_FIELDS, VideoRequest, resolve_spec
     from worker import export
     from worker.engine import WanEngine, detect_variant
 
-    settings = settings_with_engine_flags(load_settings(), args)
+    # 2. Resolve the request as the service would
     _configure_logging(args.loglevel)
-    model_path = Path(args.model_path)
     variant = detect_variant(model_path)
     model_id = args.model or next(m for m, s in PRESETS.items() if s.variant == variant and s.tiny == args.tiny)
     catalog = {model_id: PRESETS[model_id]}
@@ -106,15 +138,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
             has_image=image is not None,
         )
     except WanqError as exc:
-        raise SystemExit(f"wanq generate: {exc.message}") from None
+        raise UsageError(f"wanq generate: {exc.message}") from None
     if image is not None:
         from shared.images import fit_to
 
         image = fit_to(image, spec.width, spec.height)
+
+    # 3. Load, generate, write the MP4
     try:
         engine = WanEngine(model_path, settings.engine, model_id=model_id)
     except ValueError as exc:
-        raise SystemExit(f"wanq generate: {exc}") from None
+        raise UsageError(f"wanq generate: {exc}") from None
     started = time.perf_counter()
     result = engine.generate(spec, image, on_step=lambda i, n: print(f"\rstep {i}/{n}", end="", file=sys.stderr))
     print(file=sys.stderr)
@@ -162,10 +196,8 @@ def cmd_worker_drain(args: argparse.Namespace) -> None:
 def cmd_fetch_model(args: argparse.Namespace) -> None:
     from worker.control import fetch_model
 
-    try:
-        print(fetch_model(args.model, Path(args.dir), revision=args.revision))
-    except ValueError as exc:
-        raise SystemExit(f"wanq fetch-model: {exc}") from None
+    _known_model("fetch-model", args.model)
+    print(fetch_model(args.model, Path(args.dir), revision=args.revision))
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> None:
@@ -278,4 +310,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    args.func(args)
+    with reporting_usage_errors():
+        args.func(args)

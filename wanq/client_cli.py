@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from wanq.client import TERMINAL, APIError, Client, ServerUnreachable, Video, WanqClientError
-from wanq.config import DEFAULT_URL, load_client_settings
+from wanq.config import DEFAULT_URL, UsageError, load_client_settings
 
 EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg"}
 # Share of the progress bar that denoising covers (shared/schemas.py `_STAGE_SPANS`: 5 -> 88 %).
@@ -209,7 +209,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
     names = ("model", "size", "seconds", "num_frames", "num_inference_steps", "fps", "negative_prompt", "seed")
     fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events")}
     if args.image and not Path(args.image).is_file():
-        raise SystemExit(f"wanq: --image {args.image!r}: no such file")
+        raise UsageError(f"wanq submit: --image {args.image!r}: no such file")
 
     def action(client: Client) -> None:
         video = client.submit(args.prompt, image=args.image, **fields)
