@@ -13,11 +13,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from wanq.client import TERMINAL, APIError, Client, ServerUnreachable, Video, WanqClientError
 from wanq.config import DEFAULT_URL, UsageError, load_client_settings
 
+T = TypeVar("T")
 EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg"}
 # Share of the progress bar that denoising covers (shared/schemas.py `_STAGE_SPANS`: 5 -> 88 %).
 _DENOISE_SPAN = 83
@@ -105,13 +106,15 @@ def explain(exc: WanqClientError, *, api_key_given: bool) -> str:
     return f"wanq: {exc.message}"
 
 
-def _run(args: argparse.Namespace, action: Callable[[Client], None]) -> None:
+def call(args: argparse.Namespace, action: Callable[[Client], T]) -> T:
+    """`action` with a client for the server and key the command was given; a client error ends the command in one
+    line (exit status 1)."""
     settings = load_client_settings()
     url = args.url or settings.url or DEFAULT_URL
     key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None) or None
     with Client(url, api_key=key) as client:
         try:
-            action(client)
+            return action(client)
         except WanqClientError as exc:
             raise SystemExit(explain(exc, api_key_given=key is not None)) from None
 
@@ -233,7 +236,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         print(client.download(video["id"], out).resolve())
 
-    _run(args, action)
+    call(args, action)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -251,7 +254,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         if video.get("error"):
             print(f"  error {video['error'].get('code')}: {video['error'].get('message')}")
 
-    _run(args, action)
+    call(args, action)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -265,7 +268,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             label = _label(video, video.get("stage", ""), step, total)
             print(f"{video['id']}  {video['progress']:3d}%  {label:<22} {video['model']:<16} {video['prompt'][:48]!r}")
 
-    _run(args, action)
+    call(args, action)
 
 
 def cmd_cancel(args: argparse.Namespace) -> None:
@@ -274,16 +277,16 @@ def cmd_cancel(args: argparse.Namespace) -> None:
         stopping = video.get("cancel_requested") and video["status"] == "in_progress"
         print(f"{video['id']} {'stopping at its next step' if stopping else video['status']}")
 
-    _run(args, action)
+    call(args, action)
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
-    _run(args, lambda client: print(f"{client.delete(args.id)['id']} deleted"))
+    call(args, lambda client: print(f"{client.delete(args.id)['id']} deleted"))
 
 
 def cmd_download(args: argparse.Namespace) -> None:
     out = args.output or f"{args.id}.{EXTENSIONS[args.variant]}"
-    _run(args, lambda client: print(client.download(args.id, out, variant=args.variant).resolve()))
+    call(args, lambda client: print(client.download(args.id, out, variant=args.variant).resolve()))
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -296,4 +299,4 @@ def cmd_models(args: argparse.Namespace) -> None:
                 f"workers {model['live_workers']}, queued {model['queued']}"
             )
 
-    _run(args, action)
+    call(args, action)
