@@ -82,9 +82,7 @@ def create_app(settings: Settings) -> FastAPI:
         idempotency=IdempotencyKeys(store.redis, keys=store.keys, ttl_s=settings.jobs.idempotency_ttl_s),
         keys=KeyStore(store.redis, settings.auth, prefix=settings.redis.key_prefix),
         fairq=fairq,
-        quotas=Quotas(
-            settings.quotas, store.redis, fairq, url=settings.redis.url, prefix=settings.redis.key_prefix, aclient=aclient
-        ),
+        quotas=Quotas(settings.quotas, fairq, aclient, prefix=settings.redis.key_prefix),
     )
     services = app.state.services
     warn_if_open(services)

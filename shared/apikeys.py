@@ -98,17 +98,11 @@ class KeyStore:
         pipe.execute()
         return key, record
 
-    def lookup(self, key: str) -> KeyRecord | None:
-        """The live record of a presented key, or None if it is unknown or revoked."""
-        digest = hash_key(key)
-        return self._live(digest, self.redis.get(self._record_key(digest)))
-
     async def alookup(self, client: aioredis.Redis, key: str) -> KeyRecord | None:
-        """`lookup` on the API's event loop (every request makes one: no thread hop for it)."""
+        """The live record of a presented key, or None if it is unknown or revoked. On the API's event loop:
+        every request makes one, so no thread hop for it."""
         digest = hash_key(key)
-        return self._live(digest, await client.get(self._record_key(digest)))
-
-    def _live(self, digest: str, raw: bytes | str | None) -> KeyRecord | None:
+        raw = await client.get(self._record_key(digest))
         record = KeyRecord.model_validate_json(raw) if raw else self._seeds.get(digest)
         if record is None or record.revoked:
             return None

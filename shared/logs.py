@@ -3,9 +3,9 @@
 Secrets never reach a log line: Authorization headers are not logged, and `redact` masks anything
 that looks like an API key or a webhook secret before it is written.
 
-Job fields come from a context: code that works on a job wraps the work in `job_context(...)`, and
-every line logged inside it (Celery's own included) carries job_id, tenant and model. `bind(...)`
-sets fields for the whole process (a worker's model).
+Job fields come from a context: code that works on a job calls `enter_job(...)` first and
+`leave_job(token)` after, and every line logged between (Celery's own included) carries job_id,
+tenant and model. `bind(...)` sets fields for the whole process (a worker's model).
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 _SECRET = re.compile(r"(wq_[A-Za-z0-9_\-]{8,}|whsec_[A-Za-z0-9+/=]{8,}|Bearer\s+\S+)")
@@ -55,15 +53,6 @@ def enter_job(job_id: str, tenant: str | None, model: str | None) -> contextvars
 
 def leave_job(token: contextvars.Token[dict[str, Any] | None]) -> None:
     _job.reset(token)
-
-
-@contextmanager
-def job_context(job_id: str, tenant: str | None, model: str | None) -> Iterator[None]:
-    token = enter_job(job_id, tenant, model)
-    try:
-        yield
-    finally:
-        leave_job(token)
 
 
 def bind(**fields: Any) -> None:

@@ -83,7 +83,7 @@ def resolve_public(
 class GuardedBackend(httpcore.SyncBackend):
     """Resolves, checks and connects in one step: the address connected to is one that passed the SSRF
     check, so a DNS answer that changes between the check and the connection (rebinding) cannot slip in.
-    Used by webhook delivery (wanq/webhookd.py) and image fetching (shared/fetch.py).
+    Used by webhook delivery (api/daemons/webhooks.py) and image fetching (shared/fetch.py).
     """
 
     def __init__(self, allowlist: Iterable[Any], *, param: str = "webhook_url") -> None:

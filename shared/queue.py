@@ -25,7 +25,7 @@ def make_celery(settings: Settings) -> Celery:
     app = Celery("wanq", broker=settings.redis.url, set_as_current=False)
     app.conf.update(
         task_acks_late=True,
-        # One mechanism puts a dead worker's job back: upkeep (shared/maintenance.py), when the worker's heartbeat
+        # One mechanism puts a dead worker's job back: upkeep (api/daemons/upkeep.py), when the worker's heartbeat
         # stops. It sees both a killed Celery child and a whole worker gone (machine lost, pod evicted), which
         # Celery's reject-on-worker-lost cannot (that message would wait for the visibility timeout), and it counts
         # attempts and time limits on the record. So a lost child's message is acknowledged, not requeued: two

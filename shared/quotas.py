@@ -11,13 +11,10 @@ from __future__ import annotations
 import math
 import time
 
-import redis
 import redis.asyncio as aioredis
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import RedisStorage as AsyncRedisStorage
-from limits.aio.strategies import SlidingWindowCounterRateLimiter as AsyncSlidingWindowCounterRateLimiter
-from limits.storage import RedisStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from shared.errors import RateLimited
 from shared.fairqueue import FairQueue, queue_full
@@ -26,50 +23,28 @@ from shared.settings import QuotaSettings, TenantPolicy
 
 
 class Quotas:
-    def __init__(
-        self,
-        settings: QuotaSettings,
-        client: redis.Redis,
-        fairq: FairQueue,
-        *,
-        url: str,
-        prefix: str = "wanq",
-        aclient: aioredis.Redis | None = None,
-    ) -> None:
+    def __init__(self, settings: QuotaSettings, fairq: FairQueue, aclient: aioredis.Redis, *, prefix: str = "wanq") -> None:
         self.settings = settings
         self.fairq = fairq
-        storage = RedisStorage(url, connection_pool=client.connection_pool, key_prefix=f"{prefix}:rpm")
+        # The counters go through the API's redis.asyncio client: every request makes one hit, on the event loop.
+        storage = RedisStorage(
+            "async+redis://",  # only picks the redis-py bridge: the connections come from `aclient`'s pool
+            implementation="redispy",
+            connection_pool=aclient.connection_pool,  # type: ignore[arg-type]  # passed on to redis.asyncio
+            key_prefix=f"{prefix}:rpm",
+        )
         self._limiter = SlidingWindowCounterRateLimiter(storage)
-        # The same counters through redis.asyncio, for the API's event loop (`ahit_request`).
-        self._alimiter = None
-        if aclient is not None:
-            astorage = AsyncRedisStorage(
-                "async+redis://",  # only picks the redis-py bridge: the connections come from `aclient`'s pool
-                implementation="redispy",
-                connection_pool=aclient.connection_pool,  # type: ignore[arg-type]  # passed on to redis.asyncio
-                key_prefix=f"{prefix}:rpm",
-            )
-            self._alimiter = AsyncSlidingWindowCounterRateLimiter(astorage)
 
     def policy(self, tenant: str) -> TenantPolicy:
         return self.settings.for_tenant(tenant)
 
-    def hit_request(self, tenant: str) -> None:
+    async def ahit_request(self, tenant: str) -> None:
         """Counts one request of the tenant; raises RateLimited past its requests per minute."""
         limit = self.policy(tenant).requests_per_minute
         item = RateLimitItemPerMinute(limit)
-        if self._limiter.hit(item, tenant):
+        if await self._limiter.hit(item, tenant):
             return
-        self._refuse(tenant, limit, self._limiter.get_window_stats(item, tenant).reset_time)
-
-    async def ahit_request(self, tenant: str) -> None:
-        """`hit_request` on the event loop (needs `aclient`)."""
-        assert self._alimiter is not None, "Quotas was built without an asyncio client"
-        limit = self.policy(tenant).requests_per_minute
-        item = RateLimitItemPerMinute(limit)
-        if await self._alimiter.hit(item, tenant):
-            return
-        self._refuse(tenant, limit, (await self._alimiter.get_window_stats(item, tenant)).reset_time)
+        self._refuse(tenant, limit, (await self._limiter.get_window_stats(item, tenant)).reset_time)
 
     @staticmethod
     def _refuse(tenant: str, limit: int, reset_at: float) -> None:

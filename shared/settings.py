@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.catalog import PRESETS, TINY_MODEL_IDS, ModelSpec
 
 Offload = Literal["none", "model", "group", "sequential"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 CacheKind = Literal["none", "fbcache", "taylorseer"]
 
 
@@ -95,9 +99,9 @@ class JobSettings(BaseModel):
 
 
 class EngineSettings(BaseModel):
-    model_config = ConfigDict(use_attribute_docstrings=True)
-
     """How a worker runs its pipeline. Mirrored by `wanq worker` / `wanq generate` flags."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     device: str = "auto"
     """auto = cuda if available, else cpu."""
@@ -180,10 +184,19 @@ class ApiSettings(BaseModel):
     One process uses about one core: past ~600 POST/s on one core, add processes (or replicas)."""
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     """Largest request body, on every route; past it the answer is 413 (bodies sent chunked included)."""
+    log_level: LogLevel = "INFO"
+    """Log level of `wanq api`, in each of its processes; its `--loglevel` flag wins."""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 class WebhookSettings(BaseModel):
-    """Webhook delivery (`wanq webhooks`, wanq/webhookd.py) and the checks the API makes on webhook URLs."""
+    """Webhook delivery (`wanq webhook-delivery`, api/daemons/webhooks.py) and the checks the API makes on webhook URLs."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     retry_schedule_s: list[float] = Field(default_factory=lambda: [0.0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400])
     """Delay before each attempt, counted from the previous one; its length is the number of attempts."""
@@ -248,11 +261,17 @@ class SeedKey(BaseModel):
 
 
 class AuthSettings(BaseModel):
+    """Who may call the API: API keys (seeded here or made with `wanq keys create`), or open mode for development."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     open: bool = False
     """Development only: requests without a key act as `open_tenant` with admin rights (logged loudly)."""
     open_tenant: str = Field(default="default", pattern=TENANT_PATTERN)
+    """The tenant that requests without a key act as in open mode."""
     keys: list[SeedKey] = Field(default_factory=list)
-    """Keys seeded by the deployment, besides those made with `wanq keys create` (which live in Redis)."""
+    """Keys seeded by the deployment, besides those made with `wanq keys create` (which live in Redis):
+    `[{"key_sha256": "...", "tenant": "acme", "admin": false}]`, or `"key"` instead of its hash."""
 
 
 class TenantQuota(BaseModel):
@@ -268,6 +287,10 @@ class TenantQuota(BaseModel):
 
 
 class QuotaSettings(BaseModel):
+    """Every tenant's quotas and dispatch weight; `tenants` overrides them per tenant."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     max_queued_jobs: int = Field(default=100, ge=0)
     """Jobs a tenant may have waiting for dispatch (all models together)."""
     max_running_jobs: int = Field(default=4, ge=1)
@@ -311,6 +334,8 @@ class TenantPolicy(BaseModel):
 
 class DispatchSettings(BaseModel):
     """The fair dispatcher that feeds each model's worker queue from per-tenant queues."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
     in_api: bool = True
     """Run a dispatcher inside each API process. Any number may run at once (dispatch is atomic)."""
@@ -364,19 +389,22 @@ class Settings(BaseSettings):
         return self.models[0]
 
 
-def settings_table() -> str:
-    """Every WANQ_ variable as a markdown table (the README's settings section is generated from it)."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
+def variables() -> Iterator[tuple[str, FieldInfo]]:
+    """Every WANQ_ variable with its field (`WANQ_REDIS_URL`, the `url` field of `RedisSettings`), in order."""
     for name, field in Settings.model_fields.items():
         group = field.annotation
         if isinstance(group, type) and issubclass(group, BaseModel):
             for sub, sub_field in group.model_fields.items():
-                default = sub_field.get_default(call_default_factory=True)
-                rows.append(f"| `WANQ_{name.upper()}_{sub.upper()}` | `{_show(default)}` | {_doc(sub_field.description)} |")
+                yield f"WANQ_{name.upper()}_{sub.upper()}", sub_field
         else:
-            rows.append(
-                f"| `WANQ_{name.upper()}` | `{_show(field.get_default(call_default_factory=True))}` | {_doc(field.description)} |"
-            )
+            yield f"WANQ_{name.upper()}", field
+
+
+def settings_table() -> str:
+    """Every WANQ_ variable as a markdown table (the README's settings section is generated from it)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for variable, field in variables():
+        rows.append(f"| `{variable}` | `{_show(field.get_default(call_default_factory=True))}` | {_doc(field.description)} |")
     return "\n".join(rows)
 
 

@@ -1,6 +1,6 @@
 """Webhooks per the Standard Webhooks spec: event names, secrets, signatures, bodies and the retry rules.
 
-Pure functions only; Redis lives in shared/webhook_store.py, sending in wanq/webhookd.py.
+Pure functions only; Redis lives in shared/webhook_store.py, sending in api/daemons/webhooks.py.
 Spec: https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md
 """
 

@@ -15,8 +15,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["api", "shared", "wanq", "worker"]
-PACKAGES_CHECKED = ["api", "shared", "worker"]
-"""The packages this test holds to no circle; the others are added here as their circles are removed."""
 
 
 def modules_of(package: str, root: Path = ROOT) -> dict[str, Path]:
@@ -110,8 +108,6 @@ def import_graph(package: str) -> dict[str, set[str]]:
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_circle_between_modules_of_a_package(package: str) -> None:
-    if package not in PACKAGES_CHECKED:
-        pytest.skip(f"{package} is not held to this yet: its owners add it to PACKAGES_CHECKED once it has no circle (issue 16)")
     graph = import_graph(package)
     groups = circular_groups(graph)
     assert not groups, "modules that import each other:\n" + "\n".join(

@@ -1,70 +1,47 @@
-"""The `wanq` command: run the API, a worker, the engine alone, a tiny model, or the whole dev stack."""
+"""The `wanq` command: one parser for every subcommand. The service's processes (api, worker, dispatcher,
+webhook-delivery, dev) and the worker's tools are here; the client's commands are in client_cli.py and
+webhooks_cli.py, the key commands in keys_cli.py.
+
+Exit status: 0 done; 1 the work failed (a job, a refusal by the server, an unhealthy worker); 2 the command
+or its configuration is wrong, said in one line that names what to change (`UsageError`, wanq/config.py).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from shared.settings import EngineSettings, Settings
-
-ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
-    ("--device", dict(help="cuda, cuda:N, cpu or auto")),
-    ("--dtype", dict(choices=["auto", "bf16", "fp16", "fp32"])),
-    ("--attention-backend", dict(help="a diffusers attention backend (native, _native_cudnn, flash, ...)")),
-    ("--compile", dict(action="store_true", default=None, help="regional compile of the repeated transformer blocks")),
-    ("--warmup", dict(action="store_true", default=None, help="one small generation before taking jobs")),
-    ("--offload", dict(choices=["none", "model", "group", "sequential"])),
-    ("--text-encoder-cpu-offload", dict(action="store_true", default=None)),
-    ("--vae-cpu-offload", dict(action="store_true", default=None)),
-    ("--pin-cpu-memory", dict(action="store_true", default=None)),
-    ("--vae-tiling", dict(action="store_true", default=None)),
-    ("--num-gpus", dict(type=int)),
-    ("--ulysses-degree", dict(type=int)),
-    ("--ring-degree", dict(type=int)),
-    ("--cfg-parallel", dict(action="store_true", default=None)),
-    ("--cache", dict(choices=["none", "fbcache", "taylorseer"])),
-    ("--cache-threshold", dict(type=float)),
-    ("--cache-interval", dict(type=int)),
-]
-
-
-def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("engine (each also a WANQ_ENGINE_* setting)")
-    for flag, kwargs in ENGINE_FLAGS:
-        group.add_argument(flag, **kwargs)
-
-
-def _settings_with_engine_flags(settings: Settings, args: argparse.Namespace) -> Settings:
-    overrides = {
-        flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_"))
-        for flag, _ in ENGINE_FLAGS
-        if getattr(args, flag[2:].replace("-", "_")) is not None
-    }
-    if not overrides:
-        return settings
-    engine = EngineSettings.model_validate({**settings.engine.model_dump(), **overrides})
-    return settings.model_copy(update={"engine": engine})
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        raise SystemExit("wanq: invalid configuration (WANQ_* variables):\n" + "\n".join(lines)) from None
+from shared.catalog import PRESETS
+from shared.settings import LOG_LEVELS
+from wanq import client_cli, keys_cli, webhooks_cli
+from wanq.config import UsageError, add_engine_flags, load_settings, reporting_usage_errors, settings_with_engine_flags
 
 
 def _configure_logging(level: str) -> None:
     from shared.logs import configure
 
     configure(level)
+
+
+def _known_model(command: str, model: str) -> str:
+    if model not in PRESETS:
+        raise UsageError(f"wanq {command}: unknown model {model!r}; known: {', '.join(sorted(PRESETS))}")
+    return model
+
+
+def _pipeline_dir(command: str, path: str) -> Path:
+    if not (Path(path) / "model_index.json").is_file():
+        raise UsageError(
+            f"wanq {command}: --model-path {path!r} is not a diffusers pipeline directory (no model_index.json); "
+            "download one with `wanq fetch-model` or make a tiny one with `wanq tiny-model`"
+        )
+    return Path(path)
 
 
 # Commands ----------------------------------------------------------------------------------------
@@ -76,66 +53,78 @@ def cmd_api(args: argparse.Namespace) -> None:
     from api.app import create_app
 
     settings = load_settings()
-    _configure_logging(args.loglevel)
+    level = args.loglevel or settings.api.log_level
+    _configure_logging(level)
     host = args.host or settings.api.host
     port = args.port if args.port is not None else settings.api.port
     workers = args.workers or settings.api.workers
     if workers > 1:
-        # Each worker process builds its app from the same settings, through api_factory.
-        os.environ[_API_LOGLEVEL_ENV] = args.loglevel
+        # uvicorn starts each process from the import string, and api_factory builds its app from the environment,
+        # as this process did; the one flag that matters to them goes along the same way.
+        os.environ["WANQ_API_LOG_LEVEL"] = level
     uvicorn.run(
         create_app(settings) if workers == 1 else "wanq.cli:api_factory",
         factory=workers > 1,
         workers=workers,
         host=host,
         port=port,
-        log_level=args.loglevel.lower(),
+        log_level=level.lower(),
         access_log=False,
         timeout_graceful_shutdown=5,
         log_config=None,  # uvicorn's own lines go through the JSON handler too
     )
 
 
-_API_LOGLEVEL_ENV = "_WANQ_API_LOGLEVEL"
-
-
 def api_factory() -> Any:
     """The entry point of each process of `wanq api --workers N` (uvicorn imports it by name)."""
     from api.app import create_app
 
-    _configure_logging(os.environ.get(_API_LOGLEVEL_ENV, "INFO"))
-    return create_app(load_settings())
+    settings = load_settings()
+    _configure_logging(settings.api.log_level)
+    return create_app(settings)
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
+    # 1. Check what was given, before the slow imports (torch)
+    settings = settings_with_engine_flags(load_settings(), args)
+    model = _known_model("worker", args.model)
+    model_path = _pipeline_dir("worker", args.model_path)
+
     from worker import accel
     from worker.service import run
 
-    settings = _settings_with_engine_flags(load_settings(), args)
-    _configure_logging(args.loglevel)
     try:
         accel.validate(settings.engine)
     except ValueError as exc:
-        raise SystemExit(f"wanq worker: {exc}") from None
-    if args.model not in settings.catalog() and args.model not in settings.models:
-        # A worker may serve a model the API is not configured for only if WANQ_MODELS says so.
-        settings = settings.model_copy(update={"models": [*settings.models, args.model]})
-    run(settings, args.model, Path(args.model_path), loglevel=args.loglevel)
+        raise UsageError(f"wanq worker: {exc}") from None
+    if model not in settings.models:
+        # A known model the API is not configured for: the worker serves it all the same.
+        settings = settings.model_copy(update={"models": [*settings.models, model]})
+
+    # 2. Run
+    _configure_logging(args.loglevel)
+    run(settings, model, model_path, loglevel=args.loglevel)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    # 1. Check what was given, before the slow imports (torch)
+    settings = settings_with_engine_flags(load_settings(), args)
+    model_path = _pipeline_dir("generate", args.model_path)
+    if args.model is not None:
+        _known_model("generate", args.model)
+    if args.image and not Path(args.image).is_file():
+        raise UsageError(f"wanq generate: --image {args.image!r}: no such file")
+
     from PIL import Image
 
-    from shared.catalog import PRESETS
     from shared.errors import WanqError
     from shared.specs import NUMBER_FIELDS, VideoRequest, resolve_spec
     from worker import export
     from worker.engine import detect_variant
     from worker.startup import start_engine
 
-    settings = _settings_with_engine_flags(load_settings(), args)
+    # 2. Resolve the request as the service would
     _configure_logging(args.loglevel)
-    model_path = Path(args.model_path)
     variant = detect_variant(model_path)
     model_id = args.model or next(m for m, s in PRESETS.items() if s.variant == variant and s.tiny == args.tiny)
     catalog = {model_id: PRESETS[model_id]}
@@ -150,15 +139,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
             has_image=image is not None,
         )
     except WanqError as exc:
-        raise SystemExit(f"wanq generate: {exc.message}") from None
+        raise UsageError(f"wanq generate: {exc.message}") from None
     if image is not None:
         from shared.images import fit_to
 
         image = fit_to(image, spec.width, spec.height)
+
+    # 3. Load, generate, write the MP4
     try:
         engine = start_engine(model_path, settings.engine, model_id=model_id)
     except ValueError as exc:
-        raise SystemExit(f"wanq generate: {exc}") from None
+        raise UsageError(f"wanq generate: {exc}") from None
     started = time.perf_counter()
     result = engine.generate(spec, image, on_step=lambda i, n: print(f"\rstep {i}/{n}", end="", file=sys.stderr))
     print(file=sys.stderr)
@@ -206,14 +197,23 @@ def cmd_worker_drain(args: argparse.Namespace) -> None:
 def cmd_fetch_model(args: argparse.Namespace) -> None:
     from worker.control import fetch_model
 
-    try:
-        print(fetch_model(args.model, Path(args.dir), revision=args.revision))
-    except ValueError as exc:
-        raise SystemExit(f"wanq fetch-model: {exc}") from None
+    _known_model("fetch-model", args.model)
+    print(fetch_model(args.model, Path(args.dir), revision=args.revision))
 
 
-def cmd_webhooks(args: argparse.Namespace) -> None:
-    from wanq.webhookd import run
+def cmd_dispatcher(args: argparse.Namespace) -> None:
+    from api.daemons.dispatcher import Dispatcher
+
+    settings = load_settings()
+    _configure_logging(args.loglevel)
+    dispatcher = Dispatcher(settings)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: dispatcher.stop())
+    dispatcher.run()
+
+
+def cmd_webhook_delivery(args: argparse.Namespace) -> None:
+    from api.daemons.webhooks import run
 
     settings = load_settings()
     _configure_logging(args.loglevel)
@@ -226,6 +226,10 @@ def cmd_dev(args: argparse.Namespace) -> None:
     run_dev(Path(args.workdir), api_port=args.port)
 
 
+def _add_loglevel(parser: argparse.ArgumentParser, default: str | None, help: str | None = None) -> None:
+    parser.add_argument("--loglevel", type=str.upper, choices=LOG_LEVELS, default=default, help=help or f"default: {default}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wanq", description="Self-hosted Wan2.2 video generation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -234,14 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--workers", type=int, help="API processes sharing the port (WANQ_API_WORKERS, default 1)")
-    p.add_argument("--loglevel", default="INFO")
+    _add_loglevel(p, None, help="default: WANQ_API_LOG_LEVEL, else INFO")
     p.set_defaults(func=cmd_api)
 
     p = sub.add_parser("worker", help="run a GPU worker for one model")
     p.add_argument("--model", required=True, help="model id it serves (its queue is wanq.<model>)")
     p.add_argument("--model-path", required=True, help="a diffusers Wan2.2 pipeline directory")
-    p.add_argument("--loglevel", default="INFO")
-    _add_engine_flags(p)
+    _add_loglevel(p, "INFO")
+    add_engine_flags(p)
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("worker-health", help="exit 0 if a worker on this host has loaded its model and beats")
@@ -275,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-shift", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("-o", "--output", default="out.mp4")
-    p.add_argument("--loglevel", default="WARNING")
-    _add_engine_flags(p)
+    _add_loglevel(p, "WARNING")
+    add_engine_flags(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("tiny-model", help="write a random-weight few-layer Wan2.2 pipeline")
@@ -285,26 +289,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
 
-    from wanq import webhooks_cli
+    p = sub.add_parser("dispatcher", help="feed the models' worker queues from the tenants' queues, fairly")
+    _add_loglevel(p, "INFO")
+    p.set_defaults(func=cmd_dispatcher)
 
-    p = sub.add_parser("webhooks", help="deliver webhooks (alone: the delivery process); subcommands manage the endpoint")
-    p.add_argument("--loglevel", default="INFO")
-    p.set_defaults(func=cmd_webhooks)
-    webhooks_cli.add_commands(p)
+    p = sub.add_parser("webhook-delivery", help="run the webhook delivery process (signed events, retried)")
+    _add_loglevel(p, "INFO")
+    p.set_defaults(func=cmd_webhook_delivery)
 
     p = sub.add_parser("dev", help="the whole stack in the foreground (Redis, S3, API, tiny workers)")
     p.add_argument("--workdir", default=".wanq/dev")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_dev)
 
-    from wanq import admin_cli, client_cli
-
     client_cli.add_commands(sub)
-    admin_cli.add_commands(sub)
+    webhooks_cli.add_commands(sub)
+    keys_cli.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
-    args.func(args)
+    with reporting_usage_errors():
+        args.func(args)

@@ -1,25 +1,24 @@
 """Client commands of `wanq`: submit (with a live progress bar), status, list, cancel, delete, download, models.
 
-The server and key come from --url / --api-key, else WANQ_URL / WANQ_API_KEY: client-side settings, read here at
-the command's entry point (the server's `Settings` never sees them). Results go to stdout (an id, a path, JSON),
-progress and errors to stderr, so `ID=$(wanq submit ...)` works.
+The server and key come from --url / --api-key, else WANQ_URL / WANQ_API_KEY (`ClientSettings`, wanq/config.py).
+Results go to stdout (an id, a path, JSON), progress and errors to stderr, so `ID=$(wanq submit ...)` works.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from wanq.client import TERMINAL, APIError, Client, ServerUnreachable, Video, WanqClientError
+from wanq.config import DEFAULT_URL, UsageError, load_client_settings
 
-DEFAULT_URL = "http://127.0.0.1:8000"
+T = TypeVar("T")
 EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg"}
 # Share of the progress bar that denoising covers (shared/schemas.py `_STAGE_SPANS`: 5 -> 88 %).
 _DENOISE_SPAN = 83
@@ -107,12 +106,15 @@ def explain(exc: WanqClientError, *, api_key_given: bool) -> str:
     return f"wanq: {exc.message}"
 
 
-def _run(args: argparse.Namespace, action: Callable[[Client], None]) -> None:
-    url = args.url or os.environ.get("WANQ_URL") or DEFAULT_URL
-    key = args.api_key or os.environ.get("WANQ_API_KEY") or None
+def call(args: argparse.Namespace, action: Callable[[Client], T]) -> T:
+    """`action` with a client for the server and key the command was given; a client error ends the command in one
+    line (exit status 1)."""
+    settings = load_client_settings()
+    url = args.url or settings.url or DEFAULT_URL
+    key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None) or None
     with Client(url, api_key=key) as client:
         try:
-            action(client)
+            return action(client)
         except WanqClientError as exc:
             raise SystemExit(explain(exc, api_key_given=key is not None)) from None
 
@@ -210,7 +212,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
     names = ("model", "size", "seconds", "num_frames", "num_inference_steps", "fps", "negative_prompt", "seed")
     fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events")}
     if args.image and not Path(args.image).is_file():
-        raise SystemExit(f"wanq: --image {args.image!r}: no such file")
+        raise UsageError(f"wanq submit: --image {args.image!r}: no such file")
 
     def action(client: Client) -> None:
         video = client.submit(args.prompt, image=args.image, **fields)
@@ -234,7 +236,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         print(client.download(video["id"], out).resolve())
 
-    _run(args, action)
+    call(args, action)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -252,7 +254,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         if video.get("error"):
             print(f"  error {video['error'].get('code')}: {video['error'].get('message')}")
 
-    _run(args, action)
+    call(args, action)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -266,7 +268,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             label = _label(video, video.get("stage", ""), step, total)
             print(f"{video['id']}  {video['progress']:3d}%  {label:<22} {video['model']:<16} {video['prompt'][:48]!r}")
 
-    _run(args, action)
+    call(args, action)
 
 
 def cmd_cancel(args: argparse.Namespace) -> None:
@@ -275,16 +277,16 @@ def cmd_cancel(args: argparse.Namespace) -> None:
         stopping = video.get("cancel_requested") and video["status"] == "in_progress"
         print(f"{video['id']} {'stopping at its next step' if stopping else video['status']}")
 
-    _run(args, action)
+    call(args, action)
 
 
 def cmd_delete(args: argparse.Namespace) -> None:
-    _run(args, lambda client: print(f"{client.delete(args.id)['id']} deleted"))
+    call(args, lambda client: print(f"{client.delete(args.id)['id']} deleted"))
 
 
 def cmd_download(args: argparse.Namespace) -> None:
     out = args.output or f"{args.id}.{EXTENSIONS[args.variant]}"
-    _run(args, lambda client: print(client.download(args.id, out, variant=args.variant).resolve()))
+    call(args, lambda client: print(client.download(args.id, out, variant=args.variant).resolve()))
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -297,4 +299,4 @@ def cmd_models(args: argparse.Namespace) -> None:
                 f"workers {model['live_workers']}, queued {model['queued']}"
             )
 
-    _run(args, action)
+    call(args, action)

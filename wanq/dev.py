@@ -3,21 +3,26 @@
 Uses WANQ_REDIS_URL if it is set and reachable, else starts a private redis-server; uses
 WANQ_S3_ENDPOINT_URL if set, else starts a local S3 endpoint (moto's server). Then the API and one
 worker per tiny model, and the webhook delivery process. Ctrl-C stops everything it started.
+While it runs, .wanq/dev.json in the working directory says where (`wanq keys ...` run there use its Redis).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from shared.catalog import TINY_MODEL_IDS
-from wanq.cli import load_settings
+from wanq.config import DEV_STACK_FILE, DevStack, load_settings, reporting_usage_errors
 from wanq.stack import DEV_ADMIN_KEY_ENV, Stack, port_open
 
 log = logging.getLogger("wanq.dev")
@@ -67,6 +72,18 @@ def start_dev_stack(workdir: Path, *, api_port: int | None = None, models: tuple
         raise
 
 
+@contextmanager
+def published(stack: Stack, path: Path = DEV_STACK_FILE) -> Iterator[DevStack]:
+    """Says where `stack` lives in `path` while the block runs (for the commands run in this directory)."""
+    here = DevStack(redis_url=stack.redis_url, api_url=stack.api_url, s3_url=stack.s3_url, pid=os.getpid())
+    here.write(path)
+    try:
+        yield here
+    finally:
+        if DevStack.read(path) == here:  # not another `wanq dev`'s, started here since
+            path.unlink(missing_ok=True)
+
+
 def run_dev(workdir: Path, *, api_port: int | None = 8000) -> None:
     stack = start_dev_stack(workdir, api_port=api_port)
     stop = False
@@ -77,12 +94,14 @@ def run_dev(workdir: Path, *, api_port: int | None = 8000) -> None:
 
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        while not stop:
-            dead = [p.name for p in stack.processes if not p.alive()]
-            if dead:
-                print(f"wanq dev: {', '.join(dead)} exited; logs in {workdir / 'logs'}", file=sys.stderr)
-                break
-            time.sleep(0.5)
+        with published(stack):
+            print(f"wanq dev: {DEV_STACK_FILE} says where it runs; `wanq keys ...` run here use its Redis", file=sys.stderr)
+            while not stop:
+                dead = [p.name for p in stack.processes if not p.alive()]
+                if dead:
+                    print(f"wanq dev: {', '.join(dead)} exited; logs in {workdir / 'logs'}", file=sys.stderr)
+                    break
+                time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
@@ -92,7 +111,6 @@ def run_dev(workdir: Path, *, api_port: int | None = 8000) -> None:
 
 def run_demo(argv: list[str] | None = None) -> None:
     """Starts the dev stack, submits one prompt with a live progress bar, downloads the MP4, stops."""
-    from wanq import cli
     from worker.export import probe_mp4
 
     parser = argparse.ArgumentParser(prog="wanq-demo")
@@ -104,8 +122,12 @@ def run_demo(argv: list[str] | None = None) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
     stack = start_dev_stack(Path(args.workdir), api_port=None, models=("tiny-ti2v-5b",))
     try:
-        key = ["--api-key", stack.env[DEV_ADMIN_KEY_ENV]]  # works whether or not authentication is open
-        cli.main(["submit", args.prompt, "--model", "tiny-ti2v-5b", "--wait", "-o", str(output), "--url", stack.api_url, *key])
+        # `wanq submit`, as a person would run it. The stack's key works whether or not authentication is open.
+        submit = [sys.executable, "-m", "wanq", "submit", args.prompt, "--model", "tiny-ti2v-5b", "--wait", "-o", str(output)]
+        env = {**os.environ, "WANQ_URL": stack.api_url, "WANQ_API_KEY": stack.env[DEV_ADMIN_KEY_ENV]}
+        done = subprocess.run(submit, env=env, check=False)
+        if done.returncode != 0:
+            raise SystemExit(done.returncode)
         info: dict[str, Any] = probe_mp4(output)
         print(
             f"demo: {output.resolve()} — {info['codec']} {info['size'][0]}x{info['size'][1]}, {info['frames']} frames at {info['fps']:g} fps"
@@ -115,4 +137,5 @@ def run_demo(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_demo()
+    with reporting_usage_errors():
+        run_demo()

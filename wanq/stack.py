@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from shared.catalog import PRESETS
+from shared.settings import SeedKey, Settings
 
 AWS_TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "wanq-local",
@@ -55,6 +56,12 @@ def wait_until(predicate: object, timeout: float, what: str, interval: float = 0
             return
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _as_written(seed: SeedKey) -> dict[str, object]:
+    """A seeded key as WANQ_AUTH_KEYS writes it (the key itself, where it was given so)."""
+    secret = {"key": seed.key.get_secret_value()} if seed.key else {"key_sha256": seed.key_sha256}
+    return {**secret, "tenant": seed.tenant, "admin": seed.admin}
 
 
 @dataclass
@@ -181,8 +188,11 @@ class Stack:
         from shared.apikeys import generate_key, hash_key
 
         key = generate_key()
-        # Added to the keys already configured for the stack (or its environment), if any.
-        seeds = json.loads(self.env.get("WANQ_AUTH_KEYS") or os.environ.get("WANQ_AUTH_KEYS") or "[]")
+        # Added to the keys already configured for the stack, else to those of its environment (which it overrides).
+        if "WANQ_AUTH_KEYS" in self.env:
+            seeds = json.loads(self.env["WANQ_AUTH_KEYS"])
+        else:
+            seeds = [_as_written(seed) for seed in Settings().auth.keys]
         seeds.append({"key_sha256": hash_key(key), "tenant": tenant, "admin": True})
         self.env["WANQ_AUTH_KEYS"] = json.dumps(seeds)
         self.env[DEV_ADMIN_KEY_ENV] = key
@@ -203,9 +213,10 @@ class Stack:
         )
 
     def start_webhooks(self, *, extra_env: Mapping[str, str] | None = None) -> Managed:
-        """The webhook delivery process; it needs no readiness wait: events wait for it in Redis."""
+        """A `wanq webhook-delivery` process; it needs no readiness wait: events wait for it in Redis."""
         count = sum(1 for p in self.processes if p.name.startswith("webhooks"))
-        return self.spawn(f"webhooks-{count}", [sys.executable, "-m", "wanq", "webhooks", "--loglevel", "INFO"], extra_env)
+        args = [sys.executable, "-m", "wanq", "webhook-delivery", "--loglevel", "INFO"]
+        return self.spawn(f"webhooks-{count}", args, extra_env)
 
     def wait_for_workers(self, model: str, count: int = 1, timeout: float = 120) -> None:
         def ready() -> bool:

@@ -1,7 +1,7 @@
 """`wanq webhooks ...`: manage the tenant's default endpoint and signing secret, and read a job's deliveries.
 
-`wanq webhooks` alone runs the delivery process (wanq/cli.py); these subcommands talk to the API like
-the other client commands (--url / --api-key, or WANQ_URL / WANQ_API_KEY).
+Client commands: they talk to the API like the others (--url / --api-key, or WANQ_URL / WANQ_API_KEY).
+The delivery process itself is `wanq webhook-delivery` (api/daemons/webhooks.py).
 """
 
 from __future__ import annotations
@@ -12,13 +12,20 @@ import sys
 from typing import Any
 
 from shared.webhooks import EVENTS
-from wanq.client_cli import _run
+from wanq.client_cli import call
+
+SUBCOMMANDS = ("show", "set-endpoint", "delete-endpoint", "rotate-secret", "deliveries")
 
 
-def add_commands(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(
-        dest="webhooks_command", required=False, metavar="{show,set-endpoint,delete-endpoint,rotate-secret,deliveries}"
-    )
+def add_commands(commands: Any) -> None:
+    parser = commands.add_parser("webhooks", help="the tenant's webhook endpoint and signing secret; a job's deliveries")
+    sub = parser.add_subparsers(dest="webhooks_command", metavar="{" + ",".join(SUBCOMMANDS) + "}")
+
+    def pick_one(args: argparse.Namespace) -> None:
+        # Not argparse's `required=True`: its message could not say where the delivery process went.
+        parser.error(f"pick a subcommand: {', '.join(SUBCOMMANDS)} (the delivery process is `wanq webhook-delivery`)")
+
+    parser.set_defaults(func=pick_one)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=None, help="server URL (WANQ_URL, default http://127.0.0.1:8000)")
@@ -50,12 +57,6 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_deliveries)
 
 
-def _call(args: argparse.Namespace, what: Any) -> Any:
-    result: list[Any] = []
-    _run(args, lambda client: result.append(what(client)))
-    return result[0]
-
-
 def _print(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False))
 
@@ -66,27 +67,27 @@ def _secret_note(out: dict[str, Any]) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> None:
-    _print(_call(args, lambda c: c.webhook_endpoint(tenant=args.tenant)))
+    _print(call(args, lambda c: c.webhook_endpoint(tenant=args.tenant)))
 
 
 def cmd_set_endpoint(args: argparse.Namespace) -> None:
-    out = _call(args, lambda c: c.set_webhook_endpoint(args.endpoint_url, events=args.events, tenant=args.tenant))
+    out = call(args, lambda c: c.set_webhook_endpoint(args.endpoint_url, events=args.events, tenant=args.tenant))
     _print(out)
     _secret_note(out)
 
 
 def cmd_delete_endpoint(args: argparse.Namespace) -> None:
-    _print(_call(args, lambda c: c.delete_webhook_endpoint(tenant=args.tenant)))
+    _print(call(args, lambda c: c.delete_webhook_endpoint(tenant=args.tenant)))
 
 
 def cmd_rotate_secret(args: argparse.Namespace) -> None:
-    out = _call(args, lambda c: c.rotate_webhook_secret(previous_valid_s=args.previous_valid_s, tenant=args.tenant))
+    out = call(args, lambda c: c.rotate_webhook_secret(previous_valid_s=args.previous_valid_s, tenant=args.tenant))
     _print(out)
     _secret_note(out)
 
 
 def cmd_deliveries(args: argparse.Namespace) -> None:
-    for d in _call(args, lambda c: c.webhook_deliveries(args.id))["data"]:
+    for d in call(args, lambda c: c.webhook_deliveries(args.id))["data"]:
         last = d["attempts"][-1] if d["attempts"] else {}
         outcome = last.get("status_code") or last.get("error") or "-"
         print(f"{d['id']}  {d['event']:<16} {d['status']:<9} attempts={len(d['attempts'])}  last={outcome}  {d['url']}")

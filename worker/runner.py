@@ -3,7 +3,7 @@
 Exactly once per delivery. A claim is fenced: only a `queued` job can be claimed, so a message for a job
 that is already running or finishing anywhere (this worker included, while it exports the previous run)
 is acknowledged and dropped without touching the record. A job goes back to `queued` only through upkeep
-(shared/maintenance.py), when its worker's heartbeat stops. `attempts` counts the runs that started, and
+(api/daemons/upkeep.py), when its worker's heartbeat stops. `attempts` counts the runs that started, and
 the attempt travels with every later write of the run (a guard on each transition, the run's own folder
 in storage): a run whose job was requeued meanwhile finds its claim lost at its next step and stops,
 without touching the progress, outputs or outcome of the run that replaced it.

@@ -13,16 +13,16 @@ import httpx
 import pytest
 import redis
 
+from api.daemons.webhooks import Deliverer
 from shared.errors import InvalidRequest
 from shared.keys import Keys
-from shared.netguard import parse_allowlist
+from shared.netguard import GuardedBackend, parse_allowlist
 from shared.settings import Settings
 from shared.webhook_store import Delivery, WebhookStore
 from tests.conftest import SMALL
 from tests.tenants import client, make_key
 from tests.webhook_receiver import Receiver
 from wanq.stack import Stack, free_port, wait_until
-from wanq.webhookd import Deliverer, GuardedBackend
 
 JOB = {"prompt": "ssrf probe", "model": "tiny-t2v-a14b", **SMALL}
 

@@ -27,6 +27,7 @@ import yaml
 from api.metrics import router as metrics_router
 from shared.queue import queue_name
 from shared.settings import EngineSettings, Settings
+from wanq.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -202,6 +203,50 @@ def test_every_pod_runs_as_a_non_root_user(resources_by_kind: dict[str, Any]) ->
         for name, obj in resources_by_kind[kind].items():
             security = obj["spec"]["template"]["spec"]["securityContext"]
             assert security["runAsNonRoot"] is True and security["runAsUser"] != 0, f"{kind}/{name}"
+
+
+def _wanq_commands(resources_by_kind: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Every `wanq` command line the deployment runs: containers of the wanq images, their probes and hooks."""
+    found: list[tuple[str, list[str]]] = []
+
+    def exec_commands(where: str, container: dict[str, Any]) -> None:
+        hooks = [container.get(probe) or {} for probe in ("readinessProbe", "livenessProbe", "startupProbe")]
+        hooks += [(container.get("lifecycle") or {}).get(hook) or {} for hook in ("preStop", "postStart")]
+        for hook in hooks:
+            command = (hook.get("exec") or {}).get("command") or []
+            if command[:1] == ["wanq"]:
+                found.append((where, command[1:]))
+
+    for kind in ("Deployment", "StatefulSet"):
+        for name, obj in resources_by_kind[kind].items():
+            pod = obj["spec"]["template"]["spec"]
+            for container in [*pod.get("initContainers", []), *pod["containers"]]:
+                where = f"{kind}/{name} {container['name']}"
+                if container["image"].startswith("wanq-"):
+                    found.append((where, container["args"]))
+                exec_commands(where, container)
+    for name, service in _compose()["services"].items():
+        if str(service.get("image", "")).startswith("wanq-") and "command" in service:
+            found.append((f"compose {name}", service["command"]))
+        test = (service.get("healthcheck") or {}).get("test") or []
+        if test[:2] == ["CMD", "wanq"]:
+            found.append((f"compose {name} healthcheck", test[2:]))
+    return found
+
+
+def test_every_process_runs_a_wanq_command_that_exists(resources_by_kind: dict[str, Any]) -> None:
+    """The deployment's command lines go through the `wanq` parser itself: a renamed command fails here, not in production."""
+    commands = _wanq_commands(resources_by_kind)
+    assert len(commands) >= 15
+    parser = build_parser()
+    for where, argv in commands:
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{where} runs `wanq {' '.join(argv)}`, which the wanq command refuses")
+    # `wanq webhooks` parses too (the client's subcommand group) but does nothing alone: the process is webhook-delivery.
+    runs = dict(commands)
+    assert runs["compose webhooks"] == runs["Deployment/wanq-webhooks webhooks"] == ["webhook-delivery"]
 
 
 # Compose ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Webhooks through the real stack: worker -> job store stream -> `wanq webhooks` -> a receiver process.
+"""Webhooks through the real stack: worker -> job store stream -> `wanq webhook-delivery` -> a receiver process.
 
 Every request the receiver gets is verified with the `standardwebhooks` library.
 

@@ -18,8 +18,10 @@ from wanq.stack import Stack
 from worker.export import probe_mp4
 
 
-def wanq(*args: str, key: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("WANQ_URL", "WANQ_API_KEY")}
+def wanq(
+    *args: str, key: str | None = None, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**{k: v for k, v in os.environ.items() if k not in ("WANQ_URL", "WANQ_API_KEY")}, **(env or {})}
     if key:
         env["WANQ_API_KEY"] = key
     return subprocess.run(
@@ -140,3 +142,8 @@ def test_remaining_time_comes_from_the_step_rate() -> None:
         " 21%  denoising 2/10  33s, ~19s left",
         "100%  completed  50s",
     ]
+
+
+def test_the_server_comes_from_wanq_url(closed_url: str) -> None:
+    done = wanq("models", env={"WANQ_URL": closed_url})
+    assert done.returncode == 1 and f"no server answers at {closed_url}" in done.stderr, done.stderr

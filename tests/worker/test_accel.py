@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from shared.settings import EngineSettings, Settings
-from wanq.cli import _settings_with_engine_flags, build_parser, main
+from wanq.cli import build_parser, main
+from wanq.config import settings_with_engine_flags
 from worker import accel
 from worker.tiny_model import write_tiny_model
 
@@ -104,7 +105,7 @@ def test_generate_flags_become_engine_settings() -> None:
             "4",
         ]
     )
-    engine = _settings_with_engine_flags(Settings(), args).engine
+    engine = settings_with_engine_flags(Settings(), args).engine
     expected = dict(
         dtype="bf16",
         attention_backend="_native_cudnn",

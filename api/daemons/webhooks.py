@@ -1,5 +1,6 @@
-"""`wanq webhooks`: the delivery process. It runs apart from the GPU workers, which only append events
-to a Redis stream (inside the job store's transition), so a slow or dead receiver never delays a job.
+"""Webhook delivery (`wanq webhook-delivery`): the process that sends job events to receivers. It runs
+apart from the GPU workers, which only append events to a Redis stream (inside the job store's
+transition), so a slow or dead receiver never delays a job.
 
 Two loops share the process:
 1. The event reader consumes `wanq:job-events` as a member of a consumer group: an event read but not
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 import httpcore
 import redis
 
+from shared import redisconn
 from shared.errors import InvalidRequest
 from shared.keys import Keys
 from shared.netguard import GuardedBackend, parse_allowlist
@@ -345,8 +347,8 @@ class Deliverer:
 
 
 def run(settings: Settings) -> None:
-    client = redis.Redis.from_url(settings.redis.url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30)
-    deliverer = Deliverer(settings, client)
+    """Delivers until SIGTERM or SIGINT; attempts in flight finish first."""
+    deliverer = Deliverer(settings, redisconn.connect(settings.redis))
 
     def _stop(*_: object) -> None:
         deliverer.stop.set()

@@ -1,0 +1,193 @@
+"""What a `wanq` command is configured by, and how it says that something it was given is wrong.
+
+- `Settings` (the service's, from WANQ_ variables), with the engine flags of `wanq worker` / `wanq generate` laid
+  over them; `ClientSettings` for the client commands (which server, which key).
+- `DevStack`: where a running `wanq dev` lives (.wanq/dev.json in the directory it runs in), so that commands
+  run there (`wanq keys ...`) use its Redis.
+- `UsageError`: a mistake in what the command was given (a flag, a WANQ_ variable, a path). `wanq` prints its one
+  line, which says what to change, and exits with status 2, as argparse does for a bad command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from shared.settings import EngineSettings, Settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEV_STACK_FILE = Path(".wanq") / "dev.json"
+"""Relative to the working directory: `wanq dev` writes it there, commands run there read it."""
+
+
+class UsageError(SystemExit):
+    """One line saying what to change; exit status 2. A SystemExit, so that nothing on the way catches it as an
+    error of its own; `reporting_usage_errors` (around each entry point) prints the line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextmanager
+def reporting_usage_errors() -> Iterator[None]:
+    try:
+        yield
+    except UsageError as exc:
+        print(exc.message, file=sys.stderr)
+        raise
+
+
+class ClientSettings(BaseSettings):
+    """The client commands' side (`wanq submit`, `wanq webhooks ...`): which server, with which key. The service's
+    `Settings` never sees these."""
+
+    model_config = SettingsConfigDict(env_prefix="WANQ_", extra="ignore", use_attribute_docstrings=True)
+
+    url: str = DEFAULT_URL
+    """The wanq server (WANQ_URL); `--url` wins."""
+    api_key: SecretStr | None = None
+    """The API key sent as `Authorization: Bearer` (WANQ_API_KEY); `--api-key` wins."""
+
+
+def load_settings() -> Settings:
+    return _load(Settings)
+
+
+def load_client_settings() -> ClientSettings:
+    return _load(ClientSettings)
+
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+def _load(cls: type[_S]) -> _S:
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise UsageError("wanq: " + "; ".join(_explain(cls, e) for e in exc.errors())) from None
+    except SettingsError as exc:
+        # pydantic-settings could not parse a list or object value as JSON; it names the field, not the variable.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = field.group(1) if field else ""
+        where = f"a WANQ_{name.upper()}_* variable" if _is_group(cls, name) else f"WANQ_{name.upper()}"
+        raise UsageError(
+            f"wanq: {where} is not valid JSON ({exc.__cause__ or exc}); lists and objects are written as JSON, "
+            f"e.g. WANQ_MODELS='[\"wan2.2-ti2v-5b\"]'"
+        ) from None
+
+
+def _is_group(cls: type[BaseSettings], name: str) -> bool:
+    field = cls.model_fields.get(name)
+    return field is not None and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+
+
+def _explain(cls: type[BaseSettings], error: ErrorDetails) -> str:
+    """`WANQ_ENGINE_OFFLOAD='everything' is invalid: input should be ...`; a validator's own message (which names
+    the variable and what to do) as it is. Values of the auth group are never shown: they may be keys."""
+    message = error["msg"].removeprefix("Value error, ")
+    if "WANQ_" in message:
+        return message
+    loc = [str(part) for part in error["loc"]]
+    depth = 2 if _is_group(cls, loc[0]) else 1
+    name = "WANQ_" + "_".join(part.upper() for part in loc[:depth]) + "".join(f"[{part}]" for part in loc[depth:])
+    value = error.get("input")
+    shown = f"={value!r}" if loc[0] != "auth" and isinstance(value, str | int | float) else ""
+    return f"{name}{shown} is invalid: {message[:1].lower()}{message[1:]}"
+
+
+# Engine flags ------------------------------------------------------------------------------------
+
+ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--device", dict(help="cuda, cuda:N, cpu or auto")),
+    ("--dtype", dict(choices=["auto", "bf16", "fp16", "fp32"])),
+    ("--attention-backend", dict(help="a diffusers attention backend (native, _native_cudnn, flash, ...)")),
+    ("--compile", dict(action="store_true", default=None, help="regional compile of the repeated transformer blocks")),
+    ("--warmup", dict(action="store_true", default=None, help="one small generation before taking jobs")),
+    ("--offload", dict(choices=["none", "model", "group", "sequential"])),
+    ("--text-encoder-cpu-offload", dict(action="store_true", default=None)),
+    ("--vae-cpu-offload", dict(action="store_true", default=None)),
+    ("--pin-cpu-memory", dict(action="store_true", default=None)),
+    ("--vae-tiling", dict(action="store_true", default=None)),
+    ("--num-gpus", dict(type=int)),
+    ("--ulysses-degree", dict(type=int)),
+    ("--ring-degree", dict(type=int)),
+    ("--cfg-parallel", dict(action="store_true", default=None)),
+    ("--cache", dict(choices=["none", "fbcache", "taylorseer"])),
+    ("--cache-threshold", dict(type=float)),
+    ("--cache-interval", dict(type=int)),
+]
+"""Each flag sets the `EngineSettings` field of its name (`--num-gpus` -> `num_gpus`, i.e. WANQ_ENGINE_NUM_GPUS)."""
+
+
+def add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("engine (each also a WANQ_ENGINE_* setting)")
+    for flag, kwargs in ENGINE_FLAGS:
+        group.add_argument(flag, **kwargs)
+
+
+def settings_with_engine_flags(settings: Settings, args: argparse.Namespace) -> Settings:
+    """`settings` with the engine flags that were given laid over its engine group (a flag wins over WANQ_ENGINE_*)."""
+    fields = [flag[2:].replace("-", "_") for flag, _ in ENGINE_FLAGS]
+    overrides = {name: getattr(args, name) for name in fields if getattr(args, name) is not None}
+    if not overrides:
+        return settings
+    try:
+        engine = EngineSettings.model_validate({**settings.engine.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            name = str(e["loc"][0]) if e["loc"] else ""
+            flag = "--" + name.replace("_", "-")
+            message = e["msg"].removeprefix("Value error, ")
+            problems.append(
+                f"{flag} {overrides[name]} is invalid: {message[:1].lower()}{message[1:]}" if name in overrides else message
+            )
+        raise UsageError("wanq: " + "; ".join(problems)) from None
+    return settings.model_copy(update={"engine": engine})
+
+
+# The dev stack's address -------------------------------------------------------------------------
+
+
+class DevStack(BaseModel):
+    """Where a running `wanq dev` lives. Written to DEV_STACK_FILE while it runs, removed when it stops."""
+
+    redis_url: str
+    api_url: str
+    s3_url: str
+    pid: int
+
+    def write(self, path: Path = DEV_STACK_FILE) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}")
+        partial.write_text(self.model_dump_json(indent=2) + "\n")
+        partial.replace(path)  # whole or not at all, for a command reading it meanwhile
+
+    @classmethod
+    def read(cls, path: Path = DEV_STACK_FILE) -> DevStack | None:
+        """The `wanq dev` running here, or None: no file, an unreadable one, or one whose process has ended."""
+        try:
+            stack = cls.model_validate_json(path.read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(stack.pid, 0)
+        except ProcessLookupError:
+            return None  # left behind by a `wanq dev` that was killed
+        except PermissionError:
+            pass  # alive, someone else's
+        return stack
