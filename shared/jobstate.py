@@ -116,7 +116,8 @@ def complete(
         "timings": rounded(timings),
         "error": None,
     }
-    return _apply(store, "complete", record, patch, attempts=attempt)
+    # A job whose cancel was accepted never completes, whichever step the cancel arrived at.
+    return _apply(store, "complete", record, patch, attempts=attempt, cancel_requested=False)
 
 
 def fail(

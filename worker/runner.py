@@ -177,7 +177,12 @@ class JobRunner:
         if not done.ok:
             # Requeued or canceled meanwhile: what this run stored is nobody's output.
             self.storage.delete_prefix(self.storage.attempt_prefix(record.id, attempt))
-            return "superseded" if done.record.attempts != attempt else done.record.status.value
+            if done.record.attempts != attempt:
+                return "superseded"
+            if done.record.status is JobStatus.in_progress and done.record.cancel_requested:
+                jobstate.cancel_running(self.store, done.record, attempt, timings)
+                return "canceled"
+            return done.record.status.value
         self._forget_other_runs(record, attempt)
         self.store.record_duration(spec.model, timings["total"])
         log.info(

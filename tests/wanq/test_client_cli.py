@@ -72,7 +72,9 @@ def test_submit_wait_shows_steps_going_by_and_writes_the_mp4(stack: Stack, api_k
 
 def test_cancel_from_the_command_line(stack: Stack, api_key: str | None) -> None:
     submitted = wanq(
-        *("submit", "long enough to cancel", "--model", "tiny-t2v-a14b", "--size", "64x64", "--num-frames", "9"),
+        # Long enough to be canceled: each of the 100 steps sees 61 latent frames of 256x256 (~16k tokens), so the job
+        # runs for many seconds, however fast the CLI's own start is; canceled, it stops at its next step.
+        *("submit", "long enough to cancel", "--model", "tiny-t2v-a14b", "--size", "256x256", "--num-frames", "241"),
         *("--steps", "100", "--url", stack.api_url),
         key=api_key,
     )
