@@ -191,9 +191,10 @@ CREATED: dict[int | str, dict[str, Any]] = {
 
 CONTENT: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The file: an MP4, a WebP thumbnail or a JPEG spritesheet (by `variant`).",
+        "description": "The file: an MP4, a WebP thumbnail, a JPEG spritesheet or an image job's PNG (by `variant`).",
         "content": {
-            media: {"schema": {"type": "string", "format": "binary"}} for media in ("video/mp4", "image/webp", "image/jpeg")
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for media in ("video/mp4", "image/webp", "image/jpeg", "image/png")
         },
     },
     302: {"description": "With WANQ_S3_PRESIGNED_CONTENT=true: a presigned URL of the file, in `Location`."},
