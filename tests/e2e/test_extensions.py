@@ -27,32 +27,12 @@ from shared.schemas import GenerationSpec
 from shared.settings import EngineSettings
 from shared.storage import Storage
 from shared.store import JobStore
+from tests.clips import extend, frames_of, make_video
 from tests.conftest import LATE, png_bytes, wait_for_status
 from tests.records import rewrite
 from tests.tenants import client, make_key
 from wanq.stack import Stack
 from worker import export
-
-SOURCE = {"size": "64x64", "num_frames": 9, "fps": 8, "num_inference_steps": 2, "seed": 5}
-
-
-def make_video(api: httpx.Client, model: str = "tiny-t2v-a14b", **fields: Any) -> dict[str, Any]:
-    body = {"prompt": "a lighthouse at dusk", "model": model, **SOURCE, **fields}
-    response = api.post("/v1/videos", json=body)
-    assert response.status_code == 202, response.text
-    return wait_for_status(api, response.json()["id"], {"completed", "failed"})
-
-
-def extend(api: httpx.Client, video_id: str, prompt: str = "the light turns", **fields: Any) -> httpx.Response:
-    return api.post("/v1/videos/extensions", json={"video": {"id": video_id}, "prompt": prompt, **fields})
-
-
-def frames_of(api: httpx.Client, video_id: str, tmp_path: Path) -> np.ndarray:
-    response = api.get(f"/v1/videos/{video_id}/content")
-    assert response.status_code == 200 and response.headers["content-type"] == "video/mp4", response.text
-    path = tmp_path / f"{video_id}.mp4"
-    path.write_bytes(response.content)
-    return np.stack(list(export.read_frames(path)))
 
 
 def conditioned_on(storage: Storage, video_id: str) -> np.ndarray:
