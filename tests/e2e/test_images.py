@@ -56,6 +56,12 @@ def test_b64_images_are_stored_as_image_jobs(api: httpx.Client, store: JobStore)
     no_mp4 = api.get(f"/v1/videos/{first}/content", params={"variant": "video"})
     assert no_mp4.status_code == 404 and "image" in no_mp4.json()["error"]["message"]
 
+    # An image is no video to extend; a remix of it is another image with its seed.
+    extend = api.post("/v1/videos/extensions", json={"video": {"id": first}, "prompt": "x", "model": "tiny-ti2v-5b"})
+    assert extend.status_code == 400 and "is an image" in extend.json()["error"]["message"]
+    remixed = api.post(f"/v1/videos/{first}/remix", json={"prompt": "a blue kite over a hill"}).json()
+    assert (remixed["kind"], remixed["num_frames"], remixed["seed"]) == ("image", 1, 3)
+
     # The same seed gives the same image; the expiry of an image is a video's.
     again = generate(api, seed=3).json()["data"][0]
     assert np.array_equal(png(base64.b64decode(again["b64_json"])), images[0])
