@@ -324,13 +324,24 @@ def cmd_status(args: argparse.Namespace) -> None:
         step, total = int(video.get("step") or 0), int(video.get("total_steps") or 0)
         print(f"{video['id']}  {video['status']}  {video['progress']}%  {_label(video, video.get('stage', ''), step, total)}")
         print(
-            f"  model {video['model']}, {video['size']}, {video.get('num_frames')} frames ({video['seconds']} s), seed {video.get('seed')}"
+            f"  model {video['model']}, {video['size']}, {_frames(video)} frames ({video['seconds']} s), seed {video.get('seed')}"
         )
         print(f"  prompt {video['prompt']!r}")
+        if video.get("extended_from_video_id"):
+            print(f"  extends {video['extended_from_video_id']} by {video['num_frames'] - 1} frames")
+        if video.get("remixed_from_video_id"):
+            print(f"  remix of {video['remixed_from_video_id']}")
         if video.get("error"):
             print(f"  error {video['error'].get('code')}: {video['error'].get('message')}")
 
     _run(args, action)
+
+
+def _frames(video: Video) -> object:
+    """Frames of the delivered file: an extension's whole video (its source's, then its own but the first)."""
+    if video.get("source_frames"):
+        return int(video["source_frames"]) + int(video["num_frames"]) - 1
+    return video.get("num_frames")
 
 
 def cmd_list(args: argparse.Namespace) -> None:

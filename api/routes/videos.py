@@ -229,7 +229,7 @@ async def extend_video(
     elif reference is None and upload:
         raise InvalidRequest(
             "wanq extends videos it made, named by id, not uploaded files: send the form field video[id] "
-            '(openai SDK: video=b"", extra_body={"video[id]": "video_..."}) or JSON {"video": {"id": "video_..."}}',
+            '(openai SDK: video=b"", extra_body={"video": {"id": "video_..."}}) or JSON {"video": {"id": "video_..."}}',
             param="video",
         )
     req = parse_fields(ExtensionRequest, {**fields, **({"video": reference} if reference is not None else {})})

@@ -90,6 +90,8 @@ def test_extend_remix_and_image_from_the_command_line(stack: Stack, api_key: str
     assert probe_mp4(out)["frames"] == 9 + 9 - 1  # 1 s at 8 fps: 9 new frames, the first repeating the source's last
     status = wanq("status", ext_id, "--json", *url, key=api_key)
     assert json.loads(status.stdout)["extended_from_video_id"] == source_id
+    status = wanq("status", ext_id, *url, key=api_key)
+    assert "17 frames (2.125 s)" in status.stdout and f"extends {source_id} by 8 frames" in status.stdout, status.stdout
 
     remixed = wanq("remix", source_id, "a heron in the rain", *url, key=api_key)
     assert remixed.returncode == 0, remixed.stderr
