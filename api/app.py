@@ -17,7 +17,7 @@ from api.deps import get_principal
 from api.errors import install_error_handlers
 from api.events import EventHub
 from api.openapi import ERRORS
-from api.routes import admin, health, models, videos, webhooks
+from api.routes import admin, health, images, models, videos, webhooks
 from api.services import Services
 from shared.apikeys import KeyStore
 from shared.fairqueue import FairQueue
@@ -98,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
     metrics.install(app, services)  # /metrics, /metrics/demand: for Prometheus and KEDA, inside the cluster
     app.include_router(models.router, dependencies=authenticated, responses=ERRORS)
     app.include_router(videos.router, dependencies=authenticated, responses=ERRORS)
+    app.include_router(images.router, dependencies=authenticated, responses=ERRORS)
     app.include_router(webhooks.router, dependencies=authenticated, responses=ERRORS)
     app.include_router(admin.router, dependencies=authenticated, responses=ERRORS)
     web.install(app)

@@ -159,6 +159,34 @@ class QueueDrained(BaseModel):
     ids: list[str]
 
 
+class GeneratedImage(BaseModel):
+    b64_json: str | None = Field(default=None, description="The PNG, base64 (response_format b64_json).")
+    url: str | None = Field(default=None, description="Where to GET the PNG (response_format url).")
+    revised_prompt: None = Field(default=None, description="Always null: the prompt is used as given.")
+    id: str = Field(description="The image's job: GET /v1/videos/{id}; its /content is this PNG until it expires.")
+    seed: int = Field(description="The seed it was made with.")
+
+
+class ImagesResponse(BaseModel):
+    """OpenAI's images answer (200): every image done within WANQ_IMAGES_WAIT_S."""
+
+    created: int = Field(description="Unix seconds.")
+    data: list[GeneratedImage]
+    size: str = Field(description="`WIDTHxHEIGHT`.")
+    output_format: Literal["png"]
+
+
+class ImagesPending(BaseModel):
+    """202: not every image was done within WANQ_IMAGES_WAIT_S. Their jobs go on: poll GET /v1/videos/{id} for
+    each id, then GET /v1/videos/{id}/content (the PNG)."""
+
+    created: int = Field(description="Unix seconds.")
+    status: Literal["in_progress"]
+    data: list[GeneratedImage] = Field(description="Always empty: nothing is delivered in this answer.")
+    ids: list[str] = Field(description="The images' jobs, in order.")
+    waited_s: float = Field(description="How long the request waited (WANQ_IMAGES_WAIT_S).")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 
@@ -191,12 +219,18 @@ CREATED: dict[int | str, dict[str, Any]] = {
 
 CONTENT: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "The file: an MP4, a WebP thumbnail or a JPEG spritesheet (by `variant`).",
+        "description": "The file: an MP4, a WebP thumbnail, a JPEG spritesheet or an image job's PNG (by `variant`).",
         "content": {
-            media: {"schema": {"type": "string", "format": "binary"}} for media in ("video/mp4", "image/webp", "image/jpeg")
+            media: {"schema": {"type": "string", "format": "binary"}}
+            for media in ("video/mp4", "image/webp", "image/jpeg", "image/png")
         },
     },
     302: {"description": "With WANQ_S3_PRESIGNED_CONTENT=true: a presigned URL of the file, in `Location`."},
+}
+
+IMAGES: dict[int | str, dict[str, Any]] = {
+    200: {"model": ImagesResponse, "description": "Every image, done within WANQ_IMAGES_WAIT_S."},
+    202: {"model": ImagesPending, "description": "Not all done within WANQ_IMAGES_WAIT_S: the job ids, to follow."},
 }
 
 EVENTS: dict[int | str, dict[str, Any]] = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -73,15 +73,29 @@ class GenerationSpec(BaseModel):
     flow_shift: float
     seed: int
     image_key: str | None = None
-    """Storage key of the conditioning image (already resized and cropped to width x height)."""
+    """Storage key of the conditioning image (already resized and cropped to width x height). An extension's is
+    where its worker stores the source's last frame, the frame it continued from."""
+    kind: Literal["video", "image"] = "video"
+    """`image`: a single frame (POST /v1/images/generations), delivered as a PNG."""
+    extend_from: str | None = None
+    """An extension: the id of the completed video whose last frame it continues from (worker/extension.py)."""
+    source_frames: int = 0
+    """An extension: the frames of its source's whole video, which its own video keeps before the new ones."""
 
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
 
     @property
+    def total_frames(self) -> int:
+        """Frames of the delivered video: an extension's are its source's, then its own but the first (which
+        repeats the source's last frame)."""
+        return self.source_frames + self.num_frames - 1 if self.extend_from else self.num_frames
+
+    @property
     def seconds(self) -> str:
-        value = self.num_frames / self.fps
+        """Duration of the delivered video (an extension's: the whole video, its source's frames included)."""
+        value = self.total_frames / self.fps
         return f"{value:g}" if value != int(value) else str(int(value))
 
 
@@ -121,6 +135,8 @@ class JobRecord(BaseModel):
     """Incremented by every transition (pub/sub messages may arrive after a newer read)."""
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
+    remixed_from: str | None = None
+    """A remix: the job whose parameters, seed (and image) it reuses with a new prompt."""
 
     # Redis' Lua cjson turns empty JSON objects into empty arrays; read them back as objects.
     @field_validator("timings", "outputs", mode="before")

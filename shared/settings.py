@@ -193,6 +193,18 @@ class ApiSettings(BaseModel):
         return value.upper() if isinstance(value, str) else value
 
 
+class ImageSettings(BaseModel):
+    """POST /v1/images/generations: single frames made on the video models' queues and workers."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    wait_s: float = Field(default=60.0, ge=0, le=600)
+    """How long the request waits for its images. Done by then: 200 with the PNGs; otherwise 202 with the job ids
+    (the jobs go on: GET /v1/videos/{id}, then its /content). Keep it under your proxies' read timeout."""
+    max_n: int = Field(default=4, ge=1, le=16)
+    """Most images (`n`) one request may ask for; each is a job of its own."""
+
+
 class WebhookSettings(BaseModel):
     """Webhook delivery (`wanq webhook-delivery`, api/daemons/webhooks.py) and the checks the API makes on webhook URLs."""
 
@@ -365,6 +377,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    images: ImageSettings = ImageSettings()
     auth: AuthSettings = AuthSettings()
     quotas: QuotaSettings = QuotaSettings()
     dispatch: DispatchSettings = DispatchSettings()

@@ -6,19 +6,24 @@ Rules, applied in this order:
   seconds x fps (4 s at 16 fps -> 65 frames); else the model's default frame count. The reported
   `seconds` is always num_frames / fps.
 - Every check names the field and the value it refused.
+- An extension (`resolve_extension`) takes its source's size, fps, negative prompt and, with the same model, its
+  sampling parameters; its seed, unless given, is the source's + 1; its duration is the new part's.
+- A remix (`remix_spec`) is its parent's spec with a new prompt.
+- An image (`kind="image"`) is one frame; only images may have fewer than 5 frames.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from shared.catalog import ModelSpec
-from shared.errors import InvalidRequest, ModelNotAvailable
-from shared.schemas import GenerationSpec
+from shared.errors import Conflict, Forbidden, Gone, InvalidRequest, ModelNotAvailable, NotFound
+from shared.schemas import GenerationSpec, JobRecord, JobStatus
 from shared.settings import JobSettings
 
 MAX_SEED = 2**32 - 1
@@ -112,6 +117,13 @@ class VideoRequest(BaseModel):
         description="Events sent to webhook_url: video.started, video.completed, video.failed, video.canceled "
         "(default: these four), video.progress.",
     )
+    extend_video_id: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Continue this completed video of yours from its last frame (as POST /v1/videos/extensions): "
+        "`seconds`/`num_frames` are the new part's; size, fps and, with the same model, the other parameters are "
+        "the source's unless given; the seed is the source's + 1 unless given. Needs an image-to-video model.",
+    )
 
     @field_validator(*NUMBER_FIELDS, mode="before")
     @classmethod
@@ -122,10 +134,49 @@ class VideoRequest(BaseModel):
         return value
 
 
+class VideoReference(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=200, description="The id of a completed video of yours.")
+
+
+class ExtensionRequest(VideoRequest):
+    """The body of `POST /v1/videos/extensions` (the `openai` SDK's `client.videos.extend`): the fields of
+    `POST /v1/videos`, the source named in `video`. `seconds` / `num_frames` are the new part's; size and fps are
+    the source's; the seed, unless given, the source's + 1; with the same model, the other parameters the source's."""
+
+    video: VideoReference = Field(
+        description='The completed video to continue from its last frame: {"id": "video_..."} (multipart: the form '
+        "field video[id])."
+    )
+    # Not for extensions (they continue from the source's last frame): refused if sent, absent from the schema.
+    image_url: SkipJsonSchema[None] = None
+    extend_video_id: SkipJsonSchema[None] = None
+
+
+class RemixRequest(BaseModel):
+    """The body of `POST /v1/videos/{id}/remix` (the `openai` SDK's `client.videos.remix`): a new prompt for the
+    video's parameters, seed and image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(description="What the remix shows (at most WANQ_JOBS_MAX_PROMPT_CHARS, 4000, characters).")
+    webhook_url: str | None = Field(default=None, description="As for POST /v1/videos.")
+    webhook_events: list[str] | None = Field(default=None, description="As for POST /v1/videos.")
+
+
+Fields = TypeVar("Fields", bound=BaseModel)
+
+
 def parse_request(data: dict[str, Any]) -> VideoRequest:
     """Validates types; the first problem becomes an InvalidRequest naming the field and value."""
+    return parse_fields(VideoRequest, data)
+
+
+def parse_fields(model: type[Fields], data: dict[str, Any]) -> Fields:
+    """`data` as `model` (a request body); the first problem becomes an InvalidRequest naming the field and value."""
     try:
-        return VideoRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "body"
@@ -179,6 +230,7 @@ def resolve_spec(
     *,
     has_image: bool,
     image_key: str | None = None,
+    kind: Literal["video", "image"] = "video",
 ) -> GenerationSpec:
     # 1. Model
     model_id = req.model or default_model
@@ -226,7 +278,9 @@ def resolve_spec(
     _check(1 <= fps <= 60, "fps", fps, "must be between 1 and 60")
     if req.seconds is not None:  # checked even where num_frames wins: an absurd value is a client bug
         _check(math.isfinite(req.seconds) and req.seconds > 0, "seconds", req.seconds, "must be positive")
-    if req.num_frames is not None:
+    if kind == "image":
+        frames = 1  # an image request has neither seconds nor num_frames
+    elif req.num_frames is not None:
         frames = req.num_frames
         _check(frames % 4 == 1, "num_frames", frames, "must be 4k+1 (e.g. 17, 49, 81, 121)")
     elif req.seconds is not None:
@@ -234,7 +288,8 @@ def resolve_spec(
         _check(frames <= limits.max_frames, "seconds", req.seconds, f"at most {limits.max_frames} frames at {fps} fps")
     else:
         frames = model.num_frames
-    _check(5 <= frames <= limits.max_frames, "num_frames", frames, f"must be between 5 and {limits.max_frames}")
+    if kind == "video":
+        _check(5 <= frames <= limits.max_frames, "num_frames", frames, f"must be between 5 and {limits.max_frames}")
 
     # 5. Sampling
     steps = model.num_inference_steps if req.num_inference_steps is None else req.num_inference_steps
@@ -268,4 +323,107 @@ def resolve_spec(
         flow_shift=shift,
         seed=seed,
         image_key=image_key,
+        kind=kind,
     )
+
+
+# Extensions and remixes ------------------------------------------------------------------------------
+
+
+def check_source(source: JobRecord | None, source_id: str, tenant: str, now: float, *, param: str = "video") -> JobRecord:
+    """The video an extension continues, if it can be continued: the same tenant's (others' are 404, as unknown
+    ids are), completed, a video (not an image), its outputs still stored. Raises NotFound, Forbidden (an admin
+    naming another tenant's video), Conflict (not completed) or Gone (expired, outputs deleted)."""
+    if source is None:
+        raise NotFound(f"no video with id {source_id!r} to extend", param=param)
+    if source.tenant != tenant:
+        raise Forbidden(
+            f"video {source_id} belongs to tenant {source.tenant!r}; an extension continues a video of its own tenant",
+            param=param,
+        )
+    if source.status is not JobStatus.completed:
+        raise Conflict(f"video {source_id} is {source.status.value}; only a completed video can be extended", param=param)
+    if source.spec.kind != "video":
+        raise InvalidRequest(f"video {source_id} is an image, not a video; animate it with POST /v1/videos", param=param)
+    if (source.expires_at is not None and source.expires_at <= now) or "video" not in source.outputs:
+        raise Gone(f"the outputs of video {source_id} expired or were deleted; it can no longer be extended", param=param)
+    return source
+
+
+def image_models(catalog: dict[str, ModelSpec]) -> list[str]:
+    """The served models that can start from a frame (image-to-video): the ones that can extend a video."""
+    return [m.id for m in catalog.values() if m.image != "none"]
+
+
+def resolve_extension(
+    req: VideoRequest,
+    source: JobRecord,
+    catalog: dict[str, ModelSpec],
+    default_model: str,
+    limits: JobSettings,
+    *,
+    image_key: str,
+) -> GenerationSpec:
+    """An extension's spec: the request's fields, and its source's where the request leaves them out (see the
+    module's rules). `source` passed check_source; `image_key` is where the worker stores the frame it continues
+    from."""
+    base = source.spec
+    model_id = req.model or base.model
+    model = catalog.get(model_id)
+    if model is not None and model.image == "none":
+        able = image_models(catalog)
+        names = ", ".join(able) if able else "none is served here"
+        raise InvalidRequest(
+            f"model {model_id!r} is text-to-video only and cannot continue a video from its last frame; "
+            f"extend with an image-to-video model ('model'): {names}",
+            param="model",
+        )
+    if req.image_url is not None:
+        raise InvalidRequest("an extension continues from its source's last frame: drop 'image_url'", param="image_url")
+    if req.size is not None and req.size.lower() != base.size:
+        raise InvalidRequest(
+            f"invalid 'size' {req.size!r}: an extension keeps its source's size ({base.size}); leave it out", param="size"
+        )
+    if req.fps is not None and req.fps != base.fps:
+        raise InvalidRequest(
+            f"invalid 'fps' {req.fps!r}: an extension keeps its source's fps ({base.fps}); leave it out", param="fps"
+        )
+    inherited: dict[str, Any] = {
+        "model": model_id,
+        "size": base.size,
+        "fps": base.fps,
+        "negative_prompt": base.negative_prompt,
+        "seed": (base.seed + 1) % (MAX_SEED + 1),
+    }
+    if model_id == base.model:
+        # Sampling parameters are tuned per model: taken over only where the model stays the same.
+        inherited.update(
+            num_inference_steps=base.num_inference_steps,
+            guidance_scale=base.guidance_scale,
+            guidance_scale_2=base.guidance_scale_2,
+            flow_shift=base.flow_shift,
+        )
+    given = req.model_dump(exclude_none=True)
+    filled = req.model_copy(update={**{k: v for k, v in inherited.items() if k not in given}})
+    spec = resolve_spec(filled, catalog, default_model, limits, has_image=True, image_key=image_key)
+    return spec.model_copy(update={"extend_from": source.id, "source_frames": base.total_frames})
+
+
+def remix_spec(
+    parent: GenerationSpec, prompt: str, catalog: dict[str, ModelSpec], limits: JobSettings, *, image_key: str | None
+) -> GenerationSpec:
+    """A remix: the parent's parameters and seed with a new prompt; `image_key` is the remix's own copy of the
+    parent's stored image (or the key where an extension's worker stores the frame it continues from)."""
+    if parent.model not in catalog:
+        raise ModelNotAvailable(
+            f"model {parent.model!r} of the remixed video is no longer served here; available: {', '.join(catalog)}",
+            param="model",
+        )
+    _check(bool(prompt.strip()), "prompt", prompt, "must not be empty")
+    _check(
+        len(prompt) <= limits.max_prompt_chars,
+        "prompt",
+        f"<{len(prompt)} characters>",
+        f"at most {limits.max_prompt_chars} characters",
+    )
+    return parent.model_copy(update={"prompt": prompt, "image_key": image_key})

@@ -1,7 +1,8 @@
 """Output storage on any S3-compatible endpoint (AWS, MinIO, R2, moto) through boto3.
 
-Keys derive from the job id: the input image at `videos/{job_id}/input.png`, each run's outputs under
-its attempt (`videos/{job_id}/{attempt}/video.mp4`), so a stale run (one whose job was requeued while it
+Keys derive from the job id: the input image at `videos/{job_id}/input.png` (for an extension, the source's last
+frame it continued from), each run's outputs under its attempt (`videos/{job_id}/{attempt}/video.mp4`; an image
+job's `{attempt}/image.png`), so a stale run (one whose job was requeued while it
 still ran) can never overwrite the outputs of the run that replaced it, and never writes beside another job's.
 """
 
@@ -21,6 +22,8 @@ from shared.settings import S3Settings
 
 CONTENT_TYPES = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg", "image": "image/png"}
 FILE_NAMES = {"video": "video.mp4", "thumbnail": "thumbnail.webp", "spritesheet": "spritesheet.jpg", "image": "input.png"}
+# An output named like an input: an image job's PNG is its `image` variant, beside (not over) an input image.
+OUTPUT_FILE_NAMES = {**FILE_NAMES, "image": "image.png"}
 
 
 class Storage:
@@ -48,7 +51,7 @@ class Storage:
 
     def output_key(self, job_id: str, attempt: int, variant: str) -> str:
         """Where run `attempt` of a job stores an output; the job record's `outputs` name the winning run's."""
-        return f"{self.attempt_prefix(job_id, attempt)}{FILE_NAMES[variant]}"
+        return f"{self.attempt_prefix(job_id, attempt)}{OUTPUT_FILE_NAMES[variant]}"
 
     def job_prefix(self, job_id: str) -> str:
         return f"{self.settings.key_prefix}{job_id}/"
@@ -117,6 +120,29 @@ class Storage:
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
         except (BotoCoreError, ClientError) as exc:
             raise StorageUnavailable(f"could not read {key}: {exc}") from exc
+
+    def download(self, key: str, path: Path) -> None:
+        """Writes the object to `path`; raises KeyError if it is absent (deleted), StorageUnavailable if unreachable."""
+        try:
+            self.client.download_file(self.bucket, key, str(path))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise KeyError(key) from exc
+            raise StorageUnavailable(f"could not read {key}: {exc}") from exc
+        except (BotoCoreError, OSError) as exc:
+            raise StorageUnavailable(f"could not read {key}: {exc}") from exc
+
+    def copy(self, source_key: str, key: str) -> None:
+        """Copies an object inside the bucket (the store copies it; no bytes pass through here); raises KeyError if
+        the source is absent."""
+        try:
+            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key})
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise KeyError(source_key) from exc
+            raise StorageUnavailable(f"could not copy {source_key} to {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"could not copy {source_key} to {key}: {exc}") from exc
 
     def open_stream(self, key: str) -> tuple[Iterator[bytes], int | None]:
         """Returns a chunk iterator and the object's length; raises KeyError if absent."""

@@ -35,7 +35,11 @@ class Video(BaseModel):
         default=None, description="Unix seconds: when its files are deleted (completion + WANQ_JOBS_RETENTION_S)."
     )
     error: VideoError | None = Field(default=None, description="Why it failed or was canceled.")
-    seconds: str = Field(description="Duration: num_frames / fps, as a decimal string (e.g. `5.0625`).", examples=["5"])
+    seconds: str = Field(
+        description="Duration of the delivered video: num_frames / fps, as a decimal string (e.g. `5.0625`); for an "
+        "extension, the whole video's: (source_frames + num_frames - 1) / fps.",
+        examples=["5"],
+    )
     size: str = Field(description="`WIDTHxHEIGHT`.", examples=["1280x704"])
     prompt: str = Field(description="What the video shows.")
     remixed_from_video_id: str | None = Field(default=None, description="The job this one remixes, if any.")
@@ -44,7 +48,9 @@ class Video(BaseModel):
     )
     step: int = Field(ge=0, description="Denoising steps done.")
     total_steps: int = Field(ge=1, description="Denoising steps in all (num_inference_steps).")
-    num_frames: int = Field(ge=1, description="Frames: 4k+1 (17, 49, 81, 121, ...).")
+    num_frames: int = Field(
+        ge=1, description="Frames this job generates: 4k+1 (17, 49, 81, 121, ...); 1 for an image; an extension's new part."
+    )
     fps: int = Field(ge=1, le=60, description="Frames per second of the MP4.")
     seed: int = Field(ge=0, le=2**32 - 1, description="The seed used: the same seed, prompt and parameters give the same video.")
     negative_prompt: str = Field(description="What the video avoids (the model's default if none was given).")
@@ -54,7 +60,21 @@ class Video(BaseModel):
         default=None, ge=0, le=30, description="Guidance of the low-noise expert (A14B models); null for single-expert models."
     )
     flow_shift: float = Field(ge=0.01, le=100, description="Shift of the flow-matching noise schedule.")
-    has_image: bool = Field(description="Whether it animates an input image (image-to-video).")
+    has_image: bool = Field(
+        description="Whether it animates an input image (image-to-video; an extension animates its source's last frame)."
+    )
+    kind: Literal["video", "image"] = Field(
+        default="video", description="`image`: one frame, made by POST /v1/images/generations; its content is a PNG."
+    )
+    extended_from_video_id: str | None = Field(
+        default=None, description="The video this one extends: its video is that one's, then the new frames."
+    )
+    source_frames: int | None = Field(
+        default=None,
+        ge=1,
+        description="An extension's frames taken from its source; its MP4 has source_frames + num_frames - 1 "
+        "(the new part's first frame repeats the source's last and is left out).",
+    )
     started_at: int | None = Field(default=None, description="Unix seconds: when its first run started.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the latest run.")
     attempts: int = Field(ge=0, description="Runs that started (a worker that died mid-job makes one more).")
@@ -84,7 +104,7 @@ class Video(BaseModel):
             seconds=spec.seconds,
             size=spec.size,
             prompt=spec.prompt,
-            remixed_from_video_id=None,
+            remixed_from_video_id=record.remixed_from,
             stage=record.stage,
             step=record.step,
             total_steps=record.total_steps or spec.num_inference_steps,
@@ -97,6 +117,9 @@ class Video(BaseModel):
             guidance_scale_2=spec.guidance_scale_2,
             flow_shift=spec.flow_shift,
             has_image=spec.image_key is not None,
+            kind=spec.kind,
+            extended_from_video_id=spec.extend_from,
+            source_frames=spec.source_frames if spec.extend_from else None,
             started_at=int(record.started_at) if record.started_at else None,
             timings=record.timings,
             attempts=record.attempts,

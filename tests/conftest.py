@@ -26,6 +26,7 @@ TINY = ("tiny-t2v-a14b", "tiny-i2v-a14b", "tiny-ti2v-5b")
 # A real model id served by a tiny pipeline: its worker is started only by the test that needs it.
 LATE = "wan2.2-t2v-a14b"
 SMALL = {"size": "64x64", "num_frames": 9, "num_inference_steps": 3}
+IMAGES_WAIT_S = 8
 
 for key, value in AWS_TEST_ENV.items():
     os.environ.setdefault(key, value)
@@ -61,6 +62,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "WANQ_WEBHOOKS_PROGRESS_INTERVAL_S": "0.2",
             "WANQ_QUOTAS_TENANTS": json.dumps(TENANT_QUOTAS),
             "WANQ_DISPATCH_IN_API": "false",  # the dispatcher runs as its own process, as in production
+            # POST /v1/images/generations: tiny images take well under a second; a job no worker serves waits this out.
+            "WANQ_IMAGES_WAIT_S": str(IMAGES_WAIT_S),
         }
     )
     stack.seed_admin_key()  # every process gets its hash; the `api` fixture sends it

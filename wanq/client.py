@@ -1,4 +1,5 @@
-"""A small typed Python client for a wanq server: submit, follow live events, wait, download, cancel, list, delete.
+"""A small typed Python client for a wanq server: submit, extend, remix, follow live events, wait, download, cancel,
+list, delete; and images.
 
     from wanq.client import Client
 
@@ -26,7 +27,7 @@ import httpx
 
 Video = dict[str, Any]
 """The server's video object: OpenAI's Video fields (id, status, progress, ...) plus wanq's (stage, step, ...)."""
-Variant = Literal["video", "thumbnail", "spritesheet"]
+Variant = Literal["video", "thumbnail", "spritesheet", "image"]
 
 TERMINAL = frozenset({"completed", "failed", "canceled"})
 # The server sends a keep-alive comment every 15 s on an idle stream; silence for longer means a dead connection.
@@ -154,6 +155,48 @@ class Client:
             files = {"input_reference": (path.name, fh, "application/octet-stream")}
             return self._request("POST", "/v1/videos", data=data, files=files, headers=headers)  # type: ignore[no-any-return]
 
+    def extend(
+        self,
+        video_id: str,
+        prompt: str,
+        *,
+        seconds: float | None = None,
+        model: str | None = None,
+        idempotency_key: str | None = None,
+        **fields: Any,
+    ) -> Video:
+        """A job that continues the completed video `video_id` from its last frame; its video is the whole one.
+
+        `seconds` (or `num_frames`) is the new part's length; size and fps are the source's; `model` must take an
+        image (default: the source's); other `fields` as for `submit` (omitted: the source's, with the same model)."""
+        given = {"seconds": seconds, "model": model, **fields}
+        body = {"video": {"id": video_id}, "prompt": prompt, **{k: v for k, v in given.items() if v is not None}}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._request("POST", "/v1/videos/extensions", json=body, headers=headers)  # type: ignore[no-any-return]
+
+    def remix(self, video_id: str, prompt: str) -> Video:
+        """A job with the video's parameters, seed and image, and a new prompt."""
+        return self._request("POST", f"/v1/videos/{video_id}/remix", json={"prompt": prompt})  # type: ignore[no-any-return]
+
+    def images(
+        self,
+        prompt: str,
+        *,
+        n: int | None = None,
+        model: str | None = None,
+        size: str | None = None,
+        seed: int | None = None,
+        response_format: Literal["b64_json", "url"] = "b64_json",
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """POST /v1/images/generations. Done within the server's wait: `{"data": [{"b64_json" or "url", "id",
+        "seed"}, ...]}`; otherwise (HTTP 202) `{"status": "in_progress", "ids": [...]}`: follow each with `wait`,
+        then `content(id)` is its PNG."""
+        given = {"n": n, "model": model, "size": size, "seed": seed, "response_format": response_format, **fields}
+        body = {"prompt": prompt, **{k: v for k, v in given.items() if v is not None}}
+        # The server may hold the request for its wait limit (WANQ_IMAGES_WAIT_S, up to 600 s).
+        return self._request("POST", "/v1/images/generations", json=body, timeout=httpx.Timeout(30.0, read=630.0))  # type: ignore[no-any-return]
+
     def get(self, video_id: str) -> Video:
         return self._request("GET", f"/v1/videos/{video_id}")  # type: ignore[no-any-return]
 
@@ -235,7 +278,7 @@ class Client:
         return final
 
     def content(self, video_id: str, *, variant: Variant = "video") -> bytes:
-        """The MP4 (or the thumbnail, or the spritesheet) in memory; see `download` for large files."""
+        """The MP4 (or the thumbnail, the spritesheet, an image job's PNG) in memory; see `download` for large files."""
         try:
             response = self._http.get(f"/v1/videos/{video_id}/content", params={"variant": variant}, follow_redirects=True)
         except httpx.TransportError as exc:

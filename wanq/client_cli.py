@@ -1,4 +1,5 @@
-"""Client commands of `wanq`: submit (with a live progress bar), status, list, cancel, delete, download, models.
+"""Client commands of `wanq`: submit, extend, remix (with a live progress bar), image, status, list, cancel, delete,
+download, models.
 
 The server and key come from --url / --api-key, else WANQ_URL / WANQ_API_KEY (`ClientSettings`, wanq/config.py).
 Results go to stdout (an id, a path, JSON), progress and errors to stderr, so `ID=$(wanq submit ...)` works.
@@ -7,6 +8,7 @@ Results go to stdout (an id, a path, JSON), progress and errors to stderr, so `I
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import shutil
 import sys
@@ -15,11 +17,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from wanq.client import TERMINAL, APIError, Client, ServerUnreachable, Video, WanqClientError
+from wanq.client import TERMINAL, APIError, Client, ServerUnreachable, Variant, Video, WanqClientError
 from wanq.config import DEFAULT_URL, UsageError, load_client_settings
 
 T = TypeVar("T")
-EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg"}
+EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg", "image": "png"}
 # Share of the progress bar that denoising covers (shared/schemas.py `_STAGE_SPANS`: 5 -> 88 %).
 _DENOISE_SPAN = 83
 
@@ -46,6 +48,40 @@ def add_commands(sub: Any) -> None:
     p.add_argument("-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4)")
     common(p)
     p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("extend", help="continue a finished video from its last frame; --wait downloads the whole video")
+    p.add_argument("id", help="the completed video to continue")
+    p.add_argument("prompt")
+    p.add_argument("--seconds", type=float, help="length of the new part (rounded to a 4k+1 frame count)")
+    p.add_argument("--num-frames", type=int, help="frames of the new part, 4k+1; wins over --seconds")
+    p.add_argument("--model", help="an image-to-video model (default: the source's)")
+    p.add_argument("--steps", dest="num_inference_steps", type=int, help="denoising steps (default: the source's)")
+    p.add_argument("--negative-prompt")
+    p.add_argument("--seed", type=int, help="default: the source's + 1")
+    p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the whole video")
+    p.add_argument("-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4)")
+    common(p)
+    p.set_defaults(func=cmd_extend)
+
+    p = sub.add_parser("remix", help="a new job with a video's parameters, seed and image, and a new prompt")
+    p.add_argument("id")
+    p.add_argument("prompt")
+    p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the result")
+    p.add_argument("-o", "--output", help="where to write it (implies --wait; default ID.mp4, or ID.png for an image)")
+    common(p)
+    p.set_defaults(func=cmd_remix)
+
+    p = sub.add_parser("image", help="make images (single frames) from a prompt and write the PNGs")
+    p.add_argument("prompt")
+    p.add_argument("--model", help="a text-to-video model (see `wanq models`); default: the server's first")
+    p.add_argument("--size", help='"WIDTHxHEIGHT"')
+    p.add_argument("-n", type=int, default=None, help="how many images (default 1)")
+    p.add_argument("--steps", dest="num_inference_steps", type=int, help="denoising steps")
+    p.add_argument("--negative-prompt")
+    p.add_argument("--seed", type=int, help="seed of the first image; image i gets seed + i")
+    p.add_argument("-o", "--output", help="where to write the PNG (several: NAME-1.png, NAME-2.png...; default ID.png)")
+    common(p)
+    p.set_defaults(func=cmd_image)
 
     p = sub.add_parser("status", help="show a job")
     p.add_argument("id")
@@ -215,26 +251,68 @@ def cmd_submit(args: argparse.Namespace) -> None:
         raise UsageError(f"wanq submit: --image {args.image!r}: no such file")
 
     def action(client: Client) -> None:
-        video = client.submit(args.prompt, image=args.image, **fields)
-        video_id = video["id"]
-        print(video_id, flush=True)
-        if not (args.wait or args.output):
-            return
-        bar = ProgressBar()
-        try:
-            for event in client.events(video_id):
-                bar.update(event)
-                video = event
-        except KeyboardInterrupt:
-            bar.close()
-            raise SystemExit(f"wanq: stopped following; the job goes on (`wanq cancel {video_id}` stops it)") from None
+        _follow(client, client.submit(args.prompt, image=args.image, **fields), args)
+
+    call(args, action)
+
+
+def _follow(client: Client, video: Video, args: argparse.Namespace) -> None:
+    """Prints the new job's id; with --wait or -o, follows it with the progress bar and downloads what it made."""
+    video_id = video["id"]
+    print(video_id, flush=True)
+    if not (args.wait or args.output):
+        return
+    bar = ProgressBar()
+    try:
+        for event in client.events(video_id):
+            bar.update(event)
+            video = event
+    except KeyboardInterrupt:
         bar.close()
-        if video["status"] != "completed":
-            error = video.get("error") or {}
-            raise SystemExit(f"wanq: job {video['id']} {video['status']}: {error.get('message', 'no reason given')}")
-        out = Path(args.output or f"{video['id']}.mp4")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        print(client.download(video["id"], out).resolve())
+        raise SystemExit(f"wanq: stopped following; the job goes on (`wanq cancel {video_id}` stops it)") from None
+    bar.close()
+    if video["status"] != "completed":
+        error = video.get("error") or {}
+        raise SystemExit(f"wanq: job {video['id']} {video['status']}: {error.get('message', 'no reason given')}")
+    variant: Variant = "image" if video.get("kind") == "image" else "video"
+    out = Path(args.output or f"{video['id']}.{EXTENSIONS[variant]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(client.download(video["id"], out, variant=variant).resolve())
+
+
+def cmd_extend(args: argparse.Namespace) -> None:
+    names = ("seconds", "num_frames", "model", "num_inference_steps", "negative_prompt", "seed")
+    call(args, lambda client: _follow(client, client.extend(args.id, args.prompt, **{k: getattr(args, k) for k in names}), args))
+
+
+def cmd_remix(args: argparse.Namespace) -> None:
+    call(args, lambda client: _follow(client, client.remix(args.id, args.prompt), args))
+
+
+def cmd_image(args: argparse.Namespace) -> None:
+    names = ("model", "size", "n", "num_inference_steps", "negative_prompt", "seed")
+
+    def action(client: Client) -> None:
+        answer = client.images(args.prompt, **{k: getattr(args, k) for k in names})
+        if answer.get("status") == "in_progress":
+            # Longer than the server's wait: follow each job, then fetch its PNG.
+            print(f"wanq: still running after {answer['waited_s']:g} s; waiting for {' '.join(answer['ids'])}", file=sys.stderr)
+            images = []
+            for job_id in answer["ids"]:
+                video = client.wait(job_id)
+                if video["status"] != "completed":
+                    error = video.get("error") or {}
+                    raise SystemExit(f"wanq: image {job_id} {video['status']}: {error.get('message', 'no reason given')}")
+                images.append((job_id, client.content(job_id, variant="image")))
+        else:
+            images = [(item["id"], base64.b64decode(item["b64_json"])) for item in answer["data"]]
+        for n, (job_id, png) in enumerate(images, start=1):
+            out = Path(args.output or f"{job_id}.png")
+            if args.output and len(images) > 1:
+                out = out.with_name(f"{out.stem}-{n}{out.suffix or '.png'}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(png)
+            print(out.resolve())
 
     call(args, action)
 
@@ -248,13 +326,24 @@ def cmd_status(args: argparse.Namespace) -> None:
         step, total = int(video.get("step") or 0), int(video.get("total_steps") or 0)
         print(f"{video['id']}  {video['status']}  {video['progress']}%  {_label(video, video.get('stage', ''), step, total)}")
         print(
-            f"  model {video['model']}, {video['size']}, {video.get('num_frames')} frames ({video['seconds']} s), seed {video.get('seed')}"
+            f"  model {video['model']}, {video['size']}, {_frames(video)} frames ({video['seconds']} s), seed {video.get('seed')}"
         )
         print(f"  prompt {video['prompt']!r}")
+        if video.get("extended_from_video_id"):
+            print(f"  extends {video['extended_from_video_id']} by {video['num_frames'] - 1} frames")
+        if video.get("remixed_from_video_id"):
+            print(f"  remix of {video['remixed_from_video_id']}")
         if video.get("error"):
             print(f"  error {video['error'].get('code')}: {video['error'].get('message')}")
 
     call(args, action)
+
+
+def _frames(video: Video) -> object:
+    """Frames of the delivered file: an extension's whole video (its source's, then its own but the first)."""
+    if video.get("source_frames"):
+        return int(video["source_frames"]) + int(video["num_frames"]) - 1
+    return video.get("num_frames")
 
 
 def cmd_list(args: argparse.Namespace) -> None:

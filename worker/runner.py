@@ -29,7 +29,7 @@ from shared.settings import Settings
 from shared.storage import CONTENT_TYPES, Storage
 from shared.store import JobStore
 from shared.timeouts import deadline, timeout_message
-from worker import export, faults
+from worker import export, extension, faults
 from worker.journal import RunJournal
 
 log = logging.getLogger("wanq.worker")
@@ -49,6 +49,8 @@ class JobVanished(Exception):
 class Claim:
     record: JobRecord
     attempt: int
+    source: extension.Source | None = None
+    """An extension's source, fetched when it starts, read again by its export."""
 
 
 class JobRunner:
@@ -134,7 +136,13 @@ class JobRunner:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         try:
-            image = self._load_image(spec)
+            if spec.extend_from is not None:
+                t0 = time.perf_counter()
+                claim.source = extension.fetch_source(self.store, self.storage, record)
+                timings["fetching_source"] = time.perf_counter() - t0
+                image: Image.Image | None = Image.fromarray(claim.source.last)
+            else:
+                image = self._load_image(spec)
 
             def on_stage(stage: Stage) -> None:
                 self._progress(record, attempt, stage, 0, spec.num_inference_steps, timings)
@@ -149,7 +157,14 @@ class JobRunner:
             self._progress(record, attempt, Stage.encoding_video, 0, 0, timings, generated_at=time.time())
             return "generated", result, timings, started
         except Exception as exc:
+            self._release(claim)
             return self._fail(record, attempt, exc, timings), None, timings, started
+
+    @staticmethod
+    def _release(claim: Claim) -> None:
+        if claim.source is not None:
+            claim.source.close()
+            claim.source = None
 
     def _finalize(self, claim: Claim, generation: Any, timings: dict[str, float], started: float) -> str:
         """Export -> upload -> record the outcome; runs while the next job is on the GPU."""
@@ -158,13 +173,14 @@ class JobRunner:
             self.journal.write("ended", claim.record.id, attempt=claim.attempt, outcome=outcome)
             return outcome
         finally:
+            self._release(claim)
             self._finishing = None
 
     def _export_and_record(self, claim: Claim, generation: Any, timings: dict[str, float], started: float) -> str:
         record, attempt = claim.record, claim.attempt
         spec = record.spec
         try:
-            outputs = self._export_and_upload(record, attempt, generation.frames, timings)
+            outputs = self._export_and_upload(record, attempt, generation.frames, timings, claim.source)
         except Exception as exc:
             return self._fail(record, attempt, exc, timings)
         timings["total"] = time.perf_counter() - started
@@ -229,18 +245,31 @@ class JobRunner:
             return None
         return Image.open(io.BytesIO(self.storage.get_bytes(spec.image_key))).convert("RGB")
 
-    def _export_and_upload(self, record: JobRecord, attempt: int, frames: Any, timings: dict[str, float]) -> dict[str, str]:
+    def _export_and_upload(
+        self, record: JobRecord, attempt: int, frames: Any, timings: dict[str, float], source: extension.Source | None = None
+    ) -> dict[str, str]:
         spec = record.spec
         with tempfile.TemporaryDirectory(prefix="wanq-") as tmp:
             folder = Path(tmp)
             t0 = time.perf_counter()
             if self.settings.engine.fault_injection:
                 time.sleep(faults.export_delay(spec))
-            files = {
-                "video": export.write_mp4(frames, spec.fps, folder / "video.mp4"),
-                "thumbnail": export.write_thumbnail(frames, folder / "thumbnail.webp"),
-                "spritesheet": export.write_spritesheet(frames, folder / "spritesheet.jpg"),
-            }
+            if spec.kind == "image":
+                files = {
+                    "image": export.write_png(frames[0], folder / "image.png"),
+                    "thumbnail": export.write_thumbnail(frames, folder / "thumbnail.webp"),
+                }
+            else:
+                whole: export.Frames = frames
+                if source is not None:
+                    video, whole = extension.write_video(source, frames, spec.fps, folder)
+                else:
+                    video = export.write_mp4(frames, spec.fps, folder / "video.mp4")
+                files = {
+                    "video": video,
+                    "thumbnail": export.write_thumbnail(whole, folder / "thumbnail.webp"),
+                    "spritesheet": export.write_spritesheet(whole, folder / "spritesheet.jpg"),
+                }
             timings["encoding_video"] = time.perf_counter() - t0
             self._progress(record, attempt, Stage.uploading, 0, 0, timings)
             t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`/v1/videos`: create, retrieve, list, cancel, delete, download and follow video jobs."""
+"""`/v1/videos`: create, extend, remix, retrieve, list, cancel, delete, download and follow video jobs."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from api.webhook_checks import check_job_webhook
 from shared import images
 from shared.errors import (
     Conflict,
+    Forbidden,
     Gone,
     IdempotencyMismatch,
     InvalidRequest,
@@ -32,15 +33,25 @@ from shared.errors import (
     PayloadTooLarge,
     RateLimited,
 )
-from shared.idempotency import MAX_KEY_LENGTH, fingerprint
-from shared.schemas import JobRecord, JobStatus
-from shared.specs import VideoRequest, parse_request, resolve_spec
+from shared.idempotency import MAX_KEY_LENGTH, IdempotentCreate, fingerprint
+from shared.schemas import GenerationSpec, JobRecord, JobStatus
+from shared.specs import (
+    ExtensionRequest,
+    RemixRequest,
+    VideoRequest,
+    check_source,
+    parse_fields,
+    parse_request,
+    remix_spec,
+    resolve_extension,
+    resolve_spec,
+)
 from shared.storage import CONTENT_TYPES
 from shared.video import Video, VideoDeleted, VideoList
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
-Variant = Literal["video", "thumbnail", "spritesheet"]
+Variant = Literal["video", "thumbnail", "spritesheet", "image"]
 POLL_AFTER_MS = "1000"
 
 _create_schema = {
@@ -64,13 +75,45 @@ _create_schema = {
     }
 }
 
+_extension_schema = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": ExtensionRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["prompt"],
+                    "additionalProperties": False,
+                    "properties": {
+                        **{
+                            name: {"type": "string"}
+                            for name in ExtensionRequest.model_fields
+                            if name not in ("video", "webhook_events")
+                        },
+                        "video[id]": {"type": "string", "description": "The id of the completed video to extend."},
+                        "video": {
+                            "type": "string",
+                            "description": "The id (as a plain field); a file here is ignored when video[id] names the video.",
+                        },
+                        "webhook_events": {"type": "array", "items": {"type": "string"}},
+                    },
+                }
+            },
+        },
+    }
+}
+_remix_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": RemixRequest.model_json_schema()}}}}
+
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
 
 
-async def _read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], bytes | None]:
-    """The create request's fields and the uploaded image, from JSON or multipart/form-data."""
+async def _read_body(
+    request: Request, max_bytes: int, file_field: str = "input_reference"
+) -> tuple[dict[str, Any], bytes | None]:
+    """The create request's fields and the uploaded file (`file_field`: the image), from JSON or multipart/form-data."""
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_bytes:
         raise PayloadTooLarge(f"request body of {length} bytes exceeds {max_bytes}", param="body")
@@ -81,7 +124,7 @@ async def _read_body(request: Request, max_bytes: int) -> tuple[dict[str, Any], 
         image: bytes | None = None
         for key in set(form.keys()):
             values = form.getlist(key)
-            if key == "input_reference" and isinstance(values[0], UploadFile):
+            if key == file_field and isinstance(values[0], UploadFile):
                 image = await values[0].read(max_bytes + 1)
                 continue
             if any(isinstance(v, UploadFile) for v in values):
@@ -150,8 +193,121 @@ async def create_video(
     settings = services.settings
     # 1. Read and type-check the body
     fields, upload = await _read_body(request, settings.api.max_body_bytes)
+    return await _create_once(services, principal, fields, upload, idempotency_key)
+
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        max_length=MAX_KEY_LENGTH,
+        description="Retries with the same key and body return the first job; keys expire after 24 h (WANQ_JOBS_IDEMPOTENCY_TTL_S).",
+    ),
+]
+
+
+@router.post(
+    "/extensions",
+    status_code=202,
+    openapi_extra=_extension_schema,
+    responses=CREATED,
+    summary="Extend a completed video: a new part continued from its last frame, delivered as one whole video",
+)
+async def extend_video(
+    request: Request, services: ServicesDep, principal: PrincipalDep, idempotency_key: IdempotencyKey = None
+) -> Response:
+    fields, upload = await _read_body(request, services.settings.api.max_body_bytes, file_field="video")
+    if "image_url" in fields or "input_reference" in fields:
+        param = "image_url" if "image_url" in fields else "input_reference"
+        raise InvalidRequest(f"an extension continues from its source's last frame: drop '{param}'", param=param)
+    # The source, however it came: JSON {"video": {"id": ...}}, the form field video[id], or video as a plain field.
+    reference = fields.pop("video", None)
+    named = fields.pop("video[id]", None)
+    if named is not None:
+        reference = {"id": named}  # a file sent beside it (the openai SDK insists on one) is ignored
+    elif isinstance(reference, str):
+        reference = {"id": reference}
+    elif reference is None and upload:
+        raise InvalidRequest(
+            "wanq extends videos it made, named by id, not uploaded files: send the form field video[id] "
+            '(openai SDK: video=b"", extra_body={"video": {"id": "video_..."}}) or JSON {"video": {"id": "video_..."}}',
+            param="video",
+        )
+    req = parse_fields(ExtensionRequest, {**fields, **({"video": reference} if reference is not None else {})})
+    fields["extend_video_id"] = req.video.id
+    return await _create_once(services, principal, fields, None, idempotency_key, source_param="video")
+
+
+@router.post(
+    "/{video_id}/remix",
+    status_code=202,
+    openapi_extra=_remix_schema,
+    responses=CREATED,
+    summary="Remix a video: a new job with its parameters, seed and image, and a new prompt",
+)
+async def remix_video(record: JobDep, request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
+    settings = services.settings
+    fields, upload = await _read_body(request, settings.api.max_body_bytes)
+    if upload is not None:
+        raise InvalidRequest("a remix reuses its video's image; send no 'input_reference'", param="input_reference")
+    req = parse_fields(RemixRequest, fields)
+    if req.webhook_url is None:
+        check_job_webhook(services, principal.tenant, None, req.webhook_events)
+    else:
+        await asyncio.to_thread(check_job_webhook, services, principal.tenant, req.webhook_url, req.webhook_events)
+    if record.tenant != principal.tenant:
+        raise Forbidden(
+            f"video {record.id} belongs to tenant {record.tenant!r}; remix a video of your own tenant", param="video_id"
+        )
+    parent = record.spec
+    job_id = f"video_{uuid.uuid4().hex}"
+    image_key, copy_from = None, None
+    if parent.extend_from is not None:
+        # A remix of an extension extends the same source again: that source must still be there.
+        await _extension_source(services, principal, parent.extend_from, "video_id")
+        image_key = services.storage.key(job_id, "image")
+    elif parent.image_key is not None:
+        image_key, copy_from = services.storage.key(job_id, "image"), parent.image_key
+    spec = remix_spec(parent, req.prompt, settings.catalog(), settings.jobs, image_key=image_key)
+    services.quotas.check_size(principal.tenant, spec)
+    new = JobRecord(
+        id=job_id,
+        tenant=principal.tenant,
+        spec=spec,
+        total_steps=spec.num_inference_steps,
+        webhook_url=req.webhook_url,
+        webhook_events=req.webhook_events,
+        remixed_from=record.id,
+    )
+    if copy_from is not None and image_key is not None:
+        # The parent's stored image, copied by the store itself: the remix keeps it if the parent is deleted.
+        await asyncio.to_thread(services.quotas.check_room, principal.tenant, spec)
+        try:
+            await asyncio.to_thread(services.storage.copy, copy_from, image_key)
+        except KeyError:
+            raise Gone(f"the input image of video {record.id} is no longer stored", param="video_id") from None
+    return await _admit(services, new)
+
+
+async def _extension_source(services: Services, principal: Principal, video_id: str, param: str) -> JobRecord:
+    """The video an extension continues, if the caller may continue it (shared/specs.py `check_source`)."""
+    record = await asyncio.to_thread(services.store.get, video_id)
+    if record is None or (record.tenant != principal.tenant and not principal.admin):
+        raise NotFound(f"no video with id {video_id!r} to extend", param=param)
+    return check_source(record, video_id, principal.tenant, time.time(), param=param)
+
+
+async def _create_once(
+    services: Services,
+    principal: Principal,
+    fields: dict[str, Any],
+    upload: bytes | None,
+    idempotency_key: str | None,
+    *,
+    source_param: str = "extend_video_id",
+) -> Response:
+    """Creates the job; with an Idempotency-Key, only once per key and body."""
     if idempotency_key is None:
-        return await _create(services, principal, fields, upload)
+        return await _create(services, principal, fields, upload, source_param=source_param)
 
     # 2. With an Idempotency-Key: the first request creates, a retry replays it
     keys = services.idempotency
@@ -167,7 +323,9 @@ async def create_video(
             return _created(await jobs.avideo_object(services, record), replayed=True)
     try:
         # The job's creation also writes the key's job id, in the same step (shared/idempotency.py).
-        return await _create(services, principal, fields, upload, idempotency=(idempotency_key, print_))
+        return await _create(
+            services, principal, fields, upload, idempotency=(idempotency_key, print_), source_param=source_param
+        )
     except BaseException:
         # Free the key for a retry, unless the job exists after all (then the key names it: a retry replays it).
         # If Redis cannot say, the key's short in-flight lease runs out by itself.
@@ -191,6 +349,7 @@ async def _create(
     upload: bytes | None,
     *,
     idempotency: tuple[str, str] | None = None,
+    source_param: str = "extend_video_id",
 ) -> Response:
     """The hot path: without an image or a job webhook, a create is the key lookup, the rate-limit hit
     and one atomic script (FairQueue.acreate), all on the event loop through redis.asyncio."""
@@ -200,29 +359,44 @@ async def _create(
         check_job_webhook(services, principal.tenant, None, req.webhook_events)  # no I/O without a URL
     else:
         await asyncio.to_thread(check_job_webhook, services, principal.tenant, req.webhook_url, req.webhook_events)
+    if req.extend_video_id is not None and (upload is not None or req.image_url is not None):
+        param = "image_url" if req.image_url is not None else "input_reference"
+        raise InvalidRequest(f"an extension continues from its source's last frame: drop '{param}'", param=param)
     image_data = None
     if upload is not None or req.image_url is not None:
         image_data = await asyncio.to_thread(_image_bytes, services, req, upload)
 
-    # Resolve against the model's defaults and limits
+    # Resolve against the model's defaults and limits (an extension: and its source's parameters)
     job_id = f"video_{uuid.uuid4().hex}"
-    image_key = services.storage.key(job_id, "image") if image_data is not None else None
-    spec = resolve_spec(
-        req,
-        settings.catalog(),
-        settings.default_model,
-        settings.jobs,
-        has_image=image_data is not None,
-        image_key=image_key,
-    )
+    spec: GenerationSpec
+    if req.extend_video_id is not None:
+        source = await _extension_source(services, principal, req.extend_video_id, source_param)
+        spec = resolve_extension(
+            req,
+            source,
+            settings.catalog(),
+            settings.default_model,
+            settings.jobs,
+            image_key=services.storage.key(job_id, "image"),
+        )
+    else:
+        image_key = services.storage.key(job_id, "image") if image_data is not None else None
+        spec = resolve_spec(
+            req,
+            settings.catalog(),
+            settings.default_model,
+            settings.jobs,
+            has_image=image_data is not None,
+            image_key=image_key,
+        )
     services.quotas.check_size(principal.tenant, spec)
 
     # Store the fitted image beside the job (after an early look for room in the tenant's queue, so that
     # a full queue refuses before the upload), then the record and its queue entry, atomically.
-    if image_data is not None and image_key is not None:
+    if image_data is not None and spec.image_key is not None:
         await asyncio.to_thread(services.quotas.check_room, principal.tenant, spec)
         png = await asyncio.to_thread(_fit_image, image_data, spec.width, spec.height, settings)
-        await asyncio.to_thread(services.storage.put_bytes, png, image_key, CONTENT_TYPES["image"])
+        await asyncio.to_thread(services.storage.put_bytes, png, spec.image_key, CONTENT_TYPES["image"])
     record = JobRecord(
         id=job_id,
         tenant=principal.tenant,
@@ -234,6 +408,11 @@ async def _create(
     completion = None
     if idempotency is not None:
         completion = services.idempotency.completion(principal.tenant, *idempotency, job_id)
+    return await _admit(services, record, completion)
+
+
+async def _admit(services: Services, record: JobRecord, completion: IdempotentCreate | None = None) -> Response:
+    """The record and its queue entry, atomically; its image (if any) is stored already."""
     try:
         # Into the tenant's queue; the dispatcher moves it to the model's worker queue (shared/fairqueue.py).
         created = await services.fairq.acreate(record, completion)
@@ -304,18 +483,31 @@ def delete_video(record: JobDep, services: ServicesDep) -> VideoDeleted:
     return VideoDeleted(id=record.id, object="video.deleted", deleted=True)
 
 
-@router.get("/{video_id}/content", responses=CONTENT, summary="Download the MP4, its thumbnail or its spritesheet")
+@router.get(
+    "/{video_id}/content", responses=CONTENT, summary="Download the MP4, its thumbnail or its spritesheet (an image: its PNG)"
+)
 def download_content(
-    video_id: str, services: ServicesDep, principal: PrincipalDep, variant: Annotated[Variant, Query()] = "video"
+    video_id: str,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    variant: Annotated[
+        Variant | None,
+        Query(
+            description="video (MP4), thumbnail (WebP), spritesheet (JPEG), image (PNG, image jobs); default: video, an image job's image."
+        ),
+    ] = None,
 ) -> Response:
     record = jobs.load_job(services, principal, video_id)  # after the query is checked: a bad variant is a 400
+    if variant is None:
+        variant = "image" if record.spec.kind == "image" else "video"
     if record.status is not JobStatus.completed:
         raise Conflict(f"video {video_id} is {record.status.value}; content exists once it is completed", param="video_id")
     if record.expires_at is not None and record.expires_at <= time.time():
         raise Gone(f"the outputs of video {video_id} expired at {int(record.expires_at)}", param="video_id")
     key = record.outputs.get(variant)
     if key is None:
-        raise NotFound(f"video {video_id} has no {variant}", param="variant")
+        kinds = ", ".join(v for v in record.outputs)
+        raise NotFound(f"{record.spec.kind} {video_id} has no {variant}; it has: {kinds or 'nothing stored'}", param="variant")
     if services.settings.s3.presigned_content:
         return RedirectResponse(services.storage.presigned_url(key), status_code=302)
     try:

@@ -216,8 +216,12 @@ function render(job) {
   badge.textContent = statusLabel(video.status);
   badge.className = `badge badge-${video.status}`;
   const created = new Date(video.created_at * 1000).toLocaleString();
-  el.querySelector(".meta").textContent =
-    `${video.model} · ${video.size} · ${video.seconds} s (${video.num_frames} frames at ${video.fps} fps) · seed ${video.seed} · ${created}`;
+  const frames = video.source_frames ? video.source_frames + video.num_frames - 1 : video.num_frames;
+  const shape = video.kind === "image" ? "image" : `${video.seconds} s (${frames} frames at ${video.fps} fps)`;
+  const parts = [video.model, video.size, shape, `seed ${video.seed}`];
+  if (video.extended_from_video_id) parts.push(`extends ${video.extended_from_video_id} by ${video.num_frames - 1} frames`);
+  if (video.remixed_from_video_id) parts.push(`remix of ${video.remixed_from_video_id}`);
+  el.querySelector(".meta").textContent = [...parts, created].join(" · ");
   const progress = el.querySelector("progress");
   progress.value = video.progress;
   progress.setAttribute("aria-label", `Progress of “${video.prompt.slice(0, 40)}”: ${video.progress}%`);
@@ -230,6 +234,8 @@ function render(job) {
   cancel.hidden = TERMINAL.has(video.status);
   cancel.disabled = Boolean(video.cancel_requested);
   cancel.textContent = video.cancel_requested ? "Stopping…" : "Cancel";
+  el.querySelector(".extend").hidden = !(video.status === "completed" && video.kind !== "image");
+  el.querySelector(".remix").hidden = video.status !== "completed";
   if (video.status === "completed" && !job.media) mediaObserver.observe(el);
 }
 
@@ -248,6 +254,10 @@ function addJob(video, { prepend = false } = {}) {
   el.querySelector("video").setAttribute("aria-label", `Video: ${video.prompt.slice(0, 80)}`);
   el.querySelector(".cancel").addEventListener("click", () => cancelJob(video.id));
   el.querySelector(".delete").addEventListener("click", () => deleteJob(video.id));
+  el.querySelector(".extend").addEventListener("click", () => openFollowup(video.id, "extend"));
+  el.querySelector(".remix").addEventListener("click", () => openFollowup(video.id, "remix"));
+  el.querySelector(".followup-close").addEventListener("click", () => (el.querySelector(".followup").hidden = true));
+  el.querySelector(".followup").addEventListener("submit", (event) => submitFollowup(event, video.id));
   const job = { video, el, timing: {}, media: null, added: performance.now() };
   jobs.set(video.id, job);
   const list = $("#jobs");
@@ -282,6 +292,7 @@ const mediaObserver = new IntersectionObserver((entries) => {
 async function loadMedia(job) {
   job.media = [];
   const id = job.video.id;
+  if (job.video.kind === "image") return loadImage(job);
   const player = job.el.querySelector("video");
   try {
     const thumbnail = await api(`/v1/videos/${id}/content?variant=thumbnail`).then((r) => r.blob());
@@ -308,7 +319,93 @@ async function loadMedia(job) {
   }
 }
 
+// An image job (POST /v1/images/generations): its PNG, shown and downloadable.
+async function loadImage(job) {
+  const id = job.video.id;
+  try {
+    const blob = await api(`/v1/videos/${id}/content?variant=image`).then((r) => r.blob());
+    const url = URL.createObjectURL(blob);
+    job.media.push(url);
+    const still = job.el.querySelector("img.still");
+    still.src = url;
+    still.alt = `Image: ${job.video.prompt.slice(0, 80)}`;
+    still.hidden = false;
+    const link = job.el.querySelector(".download");
+    link.href = url;
+    link.download = `${id}.png`;
+    link.textContent = "Download PNG";
+    link.hidden = false;
+  } catch (err) {
+    const error = job.el.querySelector(".error");
+    error.textContent = `Could not load the image: ${explain(err)}`;
+    error.hidden = false;
+  }
+}
+
 // Actions --------------------------------------------------------------------------------------
+
+// Extend (a new part from the last frame, delivered as the whole video) or remix (a new prompt, same parameters).
+function openFollowup(id, mode) {
+  const job = jobs.get(id);
+  if (!job) return;
+  const form = job.el.querySelector(".followup");
+  form.dataset.mode = mode;
+  form.querySelector(".followup-title").textContent =
+    mode === "extend" ? "Continue this video from its last frame" : "Remix: the same settings and seed, a new prompt";
+  form.querySelector(".followup-extend").hidden = mode !== "extend";
+  form.querySelector(".followup-submit").textContent = mode === "extend" ? "Extend" : "Remix";
+  const prompt = form.elements.prompt;
+  prompt.placeholder = mode === "extend" ? "What happens next" : job.video.prompt;
+  if (mode === "extend") {
+    // Only image-to-video models can start from a frame.
+    const able = models.filter((m) => m.image_input !== "none");
+    const select = form.elements.model;
+    select.replaceChildren(
+      ...able.map((m) => {
+        const option = document.createElement("option");
+        option.value = m.id;
+        option.textContent = m.id;
+        return option;
+      }),
+    );
+    if (able.some((m) => m.id === job.video.model)) select.value = job.video.model;
+    form.elements.seconds.placeholder = `seconds to add (default ${(job.video.num_frames / job.video.fps).toFixed(1)})`;
+  }
+  form.hidden = false;
+  prompt.focus();
+}
+
+async function submitFollowup(event, id) {
+  event.preventDefault();
+  const form = event.target;
+  const mode = form.dataset.mode;
+  const prompt = form.elements.prompt.value;
+  if (!prompt.trim()) {
+    form.elements.prompt.focus();
+    return say("Write a prompt first.", true);
+  }
+  const button = form.querySelector(".followup-submit");
+  button.disabled = true;
+  try {
+    let response;
+    if (mode === "extend") {
+      const body = { video: { id }, prompt, model: form.elements.model.value };
+      if (form.elements.seconds.value !== "") body.seconds = Number(form.elements.seconds.value);
+      response = await api("/v1/videos/extensions", { method: "POST", json: body });
+    } else {
+      response = await api(`/v1/videos/${id}/remix`, { method: "POST", json: { prompt } });
+    }
+    const video = await response.json();
+    addJob(video, { prepend: true });
+    form.hidden = true;
+    form.elements.prompt.value = "";
+    say(`${mode === "extend" ? "Extending" : "Remixing"} ${id} as ${video.id}.`);
+  } catch (err) {
+    say(explain(err), true);
+  } finally {
+    button.disabled = false;
+  }
+}
 
 async function refreshJobs() {
   const asked = performance.now();

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -161,6 +162,96 @@ def test_submit_watch_play_cancel_delete_in_chromium(
     page.screenshot(path=str(artifacts / "web-page-phone.png"))
     assert script_errors == []
     page.close()
+
+
+@needs_chromium
+def test_extend_remix_and_an_image_in_chromium(
+    stack: Stack, api: httpx.Client, browser: Any, artifacts: Path, api_key_for_page: str | None
+) -> None:
+    # A finished video and a finished image, made over the API; the page shows both.
+    made = api.post(
+        "/v1/videos",
+        json={
+            "prompt": "a windmill at noon",
+            "model": "tiny-t2v-a14b",
+            "size": "64x64",
+            "num_frames": 9,
+            "fps": 8,
+            "num_inference_steps": 2,
+        },
+    ).json()
+    image = api.post(
+        "/v1/images/generations",
+        json={"prompt": "a windmill, still", "model": "tiny-ti2v-5b", "size": "64x64", "num_inference_steps": 2},
+    )
+    assert image.status_code == 200, image.text
+    image_id = image.json()["data"][0]["id"]
+    deadline = time.monotonic() + 120
+    while api.get(f"/v1/videos/{made['id']}").json()["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    page = browser.new_page(viewport={"width": 1000, "height": 1300})
+    page.set_default_timeout(60_000)
+    script_errors: list[str] = []
+    page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+    if api_key_for_page:
+        page.add_init_script(f"localStorage.setItem('wanq.apiKey', {json.dumps(api_key_for_page)})")
+    page.goto(f"{stack.api_url}/")
+    source = f'li[data-id="{made["id"]}"]'
+    page.wait_for_selector(f"{source} button.extend", state="visible")
+
+    # The image job: its PNG shown in place of a player, downloadable as a PNG; no Extend for an image.
+    still = f'li[data-id="{image_id}"]'
+    page.locator(still).scroll_into_view_if_needed()  # media load as a card scrolls into view
+    page.wait_for_function("sel => document.querySelector(sel + ' img.still').naturalWidth === 64", arg=still)
+    assert page.is_hidden(f"{still} video") and page.is_hidden(f"{still} button.extend")
+    assert page.get_attribute(f"{still} a.download", "download") == f"{image_id}.png"
+
+    # Extend: a prompt, an image-to-video model (only those are offered), seconds to add.
+    known = set(page.eval_on_selector_all("#jobs li.job", "items => items.map(li => li.dataset.id)"))
+    page.locator(source).scroll_into_view_if_needed()
+    page.click(f"{source} button.extend")
+    offered = page.eval_on_selector_all(f"{source} .followup select option", "options => options.map(o => o.value)")
+    assert set(offered) == {"tiny-i2v-a14b", "tiny-ti2v-5b"}
+    page.fill(f"{source} .followup textarea", "the sails start to turn")
+    page.select_option(f"{source} .followup select", "tiny-i2v-a14b")
+    page.fill(f"{source} .followup input[name=seconds]", "1")
+    ext_id = _submit_followup(page, source, known)
+    known.add(ext_id)
+    ext = f'li[data-id="{ext_id}"]'
+    page.wait_for_function("sel => document.querySelector(sel).dataset.status === 'completed'", arg=ext, timeout=120_000)
+    assert f"extends {made['id']} by 8 frames" in page.inner_text(f"{ext} .meta") and "17 frames" in page.inner_text(
+        f"{ext} .meta"
+    )
+    page.locator(ext).scroll_into_view_if_needed()
+    page.wait_for_function("sel => document.querySelector(sel + ' video').readyState >= 2", arg=ext)
+    duration = page.eval_on_selector(f"{ext} video", "v => v.duration")
+    assert abs(duration - 17 / 8) < 0.2, duration
+
+    # Remix: a new prompt, the same settings and seed.
+    page.click(f"{source} button.remix")
+    assert page.is_hidden(f"{source} .followup select")
+    page.fill(f"{source} .followup textarea", "a windmill at night")
+    remix_id = _submit_followup(page, source, known)
+    remix = f'li[data-id="{remix_id}"]'
+    page.wait_for_function("sel => document.querySelector(sel).dataset.status === 'completed'", arg=remix, timeout=120_000)
+    assert f"remix of {made['id']}" in page.inner_text(f"{remix} .meta")
+    video = api.get(f"/v1/videos/{remix_id}").json()
+    assert (video["prompt"], video["seed"], video["remixed_from_video_id"]) == ("a windmill at night", made["seed"], made["id"])
+    page.screenshot(path=str(artifacts / "web-page-extend.png"), full_page=True)
+    assert script_errors == []
+    page.close()
+
+
+def _submit_followup(page: Any, card: str, known: set[str]) -> str:
+    page.click(f"{card} .followup button[type=submit]")
+    page.wait_for_function(
+        "known => [...document.querySelectorAll('#jobs li.job')].some(li => !known.includes(li.dataset.id))", arg=sorted(known)
+    )
+    ids = page.eval_on_selector_all("#jobs li.job", "items => items.map(li => li.dataset.id)")
+    (new,) = set(ids) - known
+    return str(new)
 
 
 @pytest.fixture

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from PIL import Image
 
 from tests.conftest import png_bytes
 from wanq.stack import Stack
+from worker.export import probe_mp4
 
 WAN = {"num_frames": 9, "num_inference_steps": 2, "seed": 11}
 
@@ -72,3 +76,53 @@ def test_errors_surface_as_sdk_exceptions_with_our_message(client: openai.OpenAI
     with pytest.raises(openai.BadRequestError) as info:
         client.videos.create(prompt="x", model="tiny-t2v-a14b", extra_body={"num_frames": 8})
     assert "num_frames" in str(info.value)
+
+
+def test_extend_and_remix(client: openai.OpenAI, tmp_path: Path) -> None:
+    source = client.videos.create_and_poll(
+        prompt="a kite on a beach", model="tiny-t2v-a14b", size="64x64", poll_interval_ms=200, extra_body=WAN
+    )
+    assert source.status == "completed", source
+    # The SDK's `video` must be a file (its {"id": ...} form fails inside the SDK before sending): an empty one,
+    # with the id as the form field video[id] (what extra_body={"video": {"id": ...}} becomes in a multipart body).
+    extended = client.videos.extend(
+        prompt="the kite flies off",
+        seconds="4",
+        video=b"",
+        extra_body={"video": {"id": source.id}, "model": "tiny-i2v-a14b", "num_inference_steps": 2},
+    )
+    done = client.videos.poll(extended.id, poll_interval_ms=200)
+    assert done.status == "completed", done
+    extra = done.model_extra or {}
+    assert extra["extended_from_video_id"] == source.id and extra["source_frames"] == 9
+    total = 9 + extra["num_frames"] - 1  # 4 s at 8 fps: 33 new frames
+    assert done.seconds == f"{total / 8:g}" and done.size == "64x64"
+    path = tmp_path / "long.mp4"
+    path.write_bytes(client.videos.download_content(done.id).read())
+    assert probe_mp4(path)["frames"] == total == 41
+
+    remixed = client.videos.remix(source.id, prompt="a kite on a snowfield")
+    assert remixed.remixed_from_video_id == source.id and remixed.prompt == "a kite on a snowfield"
+    remixed = client.videos.poll(remixed.id, poll_interval_ms=200)
+    assert remixed.status == "completed" and (remixed.model_extra or {})["seed"] == 11
+
+
+@pytest.mark.parametrize("response_format", ["b64_json", "url"])
+def test_images_generate(client: openai.OpenAI, stack: Stack, response_format: str) -> None:
+    result = client.images.generate(
+        model="tiny-ti2v-5b",
+        prompt="a lantern in the fog",
+        n=2,
+        size="64x64",
+        response_format=response_format,  # type: ignore[arg-type]
+        extra_body={"num_inference_steps": 2, "seed": 21},
+    )
+    assert result.data is not None and len(result.data) == 2 and result.size == "64x64"
+    for image in result.data:
+        if response_format == "b64_json":
+            data = base64.b64decode(image.b64_json or "")
+        else:
+            assert image.url is not None and image.b64_json is None
+            data = httpx.get(image.url, headers=stack.admin_headers(), timeout=30).content
+        decoded = Image.open(io.BytesIO(data))
+        assert decoded.format == "PNG" and decoded.size == (64, 64)

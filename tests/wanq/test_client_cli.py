@@ -4,14 +4,17 @@ print. Plus the progress bar's arithmetic on a scripted clock."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.conftest import IMAGES_WAIT_S, LATE
 from wanq.client import Client
 from wanq.client_cli import ProgressBar
 from wanq.stack import Stack
@@ -68,6 +71,99 @@ def test_submit_wait_shows_steps_going_by_and_writes_the_mp4(stack: Stack, api_k
     assert deleted.returncode == 0 and deleted.stdout.strip() == f"{video_id} deleted"
     missing = wanq("status", video_id, "--url", stack.api_url, key=api_key)
     assert missing.returncode == 1 and f"no video with id '{video_id}'" in missing.stderr and "wanq list" in missing.stderr
+
+
+def test_extend_remix_and_image_from_the_command_line(stack: Stack, api_key: str | None, tmp_path: Path) -> None:
+    url = ("--url", stack.api_url)
+    source = wanq(
+        *("submit", "a heron by a pond", "--model", "tiny-ti2v-5b", "--size", "64x64", "--num-frames", "9"),
+        *("--steps", "2", "--fps", "8", "--wait", "-o", str(tmp_path / "short.mp4"), *url),
+        key=api_key,
+    )
+    assert source.returncode == 0, source.stderr
+    source_id = source.stdout.split()[0]
+
+    # `wanq extend ID "prompt" --seconds S --wait -o long.mp4`: the whole video, source frames first.
+    out = tmp_path / "long.mp4"
+    done = wanq("extend", source_id, "the heron takes off", "--seconds", "1", "--wait", "-o", str(out), *url, key=api_key)
+    assert done.returncode == 0, done.stderr
+    ext_id, path = done.stdout.split()
+    assert Path(path) == out.resolve() and done.stderr.splitlines()[-1].startswith("100%  completed")
+    assert probe_mp4(out)["frames"] == 9 + 9 - 1  # 1 s at 8 fps: 9 new frames, the first repeating the source's last
+    status = wanq("status", ext_id, "--json", *url, key=api_key)
+    assert json.loads(status.stdout)["extended_from_video_id"] == source_id
+    status = wanq("status", ext_id, *url, key=api_key)
+    assert "17 frames (2.125 s)" in status.stdout and f"extends {source_id} by 8 frames" in status.stdout, status.stdout
+
+    remixed = wanq("remix", source_id, "a heron in the rain", *url, key=api_key)
+    assert remixed.returncode == 0, remixed.stderr
+    with Client(stack.api_url, api_key=api_key) as client:
+        video = client.wait(remixed.stdout.strip(), timeout=120)
+    assert video["status"] == "completed" and video["remixed_from_video_id"] == source_id
+
+    # `wanq image "prompt" -o out.png`; several: out-1.png, out-2.png.
+    image = wanq(
+        "image",
+        "a heron, still",
+        "--model",
+        "tiny-ti2v-5b",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "-o",
+        str(tmp_path / "out.png"),
+        *url,
+        key=api_key,
+    )
+    assert image.returncode == 0, image.stderr
+    assert Path(image.stdout.strip()) == (tmp_path / "out.png").resolve()
+    assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    two = wanq(
+        "image",
+        "two herons",
+        "--model",
+        "tiny-t2v-a14b",
+        "--size",
+        "64x64",
+        "--steps",
+        "2",
+        "-n",
+        "2",
+        "-o",
+        str(tmp_path / "pair.png"),
+        *url,
+        key=api_key,
+    )
+    assert two.returncode == 0, two.stderr
+    assert [Path(line).name for line in two.stdout.split()] == ["pair-1.png", "pair-2.png"]
+    refused = wanq("extend", "video_doesnotexist", "x", *url, key=api_key)
+    assert refused.returncode == 1 and "no video with id 'video_doesnotexist'" in refused.stderr
+
+
+def test_an_image_that_outlasts_the_wait_is_followed_to_its_png(stack: Stack, api_key: str | None, tmp_path: Path) -> None:
+    # No worker serves LATE until this test starts one: the server answers 202 after its wait, and the command
+    # follows the job until the worker has made it.
+    out = tmp_path / "late.png"
+    command = [sys.executable, "-m", "wanq", "image", "a late heron", "--model", LATE, "--size", "64x64", "--steps", "2"]
+    env = {k: v for k, v in os.environ.items() if k not in ("WANQ_URL", "WANQ_API_KEY")} | (
+        {"WANQ_API_KEY": api_key} if api_key else {}
+    )
+    proc = subprocess.Popen(
+        [*command, "-o", str(out), "--url", stack.api_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    worker = None
+    try:
+        time.sleep(IMAGES_WAIT_S)
+        worker = stack.start_worker(LATE)
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+        if worker is not None:
+            worker.stop()
+    assert proc.returncode == 0, stderr
+    assert "still running after" in stderr and Path(stdout.strip()) == out.resolve()
+    assert out.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cancel_from_the_command_line(stack: Stack, api_key: str | None) -> None:

@@ -1,0 +1,76 @@
+"""What the worker writes and reads back: MP4s joined without re-encoding decode to exactly their parts' frames
+(what an extension's MP4 is made of), a PNG keeps its frame exactly, and the previews' frame picks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from worker import export
+
+
+def moving(count: int, seed: int, size: int = 64) -> np.ndarray:
+    """Frames with motion and noise, hard enough that H.264 at CRF 18 changes every one of them."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return np.stack([np.roll(base, i, axis=1) // 2 + rng.integers(0, 64, (size, size, 3), dtype=np.uint8) for i in range(count)])
+
+
+def decoded(path: Path) -> np.ndarray:
+    return np.stack(list(export.read_frames(path)))
+
+
+@pytest.mark.parametrize(("fps", "first", "second"), [(8, 9, 4), (16, 81, 80), (24, 17, 120)])
+def test_joined_mp4_decodes_to_exactly_its_parts(tmp_path: Path, fps: int, first: int, second: int) -> None:
+    a = export.write_mp4(moving(first, 1), fps, tmp_path / "a.mp4")
+    b = export.write_mp4(moving(second, 2), fps, tmp_path / "b.mp4")
+    joined = export.concat_mp4([a, b], tmp_path / "joined.mp4")
+    frames, part_a, part_b = decoded(joined), decoded(a), decoded(b)
+    assert len(frames) == first + second
+    assert np.array_equal(frames[:first], part_a) and np.array_equal(frames[first:], part_b)
+    assert not np.array_equal(part_a, moving(first, 1))  # lossy: the equality above is the copy's, not the codec's
+    info = export.probe_mp4(joined)
+    assert info["frames"] == first + second and float(info["fps"]) == fps  # type: ignore[arg-type]
+    data = joined.read_bytes()
+    assert data.index(b"moov") < data.index(b"mdat")  # +faststart kept
+
+
+def test_a_chain_of_joins_keeps_every_earlier_frame(tmp_path: Path) -> None:
+    whole = export.write_mp4(moving(9, 1), 8, tmp_path / "0.mp4")
+    for link in range(1, 4):
+        before = decoded(whole)
+        part = export.write_mp4(moving(8, link + 1), 8, tmp_path / f"part{link}.mp4")
+        whole = export.concat_mp4([whole, part], tmp_path / f"{link}.mp4")
+        after = decoded(whole)
+        assert len(after) == len(before) + 8 and np.array_equal(after[: len(before)], before)
+    assert len(decoded(whole)) == 9 + 3 * 8
+
+
+def test_png_keeps_its_frame_exactly(tmp_path: Path) -> None:
+    frame = moving(1, 5)[0]
+    path = export.write_png(frame, tmp_path / "image.png")
+    assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), frame)
+
+
+def test_preview_picks_are_the_frames_the_previews_show(tmp_path: Path) -> None:
+    assert export.sprite_picks(1) == [0] and export.sprite_picks(9) == list(range(9))
+    picks = export.sprite_picks(361)
+    assert len(picks) == export.SPRITE_TILES and picks[0] == 0 and picks[-1] == 360 and picks == sorted(set(picks))
+    assert export.thumbnail_index(361) == 180
+    frames = moving(40, 3)
+    # Only the picked frames are ever read: a stand-in holding just those gives the same spritesheet.
+    held = {i: frames[i] for i in export.sprite_picks(40)}
+
+    class Held:
+        def __len__(self) -> int:
+            return 40
+
+        def __getitem__(self, index: int) -> np.ndarray:
+            return held[index]
+
+    export.write_spritesheet(frames, tmp_path / "all.jpg")
+    export.write_spritesheet(Held(), tmp_path / "held.jpg")
+    assert (tmp_path / "all.jpg").read_bytes() == (tmp_path / "held.jpg").read_bytes()
