@@ -99,6 +99,8 @@ class Followers(Protocol):
 
     def stop(self) -> None: ...
 
+    def exit_if_one_died(self, within_s: float = 0.0) -> None: ...
+
 
 class PromptCache:
     """Bounded LRU of text-encoder outputs, kept on the CPU, keyed by (model, text)."""
@@ -357,7 +359,9 @@ class WanEngine:
 
     def _after_failure(self, in_group: bool) -> None:
         if in_group and self.followers is not None:
-            # The followers wait in a collective that rank 0 will never join: end them now.
+            # A collective that failed because a follower died is that death: exit as the watchdog would.
+            self.followers.exit_if_one_died(within_s=1.0)
+            # Otherwise the followers wait in a collective that rank 0 will never join: end them now.
             log.error("job failed mid-denoise on rank 0: stopping the other ranks; the next job restarts the worker")
             self.followers.kill()
             self.broken = True

@@ -103,6 +103,14 @@ class Group:
 
     def _watch(self) -> None:
         while not self._closing:
+            self.exit_if_one_died()
+            time.sleep(0.2)
+
+    def exit_if_one_died(self, within_s: float = 0.0) -> None:
+        """A dead follower takes rank 0 down (EXIT_RANK_DIED), whoever notices first: the watchdog, or a collective
+        that failed because its peer went away (`within_s`: how long to wait for the kernel to report the death)."""
+        deadline = time.monotonic() + within_s
+        while True:
             for follower in self.followers:
                 code = follower.process.poll()
                 if code is not None and not self._closing:
@@ -115,7 +123,9 @@ class Group:
                     self.kill()
                     logging.shutdown()
                     os._exit(EXIT_RANK_DIED)
-            time.sleep(0.2)
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
 
     def kill(self) -> None:
         """Ends every follower now (they may be blocked in a collective that cannot finish)."""
