@@ -105,4 +105,7 @@ def test_a_route_wanq_lacks_says_so_in_openais_shape(client: openai.OpenAI) -> N
     with pytest.raises(openai.APIStatusError) as info:
         client.get("/videos/video_0/cancel", cast_to=object)
     assert info.value.status_code == 405
-    assert info.value.message == "Error code: 405 - GET /v1/videos/video_0/cancel: this route does not take GET (it takes POST); see /docs"
+    assert (
+        info.value.message
+        == "Error code: 405 - GET /v1/videos/video_0/cancel: this route does not take GET (it takes POST); see /docs"
+    )
