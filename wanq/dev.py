@@ -32,7 +32,9 @@ from wanq.stack import DEV_ADMIN_KEY_ENV, ProcessExited, Stack, StopRequested, f
 log = logging.getLogger("wanq.dev")
 
 
-def start_dev_stack(workdir: Path, *, api_port: int | None = None, models: tuple[str, ...] = TINY_MODEL_IDS) -> Stack:
+def start_dev_stack(
+    workdir: Path, *, api_port: int | None = None, models: tuple[str, ...] = TINY_MODEL_IDS, announce: bool = True
+) -> Stack:
     settings = load_settings()
     stack = Stack(workdir)
     try:
@@ -71,7 +73,7 @@ def start_dev_stack(workdir: Path, *, api_port: int | None = None, models: tuple
             stack.start_worker(model)
         for model in models:
             stack.wait_for_workers(model, 1, timeout=180)
-        for line in banner(api, models, open_mode=open_mode):
+        for line in banner(api, models, open_mode=open_mode) if announce else []:
             print(f"wanq dev: {line}", file=sys.stderr)
         return stack
     except BaseException:
@@ -185,7 +187,7 @@ def run_demo(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    stack = start_dev_stack(Path(args.workdir), api_port=None, models=("tiny-ti2v-5b",))
+    stack = start_dev_stack(Path(args.workdir), api_port=None, models=("tiny-ti2v-5b",), announce=False)  # it stops after
     try:
         # `wanq submit`, as a person would run it. The stack's key works whether or not authentication is open.
         submit = [sys.executable, "-m", "wanq", "submit", args.prompt, "--model", "tiny-ti2v-5b", "--wait", "-o", str(output)]
