@@ -152,7 +152,9 @@ def resolve(value: str, *, say: Any = None) -> Path:
     try:
         snapshot = from_hub(value)
     except PipelineDirError as exc:
-        raise PipelineDirError(f"--model-path {exc}") from None
+        # `models/ti2v` reads as a repository id too: if `models` is a directory here, a path was probably meant.
+        typo = f" (nor is there a directory {value!r} here)" if path.parent.is_dir() and str(path.parent) != "." else ""
+        raise PipelineDirError(f"--model-path {exc}{typo}") from None
     if not (snapshot / "model_index.json").is_file():
         raise PipelineDirError(
             f"--model-path {value!r}: the Hugging Face repository holds no diffusers pipeline (no model_index.json)"

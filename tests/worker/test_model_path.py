@@ -164,12 +164,17 @@ def test_a_repository_missing_from_the_cache_offline_is_one_line(hub_cache: Path
     )
 
 
-def test_neither_a_directory_nor_a_repository_id(tmp_path: Path) -> None:
+def test_neither_a_directory_nor_a_repository_id(tmp_path: Path, hub_cache: Path) -> None:
     done = wanq(tmp_path, "worker", "--model", "wan2.2-ti2v-5b", "--model-path", "./models/ti2v")
     assert refused(done) == (
         "wanq worker: --model-path './models/ti2v': no such directory, and not a Hugging Face repository id "
         "(owner/name, e.g. Wan-AI/Wan2.2-TI2V-5B-Diffusers)"
     )
+    # `models/ti2v` reads as a repository id; with a `models` directory here, a mistyped path is the likelier story.
+    (tmp_path / "models").mkdir()
+    done = wanq(tmp_path, "worker", "--model", "wan2.2-ti2v-5b", "--model-path", "models/ti2v", HF_HUB_CACHE=str(hub_cache))
+    assert refused(done).startswith("wanq worker: --model-path models/ti2v is not in the Hugging Face cache")
+    assert refused(done).endswith("(nor is there a directory 'models/ti2v' here)")
 
 
 def test_a_repository_of_another_model_is_refused_too(hub_cache: Path, tmp_path: Path) -> None:
