@@ -2,13 +2,21 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of torch is enough for the demo and the tests (tiny models). On a GPU machine,
-# install the CUDA build of torch first and set TORCH_SPEC= (empty) to keep it.
+# The CPU build of torch is enough for the demo and the tests (tiny models). A GPU host runs `make install-worker`
+# instead, in the environment that already has the CUDA build of torch.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow check lint typecheck test-fast readme clean reliability-report
+.PHONY: install install-worker demo test test-slow check lint typecheck test-fast readme clean reliability-report
 
 install: $(VENV)/.installed browser
+
+# A GPU host: wanq with its [worker] extra into the Python environment that already has the CUDA build of torch
+# (PYTHON=.../bin/python picks it; default python3). No .venv, nothing from the dev extra, no apt-get, and that torch
+# kept: it is pinned to the installed version for this install.
+install-worker:
+	@$(PYTHON) -c "import torch" 2>/dev/null || { echo "no torch in $(PYTHON)'s environment: install the CUDA build for your driver first, e.g. $(PYTHON) -m pip install torch --index-url https://download.pytorch.org/whl/cu128"; exit 1; }
+	$(PYTHON) -m pip install ".[worker]" "torch==$$($(PYTHON) -c 'import torch; print(torch.__version__)')"
+	@$(PYTHON) -c "import torch; print('wanq worker ready: torch', torch.__version__, '(CUDA', str(torch.version.cuda) + ')', torch.cuda.device_count(), 'GPU(s) visible')"
 
 # The web page's test drives Debian's headless chromium through Playwright (never `playwright install`, which
 # downloads its own browser build). Installed only where it is missing and apt-get can run; elsewhere that one

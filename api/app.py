@@ -59,6 +59,8 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         description="Self-hosted Wan2.2 video generation, OpenAI Videos API compatible.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc are served from the package's own copies (api/web.py), no CDN
+        redoc_url=None,
     )
     store = JobStore.from_settings(settings)
     aclient = connect_async(settings.redis)

@@ -56,7 +56,8 @@ def install_error_handlers(app: FastAPI) -> None:
         # Starlette's own refusals (unknown path, wrong method, a body FastAPI could not parse) in the same shape.
         code = _HTTP_CODES.get(exc.status_code, InvalidRequest.code if exc.status_code < 500 else WanqError.code)
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(error_body(str(exc.detail), code, None, type_), status_code=exc.status_code, headers=exc.headers)
+        message = _unrouted(request, exc) or str(exc.detail)
+        return JSONResponse(error_body(message, code, None, type_), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(redis.RedisError)
     async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
@@ -66,3 +67,13 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=503,
             headers={"Retry-After": "2"},
         )
+
+
+def _unrouted(request: Request, exc: HTTPException) -> str | None:
+    """What an OpenAI SDK user calling a route wanq lacks is told, instead of a bare 'Not Found' (None: not that)."""
+    if not request.url.path.startswith("/v1/") or exc.detail not in ("Not Found", "Method Not Allowed"):
+        return None
+    call = f"{request.method} {request.url.path}"
+    if exc.status_code == 405:
+        return f"{call}: this route does not take {request.method} (it takes {exc.headers.get('Allow', '?') if exc.headers else '?'}); see /docs"
+    return f"{call} is not supported by wanq: it has no such route (its routes are listed at /docs)"

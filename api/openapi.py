@@ -39,31 +39,35 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class ModelDefaults(BaseModel):
-    size: str
-    num_frames: int
-    fps: int
-    num_inference_steps: int
-    guidance_scale: float
-    guidance_scale_2: float | None
-    flow_shift: float
+    """What a job of this model gets for each field it leaves out (the model's official config)."""
+
+    size: str = Field(description="`WIDTHxHEIGHT`.", examples=["1280x704"])
+    num_frames: int = Field(description="Frames (4k+1).")
+    fps: int = Field(description="Frames per second.")
+    num_inference_steps: int = Field(description="Denoising steps.")
+    guidance_scale: float = Field(description="Classifier-free guidance.")
+    guidance_scale_2: float | None = Field(description="Guidance of the low-noise expert (A14B); null otherwise.")
+    flow_shift: float = Field(description="Shift of the flow-matching schedule.")
 
 
 class ModelInfo(BaseModel):
-    id: str
-    object: Literal["model"]
-    created: int
-    owned_by: str
-    variant: str
-    image_input: str
-    defaults: ModelDefaults
-    size_multiple: int
-    live_workers: int
-    queued: int
+    """A model this service accepts (OpenAI's model object plus wanq's fields)."""
+
+    id: str = Field(description="The id to pass as `model`.", examples=["wan2.2-ti2v-5b"])
+    object: Literal["model"] = Field(description="Always `model`.")
+    created: int = Field(description="Always 0 (OpenAI's field; wanq's models have no creation time).")
+    owned_by: str = Field(description="Always `wanq`.")
+    variant: str = Field(description="The architecture: t2v-a14b, i2v-a14b or ti2v-5b.")
+    image_input: str = Field(description="none, required (image-to-video only) or optional.")
+    defaults: ModelDefaults = Field(description="The value of each field a request leaves out.")
+    size_multiple: int = Field(description="Width and height must be multiples of this.")
+    live_workers: int = Field(description="Workers serving it now (beating in Redis).")
+    queued: int = Field(description="Its jobs waiting to start.")
 
 
 class ModelList(BaseModel):
-    object: Literal["list"]
-    data: list[ModelInfo]
+    object: Literal["list"] = Field(description="Always `list`.")
+    data: list[ModelInfo] = Field(description="Every model this service accepts, the default first.")
 
 
 class WebhookEndpoint(BaseModel):

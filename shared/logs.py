@@ -11,6 +11,7 @@ tenant and model. `bind(...)` sets fields for the whole process (a worker's mode
 from __future__ import annotations
 
 import contextvars
+import importlib
 import json
 import logging
 import re
@@ -77,3 +78,36 @@ def configure(level: str | int = "INFO") -> None:
     root.setLevel(level if isinstance(level, int) else level.upper())
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    route_third_party()
+
+
+# Libraries that write to stderr past the logging configuration: each its own handler and format, and tqdm bars.
+_OWN_HANDLERS = ("transformers", "diffusers", "torch", "torchao", "huggingface_hub")
+
+
+def route_third_party(*, import_them: bool = False) -> None:
+    """Everything the libraries say goes through the JSON handler: `warnings.warn` becomes a log line (logger
+    `py.warnings`), the loggers that bring their own stderr handler propagate to it instead, and no progress bar is
+    drawn. Their handlers come with their import: `import_them` imports their logging first (the worker and
+    `wanq generate` do, before the rest of torch, transformers and diffusers talks), and worker.startup calls this
+    again before loading a model."""
+    logging.captureWarnings(True)
+    if import_them:
+        for module in ("torch", "transformers.utils.logging", "diffusers.utils.logging", "huggingface_hub.utils"):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                pass
+    for name in _OWN_HANDLERS:
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    for module in ("transformers.utils.logging", "diffusers.utils.logging"):
+        library = sys.modules.get(module)
+        if library is not None:
+            library.disable_default_handler()  # its own handler, made on first use: made and taken off now
+            library.enable_propagation()
+            library.disable_progress_bar()
+    hub = sys.modules.get("huggingface_hub.utils")
+    if hub is not None:
+        hub.disable_progress_bars()

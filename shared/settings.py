@@ -278,9 +278,10 @@ class AuthSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     open: bool = False
-    """Development only: requests without a key act as `open_tenant` with admin rights (logged loudly)."""
+    """Development only: requests without a key, or with one this server does not know, act as `open_tenant` with admin
+    rights (logged loudly); a live key still acts as its own tenant."""
     open_tenant: str = Field(default="default", pattern=TENANT_PATTERN)
-    """The tenant that requests without a key act as in open mode."""
+    """The tenant that requests without a (known) key act as in open mode."""
     keys: list[SeedKey] = Field(default_factory=list)
     """Keys seeded by the deployment, besides those made with `wanq keys create` (which live in Redis):
     `[{"key_sha256": "...", "tenant": "acme", "admin": false}]`, or `"key"` instead of its hash."""

@@ -14,6 +14,7 @@ Rules, applied in this order:
 
 from __future__ import annotations
 
+import difflib
 import math
 import random
 from typing import Any, Literal, TypeVar
@@ -181,11 +182,38 @@ def parse_fields(model: type[Fields], data: dict[str, Any]) -> Fields:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "body"
         if err["type"] == "extra_forbidden":
-            raise InvalidRequest(f"unknown field '{field}'", param=field) from None
+            raise InvalidRequest(f"unknown field '{field}'{_did_you_mean(field)}", param=field) from None
         if err["type"] == "missing":
             raise InvalidRequest(f"'{field}' is required", param=field) from None
         value = _short(err.get("input"))
         raise InvalidRequest(f"invalid '{field}' {value}: {err['msg']}", param=field) from None
+
+
+# Names people reach for, from other APIs and CLIs (diffusers' call arguments, `wanq submit`'s flags).
+_LIKELY = {
+    "steps": "num_inference_steps",
+    "num_steps": "num_inference_steps",
+    "frames": "num_frames",
+    "duration": "seconds",
+    "length": "seconds",
+    "image": "image_url",
+    "first_frame": "image_url",
+    "guidance": "guidance_scale",
+    "cfg": "guidance_scale",
+    "shift": "flow_shift",
+    "negative": "negative_prompt",
+    "width": "size",
+    "height": "size",
+    "resolution": "size",
+    "frame_rate": "fps",
+}
+
+
+def _did_you_mean(field: str) -> str:
+    """`; did you mean 'num_inference_steps'?` for a field that is probably one of ours, else ''."""
+    known = [*VideoRequest.model_fields, "input_reference"]
+    guess = _LIKELY.get(field.lower()) or next(iter(difflib.get_close_matches(field, known, n=1, cutoff=0.75)), None)
+    return f"; did you mean '{guess}'?" if guess else ""
 
 
 def _short(value: Any) -> str:

@@ -134,14 +134,14 @@ class Video(BaseModel):
 
 
 class VideoList(BaseModel):
-    object: Literal["list"]
-    data: list[Video]
+    object: Literal["list"] = Field(description="Always `list`.")
+    data: list[Video] = Field(description="The jobs of this page, in the order asked for (newest first by default).")
     first_id: str | None = Field(description="The first id of this page: `before` for the previous page.")
     last_id: str | None = Field(description="The last id of this page: `after` for the next page.")
-    has_more: bool
+    has_more: bool = Field(description="Whether a page follows this one (ask with `after=last_id`).")
 
 
 class VideoDeleted(BaseModel):
-    id: str
-    object: Literal["video.deleted"]
-    deleted: bool
+    id: str = Field(description="The deleted job's id.")
+    object: Literal["video.deleted"] = Field(description="Always `video.deleted`.")
+    deleted: bool = Field(description="True: the record and its stored files are gone.")

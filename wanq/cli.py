@@ -23,10 +23,12 @@ from wanq import client_cli, keys_cli, webhooks_cli
 from wanq.config import UsageError, add_engine_flags, load_settings, reporting_usage_errors, settings_with_engine_flags
 
 
-def _configure_logging(level: str) -> None:
-    from shared.logs import configure
+def _configure_logging(level: str, *, torch_side: bool = False) -> None:
+    from shared.logs import configure, route_third_party
 
     configure(level)
+    if torch_side:
+        route_third_party(import_them=True)
 
 
 def _known_model(command: str, model: str) -> str:
@@ -35,13 +37,18 @@ def _known_model(command: str, model: str) -> str:
     return model
 
 
-def _pipeline_dir(command: str, path: str) -> Path:
-    if not (Path(path) / "model_index.json").is_file():
-        raise UsageError(
-            f"wanq {command}: --model-path {path!r} is not a diffusers pipeline directory (no model_index.json); "
-            "download one with `wanq fetch-model` or make a tiny one with `wanq tiny-model`"
-        )
-    return Path(path)
+def _pipeline_dir(command: str, path: str, model: str | None = None) -> Path:
+    """The pipeline directory --model-path names (a directory, or a Hugging Face repository id resolved through its
+    cache), checked to hold the pipeline `model` means (worker/pipeline_dir.py; no torch yet)."""
+    from worker.pipeline_dir import PipelineDirError, check, resolve
+
+    try:
+        directory = resolve(path, say=lambda line: print(f"wanq {command}: {line}", file=sys.stderr))
+        if model is not None:
+            check(model, directory)
+    except PipelineDirError as exc:
+        raise UsageError(f"wanq {command}: {exc}") from None
+    return directory
 
 
 # Commands ----------------------------------------------------------------------------------------
@@ -88,7 +95,8 @@ def cmd_worker(args: argparse.Namespace) -> None:
     # 1. Check what was given, before the slow imports (torch)
     settings = settings_with_engine_flags(load_settings(), args)
     model = _known_model("worker", args.model)
-    model_path = _pipeline_dir("worker", args.model_path)
+    model_path = _pipeline_dir("worker", args.model_path, model)
+    _configure_logging(args.loglevel, torch_side=True)  # torch and diffusers then say everything as JSON lines
 
     from worker import accel
     from worker.service import run
@@ -102,31 +110,37 @@ def cmd_worker(args: argparse.Namespace) -> None:
         settings = settings.model_copy(update={"models": [*settings.models, model]})
 
     # 2. Run
-    _configure_logging(args.loglevel)
     run(settings, model, model_path, loglevel=args.loglevel)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     # 1. Check what was given, before the slow imports (torch)
     settings = settings_with_engine_flags(load_settings(), args)
-    model_path = _pipeline_dir("generate", args.model_path)
     if args.model is not None:
         _known_model("generate", args.model)
+    model_path = _pipeline_dir("generate", args.model_path, args.model)
     if args.image and not Path(args.image).is_file():
         raise UsageError(f"wanq generate: --image {args.image!r}: no such file")
+    from worker.pipeline_dir import TITLES, inspect, model_ids
 
+    shape = inspect(model_path)
+    if shape.variant is None:
+        raise UsageError(
+            f"wanq generate: {model_path} holds no Wan2.2 pipeline wanq knows ({shape.describe()}); "
+            f"wanq runs {', '.join(TITLES.values())}"
+        )
+
+    _configure_logging(args.loglevel, torch_side=True)  # torch and diffusers then say everything as JSON lines
     from PIL import Image
 
     from shared.errors import WanqError
     from shared.specs import NUMBER_FIELDS, VideoRequest, resolve_spec
     from worker import export
-    from worker.engine import detect_variant
     from worker.startup import start_engine
 
-    # 2. Resolve the request as the service would
-    _configure_logging(args.loglevel)
-    variant = detect_variant(model_path)
-    model_id = args.model or next(m for m, s in PRESETS.items() if s.variant == variant and s.tiny == args.tiny)
+    # 2. Resolve the request as the service would. A tiny pipeline (`wanq tiny-model`) takes the tiny defaults (64x64,
+    # 17 frames, 4 steps) unless --model says otherwise: the real ones would take minutes on a CPU.
+    model_id = args.model or model_ids(shape.variant, tiny=args.tiny or shape.tiny)[0]
     catalog = {model_id: PRESETS[model_id]}
     image = Image.open(args.image).convert("RGB") if args.image else None
     fields = {k: getattr(args, k) for k in ("size", *NUMBER_FIELDS, "negative_prompt") if getattr(args, k) is not None}
@@ -151,8 +165,15 @@ def cmd_generate(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise UsageError(f"wanq generate: {exc}") from None
     started = time.perf_counter()
-    result = engine.generate(spec, image, on_step=lambda i, n: print(f"\rstep {i}/{n}", end="", file=sys.stderr))
-    print(file=sys.stderr)
+    # On a terminal one line, redrawn; in a log one line per step.
+    tty = sys.stderr.isatty()
+    result = engine.generate(
+        spec,
+        image,
+        on_step=lambda i, n: print(f"\rstep {i}/{n}" if tty else f"step {i}/{n}", end="" if tty else "\n", file=sys.stderr),
+    )
+    if tty:
+        print(file=sys.stderr)
     out = Path(args.output)
     t0 = time.perf_counter()
     export.write_mp4(result.frames, spec.fps, out)
@@ -196,9 +217,13 @@ def cmd_worker_drain(args: argparse.Namespace) -> None:
 
 def cmd_fetch_model(args: argparse.Namespace) -> None:
     from worker.control import fetch_model
+    from worker.pipeline_dir import PipelineDirError
 
     _known_model("fetch-model", args.model)
-    print(fetch_model(args.model, Path(args.dir), revision=args.revision))
+    try:
+        print(fetch_model(args.model, Path(args.dir), revision=args.revision))
+    except PipelineDirError as exc:
+        raise UsageError(f"wanq fetch-model: --model {args.model}: {exc}") from None
 
 
 def cmd_dispatcher(args: argparse.Namespace) -> None:
@@ -243,7 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a GPU worker for one model")
     p.add_argument("--model", required=True, help="model id it serves (its queue is wanq.<model>)")
-    p.add_argument("--model-path", required=True, help="a diffusers Wan2.2 pipeline directory")
+    p.add_argument(
+        "--model-path",
+        required=True,
+        help="a diffusers Wan2.2 pipeline directory, or a Hugging Face repository id (Wan-AI/Wan2.2-TI2V-5B-Diffusers: "
+        "its snapshot in the Hugging Face cache, downloaded on first use; HF_HUB_OFFLINE respected)",
+    )
     _add_loglevel(p, "INFO")
     add_engine_flags(p)
     p.set_defaults(func=cmd_worker)
@@ -263,9 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch_model)
 
     p = sub.add_parser("generate", help="run the engine alone, no service")
-    p.add_argument("--model-path", required=True)
+    p.add_argument(
+        "--model-path", required=True, help="a pipeline directory or a Hugging Face repository id (as for `wanq worker`)"
+    )
     p.add_argument("--model", help="model id whose defaults apply (default: by the directory's variant)")
-    p.add_argument("--tiny", action="store_true", help="use the tiny model defaults (64x64, 17 frames, 4 steps)")
+    p.add_argument(
+        "--tiny", action="store_true", help="use the tiny model defaults (64x64, 17 frames, 4 steps; a tiny pipeline's default)"
+    )
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt")
     p.add_argument("--image")

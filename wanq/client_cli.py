@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import re
 import shutil
 import sys
 import time
@@ -22,8 +23,8 @@ from wanq.config import DEFAULT_URL, UsageError, load_client_settings
 
 T = TypeVar("T")
 EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg", "image": "png"}
-# Share of the progress bar that denoising covers (shared/schemas.py `_STAGE_SPANS`: 5 -> 88 %).
-_DENOISE_SPAN = 83
+# What comes after denoising, each stage timed in a finished job's `timings`.
+AFTER_DENOISING = ("decoding", "encoding_video", "uploading")
 
 
 def add_commands(sub: Any) -> None:
@@ -119,8 +120,31 @@ def add_commands(sub: Any) -> None:
 # Errors ------------------------------------------------------------------------------------------
 
 
-def explain(exc: WanqClientError, *, api_key_given: bool) -> str:
-    """One line a person can act on."""
+SUBMIT_FLAGS = {
+    "input_reference": "--image",
+    "image_url": "--image",
+    "num_inference_steps": "--steps",
+    "webhook_events": "--webhook-event",
+    **{
+        name: "--" + name.replace("_", "-")
+        for name in ("model", "size", "seconds", "num_frames", "fps", "negative_prompt", "seed", "webhook_url")
+    },
+}
+"""The `wanq submit` flag of each API field, so that a refusal names what the person typed."""
+
+
+def in_flags(message: str) -> str:
+    """The server's message with the API fields it names (`'num_inference_steps'`) as the flags (`--steps`)."""
+    message = re.sub(r"'input_reference'(?: \(file\))?(?: or |/)'image_url'", "--image", message)
+    for name, flag in SUBMIT_FLAGS.items():
+        message = message.replace(f"'{name}'", flag)
+    return message
+
+
+def explain(exc: WanqClientError, *, api_key_given: bool, flags: bool = False) -> str:
+    """One line a person can act on. `flags`: the command is `wanq submit`, so API fields are named as its flags."""
+    if flags and isinstance(exc, APIError) and exc.status == 400:
+        exc = APIError(exc.status, in_flags(exc.message), exc.code, exc.param, exc.retry_after)
     if isinstance(exc, ServerUnreachable):
         return f"wanq: {exc} — start one with `wanq dev`, or pass --url / set WANQ_URL"
     if not isinstance(exc, APIError):
@@ -142,9 +166,9 @@ def explain(exc: WanqClientError, *, api_key_given: bool) -> str:
     return f"wanq: {exc.message}"
 
 
-def call(args: argparse.Namespace, action: Callable[[Client], T]) -> T:
+def call(args: argparse.Namespace, action: Callable[[Client], T], *, flags: bool = False) -> T:
     """`action` with a client for the server and key the command was given; a client error ends the command in one
-    line (exit status 1)."""
+    line (exit status 1). `flags`: refusals name `wanq submit`'s flags instead of the API's fields."""
     settings = load_client_settings()
     url = args.url or settings.url or DEFAULT_URL
     key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None) or None
@@ -152,7 +176,7 @@ def call(args: argparse.Namespace, action: Callable[[Client], T]) -> T:
         try:
             return action(client)
         except WanqClientError as exc:
-            raise SystemExit(explain(exc, api_key_given=key is not None)) from None
+            raise SystemExit(explain(exc, api_key_given=key is not None, flags=flags)) from None
 
 
 # Progress ----------------------------------------------------------------------------------------
@@ -167,18 +191,28 @@ class ProgressBar:
     """Stage, step i/N, elapsed and estimated remaining time, fed by the job's events.
 
     On a terminal: one line, redrawn. Elsewhere (a pipe, a CI log): one plain line per change of stage or step.
-    The estimate comes from the measured time per denoising step, so queue wait and model loading don't skew it;
-    the stages after denoising are assumed to take their share of the bar at the same pace."""
+    Denoising's share of the estimate comes from the measured time per step, so queue wait and model loading don't
+    skew it. What follows denoising (decoding, encoding the MP4, uploading) is not paced by steps: `after_denoising_s`
+    is its measured time on an earlier job (`estimate_after_denoising`); without one, the estimate says it covers
+    denoising only."""
 
-    def __init__(self, out: TextIO = sys.stderr, *, width: int = 24, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        out: TextIO = sys.stderr,
+        *,
+        width: int = 24,
+        clock: Callable[[], float] = time.monotonic,
+        after_denoising_s: float | None = None,
+    ) -> None:
         self.out = out
         self.width = width
         self.clock = clock
         self.tty = out.isatty()
         self.started = clock()
-        self.running_since: float | None = None
+        self.after_denoising_s = after_denoising_s
         self.first_step: tuple[int, float] | None = None
         self.seconds_per_step: float | None = None
+        self.denoised_at: float | None = None
         self.last_key: tuple[Any, ...] | None = None
         self.drawn = False
 
@@ -187,22 +221,20 @@ class ProgressBar:
         status, stage, step = video["status"], video.get("stage") or video["status"], int(video.get("step") or 0)
         total = int(video.get("total_steps") or 0)
         pct = max(0, min(100, int(video.get("progress") or 0)))
-        if status == "in_progress" and self.running_since is None:
-            self.running_since = now
         if stage == "denoising" and step > 0:
             if self.first_step is None or step < self.first_step[0]:
                 self.first_step = (step, now)
             elif step > self.first_step[0]:
                 self.seconds_per_step = (now - self.first_step[1]) / (step - self.first_step[0])
+        if stage in AFTER_DENOISING and self.denoised_at is None:
+            self.denoised_at = now
 
         label = _label(video, stage, step, total)
         key = (status, stage, step, video.get("queue_position"))
         if not self.tty and key == self.last_key:
             return
         self.last_key = key
-        remaining = self._remaining(status, pct, total, now)
-        # Under a second left says nothing useful (and the stages after denoising rarely keep the step pace exactly).
-        timing = f"{_clock(now - self.started)}" + (f", ~{_clock(remaining)} left" if remaining and remaining >= 1 else "")
+        timing = f"{_clock(now - self.started)}" + self._remaining(status, stage, step, total, now)
         if self.tty:
             filled = self.width * pct // 100
             line = f"[{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}%  {label}  {timing}"
@@ -213,21 +245,50 @@ class ProgressBar:
             self.out.write(f"{pct:3d}%  {label}  {timing}\n")
         self.out.flush()
 
-    def _remaining(self, status: str, pct: int, total: int, now: float) -> float | None:
-        if status != "in_progress" or pct >= 100:
-            return None
-        if self.seconds_per_step is not None and total:
-            seconds_per_pct = self.seconds_per_step * total / _DENOISE_SPAN
-            return (100 - pct) * seconds_per_pct
-        if self.running_since is not None and pct >= 88:
-            # Past denoising without a measured step rate (a very fast job): extrapolate from the running time.
-            return (now - self.running_since) * (100 - pct) / pct
-        return None
+    def _remaining(self, status: str, stage: str, step: int, total: int, now: float) -> str:
+        """', ~0:41 left', ', ~12s of denoising left' (nothing measured yet for what follows), or ''."""
+        if status != "in_progress":
+            return ""
+        after = self.after_denoising_s
+        if stage == "denoising" and self.seconds_per_step is not None and total:
+            denoising = (total - step) * self.seconds_per_step
+            if after is None:
+                return f", ~{_clock(denoising)} of denoising left" if denoising >= 1 else ""
+            left = denoising + after
+        elif stage in AFTER_DENOISING and after is not None and self.denoised_at is not None:
+            left = after - (now - self.denoised_at)
+        else:
+            return ""
+        # Under a second left says nothing useful.
+        return f", ~{_clock(left)} left" if left >= 1 else ""
 
     def close(self) -> None:
         if self.tty and self.drawn:
             self.out.write("\n")
             self.out.flush()
+
+
+def _pixel_frames(video: Video) -> float:
+    width, _, height = str(video.get("size") or "0x0").partition("x")
+    try:
+        return float(int(width) * int(height) * int(video.get("num_frames") or 0))
+    except ValueError:
+        return 0.0
+
+
+def estimate_after_denoising(video: Video, history: list[Video]) -> float | None:
+    """Seconds that decoding, encoding the MP4 and uploading will take for `video`: from the newest completed job of
+    the same model in `history` that timed them, scaled by width x height x frames (what they are proportional to)."""
+    size = _pixel_frames(video)
+    for earlier in history:
+        timings = earlier.get("timings") or {}
+        if earlier.get("id") == video.get("id") or earlier.get("model") != video.get("model"):
+            continue
+        if earlier.get("status") != "completed" or not all(stage in timings for stage in AFTER_DENOISING):
+            continue
+        measured, earlier_size = sum(float(timings[stage]) for stage in AFTER_DENOISING), _pixel_frames(earlier)
+        return measured * size / earlier_size if size and earlier_size else measured
+    return None
 
 
 def _label(video: Video, stage: str, step: int, total: int) -> str:
@@ -239,6 +300,16 @@ def _label(video: Video, stage: str, step: int, total: int) -> str:
     if stage == "denoising":
         return f"denoising {step}/{total or '?'}"
     return stage.replace("_", " ")
+
+
+def _detail(video: Video, step: int, total: int) -> str:
+    """What `wanq status` adds to the status: the stage or queue place while it runs or waits; nothing once it ended."""
+    if video["status"] in TERMINAL:
+        return ""
+    if video["status"] == "queued":
+        position = video.get("queue_position")
+        return f"position {position + 1} in the queue" if position is not None else ""
+    return _label(video, video.get("stage") or "", step, total)
 
 
 # Commands ----------------------------------------------------------------------------------------
@@ -253,7 +324,7 @@ def cmd_submit(args: argparse.Namespace) -> None:
     def action(client: Client) -> None:
         _follow(client, client.submit(args.prompt, image=args.image, **fields), args)
 
-    call(args, action)
+    call(args, action, flags=True)
 
 
 def _follow(client: Client, video: Video, args: argparse.Namespace) -> None:
@@ -262,7 +333,11 @@ def _follow(client: Client, video: Video, args: argparse.Namespace) -> None:
     print(video_id, flush=True)
     if not (args.wait or args.output):
         return
-    bar = ProgressBar()
+    try:
+        after = estimate_after_denoising(video, client.list(limit=20)["data"])
+    except WanqClientError:
+        after = None
+    bar = ProgressBar(after_denoising_s=after)
     try:
         for event in client.events(video_id):
             bar.update(event)
@@ -314,7 +389,7 @@ def cmd_image(args: argparse.Namespace) -> None:
             out.write_bytes(png)
             print(out.resolve())
 
-    call(args, action)
+    call(args, action, flags=True)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -324,7 +399,8 @@ def cmd_status(args: argparse.Namespace) -> None:
             print(json.dumps(video, indent=2, ensure_ascii=False))
             return
         step, total = int(video.get("step") or 0), int(video.get("total_steps") or 0)
-        print(f"{video['id']}  {video['status']}  {video['progress']}%  {_label(video, video.get('stage', ''), step, total)}")
+        detail = _detail(video, step, total)
+        print(f"{video['id']}  {video['status']}  {video['progress']}%" + (f"  {detail}" if detail else ""))
         print(
             f"  model {video['model']}, {video['size']}, {_frames(video)} frames ({video['seconds']} s), seed {video.get('seed')}"
         )
@@ -352,6 +428,8 @@ def cmd_list(args: argparse.Namespace) -> None:
         if args.json:
             print(json.dumps(videos, indent=2, ensure_ascii=False))
             return
+        if not videos:
+            print('wanq: no jobs yet; `wanq submit "a prompt"` makes one', file=sys.stderr)
         for video in videos:
             step, total = int(video.get("step") or 0), int(video.get("total_steps") or 0)
             label = _label(video, video.get("stage", ""), step, total)

@@ -15,7 +15,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on host:port now (as uvicorn binds: SO_REUSEADDR, so TIME_WAIT is no obstacle)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -64,6 +76,92 @@ def _as_written(seed: SeedKey) -> dict[str, object]:
     return {**secret, "tenant": seed.tenant, "admin": seed.admin}
 
 
+# Signals -------------------------------------------------------------------------------------------
+
+
+class StopRequested(BaseException):
+    """A stop signal arrived (SIGTERM, SIGINT, SIGHUP) while `stop_on_signals` was in force: raised in the main thread,
+    like KeyboardInterrupt, so that whatever is under way unwinds to the code that stops the stack."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class _Signals:
+    received: int | None = None
+    raised = False
+    held = 0
+    """> 0 while a child is being started: the signal waits until it is in `processes` (so it is stopped too)."""
+    quiet = 0
+    """> 0 while stopping: a signal is only noted, never raised (a stop is not cut short by another)."""
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _Signals.received = _Signals.received or signum
+    if _Signals.raised or _Signals.held or _Signals.quiet:
+        return
+    _Signals.raised = True
+    raise StopRequested(signum)
+
+
+@contextmanager
+def stop_on_signals(signums: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) -> Iterator[None]:
+    """While the block runs, the first of these signals raises StopRequested (at once, or once the child being
+    started is recorded); later ones are ignored: the stop is under way. Installed before anything starts, so a signal
+    during start-up stops every child too."""
+    previous = {signum: signal.signal(signum, _on_signal) for signum in signums}
+    _Signals.received, _Signals.raised = None, False
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def _holding_signals() -> Iterator[None]:
+    _Signals.held += 1
+    try:
+        yield
+    finally:
+        _Signals.held -= 1
+    if not (_Signals.held or _Signals.quiet or _Signals.raised) and _Signals.received is not None:
+        _Signals.raised = True
+        raise StopRequested(_Signals.received)
+
+
+@contextmanager
+def quiet_signals() -> Iterator[None]:
+    """A stop signal during the block is noted, not raised (around stopping the stack)."""
+    _Signals.quiet += 1
+    try:
+        yield
+    finally:
+        _Signals.quiet -= 1
+
+
+class ProcessExited(RuntimeError):
+    """A child of the stack ended while the stack waited for it to be ready."""
+
+    def __init__(self, managed: Managed) -> None:
+        super().__init__(f"{managed.name} exited with {managed.proc.returncode}:\n{managed.log()[-3000:]}")
+        self.managed = managed
+
+    def last_words(self) -> str:
+        """The last line its log has, as said (the message of a JSON line)."""
+        for line in reversed(self.managed.log().strip().splitlines()):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                return line
+            return str(entry.get("msg", line)) if isinstance(entry, dict) else line
+        return "(its log is empty)"
+
+
 @dataclass
 class Managed:
     name: str
@@ -76,7 +174,7 @@ class Managed:
     def check_alive(self) -> bool:
         """True while running; raises with the end of its log once it has exited (no waiting for nothing)."""
         if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            raise ProcessExited(self)
         return True
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
@@ -119,10 +217,13 @@ class Stack:
         env = {**os.environ, **AWS_TEST_ENV, **self.env, **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
         env.pop(DEV_ADMIN_KEY_ENV, None)  # the processes get only its hash (WANQ_AUTH_KEYS)
         log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        log_file.close()
-        managed = Managed(name, proc, log_path)
-        self.processes.append(managed)
+        with _holding_signals():  # a stop signal now waits until the child is in `processes`, so it is stopped too
+            try:
+                proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            finally:
+                log_file.close()
+            managed = Managed(name, proc, log_path)
+            self.processes.append(managed)
         return managed
 
     def start_redis(self, port: int | None = None, *, appendonly: bool = False) -> str:
@@ -181,6 +282,12 @@ class Stack:
         api = self.spawn(f"api-{port}", [sys.executable, "-m", "wanq", "api", "--host", "127.0.0.1", "--port", str(port)])
         self.api_url = f"http://127.0.0.1:{port}"
         wait_until(lambda: api.check_alive() and self._healthy(self.api_url), 120, f"the API on port {port}")
+        if self.admin_headers():
+            # Ours, not another server that held the port first (ours then exits): that one does not know our key.
+            answer = httpx.get(f"{self.api_url}/v1/models", headers=self.admin_headers(), timeout=5)
+            api.check_alive()
+            if answer.status_code == 401:
+                raise RuntimeError(f"another server answers on port {port} (it refuses this stack's key); pass another port")
         return self.api_url
 
     def seed_admin_key(self, tenant: str = "admin") -> str:
@@ -240,10 +347,11 @@ class Stack:
             return False
 
     def stop(self) -> None:
-        # Workers and the API first, then the services they talk to.
-        for managed in sorted(self.processes, key=lambda m: m.name.startswith(("redis", "s3"))):
-            managed.stop()
-        self.processes.clear()
+        # Workers and the API first, then the services they talk to. A stop signal meanwhile cuts nothing short.
+        with quiet_signals():
+            for managed in sorted(self.processes, key=lambda m: m.name.startswith(("redis", "s3"))):
+                managed.stop()
+            self.processes.clear()
 
     def __enter__(self) -> Stack:
         return self

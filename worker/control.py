@@ -78,9 +78,9 @@ def fetch_model(model: str, directory: Path, *, revision: str | None = None) -> 
         write_tiny_model(directory, spec.variant)
         what = "wrote a tiny random-weight pipeline"
     else:
-        from huggingface_hub import snapshot_download  # ships with diffusers; reads HF_TOKEN itself
+        from worker.pipeline_dir import from_hub  # huggingface_hub ships with diffusers; it reads HF_TOKEN itself
 
-        snapshot_download(spec.hf_repo, local_dir=directory, revision=revision)
+        from_hub(spec.hf_repo, local_dir=directory, revision=revision)  # a failure: PipelineDirError, one line
         what = f"downloaded {spec.hf_repo}"
     marker.write_text(f"{spec.hf_repo}@{revision or 'main'}\n")
     return f"{model}: {what} to {directory}"

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared import logs
 from shared.settings import EngineSettings
 from worker import accel
 from worker.engine import WanEngine, rank_device
@@ -27,6 +28,7 @@ def start_engine(
 ) -> WanEngine:
     """The engine this process serves jobs with. The arguments are `WanEngine`'s; with several GPUs,
     each follower builds its engine with the same ones."""
+    logs.route_third_party()  # diffusers, transformers and torch are imported by now: their output into our log lines
     if settings.num_gpus == 1:
         return WanEngine(model_path, settings, model_id=model_id, factory=factory, factory_kwargs=factory_kwargs)
     started = time.perf_counter()

@@ -47,6 +47,23 @@ def test_bad_field_is_400_naming_field_and_value(
     assert store.queued_count(fields["model"]) == before
 
 
+@pytest.mark.parametrize(
+    ("field", "suggestion"),
+    [
+        ("steps", "num_inference_steps"),
+        ("frames", "num_frames"),
+        ("num_frame", "num_frames"),
+        ("guidance_scale2", "guidance_scale_2"),
+    ],
+)
+def test_an_unknown_field_suggests_the_likely_one(api: httpx.Client, field: str, suggestion: str) -> None:
+    response = api.post("/v1/videos", json={"prompt": "x", "model": "tiny-t2v-a14b", field: 8})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == f"unknown field '{field}'; did you mean '{suggestion}'?"
+    unrelated = api.post("/v1/videos", json={"prompt": "x", "model": "tiny-t2v-a14b", "frobnicate": 1})
+    assert unrelated.json()["error"]["message"] == "unknown field 'frobnicate'"
+
+
 def test_unknown_model_lists_the_configured_ones(api: httpx.Client) -> None:
     response = api.post("/v1/videos", json={"prompt": "x", "model": "sora-2"})
     assert response.status_code == 400

@@ -126,3 +126,40 @@ def test_images_generate(client: openai.OpenAI, stack: Stack, response_format: s
             data = httpx.get(image.url, headers=stack.admin_headers(), timeout=30).content
         decoded = Image.open(io.BytesIO(data))
         assert decoded.format == "PNG" and decoded.size == (64, 64)
+
+
+def test_models_retrieve_and_list(client: openai.OpenAI) -> None:
+    model = client.models.retrieve("tiny-ti2v-5b")
+    assert model.id == "tiny-ti2v-5b" and model.object == "model" and model.owned_by == "wanq"
+    assert model.model_extra and model.model_extra["variant"] == "ti2v-5b" and model.model_extra["defaults"]["fps"] == 8
+    assert "tiny-ti2v-5b" in [m.id for m in client.models.list()]
+    with pytest.raises(openai.NotFoundError) as info:
+        client.models.retrieve("sora-2")
+    assert info.value.body == {
+        "message": f"no model 'sora-2' here; this server serves: {', '.join(('tiny-t2v-a14b', 'tiny-i2v-a14b', 'tiny-ti2v-5b', 'wan2.2-t2v-a14b'))}",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "not_found",
+    }
+
+
+def test_a_route_wanq_lacks_says_so_in_openais_shape(client: openai.OpenAI) -> None:
+    # Not a bare 'Not Found': the SDK user learns which call wanq does not support.
+    with pytest.raises(openai.NotFoundError) as info:
+        client.audio.speech.create(model="tts-1", voice="alloy", input="hello")
+    assert info.value.body == {
+        "message": "POST /v1/audio/speech is not supported by wanq: it has no such route (its routes are listed at /docs)",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "not_found",
+    }
+    with pytest.raises(openai.NotFoundError) as info:
+        client.files.list()
+    assert "GET /v1/files is not supported by wanq" in info.value.message
+    with pytest.raises(openai.APIStatusError) as info:
+        client.get("/videos/video_0/cancel", cast_to=object)
+    assert info.value.status_code == 405
+    assert (
+        info.value.message
+        == "Error code: 405 - GET /v1/videos/video_0/cancel: this route does not take GET (it takes POST); see /docs"
+    )

@@ -81,8 +81,14 @@ def test_keys_use_the_redis_of_the_wanq_dev_running_here(tmp_path: Path, closed_
 def test_generate_without_a_pipeline_directory(tmp_path: Path) -> None:
     done = wanq(tmp_path, "generate", "--model-path", "/nonexistent", "--prompt", "a fox")
     assert refused(done) == (
-        "wanq generate: --model-path '/nonexistent' is not a diffusers pipeline directory (no model_index.json); "
-        "download one with `wanq fetch-model` or make a tiny one with `wanq tiny-model`"
+        "wanq generate: --model-path '/nonexistent': no such directory, and not a Hugging Face repository id "
+        "(owner/name, e.g. Wan-AI/Wan2.2-TI2V-5B-Diffusers)"
+    )
+    done = wanq(tmp_path, "generate", "--model-path", str(tmp_path), "--prompt", "a fox")
+    assert refused(done) == (
+        f"wanq generate: --model-path '{tmp_path}' is not a diffusers pipeline directory (no model_index.json); give a "
+        "Hugging Face repository id (e.g. Wan-AI/Wan2.2-TI2V-5B-Diffusers), download one with `wanq fetch-model`, or "
+        "make a tiny one with `wanq tiny-model`"
     )
 
 

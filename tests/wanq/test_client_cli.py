@@ -16,7 +16,7 @@ from typing import Any
 
 from tests.conftest import IMAGES_WAIT_S, LATE
 from wanq.client import Client
-from wanq.client_cli import ProgressBar
+from wanq.client_cli import ProgressBar, estimate_after_denoising
 from wanq.stack import Stack
 from worker.export import probe_mp4
 
@@ -60,7 +60,7 @@ def test_submit_wait_shows_steps_going_by_and_writes_the_mp4(stack: Stack, api_k
 
     # The same job through the other commands.
     status = wanq("status", video_id, "--url", stack.api_url, key=api_key)
-    assert status.returncode == 0 and f"{video_id}  completed  100%" in status.stdout, status
+    assert status.returncode == 0 and status.stdout.splitlines()[0] == f"{video_id}  completed  100%", status
     assert "seed 3" in status.stdout and "17 frames" in status.stdout
     listed = wanq("list", "--limit", "50", "--url", stack.api_url, key=api_key)
     assert any(line.startswith(video_id) and "completed" in line for line in listed.stdout.splitlines()), listed
@@ -190,6 +190,29 @@ def test_unknown_model_names_the_choices(stack: Stack, api_key: str | None) -> N
     assert "wanq models" in done.stderr
 
 
+def test_refusals_name_the_flags_not_the_api_fields(stack: Stack, api_key: str | None) -> None:
+    def refusal(*args: str) -> str:
+        done = wanq("submit", "a fox", "--url", stack.api_url, *args, key=api_key)
+        assert done.returncode == 1 and done.stdout == "", done
+        (line,) = done.stderr.splitlines()
+        return line
+
+    assert refusal("--model", "tiny-t2v-a14b", "--steps", "500") == "wanq: invalid --steps 500: must be between 1 and 100"
+    assert refusal("--model", "tiny-t2v-a14b", "--num-frames", "10").startswith("wanq: invalid --num-frames 10: ")
+    assert refusal("--model", "tiny-i2v-a14b") == "wanq: model 'tiny-i2v-a14b' animates an image: send --image"
+
+
+def test_an_empty_list_says_so(stack: Stack, api: Any) -> None:
+    from tests.tenants import make_key
+
+    key = make_key(api, "cli-nothing-yet")
+    done = wanq("list", "--url", stack.api_url, key=key)
+    assert (done.returncode, done.stdout) == (0, "")
+    assert done.stderr == 'wanq: no jobs yet; `wanq submit "a prompt"` makes one\n'
+    as_json = wanq("list", "--json", "--url", stack.api_url, key=key)
+    assert (as_json.stdout, as_json.stderr) == ("[]\n", "")
+
+
 def test_no_server(closed_url: str) -> None:
     done = wanq("list", "--url", closed_url)
     assert done.returncode == 1 and "Traceback" not in done.stderr
@@ -211,35 +234,73 @@ def test_bad_or_missing_key_and_quota(refusing_server: Callable[..., Any]) -> No
     assert quota.returncode == 1 and "quota exceeded: daily quota of 20 videos used; retry in 30 s" in quota.stderr
 
 
-def test_remaining_time_comes_from_the_step_rate() -> None:
+def _event(status: str, stage: str, progress: int, step: int = 0, **extra: Any) -> dict[str, Any]:
+    return {"status": status, "stage": stage, "progress": progress, "step": step, "total_steps": 10, **extra}
+
+
+def test_remaining_time_comes_from_the_step_rate_and_the_measured_decode() -> None:
     now = [100.0]
     out = io.StringIO()
-    bar = ProgressBar(out, clock=lambda: now[0])
+    # An earlier job of the model took 17 s to decode, encode and upload (the stages that follow denoising).
+    bar = ProgressBar(out, clock=lambda: now[0], after_denoising_s=17.0)
 
-    def event(status: str, stage: str, progress: int, step: int = 0, **extra: Any) -> dict[str, Any]:
-        return {"status": status, "stage": stage, "progress": progress, "step": step, "total_steps": 10, **extra}
-
-    bar.update(event("queued", "queued", 0, queue_position=1))
+    bar.update(_event("queued", "queued", 0, queue_position=1))
     now[0] = 130.0  # 30 s in the queue and loading: no part of the estimate
-    bar.update(event("in_progress", "encoding_prompt", 2))
+    bar.update(_event("in_progress", "encoding_prompt", 2))
     now[0] = 131.0
-    bar.update(event("in_progress", "denoising", 13, step=1))
-    bar.update(event("in_progress", "denoising", 13, step=1))  # unchanged: no new line off a terminal
+    bar.update(_event("in_progress", "denoising", 13, step=1))
+    bar.update(_event("in_progress", "denoising", 13, step=1))  # unchanged: no new line off a terminal
     now[0] = 133.0
-    bar.update(event("in_progress", "denoising", 21, step=2))  # 2 s a step, 10 steps over 83 % of the bar
+    bar.update(_event("in_progress", "denoising", 21, step=2))  # 2 s a step
+    now[0] = 149.0
+    bar.update(_event("in_progress", "denoising", 88, step=10))
     now[0] = 150.0
-    bar.update(event("completed", "done", 100))
+    bar.update(_event("in_progress", "decoding", 88))
+    now[0] = 160.0
+    bar.update(_event("in_progress", "encoding_video", 94))
+    now[0] = 167.0
+    bar.update(_event("completed", "done", 100))
     bar.close()
 
-    lines = out.getvalue().splitlines()
-    assert lines == [
+    assert out.getvalue().splitlines() == [
         "  0%  queued (position 2)  0s",
         "  2%  encoding prompt  30s",
         " 13%  denoising 1/10  31s",
-        # (100 - 21) % x (2 s x 10 steps / 83 %) = 19.04 s
-        " 21%  denoising 2/10  33s, ~19s left",
-        "100%  completed  50s",
+        " 21%  denoising 2/10  33s, ~33s left",  # 8 steps x 2 s + 17 s
+        " 88%  denoising 10/10  49s, ~17s left",  # not '~0s': decoding is still to come
+        " 88%  decoding  50s, ~17s left",
+        " 94%  encoding video  1:00, ~7s left",
+        "100%  completed  1:07",
     ]
+
+
+def test_without_a_measured_decode_the_estimate_says_it_covers_denoising_only() -> None:
+    now = [0.0]
+    out = io.StringIO()
+    bar = ProgressBar(out, clock=lambda: now[0])
+    for t, step in ((1.0, 1), (3.0, 2)):
+        now[0] = t
+        bar.update(_event("in_progress", "denoising", 13, step=step))
+    now[0] = 20.0
+    bar.update(_event("in_progress", "decoding", 88))
+    assert out.getvalue().splitlines() == [
+        " 13%  denoising 1/10  1s",
+        " 13%  denoising 2/10  3s, ~16s of denoising left",
+        " 88%  decoding  20s",
+    ]
+
+
+def test_the_decode_estimate_scales_with_pixels_and_frames() -> None:
+    timings = {"denoising": 30.0, "decoding": 12.0, "encoding_video": 3.0, "uploading": 1.0}
+    history = [
+        {"id": "video_new", "model": "m", "status": "queued"},
+        {"id": "video_other_model", "model": "n", "status": "completed", "size": "64x64", "num_frames": 17, "timings": timings},
+        {"id": "video_failed", "model": "m", "status": "failed", "size": "64x64", "num_frames": 17, "timings": {}},
+        {"id": "video_old", "model": "m", "status": "completed", "size": "64x64", "num_frames": 17, "timings": timings},
+    ]
+    new = {"id": "video_new", "model": "m", "size": "128x64", "num_frames": 17}
+    assert estimate_after_denoising(new, history) == 32.0  # twice the pixels: twice the 16 s
+    assert estimate_after_denoising({**new, "model": "x"}, history) is None
 
 
 def test_the_server_comes_from_wanq_url(closed_url: str) -> None:
