@@ -200,6 +200,25 @@ class Readiness(BaseModel):
     checks: dict[str, str]
 
 
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A request model's JSON schema to put inline in a route's `openapi_extra`: its nested models (pydantic's
+    `$defs`, which mean nothing at that place in an OpenAPI document) are written in where they are used."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline({**defs[ref.removeprefix("#/$defs/")], **{k: v for k, v in node.items() if k != "$ref"}})
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    return inline(schema)  # type: ignore[no-any-return]
+
+
 def _job_link(path: str, method: str) -> dict[str, Any]:
     pointer = path.replace("~", "~0").replace("/", "~1")
     return {"operationRef": f"#/paths/{pointer}/{method}", "parameters": {"video_id": "$response.body#/id"}}

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from api.deps import PrincipalDep, ServicesDep
-from api.openapi import IMAGES, GeneratedImage, ImagesPending, ImagesResponse
+from api.openapi import IMAGES, GeneratedImage, ImagesPending, ImagesResponse, body_schema
 from api.routes.videos import _read_body as read_body
 from api.services import Services
 from shared import jobstate
@@ -30,7 +30,7 @@ from shared.specs import parse_fields
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
 POLL_S = 0.2
-_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": ImageRequest.model_json_schema()}}}}
+_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema(ImageRequest)}}}}
 
 
 @router.post(

@@ -19,7 +19,7 @@ from api import jobs
 from api.deps import Principal, PrincipalDep, ServicesDep
 from api.events import INTERRUPTED
 from api.jobs import JobDep
-from api.openapi import CONTENT, CREATED, EVENTS
+from api.openapi import CONTENT, CREATED, EVENTS, body_schema
 from api.services import Services
 from api.webhook_checks import check_job_webhook
 from shared import images
@@ -58,7 +58,7 @@ _create_schema = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": VideoRequest.model_json_schema()},
+            "application/json": {"schema": body_schema(VideoRequest)},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -79,7 +79,7 @@ _extension_schema = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": ExtensionRequest.model_json_schema()},
+            "application/json": {"schema": body_schema(ExtensionRequest)},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -103,7 +103,7 @@ _extension_schema = {
         },
     }
 }
-_remix_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": RemixRequest.model_json_schema()}}}}
+_remix_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema(RemixRequest)}}}}
 
 
 # ---------------------------------------------------------------------------------------------
