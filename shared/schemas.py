@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -55,6 +55,25 @@ def progress_for(stage: Stage, step: int = 0, total_steps: int = 0) -> int:
     return start
 
 
+Expert = Literal["both", "high_noise", "low_noise"]
+"""Which transformer a LoRA goes into: A14B's high-noise expert (`transformer`), its low-noise one
+(`transformer_2`), or both; single-transformer models (TI2V-5B) take `both` only."""
+
+
+class JobLora(BaseModel):
+    """One LoRA of a job, resolved by the API from the tenant's library (shared/loras.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    sha256: str
+    """Of the file: workers verify what they fetch, and cache files by it."""
+    storage_key: str
+    size_bytes: int
+    strength: float
+    expert: Expert
+
+
 class GenerationSpec(BaseModel):
     """Everything a worker needs to generate one video; resolved and validated by the API."""
 
@@ -74,6 +93,14 @@ class GenerationSpec(BaseModel):
     seed: int
     image_key: str | None = None
     """Storage key of the conditioning image (already resized and cropped to width x height)."""
+    loras: tuple[JobLora, ...] = ()
+    """The adapters this job runs with, in the order named."""
+
+    # A Lua script that rewrites the record turns an empty JSON array into an empty object (cjson cannot tell them apart).
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _empty_object_is_no_loras(cls, value: Any) -> Any:
+        return () if value == {} else value
 
     @property
     def size(self) -> str:
