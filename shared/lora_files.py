@@ -92,12 +92,13 @@ _A14B = Architecture("wan2.2-a14b", hidden=5120, ffn=13824, layers=40)
 _TI2V_5B = Architecture("wan2.2-ti2v-5b", hidden=3072, ffn=14336, layers=30)
 _TINY_A14B = Architecture("tiny-a14b", hidden=24, ffn=32, layers=2)
 _TINY_TI2V = Architecture("tiny-ti2v-5b", hidden=24, ffn=32, layers=2)
-_KNOWN_SHAPES = {
-    (5120, 13824): "the 14B models (Wan2.1-14B, Wan2.2 T2V-/I2V-A14B)",
-    (3072, 14336): "Wan2.2-TI2V-5B",
-    (1536, 8960): "Wan2.1-1.3B",
-    (24, 32): "wanq's tiny test models",
+_KNOWN_WIDTHS = {
+    5120: "the 14B models (Wan2.1-14B, Wan2.2 T2V-/I2V-A14B)",
+    3072: "Wan2.2-TI2V-5B",
+    1536: "Wan2.1-1.3B",
+    24: "wanq's tiny test models",
 }
+"""Hidden width of the transformer blocks -> the models that have it."""
 
 
 def architecture_of(model: ModelSpec) -> Architecture:
@@ -421,9 +422,9 @@ def _scalar(header: dict[str, Any], key: str, fh: BinaryIO, data_start: int) -> 
 
 
 def _looks_like(modules: dict[str, _Module]) -> str:
-    hidden = next((m.a[1] for n, m in modules.items() if n.endswith("attn1.to_q") and m.a and len(m.a) == 2), None)
-    ffn = next((m.b[0] for n, m in modules.items() if n.endswith("ffn.net.0.proj") and m.b and len(m.b) == 2), None)
-    known = _KNOWN_SHAPES.get((hidden, ffn)) if hidden and ffn else None
+    """The models whose block width the file has, as far as it tells."""
+    widths = {m.a[1] for n, m in modules.items() if not n.endswith("ffn.net.2") and m.a and len(m.a) == 2}
+    known = _KNOWN_WIDTHS.get(widths.pop()) if len(widths) == 1 else None
     return f" ({known})" if known else ""
 
 

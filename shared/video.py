@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.schemas import JobRecord, JobStatus, Stage
+from shared.schemas import Expert, JobRecord, JobStatus, Stage
 
 
 class VideoError(BaseModel):
@@ -17,6 +17,13 @@ class VideoError(BaseModel):
         "canceled, storage_unavailable, internal_error."
     )
     message: str = Field(description="What happened, in words.")
+
+
+class VideoLora(BaseModel):
+    name: str = Field(description="The LoRA's name in the library (GET /v1/loras).")
+    sha256: str = Field(description="Of the file used: with the seed and parameters, what reproduces the video.")
+    strength: float = Field(description="Its multiplier.")
+    expert: Expert = Field(description="Which transformer(s) it went into: both, high_noise or low_noise (A14B).")
 
 
 class Video(BaseModel):
@@ -55,6 +62,7 @@ class Video(BaseModel):
     )
     flow_shift: float = Field(ge=0.01, le=100, description="Shift of the flow-matching noise schedule.")
     has_image: bool = Field(description="Whether it animates an input image (image-to-video).")
+    loras: list[VideoLora] = Field(default_factory=list, description="The LoRAs it runs with, in the order named.")
     started_at: int | None = Field(default=None, description="Unix seconds: when its first run started.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the latest run.")
     attempts: int = Field(ge=0, description="Runs that started (a worker that died mid-job makes one more).")
@@ -97,6 +105,7 @@ class Video(BaseModel):
             guidance_scale_2=spec.guidance_scale_2,
             flow_shift=spec.flow_shift,
             has_image=spec.image_key is not None,
+            loras=[VideoLora(name=x.name, sha256=x.sha256, strength=x.strength, expert=x.expert) for x in spec.loras],
             started_at=int(record.started_at) if record.started_at else None,
             timings=record.timings,
             attempts=record.attempts,

@@ -61,6 +61,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "WANQ_WEBHOOKS_PROGRESS_INTERVAL_S": "0.2",
             "WANQ_QUOTAS_TENANTS": json.dumps(TENANT_QUOTAS),
             "WANQ_DISPATCH_IN_API": "false",  # the dispatcher runs as its own process, as in production
+            # LoRA (tests/e2e/test_loras.py): small limits, so that the refusals are cheap to provoke; every worker's
+            # file cache in the session's folder.
+            "WANQ_LORAS_MAX_BYTES": str(4 * 1024 * 1024),
+            "WANQ_LORAS_MAX_HEADER_BYTES": str(256 * 1024),
+            "WANQ_LORAS_MAX_RANK": "16",
+            "WANQ_LORAS_CACHE_DIR": str(root / "lora-cache"),
         }
     )
     stack.seed_admin_key()  # every process gets its hash; the `api` fixture sends it

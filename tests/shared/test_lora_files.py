@@ -130,7 +130,10 @@ def test_refusals_name_the_problem(case: str, message: str, tmp_path: Path) -> N
     elif case == "dora":
         save_raw(pair | {"transformer.blocks.0.attn1.to_q.lora_magnitude_vector": torch.ones(24)}, path)
     elif case == "non-block":
-        save_raw(pair | {"transformer.proj_out.lora_A.weight": a.clone(), "transformer.proj_out.lora_B.weight": torch.randn(64, 4)}, path)
+        save_raw(
+            pair | {"transformer.proj_out.lora_A.weight": a.clone(), "transformer.proj_out.lora_B.weight": torch.randn(64, 4)},
+            path,
+        )
     elif case == "rank":
         save_raw({k: torch.randn(32, 24) if "lora_A" in k else torch.randn(24, 32) for k in pair}, path)
     elif case == "unpaired":
@@ -141,7 +144,9 @@ def test_refusals_name_the_problem(case: str, message: str, tmp_path: Path) -> N
         save_raw(pair, path, {"lora_adapter_metadata": json.dumps({f"transformer.{k}": v for k, v in (meta | {"r": 8}).items()})})
     elif case == "scale":
         save_raw(
-            pair, path, {"lora_adapter_metadata": json.dumps({f"transformer.{k}": v for k, v in (meta | {"lora_alpha": 128}).items()})}
+            pair,
+            path,
+            {"lora_adapter_metadata": json.dumps({f"transformer.{k}": v for k, v in (meta | {"lora_alpha": 128}).items()})},
         )
     elif case == "another-family":
         save_raw(
