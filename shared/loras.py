@@ -225,11 +225,13 @@ def resolve_job_loras(
         for transformer in experts_of(model, expert):
             holders = per_expert.setdefault(transformer, [])
             if record.sha256 in holders:
+                where = (
+                    f"{model.id}'s one transformer"
+                    if model.guidance_scale_2 is None
+                    else f"the {'high' if transformer == 'transformer' else 'low'}-noise expert"
+                )
                 raise InvalidRequest(
-                    f"invalid 'loras[{i}]': LoRA {ref.name!r} is already named for the "
-                    f"{'high' if transformer == 'transformer' else 'low'}-noise expert"
-                    + (" (a LoRA alone on one transformer)" if model.guidance_scale_2 is None else ""),
-                    param=f"loras[{i}].name",
+                    f"invalid 'loras[{i}].name' {ref.name!r}: this file is already named for {where}", param=f"loras[{i}].name"
                 )
             holders.append(record.sha256)
             if len(holders) > limits.max_resident:
