@@ -438,8 +438,10 @@ def part_a14b(run: Run) -> None:
         result["compiled"] = "skipped: not enough of the time budget left"
         run.save("a14b", result)
         return
-    torch._dynamo.config.automatic_dynamic_shapes = False
-    torch._dynamo.config.recompile_limit = max(64, torch._dynamo.config.recompile_limit)
+    torch._dynamo.config.automatic_dynamic_shapes = False  # as worker/accel.py sets it
+    for limit in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, max(64, getattr(torch._dynamo.config, limit)))
     model.compile_repeated_blocks(fullgraph=True)
     t0 = time.perf_counter()
     apply()

@@ -108,13 +108,14 @@ def api_factory() -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from worker import accel
+    from worker import accel, lora_slots
     from worker.service import run
 
     settings = _settings_with_engine_flags(load_settings(), args)
     _configure_logging(args.loglevel)
     try:
         accel.validate(settings.engine)
+        lora_slots.check_settings(settings.engine, settings.loras)
     except ValueError as exc:
         raise SystemExit(f"wanq worker: {exc}") from None
     if args.model not in settings.catalog() and args.model not in settings.models:

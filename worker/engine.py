@@ -29,7 +29,7 @@ from PIL import Image
 from shared.errors import InvalidRequest, JobCanceled, OutOfMemory
 from shared.schemas import GenerationSpec, Stage
 from shared.settings import EngineSettings, LoraSettings
-from worker import accel
+from worker import accel, lora_slots
 from worker.lora_cache import LoraCache
 from worker.lora_slots import LoraSlots
 from worker.parallel import mesh
@@ -163,12 +163,8 @@ class WanEngine:
             else (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
         )
         # 1. Refuse an impossible configuration before anything loads
+        lora_slots.check_settings(settings, loras)
         accel.validate_before_loading(settings, self.model_path, self.device)
-        if loras is not None and loras.max_resident > 0 and settings.offload == "sequential":
-            raise ValueError(
-                "--offload sequential keeps the weights on the meta device between uses, so LoRA adapter slots cannot "
-                "be filled: use --offload model or group, or set WANQ_LORAS_MAX_RESIDENT=0 to serve no LoRA"
-            )
         if settings.num_gpus > 1 and member is None:
             raise ValueError(
                 f"num_gpus is {settings.num_gpus}: build the engine with worker.startup.start_engine, "

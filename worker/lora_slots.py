@@ -38,6 +38,7 @@ import torch
 from shared.errors import InvalidRequest
 from shared.lora_files import BLOCK_MODULES
 from shared.schemas import JobLora
+from shared.settings import EngineSettings, LoraSettings
 from worker.parallel.messages import Adapters, AdapterSlot
 
 log = logging.getLogger("wanq.engine")
@@ -45,6 +46,15 @@ log = logging.getLogger("wanq.engine")
 EXPERTS = ("transformer", "transformer_2")
 TARGETS = r"blocks\.\d+\.(" + "|".join(re.escape(m) for m in BLOCK_MODULES) + r")"
 SLOT_PREFIX = "wanq_slot"
+
+
+def check_settings(engine: EngineSettings, loras: LoraSettings | None) -> None:
+    """Refuses, saying what to change, an engine configuration the adapter slots cannot work with."""
+    if loras is not None and loras.max_resident > 0 and engine.offload == "sequential":
+        raise ValueError(
+            "--offload sequential keeps the weights on the meta device between uses, so LoRA adapter slots cannot "
+            "be filled: use --offload model or group, or set WANQ_LORAS_MAX_RESIDENT=0 to serve no LoRA"
+        )
 
 
 @dataclass(frozen=True)

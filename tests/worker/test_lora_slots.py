@@ -236,6 +236,11 @@ def test_offload_modes_run_loras_the_same(offload: str, models: dict[str, Path],
         torch.testing.assert_close(latents(offloaded, job), latents(engine, job), rtol=1e-5, atol=1e-5)
 
 
+def test_sequential_offload_with_slots_fails_at_start_saying_what_to_change(models: dict[str, Path], library: Library) -> None:
+    with pytest.raises(ValueError, match="use --offload model or group, or set WANQ_LORAS_MAX_RESIDENT=0"):
+        WanEngine(models["t2v-a14b"], EngineSettings(device="cpu", offload="sequential"), loras=library.settings())
+
+
 def test_ti2v_text_and_image_mode_share_the_slots(models: dict[str, Path], library: Library) -> None:
     model = models["ti2v-5b"]
     engine = WanEngine(model, EngineSettings(device="cpu"), loras=library.settings())
