@@ -6,7 +6,7 @@ import time
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 
 class JobStatus(StrEnum):
@@ -101,6 +101,15 @@ class GenerationSpec(BaseModel):
     @classmethod
     def _empty_object_is_no_loras(cls, value: Any) -> Any:
         return () if value == {} else value
+
+    # A job without LoRAs is stored exactly as before they existed, so workers of the previous version still read
+    # it during a rolling upgrade.
+    @model_serializer(mode="wrap")
+    def _no_empty_loras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.loras:
+            data.pop("loras", None)
+        return data
 
     @property
     def size(self) -> str:
