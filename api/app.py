@@ -17,11 +17,12 @@ from api.deps import get_principal
 from api.errors import install_error_handlers
 from api.events import EventHub
 from api.openapi import ERRORS
-from api.routes import admin, health, images, models, videos, webhooks
+from api.routes import admin, health, images, loras, models, videos, webhooks
 from api.services import Services
 from shared.apikeys import KeyStore
 from shared.fairqueue import FairQueue
 from shared.idempotency import IdempotencyKeys
+from shared.loras import LoraStore
 from shared.queue import enqueue, make_celery
 from shared.quotas import Quotas
 from shared.redisconn import connect_async
@@ -85,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
         keys=KeyStore(store.redis, settings.auth, prefix=settings.redis.key_prefix),
         fairq=fairq,
         quotas=Quotas(settings.quotas, fairq, aclient, prefix=settings.redis.key_prefix),
+        loras=LoraStore(store.redis, store.keys),
     )
     services = app.state.services
     warn_if_open(services)
@@ -93,7 +95,10 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.s3.lifecycle_rule and not services.storage.ensure_lifecycle(settings.jobs.retention_s):
         log.warning("could not set the bucket lifecycle rule; expired outputs are deleted by the sweep only")
     install_error_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes)
+    # A LoRA upload may be as large as WANQ_LORAS_MAX_BYTES (plus the form's own few bytes); every other body is bounded
+    # by WANQ_API_MAX_BODY_BYTES.
+    upload_limit = max(settings.api.max_body_bytes, settings.loras.max_bytes + 64 * 1024)
+    app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes, overrides={("POST", "/v1/loras"): upload_limit})
     # Everything but health and metrics (and FastAPI's /docs, /redoc, /openapi.json) needs an API key.
     authenticated = [Depends(get_principal)]
     app.include_router(health.router)
@@ -102,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(videos.router, dependencies=authenticated, responses=ERRORS)
     app.include_router(images.router, dependencies=authenticated, responses=ERRORS)
     app.include_router(webhooks.router, dependencies=authenticated, responses=ERRORS)
+    app.include_router(loras.router, dependencies=authenticated, responses=ERRORS)
     app.include_router(admin.router, dependencies=authenticated, responses=ERRORS)
     web.install(app)
     return app

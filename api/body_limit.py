@@ -18,17 +18,23 @@ from shared.errors import PayloadTooLarge
 
 
 class BodyLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, overrides: dict[tuple[str, str], int] | None = None) -> None:
+        """`overrides`: (method, path) -> a limit of its own (LoRA uploads)."""
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_bytes = max_bytes
+        self.overrides = dict(overrides or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.overrides.get((scope.get("method", ""), scope.get("path", "").rstrip("/")), self.default_bytes)
+        await self._limited(scope, receive, send, limit)
+
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
         declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1").strip()
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send, f"request body of {int(declared)} bytes exceeds the limit of {self.max_bytes} bytes")
+        if declared.isdigit() and int(declared) > max_bytes:
+            await self._refuse(send, f"request body of {int(declared)} bytes exceeds the limit of {max_bytes} bytes")
             return
 
         received = 0
@@ -39,9 +45,9 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     exceeded = True
-                    raise PayloadTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes", param="body")
+                    raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes", param="body")
             return message
 
         async def guarded_send(message: Message) -> None:
@@ -49,7 +55,7 @@ class BodyLimit:
             if exceeded:
                 if message["type"] == "http.response.start" and not started:
                     started = refused = True
-                    await self._refuse(send, f"request body exceeds the limit of {self.max_bytes} bytes")
+                    await self._refuse(send, f"request body exceeds the limit of {max_bytes} bytes")
                 return  # the route's own answer to the cut-off body is dropped
             if message["type"] == "http.response.start":
                 started = True
@@ -62,7 +68,7 @@ class BodyLimit:
                 return
             if started:
                 raise
-            await self._refuse(send, f"request body exceeds the limit of {self.max_bytes} bytes")
+            await self._refuse(send, f"request body exceeds the limit of {max_bytes} bytes")
 
     @staticmethod
     async def _refuse(send: Send, message: str) -> None:

@@ -191,6 +191,47 @@ class ImagesPending(BaseModel):
     waited_s: float = Field(description="How long the request waited (WANQ_IMAGES_WAIT_S).")
 
 
+class LoraDefaultsOut(BaseModel):
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    guidance_scale_2: float | None = None
+    flow_shift: float | None = None
+    expert: Literal["both", "high_noise", "low_noise"] | None = None
+
+
+class Lora(BaseModel):
+    """A LoRA of the tenant's library (or a shared one)."""
+
+    id: str
+    object: Literal["lora"]
+    name: str
+    model: str = Field(description="The model id or model family (wan2.2-a14b: T2V- and I2V-A14B) it is for.")
+    shared: bool = Field(description="Published by an admin to every tenant.")
+    size_bytes: int
+    sha256: str
+    rank: int = Field(description="Its highest module rank.")
+    format: Literal["diffusers", "original", "musubi"] = Field(description="The key format of the file.")
+    modules: list[str] = Field(description="The block layers it touches (attn1.to_q, ..., ffn.net.2).")
+    blocks: list[int] = Field(description="The transformer blocks it touches.")
+    num_modules: int
+    scale: float = Field(description="Its alpha / rank: the file's own multiplier, on top of a job's strength.")
+    dtype: str
+    created_at: int
+    defaults: LoraDefaultsOut = Field(description="What a job naming it inherits for the fields it leaves out.")
+
+
+class LoraList(BaseModel):
+    object: Literal["list"]
+    data: list[Lora]
+
+
+class LoraDeleted(BaseModel):
+    id: str
+    object: Literal["lora.deleted"]
+    name: str
+    deleted: bool
+
+
 class Health(BaseModel):
     status: Literal["ok"]
 

@@ -11,6 +11,7 @@ from api.events import EventHub
 from shared.apikeys import KeyStore
 from shared.fairqueue import FairQueue
 from shared.idempotency import IdempotencyKeys
+from shared.loras import LoraStore
 from shared.quotas import Quotas
 from shared.settings import Settings
 from shared.storage import Storage
@@ -29,3 +30,4 @@ class Services:
     keys: KeyStore
     fairq: FairQueue
     quotas: Quotas
+    loras: LoraStore

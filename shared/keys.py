@@ -50,6 +50,8 @@ KEY_MAP: list[tuple[str, str, str]] = [
     ("idem:{tenant}:{sha256}", "string", "an Idempotency-Key's request fingerprint and job"),
     ("rpm/...", "strings", "requests-per-minute windows (the `limits` library's keys under this prefix)"),
     ("upkeep:lock", "string", "held by the process doing upkeep"),
+    ("lora:{owner}:{name}", "string", "a LoRA's record, JSON; owner: the tenant, or `_shared` for LoRAs published to all"),
+    ("loras:{owner}", "zset", "the owner's LoRA names by creation time (listing)"),
 ]
 
 BROKER_UNACKED = "unacked"
@@ -183,6 +185,13 @@ class Keys:
     @property
     def upkeep_lock(self) -> str:
         return self._k("upkeep", "lock")
+
+    # LoRA library (shared/loras.py)
+    def lora(self, owner: str, name: str) -> str:
+        return self._k("lora", owner, name)
+
+    def loras(self, owner: str) -> str:
+        return self._k("loras", owner)
 
 
 def text(value: object) -> str:

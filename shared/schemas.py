@@ -6,7 +6,7 @@ import time
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 
 class JobStatus(StrEnum):
@@ -55,6 +55,25 @@ def progress_for(stage: Stage, step: int = 0, total_steps: int = 0) -> int:
     return start
 
 
+Expert = Literal["both", "high_noise", "low_noise"]
+"""Which transformer a LoRA goes into: A14B's high-noise expert (`transformer`), its low-noise one
+(`transformer_2`), or both; single-transformer models (TI2V-5B) take `both` only."""
+
+
+class JobLora(BaseModel):
+    """One LoRA of a job, resolved by the API from the tenant's library (shared/loras.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    sha256: str
+    """Of the file: workers verify what they fetch, and cache files by it."""
+    storage_key: str
+    size_bytes: int
+    strength: float
+    expert: Expert
+
+
 class GenerationSpec(BaseModel):
     """Everything a worker needs to generate one video; resolved and validated by the API."""
 
@@ -81,6 +100,23 @@ class GenerationSpec(BaseModel):
     """An extension: the id of the completed video whose last frame it continues from (worker/extension.py)."""
     source_frames: int = 0
     """An extension: the frames of its source's whole video, which its own video keeps before the new ones."""
+    loras: tuple[JobLora, ...] = ()
+    """The adapters this job runs with, in the order named."""
+
+    # A Lua script that rewrites the record turns an empty JSON array into an empty object (cjson cannot tell them apart).
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _empty_object_is_no_loras(cls, value: Any) -> Any:
+        return () if value == {} else value
+
+    # A job without LoRAs is stored exactly as before they existed, so workers of the previous version still read
+    # it during a rolling upgrade.
+    @model_serializer(mode="wrap")
+    def _no_empty_loras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not self.loras:
+            data.pop("loras", None)
+        return data
 
     @property
     def size(self) -> str:

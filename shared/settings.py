@@ -143,6 +143,38 @@ class EngineSettings(BaseModel):
     """Test-only: honours `_fault` markers in prompts. Never enable in production."""
 
 
+class LoraSettings(BaseModel):
+    """Per-request LoRA: the tenants' LoRA library (API) and the adapter slots and file cache of each worker.
+
+    Both sides read the same values: the API refuses what the workers could not run."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    max_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    """Largest LoRA file accepted (`POST /v1/loras`); a rank-64 A14B expert LoRA is about 0.6 GB in bf16."""
+    max_header_bytes: int = Field(default=16 * 1024**2, ge=1024)
+    """Largest safetensors header (the JSON before the tensors) accepted; a 400-module LoRA has about 100 KB."""
+    max_per_job: int = Field(default=4, ge=0)
+    """Most LoRAs one job may name."""
+    max_resident: int = Field(default=2, ge=0)
+    """Adapter slots per transformer (expert) of each worker: the LoRAs held in the pipeline, reused by later jobs
+    without a load, evicted least recently used. Also the most LoRAs of one job on one expert. 0: no LoRA."""
+    max_rank: int = Field(default=64, ge=1, le=1024)
+    """Rank of every slot: the highest LoRA rank accepted (lower ranks are zero-padded). Slot memory grows with it:
+    per slot and rank, 9.1 MiB per A14B expert and 4.8 MiB for TI2V-5B in bf16."""
+    max_strength: float = Field(default=4.0, gt=0)
+    """A job's LoRA strengths must lie in [-max_strength, max_strength]."""
+    max_scale: float = Field(default=16.0, gt=0)
+    """Largest alpha/rank a file's own metadata or alpha tensors may set (a multiplier on top of the strength)."""
+    cache_dir: str = ""
+    """Worker: folder of the LoRA file cache (files named by sha256; processes of one host may share it).
+    Empty: `wanq-loras` in the system's temporary folder."""
+    cache_bytes: int = Field(default=20 * 1024**3, ge=0)
+    """Worker: size of the LoRA file cache; least recently used files go first (never those of the running job)."""
+    key_prefix: str = "loras/"
+    """Where LoRA files are stored in the bucket: `<prefix><tenant>/<lora id>.safetensors`."""
+
+
 class WorkerSettings(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
@@ -382,6 +414,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     quotas: QuotaSettings = QuotaSettings()
     dispatch: DispatchSettings = DispatchSettings()
+    loras: LoraSettings = LoraSettings()
     models: list[str] = Field(default_factory=lambda: [m for m in PRESETS if m not in TINY_MODEL_IDS])
     """Model ids the service accepts (`WANQ_MODELS='["wan2.2-ti2v-5b"]'`); the first is the default."""
 

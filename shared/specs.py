@@ -15,8 +15,10 @@ Rules, applied in this order:
 from __future__ import annotations
 
 import difflib
+import json
 import math
 import random
+from collections.abc import Mapping
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -24,8 +26,9 @@ from pydantic.json_schema import SkipJsonSchema
 
 from shared.catalog import ModelSpec
 from shared.errors import Conflict, Forbidden, Gone, InvalidRequest, ModelNotAvailable, NotFound
+from shared.loras import LoraRecord, LoraRequest, resolve_job_loras
 from shared.schemas import GenerationSpec, JobRecord, JobStatus
-from shared.settings import JobSettings
+from shared.settings import JobSettings, LoraSettings
 
 MAX_SEED = 2**32 - 1
 
@@ -125,6 +128,24 @@ class VideoRequest(BaseModel):
         "`seconds`/`num_frames` are the new part's; size, fps and, with the same model, the other parameters are "
         "the source's unless given; the seed is the source's + 1 unless given. Needs an image-to-video model.",
     )
+    loras: list[LoraRequest] | None = Field(
+        default=None,
+        description="Adapters from your LoRA library (GET /v1/loras), at most WANQ_LORAS_MAX_PER_JOB (4): "
+        '[{"name": "...", "strength": 1.0, "expert": "both" | "high_noise" | "low_noise"}]. Fields you leave out '
+        "(num_inference_steps, guidance_scale, guidance_scale_2, flow_shift) take the LoRAs' recommended values. "
+        "In a multipart form: one field holding this list as JSON.",
+    )
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras_as_json_text(cls, value: Any) -> Any:
+        # A multipart form field is text: the list as JSON.
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                raise ValueError("must be a JSON list of {name, strength, expert} objects") from None
+        return value
 
     @field_validator(*NUMBER_FIELDS, mode="before")
     @classmethod
@@ -259,7 +280,10 @@ def resolve_spec(
     has_image: bool,
     image_key: str | None = None,
     kind: Literal["video", "image"] = "video",
+    loras: Mapping[str, LoraRecord | None] | None = None,
+    lora_limits: LoraSettings | None = None,
 ) -> GenerationSpec:
+    """`loras`: the records of the LoRAs the request names, as the tenant sees them (shared/loras.py)."""
     # 1. Model
     model_id = req.model or default_model
     model = catalog.get(model_id)
@@ -319,20 +343,37 @@ def resolve_spec(
     if kind == "video":
         _check(5 <= frames <= limits.max_frames, "num_frames", frames, f"must be between 5 and {limits.max_frames}")
 
-    # 5. Sampling
-    steps = model.num_inference_steps if req.num_inference_steps is None else req.num_inference_steps
+    # 5. LoRAs: each resolved to its file; the fields the request leaves out take what they recommend
+    job_loras, recommended = resolve_job_loras(req.loras or [], loras or {}, model, lora_limits or LoraSettings())
+
+    def given(field: str, model_default: Any) -> Any:
+        value = getattr(req, field)
+        return value if value is not None else recommended.get(field, model_default)
+
+    # 6. Sampling
+    steps = given("num_inference_steps", model.num_inference_steps)
     _check(1 <= steps <= limits.max_steps, "num_inference_steps", steps, f"must be between 1 and {limits.max_steps}")
-    guidance = model.guidance_scale if req.guidance_scale is None else req.guidance_scale
+    guidance = given("guidance_scale", model.guidance_scale)
     _check(math.isfinite(guidance) and 0 <= guidance <= 30, "guidance_scale", guidance, "must be between 0 and 30")
-    guidance_2 = model.guidance_scale_2 if req.guidance_scale_2 is None else req.guidance_scale_2
     if model.guidance_scale_2 is None and req.guidance_scale_2 is not None:
         raise InvalidRequest(
             f"invalid 'guidance_scale_2' {req.guidance_scale_2!r}: model {model.id!r} has a single expert",
             param="guidance_scale_2",
         )
-    if guidance_2 is not None:
+    guidance_2 = None
+    if model.guidance_scale_2 is not None:
+        # diffusers' Wan pipelines run classifier-free guidance for both experts or for neither, as guidance_scale
+        # says: with it at 1 or less, guidance_scale_2 follows it unless given (and must then be <= 1 too).
+        guidance_2 = given("guidance_scale_2", guidance if guidance <= 1 else model.guidance_scale_2)
         _check(math.isfinite(guidance_2) and 0 <= guidance_2 <= 30, "guidance_scale_2", guidance_2, "must be between 0 and 30")
-    shift = model.flow_shift if req.flow_shift is None else req.flow_shift
+        _check(
+            guidance > 1 or guidance_2 <= 1,
+            "guidance_scale_2",
+            guidance_2,
+            f"guidance_scale {guidance:g} turns classifier-free guidance off for both experts (diffusers' Wan pipelines "
+            "guide both or neither); set guidance_scale above 1, or guidance_scale_2 to 1 or less",
+        )
+    shift = given("flow_shift", model.flow_shift)
     _check(math.isfinite(shift) and 0.01 <= shift <= 100, "flow_shift", shift, "must be between 0.01 and 100")
     seed = random.randint(0, MAX_SEED) if req.seed is None else req.seed
     _check(0 <= seed <= MAX_SEED, "seed", seed, f"must be between 0 and {MAX_SEED}")
@@ -352,6 +393,7 @@ def resolve_spec(
         seed=seed,
         image_key=image_key,
         kind=kind,
+        loras=job_loras,
     )
 
 
@@ -391,10 +433,12 @@ def resolve_extension(
     limits: JobSettings,
     *,
     image_key: str,
+    loras: Mapping[str, LoraRecord | None] | None = None,
+    lora_limits: LoraSettings | None = None,
 ) -> GenerationSpec:
     """An extension's spec: the request's fields, and its source's where the request leaves them out (see the
     module's rules). `source` passed check_source; `image_key` is where the worker stores the frame it continues
-    from."""
+    from; `loras` as for resolve_spec."""
     base = source.spec
     model_id = req.model or base.model
     model = catalog.get(model_id)
@@ -433,7 +477,9 @@ def resolve_extension(
         )
     given = req.model_dump(exclude_none=True)
     filled = req.model_copy(update={**{k: v for k, v in inherited.items() if k not in given}})
-    spec = resolve_spec(filled, catalog, default_model, limits, has_image=True, image_key=image_key)
+    spec = resolve_spec(
+        filled, catalog, default_model, limits, has_image=True, image_key=image_key, loras=loras, lora_limits=lora_limits
+    )
     return spec.model_copy(update={"extend_from": source.id, "source_frames": base.total_frames})
 
 

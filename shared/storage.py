@@ -109,6 +109,17 @@ class Storage:
                     raise StorageUnavailable(f"upload of {key} failed after {attempts} attempts: {exc}") from exc
                 time.sleep(self.settings.upload_backoff_s * 2 ** (attempt - 1))
 
+    def download_file(self, key: str, path: Path) -> None:
+        """The object into `path`; raises KeyError if there is none, StorageUnavailable if the store cannot say."""
+        try:
+            self.client.download_file(self.bucket, key, str(path))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise KeyError(key) from exc
+            raise StorageUnavailable(f"could not read {key}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"could not read {key}: {exc}") from exc
+
     def put_bytes(self, data: bytes, key: str, content_type: str) -> None:
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.schemas import JobRecord, JobStatus, Stage
+from shared.schemas import Expert, JobRecord, JobStatus, Stage
 
 
 class VideoError(BaseModel):
@@ -17,6 +17,13 @@ class VideoError(BaseModel):
         "canceled, storage_unavailable, internal_error."
     )
     message: str = Field(description="What happened, in words.")
+
+
+class VideoLora(BaseModel):
+    name: str = Field(description="The LoRA's name in the library (GET /v1/loras).")
+    sha256: str = Field(description="Of the file used: with the seed and parameters, what reproduces the video.")
+    strength: float = Field(description="Its multiplier.")
+    expert: Expert = Field(description="Which transformer(s) it went into: both, high_noise or low_noise (A14B).")
 
 
 class Video(BaseModel):
@@ -75,6 +82,7 @@ class Video(BaseModel):
         description="An extension's frames taken from its source; its MP4 has source_frames + num_frames - 1 "
         "(the new part's first frame repeats the source's last and is left out).",
     )
+    loras: list[VideoLora] = Field(default_factory=list, description="The LoRAs it runs with, in the order named.")
     started_at: int | None = Field(default=None, description="Unix seconds: when its first run started.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the latest run.")
     attempts: int = Field(ge=0, description="Runs that started (a worker that died mid-job makes one more).")
@@ -120,6 +128,7 @@ class Video(BaseModel):
             kind=spec.kind,
             extended_from_video_id=spec.extend_from,
             source_frames=spec.source_frames if spec.extend_from else None,
+            loras=[VideoLora(name=x.name, sha256=x.sha256, strength=x.strength, expert=x.expert) for x in spec.loras],
             started_at=int(record.started_at) if record.started_at else None,
             timings=record.timings,
             attempts=record.attempts,

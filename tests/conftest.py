@@ -64,6 +64,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "WANQ_DISPATCH_IN_API": "false",  # the dispatcher runs as its own process, as in production
             # POST /v1/images/generations: tiny images take well under a second; a job no worker serves waits this out.
             "WANQ_IMAGES_WAIT_S": str(IMAGES_WAIT_S),
+            # LoRA (tests/e2e/test_loras.py): small limits, so that the refusals are cheap to provoke; every worker's
+            # file cache in the session's folder.
+            "WANQ_LORAS_MAX_BYTES": str(4 * 1024 * 1024),
+            "WANQ_LORAS_MAX_HEADER_BYTES": str(256 * 1024),
+            "WANQ_LORAS_MAX_RANK": "16",
+            "WANQ_LORAS_CACHE_DIR": str(root / "lora-cache"),
         }
     )
     stack.seed_admin_key()  # every process gets its hash; the `api` fixture sends it

@@ -141,16 +141,18 @@ class Client:
         """Creates a job and returns it (status "queued").
 
         `fields` are the other create fields: num_frames, num_inference_steps, fps, negative_prompt, guidance_scale,
-        webhook_url, ... (None values are dropped, so the model's defaults apply). `image` is a file sent as the
-        first frame (`input_reference`, multipart)."""
+        webhook_url, loras=[{"name": ..., "strength": ..., "expert": ...}], ... (None values are dropped, so the
+        model's defaults apply). `image` is a file sent as the first frame (`input_reference`, multipart)."""
         given = {"model": model, "size": size, "seconds": seconds, "seed": seed, **fields}
         body = {"prompt": prompt, **{k: v for k, v in given.items() if v is not None}}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         if image is None:
             return self._request("POST", "/v1/videos", json=body, headers=headers)  # type: ignore[no-any-return]
         path = Path(image)
-        # Form fields are strings; a list (webhook_events) goes as the same field repeated.
-        data = {k: [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in body.items()}
+        # Form fields are strings; a list (webhook_events) goes as the same field repeated, `loras` as JSON text.
+        data = {
+            k: json.dumps(v) if k == "loras" else [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in body.items()
+        }
         with path.open("rb") as fh:
             files = {"input_reference": (path.name, fh, "application/octet-stream")}
             return self._request("POST", "/v1/videos", data=data, files=files, headers=headers)  # type: ignore[no-any-return]
@@ -308,6 +310,32 @@ class Client:
         finally:
             partial.unlink(missing_ok=True)
         return path
+
+    # LoRA library: upload (a file or an https URL), list, retrieve, delete.
+    def upload_lora(self, source: str | Path, *, name: str, model: str, shared: bool = False, **defaults: Any) -> dict[str, Any]:
+        """Uploads a .safetensors file (a path), or has the server fetch it (an https:// URL). `defaults`: what jobs
+        naming it inherit (num_inference_steps, guidance_scale, guidance_scale_2, flow_shift, expert)."""
+        fields = {"name": name, "model": model, **{k: v for k, v in defaults.items() if v is not None}}
+        if shared:
+            fields["shared"] = True
+        if isinstance(source, str) and source.startswith(("https://", "http://")):
+            return self._request("POST", "/v1/loras", json={**fields, "url": source})  # type: ignore[no-any-return]
+        path = Path(source)
+        data = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in fields.items()}
+        with path.open("rb") as fh:
+            files = {"file": (path.name, fh, "application/octet-stream")}
+            return self._request("POST", "/v1/loras", data=data, files=files, timeout=None)  # type: ignore[no-any-return]
+
+    def loras(self) -> builtins.list[dict[str, Any]]:
+        """Your LoRAs and the shared ones."""
+        return self._request("GET", "/v1/loras")["data"]  # type: ignore[no-any-return]
+
+    def lora(self, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/loras/{name}")  # type: ignore[no-any-return]
+
+    def delete_lora(self, name: str, *, shared: bool = False) -> dict[str, Any]:
+        params = {"shared": "true"} if shared else None
+        return self._request("DELETE", f"/v1/loras/{name}", params=params)  # type: ignore[no-any-return]
 
     # Webhooks: the tenant's default endpoint and signing secret, and a job's delivery log.
     def webhook_endpoint(self, *, tenant: str | None = None) -> dict[str, Any]:

@@ -45,6 +45,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--webhook-url", help="POST signed events about this job here")
     p.add_argument("--webhook-event", dest="webhook_events", action="append", help="an event to send (repeat for several)")
+    p.add_argument(
+        "--lora",
+        dest="loras",
+        action="append",
+        type=_lora_arg,
+        metavar="NAME[:STRENGTH[:EXPERT]]",
+        help="a LoRA of your library (repeat for several); EXPERT: both, high_noise, low_noise (A14B)",
+    )
+    p.add_argument("--guidance-scale", type=float)
     p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the video")
     p.add_argument("-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4)")
     common(p)
@@ -115,6 +124,49 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("models", help="the models the server accepts, their defaults and live workers")
     common(p)
     p.set_defaults(func=cmd_models)
+
+    loras = sub.add_parser("loras", help="your LoRA library: upload, list, show, delete")
+    lora_sub = loras.add_subparsers(dest="loras_command", required=True, metavar="{upload,list,show,delete}")
+    p = lora_sub.add_parser("upload", help="upload a .safetensors LoRA (a file, or an https URL the server fetches)")
+    p.add_argument("source", help="a .safetensors file, or an https:// URL")
+    p.add_argument("--name", required=True, help="unique among your LoRAs")
+    p.add_argument("--model", required=True, help="a model id, or a family (wan2.2-a14b: T2V- and I2V-A14B)")
+    p.add_argument("--steps", dest="num_inference_steps", type=int, help="recommended steps (jobs naming it inherit them)")
+    p.add_argument("--guidance-scale", type=float, help="recommended guidance (1: no classifier-free guidance)")
+    p.add_argument("--guidance-scale-2", type=float, help="recommended low-noise guidance (A14B)")
+    p.add_argument("--flow-shift", type=float, help="recommended flow shift")
+    p.add_argument("--expert", choices=["both", "high_noise", "low_noise"], help="the expert jobs put it in by default (A14B)")
+    p.add_argument("--shared", action="store_true", help="admins: publish it to every tenant")
+    common(p)
+    p.set_defaults(func=cmd_lora_upload)
+    p = lora_sub.add_parser("list", help="your LoRAs and the shared ones")
+    p.add_argument("--json", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_lora_list)
+    p = lora_sub.add_parser("show", help="one LoRA, as JSON")
+    p.add_argument("name")
+    common(p)
+    p.set_defaults(func=cmd_lora_show)
+    p = lora_sub.add_parser("delete", help="delete a LoRA and its file")
+    p.add_argument("name")
+    p.add_argument("--shared", action="store_true", help="admins: the shared LoRA of that name")
+    common(p)
+    p.set_defaults(func=cmd_lora_delete)
+
+
+def _lora_arg(text: str) -> dict[str, Any]:
+    """NAME[:STRENGTH[:EXPERT]] -> a `loras` entry."""
+    name, _, rest = text.partition(":")
+    strength, _, expert = rest.partition(":")
+    entry: dict[str, Any] = {"name": name}
+    if strength:
+        try:
+            entry["strength"] = float(strength)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r}: the strength after the name must be a number") from None
+    if expert:
+        entry["expert"] = expert
+    return entry
 
 
 # Errors ------------------------------------------------------------------------------------------
@@ -316,8 +368,8 @@ def _detail(video: Video, step: int, total: int) -> str:
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    names = ("model", "size", "seconds", "num_frames", "num_inference_steps", "fps", "negative_prompt", "seed")
-    fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events")}
+    names = ("model", "size", "seconds", "num_frames", "num_inference_steps", "fps", "negative_prompt", "seed", "guidance_scale")
+    fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events", "loras")}
     if args.image and not Path(args.image).is_file():
         raise UsageError(f"wanq submit: --image {args.image!r}: no such file")
 
@@ -454,6 +506,43 @@ def cmd_delete(args: argparse.Namespace) -> None:
 def cmd_download(args: argparse.Namespace) -> None:
     out = args.output or f"{args.id}.{EXTENSIONS[args.variant]}"
     call(args, lambda client: print(client.download(args.id, out, variant=args.variant).resolve()))
+
+
+def cmd_lora_upload(args: argparse.Namespace) -> None:
+    source = args.source
+    if not source.startswith(("https://", "http://")) and not Path(source).is_file():
+        raise SystemExit(f"wanq: {source!r}: no such file (or give an https:// URL)")
+    defaults = {
+        k: getattr(args, k) for k in ("num_inference_steps", "guidance_scale", "guidance_scale_2", "flow_shift", "expert")
+    }
+
+    def action(client: Client) -> None:
+        lora = client.upload_lora(source, name=args.name, model=args.model, shared=args.shared, **defaults)
+        print(f"{lora['name']}  {lora['model']}  rank {lora['rank']}  {lora['num_modules']} modules  sha256 {lora['sha256']}")
+
+    call(args, action)
+
+
+def cmd_lora_list(args: argparse.Namespace) -> None:
+    def action(client: Client) -> None:
+        loras = client.loras()
+        if args.json:
+            print(json.dumps(loras, indent=2))
+            return
+        for lora in loras:
+            defaults = " ".join(f"{k}={v}" for k, v in lora["defaults"].items())
+            shared = " shared" if lora["shared"] else ""
+            print(f"{lora['name']:<24} {lora['model']:<18} rank {lora['rank']:<4} {lora['size_bytes']:>11} B{shared}  {defaults}")
+
+    call(args, action)
+
+
+def cmd_lora_show(args: argparse.Namespace) -> None:
+    call(args, lambda client: print(json.dumps(client.lora(args.name), indent=2)))
+
+
+def cmd_lora_delete(args: argparse.Namespace) -> None:
+    call(args, lambda client: print(f"{client.delete_lora(args.name, shared=args.shared)['name']} deleted"))
 
 
 def cmd_models(args: argparse.Namespace) -> None:

@@ -28,10 +28,12 @@ from PIL import Image
 
 from shared.errors import InvalidRequest, JobCanceled, OutOfMemory
 from shared.schemas import GenerationSpec, Stage
-from shared.settings import EngineSettings
-from worker import accel
+from shared.settings import EngineSettings, LoraSettings
+from worker import accel, lora_slots
+from worker.lora_cache import LoraCache
+from worker.lora_slots import LoraSlots
 from worker.parallel import mesh
-from worker.parallel.messages import EXIT_BROKEN, Job
+from worker.parallel.messages import EXIT_BROKEN, Adapters, Job
 
 log = logging.getLogger("wanq.engine")
 
@@ -135,7 +137,8 @@ class PromptCache:
 class WanEngine:
     """One resident pipeline. `model_path` is a diffusers directory; `factory` ('module:function',
     called with device, dtype and text_encoder) builds the pipeline instead (benchmarks). With several
-    GPUs, every rank's engine is given its `member`, and rank 0's its `followers` too."""
+    GPUs, every rank's engine is given its `member`, and rank 0's its `followers` too. `loras`: the
+    adapter slots to create (worker/lora_slots.py) and the file cache to read LoRAs from; None: no LoRA."""
 
     def __init__(
         self,
@@ -147,6 +150,7 @@ class WanEngine:
         factory_kwargs: dict[str, Any] | None = None,
         member: mesh.Member | None = None,
         followers: Followers | None = None,
+        loras: LoraSettings | None = None,
     ) -> None:
         started = time.perf_counter()
         if model_path is None and factory is None:
@@ -161,6 +165,7 @@ class WanEngine:
             else (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
         )
         # 1. Refuse an impossible configuration before anything loads
+        lora_slots.check_settings(settings, loras)
         accel.validate_before_loading(settings, self.model_path, self.device)
         if settings.num_gpus > 1 and member is None:
             raise ValueError(
@@ -193,7 +198,15 @@ class WanEngine:
         elif self.variant == "i2v-a14b":
             self.image_pipe = self.pipe
 
-        # 3. Apply the configured placement, offload, parallelism, attention, cache and compile
+        # 3. LoRA adapter slots, before placement, parallelism and compile (worker/lora_slots.py says why)
+        self.adapters: LoraSlots | None = None
+        self.lora_cache: LoraCache | None = None
+        if loras is not None and loras.max_resident > 0:
+            self.adapters = LoraSlots(self.pipe, slots=loras.max_resident, rank=loras.max_rank, device=self.device)
+            self.lora_cache = LoraCache.from_settings(loras)
+        self._warming = False
+
+        # 4. Apply the configured placement, offload, parallelism, attention, cache and compile
         self.plan = accel.apply(self.pipe, settings, self.device, member=self.member, sync_weights=factory is not None)
         if self.image_pipe is not None and self.image_pipe is not self.pipe:
             accel.share_placement(self.pipe, self.image_pipe)
@@ -250,10 +263,12 @@ class WanEngine:
         step_times: list[float] = []
         pipe = self._pipeline_for(image)
         self._check_spec(pipe, spec)
+        adapters = self._adapter_plan(spec)
         in_group = False
         out_of_memory = ""
         try:
-            # 1. Encode the prompts (cached per text)
+            # 1. Encode the prompts (cached per text). Guidance 1 or less: no negative prompt, and the pipeline runs
+            # one transformer forward per step (diffusers' Wan pipelines guide only when guidance_scale > 1).
             on_stage(Stage.encoding_prompt)
             t0 = time.perf_counter()
             do_cfg = spec.guidance_scale > 1.0
@@ -261,12 +276,19 @@ class WanEngine:
             negative_embeds = self.encode_text(spec.negative_prompt) if do_cfg else None
             timings["encoding_prompt"] = time.perf_counter() - t0
 
-            # 2. Denoise (every rank from here on)
+            # 2. The job's LoRAs into the adapter slots (a file is read only when its slot does not hold it yet)
+            if self.adapters is not None:
+                loaded = self._apply_adapters(adapters)
+                if loaded:
+                    timings["loading_loras"] = loaded
+
+            # 3. Denoise (every rank from here on)
             on_stage(Stage.denoising)
             t0 = time.perf_counter()
             if self.followers is not None:
                 in_group = True
-                self.followers.send_job(Job.of(spec, image, [e for e in (prompt_embeds, negative_embeds) if e is not None]))
+                embeds = [e for e in (prompt_embeds, negative_embeds) if e is not None]
+                self.followers.send_job(Job.of(spec, image, embeds, adapters))
                 prompt_embeds, negative_embeds = self._share_embeds(prompt_embeds, negative_embeds)
             latents = self._denoise(
                 pipe, spec, image, prompt_embeds, negative_embeds, self._leader_callback(on_step, step_times, spec)
@@ -275,7 +297,7 @@ class WanEngine:
             in_group = False
             timings["denoising"] = time.perf_counter() - t0
 
-            # 3. Decode (rank 0 only)
+            # 4. Decode (rank 0 only)
             on_stage(Stage.decoding)
             t0 = time.perf_counter()
             frames = self.decode(pipe, latents)
@@ -301,9 +323,12 @@ class WanEngine:
         return Generation(frames=frames, timings=timings, step_times=step_times, latents=latents)
 
     def follow(self, job: Job) -> None:
-        """A follower rank's part of one job: the same denoising, step for step with rank 0."""
+        """A follower rank's part of one job: the same LoRAs in the same slots, then the same denoising, step for
+        step with rank 0."""
         spec = job.spec
         image = job.image()
+        if self.adapters is not None:
+            self._apply_adapters(job.adapters)
         dtype = getattr(torch, job.embed_dtype)
         shapes = job.embed_shapes
         prompt_embeds = torch.empty(shapes[0], dtype=dtype, device=self.device)
@@ -321,6 +346,23 @@ class WanEngine:
             self._denoise(self._pipeline_for(image), spec, image, prompt_embeds, negative_embeds, callback)
         finally:
             self.release_memory()
+
+    def _adapter_plan(self, spec: GenerationSpec) -> Adapters:
+        """Rank 0's choice of slot for each of the job's LoRAs (InvalidRequest before anything runs if they cannot fit)."""
+        if self.adapters is None:
+            if spec.loras:
+                raise InvalidRequest(
+                    "this worker has no LoRA adapter slots (WANQ_LORAS_MAX_RESIDENT=0, or the engine was built without them)",
+                    param="loras",
+                )
+            return Adapters()
+        if self._warming and not spec.loras:
+            return self.adapters.warm()
+        return self.adapters.plan(spec.loras)
+
+    def _apply_adapters(self, adapters: Adapters) -> float:
+        assert self.adapters is not None and self.lora_cache is not None
+        return self.adapters.apply(adapters, self.lora_cache.path)
 
     def _share_embeds(self, prompt: torch.Tensor, negative: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Rank 0's embeddings on every rank; CFG rank 1 takes the negative prompt as its "prompt"."""
@@ -491,6 +533,13 @@ class WanEngine:
         )
         image = Image.new("RGB", (spec.width, spec.height)) if self.variant == "i2v-a14b" else None
         self.generate(spec, image)
+        if self.adapters is not None:
+            # The graph LoRA jobs run (LoRA layers on) is another one: made here too, every strength at 0.
+            self._warming = True
+            try:
+                self.generate(spec, image)
+            finally:
+                self._warming = False
         return time.perf_counter() - started
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from shared.store import JobStore
 from shared.timeouts import deadline, timeout_message
 from worker import export, extension, faults
 from worker.journal import RunJournal
+from worker.lora_cache import LoraCache
 
 log = logging.getLogger("wanq.worker")
 
@@ -65,6 +66,7 @@ class JobRunner:
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanq-finish")
         self._pending: Future[str] | None = None
         self.journal = RunJournal(settings.worker.run_log, worker_id)
+        self.lora_files = LoraCache.from_settings(settings.loras, download=storage.download_file)
 
     # -----------------------------------------------------------------------------------------
     def run(self, job_id: str, *, wait: bool = False) -> str:
@@ -143,6 +145,12 @@ class JobRunner:
                 image: Image.Image | None = Image.fromarray(claim.source.last)
             else:
                 image = self._load_image(spec)
+            if spec.loras:
+                # The LoRA files onto this host's disk (verified against their sha256), for every rank to read.
+                self._progress(record, attempt, Stage.loading, 0, spec.num_inference_steps, timings)
+                t0 = time.perf_counter()
+                self.lora_files.ensure(spec.loras)
+                timings["fetching_loras"] = time.perf_counter() - t0
 
             def on_stage(stage: Stage) -> None:
                 self._progress(record, attempt, stage, 0, spec.num_inference_steps, timings)

@@ -62,7 +62,7 @@ class WorkerProcess:
         }
         self._start_heartbeat(store)
         metrics.serve(self.settings.worker.metrics_port)
-        engine = start_engine(self.model_path, self.settings.engine, model_id=self.model_id)
+        engine = start_engine(self.model_path, self.settings.engine, model_id=self.model_id, loras=self.settings.loras)
         metrics.model_loaded(self.model_id, engine.load_time_s)
         self._info.update(load_time_s=round(engine.load_time_s, 3), variant=engine.variant, plan=engine.plan.__dict__)
         if self.settings.engine.warmup:

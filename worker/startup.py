@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from shared import logs
-from shared.settings import EngineSettings
+from shared.settings import EngineSettings, LoraSettings
 from worker import accel
 from worker.engine import WanEngine, rank_device
 from worker.parallel.group import Group
@@ -25,12 +25,13 @@ def start_engine(
     model_id: str = "",
     factory: str | None = None,
     factory_kwargs: dict[str, Any] | None = None,
+    loras: LoraSettings | None = None,
 ) -> WanEngine:
     """The engine this process serves jobs with. The arguments are `WanEngine`'s; with several GPUs,
     each follower builds its engine with the same ones."""
     logs.route_third_party()  # diffusers, transformers and torch are imported by now: their output into our log lines
     if settings.num_gpus == 1:
-        return WanEngine(model_path, settings, model_id=model_id, factory=factory, factory_kwargs=factory_kwargs)
+        return WanEngine(model_path, settings, model_id=model_id, factory=factory, factory_kwargs=factory_kwargs, loras=loras)
     started = time.perf_counter()
     path = Path(model_path) if model_path is not None else None
 
@@ -38,13 +39,20 @@ def start_engine(
     accel.validate_before_loading(settings, path, rank_device(settings, 0))
 
     # 2. Start the other ranks first, so that they load while we do, and join their group as rank 0
-    group = Group(settings, model_path=path, model_id=model_id, factory=factory, factory_kwargs=factory_kwargs)
+    group = Group(settings, model_path=path, model_id=model_id, factory=factory, factory_kwargs=factory_kwargs, loras=loras)
     member = group.start()
 
     # 3. Rank 0's engine, then every rank ready
     try:
         engine = WanEngine(
-            path, settings, model_id=model_id, factory=factory, factory_kwargs=factory_kwargs, member=member, followers=group
+            path,
+            settings,
+            model_id=model_id,
+            factory=factory,
+            factory_kwargs=factory_kwargs,
+            member=member,
+            followers=group,
+            loras=loras,
         )
     except BaseException:
         group.stop()

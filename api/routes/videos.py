@@ -66,6 +66,7 @@ _create_schema = {
                     "additionalProperties": False,
                     "properties": {
                         **{name: {"type": "string"} for name in VideoRequest.model_fields if name != "webhook_events"},
+                        "loras": {"type": "string", "description": "The `loras` list as JSON text."},
                         "webhook_events": {"type": "array", "items": {"type": "string"}},
                         "input_reference": {"type": "string", "format": "binary"},
                     },
@@ -130,6 +131,7 @@ async def _read_body(
             if any(isinstance(v, UploadFile) for v in values):
                 raise InvalidRequest(f"field '{key}' must not be a file", param=key)
             fields[key] = values if key == "webhook_events" else values[0]
+        _gather_form_loras(fields, form)
         return fields, image
     if content_type in ("application/json", ""):
         raw = await request.body()
@@ -154,6 +156,27 @@ async def _read_body(
             raise InvalidRequest('\'input_reference\' in JSON must be {"image_url": "..."}', param="input_reference")
         return data, None
     raise InvalidRequest(f"unsupported content type {content_type!r}; send JSON or multipart/form-data", param="content-type")
+
+
+def _gather_form_loras(fields: dict[str, Any], form: Any) -> None:
+    """The openai SDK sends `extra_body={"loras": [...]}` in a multipart request as `loras[][name]`,
+    `loras[][strength]`, ... (its "brackets" format): the n-th value of each belongs to the n-th LoRA."""
+    parts = {key[len("loras[][") : -1]: form.getlist(key) for key in fields if key.startswith("loras[][") and key.endswith("]")}
+    if not parts:
+        return
+    for key in list(fields):
+        if key.startswith("loras[]"):
+            del fields[key]
+    if "loras" in fields:
+        raise InvalidRequest("send 'loras' once: as one JSON field or as loras[][name] fields", param="loras")
+    counts = {len(values) for values in parts.values()}
+    if len(counts) != 1:
+        raise InvalidRequest(
+            "in a multipart form every LoRA needs the same fields (loras[][name], loras[][strength], ...); "
+            "or send 'loras' as one JSON field",
+            param="loras",
+        )
+    fields["loras"] = [{name: values[i] for name, values in parts.items()} for i in range(counts.pop())]
 
 
 def _image_bytes(services: Services, req: VideoRequest, upload: bytes | None) -> bytes | None:
@@ -366,6 +389,11 @@ async def _create(
     if upload is not None or req.image_url is not None:
         image_data = await asyncio.to_thread(_image_bytes, services, req, upload)
 
+    # The LoRAs it names, as the tenant sees them (one Redis round trip; none without LoRAs)
+    lora_records = None
+    if req.loras:
+        lora_records = await asyncio.to_thread(services.loras.visible, principal.tenant, [r.name for r in req.loras])
+
     # Resolve against the model's defaults and limits (an extension: and its source's parameters)
     job_id = f"video_{uuid.uuid4().hex}"
     spec: GenerationSpec
@@ -378,6 +406,8 @@ async def _create(
             settings.default_model,
             settings.jobs,
             image_key=services.storage.key(job_id, "image"),
+            loras=lora_records,
+            lora_limits=settings.loras,
         )
     else:
         image_key = services.storage.key(job_id, "image") if image_data is not None else None
@@ -388,6 +418,8 @@ async def _create(
             settings.jobs,
             has_image=image_data is not None,
             image_key=image_key,
+            loras=lora_records,
+            lora_limits=settings.loras,
         )
     services.quotas.check_size(principal.tenant, spec)
 

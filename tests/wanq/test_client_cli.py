@@ -306,3 +306,51 @@ def test_the_decode_estimate_scales_with_pixels_and_frames() -> None:
 def test_the_server_comes_from_wanq_url(closed_url: str) -> None:
     done = wanq("models", env={"WANQ_URL": closed_url})
     assert done.returncode == 1 and f"no server answers at {closed_url}" in done.stderr, done.stderr
+
+
+def test_loras_upload_list_use_and_delete_from_the_command_line(stack: Stack, api_key: str | None, tmp_path: Path) -> None:
+    from tests.lora_maker import make_lora
+    from worker.tiny_model import build_tiny_pipeline
+
+    lora = make_lora(build_tiny_pipeline("t2v-a14b").transformer, tmp_path / "cli.safetensors", rank=4, seed=9)
+    url = ("--url", stack.api_url)
+    uploaded = wanq(
+        *(
+            "loras",
+            "upload",
+            str(lora),
+            "--name",
+            "cli-lora",
+            "--model",
+            "tiny-t2v-a14b",
+            "--steps",
+            "2",
+            "--guidance-scale",
+            "1",
+        ),
+        *url,
+        key=api_key,
+    )
+    assert uploaded.returncode == 0, uploaded.stderr
+    assert uploaded.stdout.startswith("cli-lora  tiny-t2v-a14b  rank 4  20 modules  sha256 ")
+    again = wanq("loras", "upload", str(lora), "--name", "cli-lora", "--model", "tiny-t2v-a14b", *url, key=api_key)
+    assert again.returncode == 1 and "a LoRA named 'cli-lora' exists already" in again.stderr
+    listed = wanq("loras", "list", *url, key=api_key)
+    assert any(
+        line.startswith("cli-lora ") and "num_inference_steps=2 guidance_scale=1.0" in line for line in listed.stdout.splitlines()
+    )
+    submitted = wanq(
+        *("submit", "a fox", "--model", "tiny-t2v-a14b", "--size", "64x64", "--num-frames", "5", "--lora", "cli-lora:0.7"),
+        *("--wait", "-o", str(tmp_path / "fox.mp4"), *url),
+        key=api_key,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    with Client(stack.api_url, api_key=api_key) as client:
+        video = client.get(submitted.stdout.split()[0])
+    assert video["loras"][0]["name"] == "cli-lora" and video["loras"][0]["strength"] == 0.7
+    assert video["num_inference_steps"] == 2 and video["guidance_scale_2"] == 1.0  # the LoRA's recommendation
+    assert probe_mp4(tmp_path / "fox.mp4")["frames"] == 5
+    deleted = wanq("loras", "delete", "cli-lora", *url, key=api_key)
+    assert deleted.returncode == 0 and deleted.stdout.strip() == "cli-lora deleted"
+    gone = wanq("loras", "show", "cli-lora", *url, key=api_key)
+    assert gone.returncode == 1 and "no LoRA named 'cli-lora'" in gone.stderr

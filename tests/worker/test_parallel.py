@@ -1,5 +1,6 @@
-"""Two ranks in one gloo process group on the CPU: CFG-parallel output, cancel across ranks, and
-a dead rank taking the worker down promptly. (Ulysses / ring need CUDA: diffusers' context
+"""Two ranks in one gloo process group on the CPU: CFG-parallel output (with a LoRA on every rank, and with
+guidance 1, where CFG-parallel has nothing to split), cancel across ranks, and a dead rank taking the worker
+down promptly. (Ulysses / ring need CUDA: diffusers' context
 parallelism is verified on the lent GPUs, benchmarks/RESULTS.md.)
 
 Rank 0 runs in a child process because a dead follower makes it `os._exit`, as it must in a worker.
@@ -25,19 +26,28 @@ RANK0 = r"""
 import sys, time
 import torch
 from shared.errors import JobCanceled
-from shared.schemas import GenerationSpec
-from shared.settings import EngineSettings
+from shared.schemas import GenerationSpec, JobLora
+from shared.settings import EngineSettings, LoraSettings
 from worker.engine import WanEngine
 from worker.startup import start_engine
 
-path = sys.argv[1]
+path, cache, sha, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+loras = LoraSettings(max_resident=2, max_rank=8, cache_dir=cache)
 spec = GenerationSpec(model="tiny", prompt="a cat walks", negative_prompt="blurry", width=64, height=64, num_frames=9,
                       fps=16, num_inference_steps=3, guidance_scale=4.0, guidance_scale_2=3.0, flow_shift=5.0, seed=5)
-reference = WanEngine(path, EngineSettings(device="cpu")).generate(spec).latents
-engine = start_engine(path, EngineSettings(device="cpu", num_gpus=2, cfg_parallel=True))
+lora = JobLora(name="x", sha256=sha, storage_key="x", size_bytes=size, strength=0.8, expert="both")
+with_lora = spec.model_copy(update={"loras": (lora,)})
+no_cfg = spec.model_copy(update={"guidance_scale": 1.0, "guidance_scale_2": 1.0, "loras": (lora,)})
+one = WanEngine(path, EngineSettings(device="cpu"), loras=loras)
+reference, reference_lora, reference_no_cfg = (one.generate(s).latents for s in (spec, with_lora, no_cfg))
+engine = start_engine(path, EngineSettings(device="cpu", num_gpus=2, cfg_parallel=True), loras=loras)
 print("PLAN", engine.plan.num_gpus, engine.plan.cfg_parallel, flush=True)
 result = engine.generate(spec)
 print("REL", float((result.latents - reference).norm() / reference.norm()), flush=True)
+lora_result = engine.generate(with_lora).latents
+print("REL_LORA", float((lora_result - reference_lora).norm() / reference_lora.norm()), flush=True)
+no_cfg_result = engine.generate(no_cfg).latents
+print("REL_NO_CFG", float((no_cfg_result - reference_no_cfg).norm() / reference_no_cfg.norm()), flush=True)
 
 seen = []
 def cancel_at_two(done, total):
@@ -66,12 +76,26 @@ def tiny_a14b(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cfg_parallel_cancel_and_a_dead_rank(tiny_a14b: Path, tmp_path: Path) -> None:
+    from diffusers import WanPipeline
+
+    from shared.fetch import sha256_of
+    from tests.lora_maker import make_lora
+
     script = tmp_path / "rank0.py"
     script.write_text(RANK0)
+    lora = make_lora(WanPipeline.from_pretrained(tiny_a14b).transformer, tmp_path / "x.safetensors", rank=4, seed=2)
+    sha = sha256_of(lora)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / f"{sha}.safetensors").write_bytes(lora.read_bytes())  # the host's LoRA cache, which every rank reads
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     rank0 = subprocess.Popen(
-        [sys.executable, str(script), str(tiny_a14b)], stdout=subprocess.PIPE, text=True, env=env, cwd=str(root)
+        [sys.executable, str(script), str(tiny_a14b), str(cache), sha, str(lora.stat().st_size)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=str(root),
     )
     assert rank0.stdout is not None
     lines: dict[str, list[str]] = {}
@@ -93,6 +117,10 @@ def test_cfg_parallel_cancel_and_a_dead_rank(tiny_a14b: Path, tmp_path: Path) ->
     # Two-expert model, both branches on two ranks: the same latents as one process
     assert lines["PLAN"] == ["2 True\n"]
     assert float(lines["REL"][0]) < 1e-5
+    # Every rank holds the job's LoRA in the same slot: the same latents as one process with it
+    assert float(lines["REL_LORA"][0]) < 1e-5
+    # Guidance 1: no unconditional branch, the CFG split off; both rank groups compute the conditional one
+    assert float(lines["REL_NO_CFG"][0]) < 1e-5
     # Cancel: rank 0's decision stops both ranks at step 2, and the group serves the next job
     assert lines["CANCELED"] == ["[1, 2]\n"]
     assert lines["AGAIN"] == ["True\n"]

@@ -46,6 +46,7 @@ def follower_main(report_fd: int) -> None:
             factory=launch.factory,
             factory_kwargs=launch.factory_kwargs,
             member=member,
+            loras=launch.loras,
         )
     except BaseException as exc:
         log.exception("rank %d failed to load", rank)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from shared.settings import EngineSettings
+from shared.settings import EngineSettings, LoraSettings
 from worker.parallel.mesh import Member, device_for, join
 from worker.parallel.messages import EXIT_RANK_DIED, Failed, Job, Launch, Ready, Stop, receive, send
 
@@ -45,6 +45,7 @@ class Group:
         model_id: str,
         factory: str | None,
         factory_kwargs: dict[str, Any] | None,
+        loras: LoraSettings | None = None,
     ) -> None:
         self.settings = settings
         self.world_size = settings.num_gpus
@@ -60,6 +61,7 @@ class Group:
             model_id=model_id,
             factory=factory,
             factory_kwargs=factory_kwargs or {},
+            loras=loras,
         )
 
     def start(self) -> Member:

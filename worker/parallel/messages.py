@@ -3,8 +3,8 @@
 Rank 0 writes `Launch` once, then one `Job` per generation, then `Stop`, down each follower's stdin;
 a follower answers `Ready` or `Failed` on its report pipe. On the wire each message is an 8-byte
 length and a pickle of the dataclass; both ends are our own processes, running the same code. A
-per-job extra (LoRA adapters to activate, cache settings) is a new typed field of `Job` with a
-default, and nothing else changes.
+per-job extra (cache settings, ...) is a new typed field of `Job` with a default, and nothing else
+changes: `Job.adapters` is rank 0's LoRA slot plan, which every rank applies from its own file cache.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from shared.schemas import GenerationSpec
-from shared.settings import EngineSettings
+from shared.settings import EngineSettings, LoraSettings
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +28,28 @@ EXIT_RANK_DIED = 70
 """Exit status of rank 0 when a follower died (the worker restarts; the job is redelivered)."""
 EXIT_BROKEN = 71
 """Exit status of rank 0 when a job failed mid-denoise and the ranks can no longer agree."""
+
+
+@dataclass(frozen=True)
+class AdapterSlot:
+    """One LoRA in one adapter slot of one transformer, at a strength (worker/lora_slots.py)."""
+
+    expert: str
+    """`transformer` (the high-noise expert of A14B, TI2V-5B's only one) or `transformer_2`."""
+    slot: int
+    sha256: str
+    name: str
+    strength: float
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """A job's LoRA slot plan, decided by rank 0 so that every rank holds the same LoRA in the same slot (the
+    same summation order, so the same numbers): what each slot holds, and which transformers run their LoRA
+    layers at all (a transformer none of the job's LoRAs touches runs without them)."""
+
+    slots: tuple[AdapterSlot, ...] = ()
+    enabled: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,8 @@ class Launch:
     model_id: str
     factory: str | None = None
     factory_kwargs: dict[str, Any] = field(default_factory=dict)
+    loras: LoraSettings | None = None
+    """The adapter slots and the LoRA file cache (None: no LoRA)."""
 
 
 @dataclass(frozen=True)
@@ -54,9 +78,12 @@ class Job:
     embed_shapes: tuple[tuple[int, ...], ...]
     embed_dtype: str
     """A torch dtype's name, e.g. "bfloat16"."""
+    adapters: Adapters = Adapters()
 
     @classmethod
-    def of(cls, spec: GenerationSpec, image: Image.Image | None, embeds: Sequence[torch.Tensor]) -> Job:
+    def of(
+        cls, spec: GenerationSpec, image: Image.Image | None, embeds: Sequence[torch.Tensor], adapters: Adapters = Adapters()
+    ) -> Job:
         png = None
         if image is not None:
             buffer = io.BytesIO()
@@ -67,6 +94,7 @@ class Job:
             image_png=png,
             embed_shapes=tuple(tuple(e.shape) for e in embeds),
             embed_dtype=str(embeds[0].dtype).removeprefix("torch."),
+            adapters=adapters,
         )
 
     def image(self) -> Image.Image | None:
