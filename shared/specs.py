@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.catalog import ModelSpec
 from shared.errors import InvalidRequest, ModelNotAvailable
-from shared.schemas import GenerationSpec
+from shared.schemas import GenerationSpec, JobCache, parse_job_cache
 from shared.settings import JobSettings
 
 MAX_SEED = 2**32 - 1
@@ -104,6 +104,12 @@ class VideoRequest(BaseModel):
         description="https:// or data: URL of the first frame (image-to-video); or send the file as `input_reference` "
         "(multipart). Scaled to cover the size and centre-cropped.",
     )
+    cache: JobCache = Field(
+        default=None,
+        description="Step cache for this job (cache-dit DBCache; lossy, faster): an object of settings, each optional "
+        '(fn, bn, warmup, rdt, mc, taylorseer, ts_order; e.g. {"rdt": 0.3}; omitted ones are the worker\'s), '
+        "or false for none; default: the worker's configured cache (WANQ_ENGINE_CACHE, none unless set).",
+    )
     webhook_url: str | None = Field(
         default=None, description="http(s) URL told of this job's events, signed with the tenant's webhook secret."
     )
@@ -120,6 +126,11 @@ class VideoRequest(BaseModel):
         if isinstance(value, bool):
             raise ValueError("must be a number, not true or false")
         return value
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache(cls, value: Any) -> Any:
+        return parse_job_cache(value)
 
 
 def parse_request(data: dict[str, Any]) -> VideoRequest:
@@ -268,4 +279,5 @@ def resolve_spec(
         flow_shift=shift,
         seed=seed,
         image_key=image_key,
+        cache=req.cache,
     )

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.schemas import JobRecord, JobStatus, Stage
+from shared.schemas import JobCache, JobRecord, JobStatus, Stage
 
 
 class VideoError(BaseModel):
@@ -55,6 +55,11 @@ class Video(BaseModel):
     )
     flow_shift: float = Field(ge=0.01, le=100, description="Shift of the flow-matching noise schedule.")
     has_image: bool = Field(description="Whether it animates an input image (image-to-video).")
+    cache: JobCache = Field(
+        default=None,
+        description="The step cache the job asked for (cache-dit DBCache settings), false for none, "
+        "null for the worker's configured default.",
+    )
     started_at: int | None = Field(default=None, description="Unix seconds: when its first run started.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the latest run.")
     attempts: int = Field(ge=0, description="Runs that started (a worker that died mid-job makes one more).")
@@ -97,6 +102,7 @@ class Video(BaseModel):
             guidance_scale_2=spec.guidance_scale_2,
             flow_shift=spec.flow_shift,
             has_image=spec.image_key is not None,
+            cache=spec.cache,
             started_at=int(record.started_at) if record.started_at else None,
             timings=record.timings,
             attempts=record.attempts,

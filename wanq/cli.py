@@ -17,7 +17,8 @@ from shared.settings import EngineSettings, Settings
 ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--device", dict(help="cuda, cuda:N, cpu or auto")),
     ("--dtype", dict(choices=["auto", "bf16", "fp16", "fp32"])),
-    ("--attention-backend", dict(help="a diffusers attention backend (native, _native_cudnn, flash, ...)")),
+    ("--attention-backend", dict(help="a diffusers attention backend (native, _native_cudnn, flash, ...) or fa4")),
+    ("--quantization", dict(choices=["none", "fp8"], help="fp8: FP8 rowwise linears in the transformer blocks (lossy)")),
     ("--compile", dict(action="store_true", default=None, help="regional compile of the repeated transformer blocks")),
     ("--warmup", dict(action="store_true", default=None, help="one small generation before taking jobs")),
     ("--offload", dict(choices=["none", "model", "group", "sequential"])),
@@ -25,13 +26,22 @@ ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--vae-cpu-offload", dict(action="store_true", default=None)),
     ("--pin-cpu-memory", dict(action="store_true", default=None)),
     ("--vae-tiling", dict(action="store_true", default=None)),
+    ("--vae-path", dict(help="a VAE used instead of the model's: a diffusers directory or a weights file")),
+    ("--vae-compile", dict(action="store_true", default=None, help="torch.compile the VAE decoder")),
+    ("--vae-channels-last", dict(action="store_true", default=None, help="channels-last VAE weights (cuDNN conv3d)")),
+    ("--cudnn-benchmark", dict(action="store_true", default=None, help="let cuDNN time its conv algorithms per shape")),
     ("--num-gpus", dict(type=int)),
     ("--ulysses-degree", dict(type=int)),
     ("--ring-degree", dict(type=int)),
     ("--cfg-parallel", dict(action="store_true", default=None)),
-    ("--cache", dict(choices=["none", "fbcache", "taylorseer"])),
-    ("--cache-threshold", dict(type=float)),
-    ("--cache-interval", dict(type=int)),
+    ("--cache", dict(choices=["none", "dbcache"], help="default step cache of jobs that do not say (cache-dit; lossy)")),
+    ("--cache-fn", dict(type=int, help="dbcache: first blocks always computed (1)")),
+    ("--cache-bn", dict(type=int, help="dbcache: last blocks always computed (0)")),
+    ("--cache-warmup", dict(type=int, help="dbcache: first steps always computed (4)")),
+    ("--cache-rdt", dict(type=float, help="dbcache: residual-difference threshold (0.24)")),
+    ("--cache-mc", dict(type=int, help="dbcache: most cached steps in a row, -1 = no limit (3)")),
+    ("--cache-taylorseer", dict(action="store_true", default=None, help="dbcache: TaylorSeer calibrator")),
+    ("--cache-ts-order", dict(type=int, help="dbcache: TaylorSeer order, 1 or 2 (1)")),
 ]
 
 
@@ -108,7 +118,7 @@ def api_factory() -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    from worker import accel
+    from worker import accel, probe
     from worker.service import run
 
     settings = _settings_with_engine_flags(load_settings(), args)
@@ -117,6 +127,9 @@ def cmd_worker(args: argparse.Namespace) -> None:
         accel.validate(settings.engine)
     except ValueError as exc:
         raise SystemExit(f"wanq worker: {exc}") from None
+    problems = probe.environment_problems_in_child(settings.engine)
+    if problems:
+        raise SystemExit("wanq worker: engine options this machine cannot run: " + "; ".join(problems))
     if args.model not in settings.catalog() and args.model not in settings.models:
         # A worker may serve a model the API is not configured for only if WANQ_MODELS says so.
         settings = settings.model_copy(update={"models": [*settings.models, args.model]})

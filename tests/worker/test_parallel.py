@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from shared.schemas import GenerationSpec
+from worker.cache import DBCacheSetting
 from worker.parallel.messages import EXIT_RANK_DIED, Failed, Job, Stop, receive, send
 from worker.tiny_model import write_tiny_model
 
@@ -50,6 +51,16 @@ except JobCanceled:
     print("CANCELED", seen, flush=True)
 again = engine.generate(spec)
 print("AGAIN", bool(torch.equal(again.latents, result.latents)), flush=True)
+
+# The step cache per job on both ranks: the follower gets rank 0's resolved setting in its Job message (were it
+# missing there, rank 0 would wait in the residual test's all_reduce); rdt 0 is the uncached output exactly.
+def with_cache(cache):
+    return GenerationSpec.model_validate({**spec.model_dump(), "num_inference_steps": 8, "cache": cache})
+uncached = engine.generate(with_cache(False))
+exact = engine.generate(with_cache({"rdt": 0.0}))
+cached = engine.generate(with_cache({"rdt": 1.0, "warmup": 1}))
+print("CACHE", bool(torch.equal(exact.latents, uncached.latents)), bool(torch.equal(cached.latents, uncached.latents)),
+      cached.cache["blocks_skipped_share"] > 0, flush=True)
 
 print("PIDS", *engine.followers.pids, flush=True)
 def slow(done, total):
@@ -96,6 +107,7 @@ def test_cfg_parallel_cancel_and_a_dead_rank(tiny_a14b: Path, tmp_path: Path) ->
     # Cancel: rank 0's decision stops both ranks at step 2, and the group serves the next job
     assert lines["CANCELED"] == ["[1, 2]\n"]
     assert lines["AGAIN"] == ["True\n"]
+    assert lines["CACHE"] == ["True False True\n"]
     # A dead follower takes rank 0 down promptly (its job would be redelivered), never a hang
     assert "NOT" not in lines
     assert code == EXIT_RANK_DIED
@@ -123,7 +135,10 @@ def test_messages_cross_a_pipe_typed_and_only_ours_are_accepted() -> None:
         seed=1,
     )
     image = Image.new("RGB", (64, 48), (200, 10, 30))
-    job = Job.of(spec, image, [torch.zeros(1, 7, 16, dtype=torch.bfloat16), torch.zeros(1, 3, 16, dtype=torch.bfloat16)])
+    cache = DBCacheSetting(rdt=0.3, taylorseer=True)
+    job = Job.of(
+        spec, image, [torch.zeros(1, 7, 16, dtype=torch.bfloat16), torch.zeros(1, 3, 16, dtype=torch.bfloat16)], cache=cache
+    )
     read_fd, write_fd = os.pipe()
     with os.fdopen(read_fd, "rb") as reader, os.fdopen(write_fd, "wb") as writer:
         for message in (job, Failed("OutOfMemoryError: no"), Stop()):
@@ -133,6 +148,7 @@ def test_messages_cross_a_pipe_typed_and_only_ours_are_accepted() -> None:
         received = receive(reader)
         assert isinstance(received, Job)
         assert (received.spec, received.embed_shapes, received.embed_dtype) == (spec, ((1, 7, 16), (1, 3, 16)), "bfloat16")
+        assert received.cache == cache
         decoded = received.image()
         assert decoded is not None and decoded.tobytes() == image.tobytes()  # a lossless PNG on the way
         assert receive(reader) == Failed("OutOfMemoryError: no")

@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from shared.schemas import GenerationSpec
 from shared.settings import EngineSettings
+from worker.cache import DBCacheSetting
 
 if TYPE_CHECKING:
     import torch
@@ -54,9 +55,18 @@ class Job:
     embed_shapes: tuple[tuple[int, ...], ...]
     embed_dtype: str
     """A torch dtype's name, e.g. "bfloat16"."""
+    cache: DBCacheSetting | None = None
+    """The step cache setting rank 0 resolved for the job (the job's own over the worker's); None = no cache."""
 
     @classmethod
-    def of(cls, spec: GenerationSpec, image: Image.Image | None, embeds: Sequence[torch.Tensor]) -> Job:
+    def of(
+        cls,
+        spec: GenerationSpec,
+        image: Image.Image | None,
+        embeds: Sequence[torch.Tensor],
+        *,
+        cache: DBCacheSetting | None = None,
+    ) -> Job:
         png = None
         if image is not None:
             buffer = io.BytesIO()
@@ -67,6 +77,7 @@ class Job:
             image_png=png,
             embed_shapes=tuple(tuple(e.shape) for e in embeds),
             embed_dtype=str(embeds[0].dtype).removeprefix("torch."),
+            cache=cache,
         )
 
     def image(self) -> Image.Image | None:
