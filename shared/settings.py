@@ -158,10 +158,24 @@ class EngineSettings(BaseModel):
     cudnn_benchmark: bool = False
     """torch.backends.cudnn.benchmark: cuDNN times its conv algorithms per new shape (the VAE's conv3d) and keeps
     the fastest; process-wide; the first decode at a size pays for the search."""
+
     prompt_cache_size: int = Field(default=64, ge=0)
     """Prompt embeddings kept per worker (LRU, keyed by prompt, negative prompt and model)."""
     fault_injection: bool = False
     """Test-only: honours `_fault` markers in prompts. Never enable in production."""
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _old_presets(cls, value: object) -> object:
+        # diffusers' FirstBlockCache gave bit-identical latents to DBCache with fn 1, bn 0, no warmup and no limit on
+        # cached steps in a row; diffusers' TaylorSeer preset has no counterpart.
+        if value == "fbcache":
+            raise ValueError(
+                "fbcache is gone: use dbcache with cache_warmup 0, cache_mc -1 and cache_rdt <your threshold> (the same algorithm)"
+            )
+        if value == "taylorseer":
+            raise ValueError("taylorseer is gone: use dbcache with cache_taylorseer true")
+        return value
 
 
 class WorkerSettings(BaseModel):

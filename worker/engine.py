@@ -113,6 +113,18 @@ def check_vae(vae: Any, transformer: Any, vae_path: str) -> None:
         )
 
 
+def decode_latents(vae: Any, video_processor: Any, latents: torch.Tensor) -> np.ndarray:
+    """Latents -> uint8 frames [F, H, W, 3]: the Wan pipelines' own decode (un-normalize, VAE, postprocess)."""
+    with torch.no_grad():
+        device = accel.module_device(vae)
+        latents = latents.to(device=device, dtype=vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(device, latents.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(device, latents.dtype)
+        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        frames = video_processor.postprocess_video(video, output_type="pt")[0]  # [F, C, H, W] in 0..1
+        return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # type: ignore[no-any-return]
+
+
 def rank_device(settings: EngineSettings, rank: int) -> torch.device:
     """The device a rank computes on: the configured one, or cuda:<rank> with several GPUs."""
     device = accel.resolve_device(settings.device)
@@ -517,17 +529,9 @@ class WanEngine:
 
     def decode(self, pipe: Any, latents: torch.Tensor) -> np.ndarray:
         """The pipeline's own decode, split out so that it is timed (and overlappable) on its own."""
-        vae = pipe.vae
-        with torch.no_grad():
-            device = accel.module_device(vae)
-            latents = latents.to(device=device, dtype=vae.dtype)
-            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(device, latents.dtype)
-            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(device, latents.dtype)
-            video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-            frames = pipe.video_processor.postprocess_video(video, output_type="pt")[0]  # [F, C, H, W] in 0..1
-            frames = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        frames = decode_latents(pipe.vae, pipe.video_processor, latents)
         pipe.maybe_free_model_hooks()
-        return frames  # type: ignore[no-any-return]
+        return frames
 
     def _cache_done(self) -> dict[str, Any] | None:
         """What the step cache did in the job that just ran; its buffers are freed."""

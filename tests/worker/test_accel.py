@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from shared.settings import EngineSettings, Settings
 from wanq.cli import _settings_with_engine_flags, build_parser, main
@@ -198,6 +199,9 @@ def test_the_cache_defaults_are_sglang_diffusions_documented_ones() -> None:
         3,
     )
     assert (engine.cache_taylorseer, engine.cache_ts_order) == (False, 1)
+    # diffusers' presets are gone; a configuration naming them is told what replaces them
+    with pytest.raises(ValidationError, match="fbcache is gone: use dbcache with cache_warmup 0, cache_mc -1"):
+        EngineSettings(cache="fbcache")  # type: ignore[arg-type]
 
 
 def test_a_machine_without_flash_attn_4_or_the_right_gpu_is_told_what_to_change() -> None:
