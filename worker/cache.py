@@ -76,6 +76,15 @@ def expert_steps(pipe: Any, scheduler: Any, num_inference_steps: int) -> list[in
     return [high, num_inference_steps - high]
 
 
+def check_fits(setting: DBCacheSetting, pipe: Any) -> None:
+    """The `fn` first and `bn` last blocks always computed must fit in the model (cache-dit asserts it)."""
+    from shared.errors import InvalidRequest
+
+    blocks = min(len(m.blocks) for m in _experts(pipe))
+    if setting.fn + setting.bn > blocks:
+        raise InvalidRequest(f"invalid 'cache' fn {setting.fn} + bn {setting.bn}: the model has {blocks} blocks", param="cache")
+
+
 def _experts(pipe: Any) -> list[Any]:
     """The transformers (typed loosely: cache-dit adds its context attributes to them)."""
     return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
@@ -129,13 +138,6 @@ class StepCache:
             if setting is None:
                 model.forward = self._plain_forward[index]
                 continue
-            if setting.fn + setting.bn > len(model.blocks):
-                from shared.errors import InvalidRequest
-
-                raise InvalidRequest(
-                    f"invalid 'cache' fn {setting.fn} + bn {setting.bn}: the model has {len(model.blocks)} blocks",
-                    param="cache",
-                )
             config = DBCacheConfig(
                 Fn_compute_blocks=setting.fn,
                 Bn_compute_blocks=setting.bn,

@@ -30,7 +30,7 @@ from shared.errors import InvalidRequest, JobCanceled, OutOfMemory
 from shared.schemas import GenerationSpec, Stage
 from shared.settings import EngineSettings
 from worker import accel
-from worker.cache import DBCacheSetting, StepCache, resolve
+from worker.cache import DBCacheSetting, StepCache, check_fits, resolve
 from worker.parallel import mesh
 from worker.parallel.messages import EXIT_BROKEN, Job
 
@@ -281,12 +281,15 @@ class WanEngine:
     def cache_for(self, spec: GenerationSpec) -> DBCacheSetting | None:
         """The cache setting a job runs with (its `cache` over the worker's), refused where this worker cannot."""
         setting = resolve(self.settings, spec.cache)
-        if setting is not None and mesh.context_parallel(self.settings):
+        if setting is None:
+            return None
+        if mesh.context_parallel(self.settings):
             raise InvalidRequest(
                 "this worker splits each video over several GPUs (--ulysses-degree / --ring-degree), where the step "
                 'cache is not supported: send "cache": false or omit it',
                 param="cache",
             )
+        check_fits(setting, self.pipe)  # on rank 0, before any rank starts the job
         return setting
 
     @property

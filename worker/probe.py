@@ -18,8 +18,10 @@ from shared.settings import EngineSettings
 def environment_problems_in_child(settings: EngineSettings, timeout_s: float = 300) -> list[str]:
     """`accel.environment_problems` for the device the worker will use, run in a child interpreter; only when an
     option that needs more than torch is asked for."""
-    if settings.attention_backend != "fa4" and settings.quantization == "none" and settings.cache == "none":
-        return []
+    if settings.attention_backend != "fa4" and settings.quantization == "none":
+        from worker import accel
+
+        return accel.environment_problems(settings)  # packages only: no CUDA is touched
     done = subprocess.run(
         [sys.executable, "-m", "worker.probe"],
         input=settings.model_dump_json(),
