@@ -349,6 +349,7 @@ class WanEngine:
             self._sync()
             in_group = False
             timings["denoising"] = time.perf_counter() - t0
+            cache_stats = self._cache_done()  # its residual buffers go before the decode needs the memory
 
             # 3. Decode (rank 0 only)
             on_stage(Stage.decoding)
@@ -373,7 +374,6 @@ class WanEngine:
             # so the memory really returns to the allocator and the next job starts clean.
             self._after_failure(in_group)
             raise OutOfMemory(f"out of GPU memory at {spec.size}x{spec.num_frames}: {out_of_memory[:300]}")
-        cache_stats = self._cache_done()
         if cache_stats is not None and cache_stats["setting"] is not None:
             log.info("step cache", extra={"skipped_share": cache_stats["blocks_skipped_share"], **cache_stats["setting"]})
         return Generation(frames=frames, timings=timings, step_times=step_times, latents=latents, cache=cache_stats)

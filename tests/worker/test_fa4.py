@@ -41,13 +41,23 @@ class Counting:
         return reference_kernel(*args)
 
 
+@pytest.fixture(autouse=True)
+def process_wide_backend() -> Any:
+    """diffusers' `set_attention_backend` also makes the backend the process-wide default: put it back."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry._active_backend
+    yield
+    _AttentionBackendRegistry.set_active_backend(active)
+    fa4.use_kernel(fa4._fa4_kernel)
+
+
 @pytest.fixture
 def kernel() -> Any:
     counting = Counting()
     fa4.use_kernel(counting)
     fa4.register()
-    yield counting
-    fa4.use_kernel(fa4._fa4_kernel)
+    return counting
 
 
 def transformer_and_inputs() -> tuple[Any, dict[str, Any]]:
@@ -104,17 +114,14 @@ def test_regional_compile_with_fullgraph_keeps_the_kernel_one_node(kernel: Count
 
 def test_fa4s_own_limits_are_checked_where_the_real_kernel_runs() -> None:
     fa4.use_kernel(reference_kernel, limits=("cpu", 9))  # FA4's sm90 rules, on CPU tensors
-    try:
-        fa4.register()
-        q = torch.randn(1, 8, 2, 12, dtype=torch.bfloat16)  # the tiny model's head dim 12
-        with pytest.raises(ValueError, match=r"FA4 on sm90 needs head dims in 8\.\.256 divisible by 8, got \(12, 12\)"):
-            fa4._fa4_attention(q, q, q)
-        with pytest.raises(ValueError, match="needs bf16 or fp16"):
-            fa4._fa4_attention(*(torch.randn(1, 8, 2, 16) for _ in range(3)))
-        out = fa4._fa4_attention(*(torch.randn(1, 8, 2, 16, dtype=torch.bfloat16) for _ in range(3)))
-        assert out.shape == (1, 8, 2, 16) and out.dtype == torch.bfloat16
-    finally:
-        fa4.use_kernel(fa4._fa4_kernel)
+    fa4.register()
+    q = torch.randn(1, 8, 2, 12, dtype=torch.bfloat16)  # the tiny model's head dim 12
+    with pytest.raises(ValueError, match=r"FA4 on sm90 needs head dims in 8\.\.256 divisible by 8, got \(12, 12\)"):
+        fa4._fa4_attention(q, q, q)
+    with pytest.raises(ValueError, match="needs bf16 or fp16"):
+        fa4._fa4_attention(*(torch.randn(1, 8, 2, 16) for _ in range(3)))
+    out = fa4._fa4_attention(*(torch.randn(1, 8, 2, 16, dtype=torch.bfloat16) for _ in range(3)))
+    assert out.shape == (1, 8, 2, 16) and out.dtype == torch.bfloat16
 
 
 def _free_port() -> int:
