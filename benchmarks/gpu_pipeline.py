@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """GPU benchmark of the worker's engine (a script, not a test). Results: benchmarks/RESULTS.md.
 
-Runs the worker's engine (`worker.startup.start_engine`) on a GPU. Without `--model-path` the
+Runs the worker's engine (`worker.startup.start_engine`) on a GPU. The speed options of issue 19 (FA4, FP8,
+cache-dit, decode) are measured by benchmarks/gpu_engine.py. Without `--model-path` the
 pipelines are the real-size architectures (TI2V-5B, T2V-A14B) with random bf16 weights, built on
 the GPU by benchmarks/gpu_models.py and handed to the engine as a factory, so the engine's own option path
 (worker/accel.py, worker/parallel/) is what is measured. Each part runs in its own process and
 adds to one JSON file; `report` prints the tables.
 
   python benchmarks/gpu_pipeline.py plan call1 --out OUT     # TI2V-5B: 1 GPU, then 2 GPUs
-  python benchmarks/gpu_pipeline.py plan call2 --out OUT     # cache presets, T2V-A14B offload, A14B 2 GPUs
+  python benchmarks/gpu_pipeline.py plan call2 --out OUT     # 2 GPUs again, T2V-A14B offload, A14B 2 GPUs
   python benchmarks/gpu_pipeline.py <part> --out OUT         # one part (see PARTS)
   python benchmarks/gpu_pipeline.py plan call1 --tiny --out /tmp/b   # the same logic on CPU, tiny models
 
@@ -16,7 +17,7 @@ Parts: env, matmul (the card's bf16 rate), baseline (plain diffusers `WanPipelin
 forward (one transformer forward per attention backend, eager and compiled, against the FLOP
 floor), engine (compiled engine: end to end 50 steps with stage times, three back-to-back jobs
 with the export overlapped and the GPU's idle time, an oversized job that runs out of memory
-followed by a normal one), cache (fbcache / taylorseer speed), multi (2 GPUs: cfg-parallel or
+followed by a normal one), multi (2 GPUs: cfg-parallel or
 Ulysses, per-step time and output against the 1-GPU output), a14b-offload (T2V-A14B at
 1280x720x81 per offload mode), a14b-multi (T2V-A14B cfg-parallel on 2 GPUs).
 """
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import json
 import os
 import statistics
@@ -575,44 +575,6 @@ def part_engine(args: argparse.Namespace) -> None:
     save(args.out, "oom", oom)
 
 
-def part_cache(args: argparse.Namespace) -> None:
-    """Cache presets (lossy): speed against the same engine with --cache none, eager both."""
-    results: dict[str, Any] = load(args.out).get("cache", {})
-    for preset in args.cache_presets.split(","):
-        settings = engine_settings(args, cache=preset, attention_backend="native")
-        engine = make_engine(args, settings)
-        spec = spec_for(args, num_inference_steps=args.cache_steps)
-        result, _ = timed_job(engine, spec)
-        results[preset] = {
-            "steps": spec.num_inference_steps,
-            "denoise_s": round(result.timings["denoising"], 2),
-            "step_times_s": [round(t, 3) for t in result.step_times],
-            "settings": {"cache_threshold": settings.cache_threshold, "cache_interval": settings.cache_interval},
-        }
-        if result.latents is not None:
-            import torch
-
-            torch.save(result.latents.float().cpu(), args.out / f"cache_{preset}.pt")
-        del engine, result
-        gc.collect()
-        save(args.out, "cache", results)
-    # Steps 2..N against the uncached engine's (or else plain diffusers') median step: step 1 of a
-    # fresh engine carries one-off costs in every configuration.
-    import torch
-
-    uncached = results.get("none", {}).get("step_times_s", [])[1:]
-    per_step = median(uncached) if uncached else load(args.out).get("baseline", {}).get("median_step_s")
-    for preset, value in results.items():
-        value["reference_step_s"] = per_step
-        if per_step:
-            value["speedup_vs_uncached"] = round(per_step * (value["steps"] - 1) / sum(value["step_times_s"][1:]), 2)
-        path, ref_path = args.out / f"cache_{preset}.pt", args.out / "cache_none.pt"
-        if path.exists() and ref_path.exists():
-            a, b = torch.load(ref_path), torch.load(path)
-            value["latent_rel_diff_vs_uncached"] = round(float((a - b).norm() / a.norm()), 4)
-    save(args.out, "cache", results)
-
-
 def part_multi(args: argparse.Namespace) -> None:
     """Two GPUs (cfg-parallel or Ulysses): per-step time and output against the 1-GPU engine."""
     import torch
@@ -743,7 +705,6 @@ PARTS = {
     "baseline": part_baseline,
     "forward": part_forward,
     "engine": part_engine,
-    "cache": part_cache,
     "multi": part_multi,
     "a14b-offload": part_a14b_offload,
     "repeat": part_repeat,
@@ -773,7 +734,6 @@ PLANS: dict[str, list[tuple[str, list[str], int]]] = {
     "call2": [
         ("multi", ["--mode", "cfg", "--ref-steps", "5"], 130),
         ("multi", ["--mode", "ulysses", "--ref-steps", "5"], 130),
-        ("cache", ["--cache-presets", "fbcache,taylorseer", "--cache-steps", "12"], 100),
         ("a14b-offload", [*A14B, "--mode", "none"], 150),
         ("multi", [*A14B, "--mode", "cfg", "--ref-steps", "2", "--eager", "--engine", "text_encoder_cpu_offload=true"], 150),
     ],
@@ -833,8 +793,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--baseline-steps", type=int, default=5)
     parser.add_argument("--ref-steps", type=int, default=6)
     parser.add_argument("--job-steps", type=int, default=10)
-    parser.add_argument("--cache-steps", type=int, default=20)
-    parser.add_argument("--cache-presets", default="none,fbcache,taylorseer")
     parser.add_argument("--forward-variants", default=DEFAULT_VARIANTS)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--mode", default="cfg")
@@ -851,7 +809,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.tiny:  # tiny pipelines: small sizes, few steps
         args.width, args.height, args.frames = 64, 64, 9
-        args.steps, args.ref_steps, args.job_steps, args.cache_steps, args.baseline_steps = 3, 3, 2, 3, 2
+        args.steps, args.ref_steps, args.job_steps, args.baseline_steps = 3, 3, 2, 2
         args.oom_width, args.oom_height, args.oom_frames = 64, 64, 9
         args.reps = 2
         args.forward_variants = "eager-native:native:eager:9"

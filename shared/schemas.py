@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+)
 
 
 class JobStatus(StrEnum):
@@ -74,6 +83,64 @@ class JobLora(BaseModel):
     expert: Expert
 
 
+class CacheOptions(BaseModel):
+    """A job's cache-dit DBCache settings (lossy: blocks are skipped on steps that barely change). Omitted fields
+    take the worker's (WANQ_ENGINE_CACHE_*; SGLang-diffusion's defaults: fn 1, bn 0, warmup 4, rdt 0.24, mc 3)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fn: int | None = Field(default=None, ge=1, le=64, description="First blocks always computed (the residual probe).")
+    bn: int | None = Field(default=None, ge=0, le=64, description="Last blocks always computed.")
+    warmup: int | None = Field(default=None, ge=0, le=1000, description="First steps of each expert always computed.")
+    rdt: float | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="Residual-difference threshold: 0 never skips; higher skips more; >= 1 skips every step it may.",
+    )
+    mc: int | None = Field(default=None, ge=-1, le=1000, description="Most cached steps in a row (-1: no limit).")
+    taylorseer: bool | None = Field(default=None, description="TaylorSeer: extrapolate the skipped blocks' residual.")
+    ts_order: int | None = Field(default=None, ge=1, le=2, description="TaylorSeer order, 1 or 2.")
+
+    @field_validator("fn", "bn", "warmup", "rdt", "mc", "ts_order", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true or false")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _given_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # What the job gave, the same everywhere (in Redis, and in every answer about it): unset means the worker's.
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
+JobCache = CacheOptions | Literal[False] | None
+"""What a job says about caching: settings (`{}` = the worker's), False = none for this job, None = the worker's default."""
+
+
+def parse_job_cache(value: Any) -> CacheOptions | Literal[False] | None:
+    """The `cache` field from JSON (an object or false) or a form field (the same as JSON text)."""
+    if isinstance(value, str):  # multipart/form-data sends every field as text
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError('must be a JSON object such as {"rdt": 0.3}, or false') from None
+    if value == []:  # Redis' Lua cjson writes an empty object back as an empty array
+        value = {}
+    if value is None or value is False or isinstance(value, CacheOptions):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError('must be an object such as {"rdt": 0.3}, or false')
+    try:
+        return CacheOptions.model_validate(value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ValueError(f"{where} {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
 class GenerationSpec(BaseModel):
     """Everything a worker needs to generate one video; resolved and validated by the API."""
 
@@ -117,6 +184,14 @@ class GenerationSpec(BaseModel):
         if not self.loras:
             data.pop("loras", None)
         return data
+
+    cache: JobCache = None
+    """cache-dit settings for this job; False = none; None = the worker's default (WANQ_ENGINE_CACHE)."""
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache(cls, value: Any) -> Any:
+        return parse_job_cache(value)
 
     @property
     def size(self) -> str:

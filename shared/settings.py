@@ -21,7 +21,8 @@ from shared.catalog import PRESETS, TINY_MODEL_IDS, ModelSpec
 Offload = Literal["none", "model", "group", "sequential"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 LOG_LEVELS: tuple[LogLevel, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-CacheKind = Literal["none", "fbcache", "taylorseer"]
+CacheKind = Literal["none", "dbcache"]
+Quantization = Literal["none", "fp8"]
 
 
 class RedisSettings(BaseModel):
@@ -108,7 +109,10 @@ class EngineSettings(BaseModel):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """auto = bf16 on GPUs, fp32 on CPU (where bf16 matmuls are slow)."""
     attention_backend: str = ""
-    """A diffusers attention backend name (e.g. native, _native_cudnn, flash); empty = diffusers' default."""
+    """A diffusers attention backend name (e.g. native, _native_cudnn, flash), or fa4 (FlashAttention-4 from the
+    locally installed flash-attn-4 package, `wanq[fa4]`; Hopper or newer); empty = diffusers' default."""
+    quantization: Quantization = "none"
+    """fp8: dynamic FP8 rowwise (torchao) for the transformer blocks' linear layers (lossy; Ada/Hopper or newer)."""
     compile: bool = False
     """Regional compile of the repeated transformer blocks (`compile_repeated_blocks`)."""
     warmup: bool = False
@@ -132,15 +136,50 @@ class EngineSettings(BaseModel):
     cfg_parallel: bool = False
     """Conditional and unconditional branches on two GPU groups."""
     cache: CacheKind = "none"
-    """Step-skipping cache hook (lossy): none, fbcache, taylorseer."""
-    cache_threshold: float = Field(default=0.05, gt=0)
-    """fbcache: residual-difference threshold. taylorseer: ignored (see cache_interval)."""
-    cache_interval: int = Field(default=3, ge=1)
-    """taylorseer: compute every N-th step, predict the rest."""
+    """Worker default for jobs that do not say: none, or dbcache (cache-dit's DBCache, lossy: skips the middle
+    blocks on steps whose first-block residual barely moved). A job's `cache` field overrides it."""
+    cache_fn: int = Field(default=1, ge=1)
+    """dbcache: first blocks always computed (the residual probe). SGLang's SGLANG_CACHE_DIT_FN."""
+    cache_bn: int = Field(default=0, ge=0)
+    """dbcache: last blocks always computed. SGLANG_CACHE_DIT_BN."""
+    cache_warmup: int = Field(default=4, ge=0)
+    """dbcache: first steps of each expert always computed. SGLANG_CACHE_DIT_WARMUP."""
+    cache_rdt: float = Field(default=0.24, ge=0)
+    """dbcache: residual-difference threshold; 0 never skips, >= 1 skips every step allowed. SGLANG_CACHE_DIT_RDT."""
+    cache_mc: int = Field(default=3, ge=-1)
+    """dbcache: most cached steps in a row (-1 = no limit). SGLANG_CACHE_DIT_MC."""
+    cache_taylorseer: bool = False
+    """dbcache: TaylorSeer calibrator (extrapolates the skipped blocks' residual). SGLANG_CACHE_DIT_TAYLORSEER."""
+    cache_ts_order: int = Field(default=1, ge=1, le=2)
+    """dbcache: TaylorSeer order (1 or 2). SGLANG_CACHE_DIT_TS_ORDER."""
+    vae_path: str = ""
+    """A VAE to use instead of the model's own: a diffusers directory (with config.json, or a `vae/` subfolder)
+    or a single .safetensors/.pth file. Its latent channels must match the transformer's."""
+    vae_compile: bool = False
+    """torch.compile the VAE decoder (one graph per video size; the first decode at a size pays for it)."""
+    vae_channels_last: bool = False
+    """The VAE in channels-last (NDHWC) memory format for cuDNN's conv3d kernels."""
+    cudnn_benchmark: bool = False
+    """torch.backends.cudnn.benchmark: cuDNN times its conv algorithms per new shape (the VAE's conv3d) and keeps
+    the fastest; process-wide; the first decode at a size pays for the search."""
+
     prompt_cache_size: int = Field(default=64, ge=0)
     """Prompt embeddings kept per worker (LRU, keyed by prompt, negative prompt and model)."""
     fault_injection: bool = False
     """Test-only: honours `_fault` markers in prompts. Never enable in production."""
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _old_presets(cls, value: object) -> object:
+        # diffusers' FirstBlockCache gave bit-identical latents to DBCache with fn 1, bn 0, no warmup and no limit on
+        # cached steps in a row; diffusers' TaylorSeer preset has no counterpart.
+        if value == "fbcache":
+            raise ValueError(
+                "fbcache is gone: use dbcache with cache_warmup 0, cache_mc -1 and cache_rdt <your threshold> (the same algorithm)"
+            )
+        if value == "taylorseer":
+            raise ValueError("taylorseer is gone: use dbcache with cache_taylorseer true")
+        return value
 
 
 class LoraSettings(BaseModel):

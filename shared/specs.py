@@ -27,7 +27,7 @@ from pydantic.json_schema import SkipJsonSchema
 from shared.catalog import ModelSpec
 from shared.errors import Conflict, Forbidden, Gone, InvalidRequest, ModelNotAvailable, NotFound
 from shared.loras import LoraRecord, LoraRequest, resolve_job_loras
-from shared.schemas import GenerationSpec, JobRecord, JobStatus
+from shared.schemas import GenerationSpec, JobCache, JobRecord, JobStatus, parse_job_cache
 from shared.settings import JobSettings, LoraSettings
 
 MAX_SEED = 2**32 - 1
@@ -113,6 +113,12 @@ class VideoRequest(BaseModel):
         description="https:// or data: URL of the first frame (image-to-video); or send the file as `input_reference` "
         "(multipart). Scaled to cover the size and centre-cropped.",
     )
+    cache: JobCache = Field(
+        default=None,
+        description="Step cache for this job (cache-dit DBCache; lossy, faster): an object of settings, each optional "
+        '(fn, bn, warmup, rdt, mc, taylorseer, ts_order; e.g. {"rdt": 0.3}; omitted ones are the worker\'s), '
+        "or false for none; default: the worker's configured cache (WANQ_ENGINE_CACHE, none unless set).",
+    )
     webhook_url: str | None = Field(
         default=None, description="http(s) URL told of this job's events, signed with the tenant's webhook secret."
     )
@@ -154,6 +160,11 @@ class VideoRequest(BaseModel):
         if isinstance(value, bool):
             raise ValueError("must be a number, not true or false")
         return value
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache(cls, value: Any) -> Any:
+        return parse_job_cache(value)
 
 
 class VideoReference(BaseModel):
@@ -394,6 +405,7 @@ def resolve_spec(
         image_key=image_key,
         kind=kind,
         loras=job_loras,
+        cache=req.cache,
     )
 
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.schemas import Expert, JobRecord, JobStatus, Stage
+from shared.schemas import Expert, JobCache, JobRecord, JobStatus, Stage
 
 
 class VideoError(BaseModel):
@@ -83,6 +83,11 @@ class Video(BaseModel):
         "(the new part's first frame repeats the source's last and is left out).",
     )
     loras: list[VideoLora] = Field(default_factory=list, description="The LoRAs it runs with, in the order named.")
+    cache: JobCache = Field(
+        default=None,
+        description="The step cache the job asked for (cache-dit DBCache settings), false for none, "
+        "null for the worker's configured default.",
+    )
     started_at: int | None = Field(default=None, description="Unix seconds: when its first run started.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the latest run.")
     attempts: int = Field(ge=0, description="Runs that started (a worker that died mid-job makes one more).")
@@ -129,6 +134,7 @@ class Video(BaseModel):
             extended_from_video_id=spec.extend_from,
             source_frames=spec.source_frames if spec.extend_from else None,
             loras=[VideoLora(name=x.name, sha256=x.sha256, strength=x.strength, expert=x.expert) for x in spec.loras],
+            cache=spec.cache,
             started_at=int(record.started_at) if record.started_at else None,
             timings=record.timings,
             attempts=record.attempts,

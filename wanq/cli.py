@@ -98,7 +98,7 @@ def cmd_worker(args: argparse.Namespace) -> None:
     model_path = _pipeline_dir("worker", args.model_path, model)
     _configure_logging(args.loglevel, torch_side=True)  # torch and diffusers then say everything as JSON lines
 
-    from worker import accel, lora_slots
+    from worker import accel, lora_slots, probe
     from worker.service import run
 
     try:
@@ -106,6 +106,9 @@ def cmd_worker(args: argparse.Namespace) -> None:
         lora_slots.check_settings(settings.engine, settings.loras)
     except ValueError as exc:
         raise UsageError(f"wanq worker: {exc}") from None
+    problems = probe.environment_problems_in_child(settings.engine)
+    if problems:
+        raise UsageError("wanq worker: engine options this machine cannot run: " + "; ".join(problems))
     if model not in settings.models:
         # A known model the API is not configured for: the worker serves it all the same.
         settings = settings.model_copy(update={"models": [*settings.models, model]})

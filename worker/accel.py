@@ -1,15 +1,19 @@
-"""Applies the engine options to a loaded pipeline, through diffusers' own mechanisms only.
+"""Applies the engine options to a loaded pipeline, through diffusers' (and torch's, torchao's) own mechanisms.
 
-Attention backend (`set_attention_backend`), cache hooks (`enable_cache`), placement (device,
-`enable_model_cpu_offload`, `enable_sequential_cpu_offload`, `enable_group_offload` /
-`apply_group_offloading` with CUDA streams), context parallelism (`enable_parallelism` with a
-`ContextParallelConfig`, see worker/parallel/mesh.py), VAE tiling and regional compile
-(`compile_repeated_blocks`). Impossible combinations are refused by `validate` before anything
-loads, with a message that says what to change.
+Attention backend (`set_attention_backend`, FA4 registered as the named backend "fa4" by
+worker/fa4.py), placement (device, `enable_model_cpu_offload`, `enable_sequential_cpu_offload`,
+`enable_group_offload` / `apply_group_offloading` with CUDA streams), context parallelism
+(`enable_parallelism` with a `ContextParallelConfig`, see worker/parallel/mesh.py), FP8 linears
+(torchao, worker/fp8.py), the VAE's decode options (tiling, channels-last, cuDNN autotuning, a compiled
+decoder) and regional compile (`compile_repeated_blocks`). The step cache (cache-dit) is the engine's,
+set per job (worker/cache.py). Impossible combinations are refused by `validate` before anything
+loads, and missing packages or GPU features by `environment_problems`, with a message that says what
+to change.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -26,7 +30,19 @@ log = logging.getLogger("wanq.engine")
 # diffusers backends whose dispatch function implements Ulysses / ring attention (attention_dispatch.py,
 # `supports_context_parallel=True`). "" means diffusers' default, which is `native` (SDPA).
 CONTEXT_PARALLEL_BACKENDS = frozenset(
-    {"", "native", "_native_cudnn", "_native_flash", "flash", "flash_hub", "flash_varlen_hub", "_flash_3_hub", "sage", "sage_hub"}
+    {
+        "",
+        "native",
+        "_native_cudnn",
+        "_native_flash",
+        "flash",
+        "flash_hub",
+        "flash_varlen_hub",
+        "_flash_3_hub",
+        "sage",
+        "sage_hub",
+        "fa4",
+    }
 )
 
 
@@ -37,6 +53,9 @@ class Plan:
     attention_backend: str
     cache: str
     compiled: bool
+    quantization: str = "none"
+    vae: str = "the model's"
+    decode: tuple[str, ...] = ()
     num_gpus: int = 1
     ulysses_degree: int = 1
     ring_degree: int = 1
@@ -86,15 +105,16 @@ def validate(
             f"--compile cannot be combined with --offload {settings.offload} (its hooks move weights inside the compiled "
             "blocks); use --offload model or none with --compile"
         )
-    if settings.compile and settings.cache != "none":
-        problems.append("--cache decides per step in Python and breaks the compiled graph; use --cache none with --compile")
     if settings.num_gpus > 1 and settings.offload != "none":
         problems.append(
             f"--offload {settings.offload} is single-GPU only; with --num-gpus > 1 use --offload none "
             "(with --text-encoder-cpu-offload / --vae-cpu-offload if memory is short)"
         )
-    if settings.num_gpus > 1 and settings.cache != "none":
-        problems.append("cache hooks skip steps per rank and are not used with several GPUs; use --cache none")
+    if mesh.context_parallel(settings) and settings.cache != "none":
+        problems.append(
+            "--cache with --ulysses-degree / --ring-degree is not supported (every rank must skip the same blocks and "
+            "this is verified only for --cfg-parallel); use --cache none, or --cfg-parallel alone"
+        )
     if settings.offload != "none" and (settings.text_encoder_cpu_offload or settings.vae_cpu_offload):
         problems.append(
             f"--offload {settings.offload} already offloads the text encoder and the VAE; "
@@ -129,19 +149,79 @@ def validate(
         known = _known_backends()
         if known and settings.attention_backend not in known:
             problems.append(f"unknown --attention-backend {settings.attention_backend!r}; diffusers knows {sorted(known)}")
+    problems.extend(_speed_option_problems(settings, on_cpu))
     if problems:
         raise ValueError("impossible engine configuration: " + "; ".join(problems))
 
 
+def _speed_option_problems(settings: EngineSettings, on_cpu: bool) -> list[str]:
+    """FA4, FP8 and the VAE options: what they cannot be combined with."""
+    problems: list[str] = []
+    fa4 = settings.attention_backend == "fa4"
+    fp8 = settings.quantization == "fp8"
+    if fa4 and on_cpu:
+        problems.append("--attention-backend fa4 needs a CUDA GPU (Hopper or newer); on CPU leave --attention-backend empty")
+    if fa4 and settings.dtype == "fp32":
+        problems.append("--attention-backend fa4 computes in bf16 or fp16; use --dtype bf16 (or auto) with it")
+    if fp8 and on_cpu:
+        problems.append("--quantization fp8 needs a CUDA GPU with FP8 tensor cores (Ada, Hopper or newer); on CPU use none")
+    if fp8 and settings.dtype not in ("auto", "bf16"):
+        problems.append(
+            f"--quantization fp8 quantizes bf16 weights (torchao's rowwise scales); use --dtype bf16, not {settings.dtype}"
+        )
+    if fp8 and settings.offload != "none":
+        problems.append(
+            f"--quantization fp8 quantizes the transformers on the GPU, which --offload {settings.offload} moves off it; "
+            "use --offload none (with --text-encoder-cpu-offload / --vae-cpu-offload if memory is short)"
+        )
+    if settings.vae_compile and (settings.offload in ("sequential", "group") or settings.vae_cpu_offload):
+        problems.append(
+            "--vae-compile cannot be combined with offload hooks on the VAE (--offload sequential/group, "
+            "--vae-cpu-offload): they move its weights inside the compiled graph; drop one"
+        )
+    if settings.vae_path and not Path(settings.vae_path).exists():
+        problems.append(f"--vae-path {settings.vae_path} does not exist: give a diffusers VAE directory or a weights file")
+    return problems
+
+
+def environment_problems(settings: EngineSettings, device: torch.device | None = None) -> list[str]:
+    """What this machine lacks for the options asked for: packages (flash-attn-4, torchao, cache-dit) and GPU
+    features (FA4: sm90+, FP8: sm89+), each with what to install or change. Touches CUDA only where a CUDA
+    device is given (a Celery parent must not: `wanq worker` runs this in a fresh interpreter, worker/probe.py)."""
+    from worker import fa4, fp8
+
+    problems: list[str] = []
+    wants_fa4 = settings.attention_backend == "fa4"
+    wants_fp8 = settings.quantization == "fp8"
+    if wants_fa4 and (missing := fa4.missing_package()):
+        problems.append(missing)
+    if wants_fp8 and (missing := fp8.missing_package()):
+        problems.append(missing)
+    if settings.cache != "none" and importlib.util.find_spec("cache_dit") is None:
+        problems.append("--cache dbcache needs the cache-dit package: pip install 'cache-dit>=1.5.3'")
+    if device is not None and device.type == "cuda" and (wants_fa4 or wants_fp8) and torch.cuda.is_available():
+        name, capability = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
+        for problem in (
+            fa4.gpu_problem(name, capability) if wants_fa4 else None,
+            fp8.gpu_problem(name, capability) if wants_fp8 else None,
+        ):
+            if problem:
+                problems.append(problem)
+    return problems
+
+
 def validate_before_loading(settings: EngineSettings, model_path: Path | None, device: torch.device) -> None:
     """`validate` with what is known before the pipeline loads: the model directory's head count,
-    the device this rank computes on and how many GPUs the machine shows."""
+    the device this rank computes on and how many GPUs the machine shows; then `environment_problems`."""
     validate(
         settings,
         num_heads=num_heads_of(model_path) if model_path is not None else None,
         device=device.type,
         gpu_count=torch.cuda.device_count() if device.type == "cuda" else None,
     )
+    problems = environment_problems(settings, device)
+    if problems:
+        raise ValueError("engine options this machine cannot run: " + "; ".join(problems))
 
 
 def _known_backends() -> set[str]:
@@ -149,7 +229,7 @@ def _known_backends() -> set[str]:
         from diffusers.models.attention_dispatch import AttentionBackendName
     except ImportError:  # the API process has no diffusers; the worker checks again
         return set()
-    return {b.value for b in AttentionBackendName}
+    return {b.value for b in AttentionBackendName} | {"fa4"}  # fa4 is registered by worker/fa4.py when used
 
 
 def num_heads_of(model_path: Path) -> int | None:
@@ -196,35 +276,41 @@ def apply(
     )
 
     # 1. Attention backend (before parallelism, which checks it, and before compile, which bakes it in)
+    if settings.attention_backend == "fa4":
+        from worker import fa4
+
+        fa4.register()
     if settings.attention_backend:
         for model in transformers:
             model.set_attention_backend(settings.attention_backend)
 
-    # 2. Cache hooks (diffusers' own; lossy, opt-in)
-    if settings.cache != "none":
-        config = _cache_config(settings)
-        for model in transformers:
-            model.enable_cache(config)
-
-    # 3. Placement
+    # 2. Placement
     _place(pipe, settings, device)
 
-    # 4. Several GPUs: context parallelism on every transformer, CFG branches on two rank groups
+    # 3. Several GPUs: context parallelism on every transformer, CFG branches on two rank groups
     if member is not None:
         mesh.enable(transformers, settings, member, sync_weights=sync_weights)
 
-    # 5. VAE tiling (decode memory grows with frames x pixels; tiles bound it)
-    if settings.vae_tiling:
-        pipe.vae.enable_tiling()
+    # 4. FP8 linears: on the GPU, after rank 0's weights reached every rank, before compile (which traces them)
+    if settings.quantization == "fp8":
+        from worker import fp8
+
+        for model in transformers:
+            report = fp8.quantize_blocks(model)
+            log.info("fp8 linears", extra={"quantized": len(report.quantized), "kept_bf16": len(report.skipped)})
+
+    # 5. The VAE's decode
+    decode = _prepare_vae(pipe.vae, settings)
 
     # 6. Regional compile of the repeated transformer blocks. fullgraph where nothing in the block
     # breaks the graph; context parallelism's collectives run inside attention, so it is left to dynamo.
-    if settings.compile:
+    if settings.compile or settings.vae_compile:
         # One static graph per video size: a worker sees few sizes, and dynamic-shape kernels are slower.
         torch._dynamo.config.automatic_dynamic_shapes = False
         for limit in ("recompile_limit", "cache_size_limit"):
             if hasattr(torch._dynamo.config, limit):
                 setattr(torch._dynamo.config, limit, max(64, getattr(torch._dynamo.config, limit)))
+    if settings.compile:
         fullgraph = not mesh.context_parallel(settings)
         for model in transformers:
             model.compile_repeated_blocks(fullgraph=fullgraph)
@@ -235,6 +321,9 @@ def apply(
         attention_backend=settings.attention_backend or "default",
         cache=settings.cache,
         compiled=settings.compile,
+        quantization=settings.quantization,
+        vae=settings.vae_path or "the model's",
+        decode=decode,
         num_gpus=settings.num_gpus,
         ulysses_degree=settings.ulysses_degree,
         ring_degree=settings.ring_degree,
@@ -301,14 +390,29 @@ def share_placement(source: Any, target: Any) -> None:
         target._all_hooks = source._all_hooks
 
 
-def _cache_config(settings: EngineSettings) -> Any:
-    if settings.cache == "fbcache":
-        from diffusers import FirstBlockCacheConfig
-
-        return FirstBlockCacheConfig(threshold=settings.cache_threshold)
-    from diffusers import TaylorSeerCacheConfig
-
-    # Lite mode: whole blocks are skipped on predicted steps and proj_out's input is extrapolated.
-    # The default patterns ("^blocks.*attn") match no Wan module (they are attn1/attn2), so without
-    # it nothing is cached: measured 1.00x on an H200 (benchmarks/RESULTS.md).
-    return TaylorSeerCacheConfig(cache_interval=settings.cache_interval, use_lite_mode=True)
+def _prepare_vae(vae: Any, settings: EngineSettings) -> tuple[str, ...]:
+    """The decode options, in the order they must be applied; returns their names for the plan."""
+    applied: list[str] = []
+    # Tiling bounds decode memory (it grows with frames x pixels).
+    if settings.vae_tiling:
+        vae.enable_tiling()
+        applied.append("tiling")
+    # cuDNN times its algorithms for each new conv shape and keeps the fastest (process-wide).
+    if settings.cudnn_benchmark:
+        torch.backends.cudnn.benchmark = True
+        applied.append("cudnn_benchmark")
+    # Channels-last weights (NDHWC for conv3d, NHWC for the 2D upsamplers' convs); decode's input follows.
+    if settings.vae_channels_last:
+        for module in vae.modules():
+            for param in module.parameters(recurse=False):
+                if param.dim() == 5:
+                    param.data = param.data.to(memory_format=torch.channels_last_3d)
+                elif param.dim() == 4:
+                    param.data = param.data.to(memory_format=torch.channels_last)
+        applied.append("channels_last")
+    # The decoder compiled in place (its module tree and state dict unchanged); diffusers calls it once per
+    # latent frame with its causal-conv cache, which gives a few graphs per video size (first, second, steady).
+    if settings.vae_compile:
+        vae.decoder.compile()
+        applied.append("compiled_decoder")
+    return tuple(applied)

@@ -30,6 +30,7 @@ from shared.errors import InvalidRequest, JobCanceled, OutOfMemory
 from shared.schemas import GenerationSpec, Stage
 from shared.settings import EngineSettings, LoraSettings
 from worker import accel, lora_slots
+from worker.cache import DBCacheSetting, StepCache, check_fits, resolve
 from worker.lora_cache import LoraCache
 from worker.lora_slots import LoraSlots
 from worker.parallel import mesh
@@ -53,6 +54,8 @@ class Generation:
     step_times: list[float] = field(default_factory=list)
     latents: torch.Tensor | None = None
     """The denoised latents (before decoding), for comparisons across configurations."""
+    cache: dict[str, Any] | None = None
+    """What the step cache did (its setting, per expert the calls and cached calls, the share of blocks skipped)."""
 
 
 def detect_variant(model_path: Path) -> str:
@@ -83,6 +86,45 @@ def load_factory(factory: str) -> Callable[..., Any]:
     """'package.module:function' -> the function (a pipeline builder, e.g. for random-weight benchmarks)."""
     module, _, name = factory.partition(":")
     return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
+
+
+def load_vae(path: str | Path, dtype: torch.dtype, *, model_path: Path | None = None) -> Any:
+    """A Wan VAE from a diffusers directory (its own config.json, or a `vae/` subfolder) or a single weights
+    file (.safetensors / .pth, original Wan or diffusers keys; the config is the model's own VAE config)."""
+    from diffusers import AutoencoderKLWan
+
+    path = Path(path)
+    if path.is_file():
+        config: dict[str, Any] = {"config": str(model_path), "subfolder": "vae"} if model_path is not None else {}
+        return AutoencoderKLWan.from_single_file(str(path), torch_dtype=dtype, local_files_only=True, **config)
+    for folder in (path, path / "vae"):
+        if (folder / "config.json").exists():
+            return AutoencoderKLWan.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
+    raise ValueError(
+        f"--vae-path {path} is neither a weights file nor a diffusers directory with config.json (or vae/config.json)"
+    )
+
+
+def check_vae(vae: Any, transformer: Any, vae_path: str) -> None:
+    """The VAE's latent channels must be the transformer's (Wan2.1's VAE has 16, Wan2.2's 48)."""
+    z_dim, channels = vae.config.z_dim, transformer.config.out_channels
+    if z_dim != channels:
+        raise ValueError(
+            f"--vae-path {vae_path} has {z_dim} latent channels but the transformer makes {channels}: "
+            "TI2V-5B needs a Wan2.2 VAE (48), the A14B models a Wan2.1 VAE (16)"
+        )
+
+
+def decode_latents(vae: Any, video_processor: Any, latents: torch.Tensor) -> np.ndarray:
+    """Latents -> uint8 frames [F, H, W, 3]: the Wan pipelines' own decode (un-normalize, VAE, postprocess)."""
+    with torch.no_grad():
+        device = accel.module_device(vae)
+        latents = latents.to(device=device, dtype=vae.dtype)
+        mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(device, latents.dtype)
+        inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(device, latents.dtype)
+        video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        frames = video_processor.postprocess_video(video, output_type="pt")[0]  # [F, C, H, W] in 0..1
+        return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # type: ignore[no-any-return]
 
 
 def rank_device(settings: EngineSettings, rank: int) -> torch.device:
@@ -206,10 +248,15 @@ class WanEngine:
             self.lora_cache = LoraCache.from_settings(loras)
         self._warming = False
 
-        # 4. Apply the configured placement, offload, parallelism, attention, cache and compile
+        # 4. Apply the configured placement, offload, parallelism, attention, FP8, decode options and compile
         self.plan = accel.apply(self.pipe, settings, self.device, member=self.member, sync_weights=factory is not None)
         if self.image_pipe is not None and self.image_pipe is not self.pipe:
             accel.share_placement(self.pipe, self.image_pipe)
+        # 5. The step cache wraps the forward it finds (offload hooks, CFG-parallel hook): installed after them,
+        # now if the worker caches by default, else at the first job that asks.
+        self.step_cache: StepCache | None = None
+        if settings.cache != "none":
+            self._step_cache()
         self._schedulers: dict[float, Any] = {}
         self.prompt_cache = PromptCache(settings.prompt_cache_size)
         self.load_time_s = time.perf_counter() - started
@@ -224,13 +271,41 @@ class WanEngine:
         )
 
     def _load(self, *, text_encoder: bool) -> Any:
+        vae = load_vae(self.settings.vae_path, self.dtype, model_path=self.model_path) if self.settings.vae_path else None
         if self.factory is not None:
-            return load_factory(self.factory)(
+            pipe = load_factory(self.factory)(
                 device=self.device, dtype=self.dtype, text_encoder=text_encoder, **self.factory_kwargs
             )
-        assert self.model_path is not None
-        extra: dict[str, Any] = {} if text_encoder else {"text_encoder": None}
-        return DiffusionPipeline.from_pretrained(self.model_path, dtype=self.dtype, **extra)
+            if vae is not None:
+                pipe.register_modules(vae=vae)
+        else:
+            assert self.model_path is not None
+            extra: dict[str, Any] = {} if text_encoder else {"text_encoder": None}
+            if vae is not None:
+                extra["vae"] = vae  # the model's own VAE is never loaded
+            pipe = DiffusionPipeline.from_pretrained(self.model_path, dtype=self.dtype, **extra)
+        if vae is not None:
+            check_vae(pipe.vae, pipe.transformer, self.settings.vae_path)
+        return pipe
+
+    def _step_cache(self) -> StepCache:
+        if self.step_cache is None:
+            self.step_cache = StepCache(self.pipe, cfg_parallel=self.settings.cfg_parallel)
+        return self.step_cache
+
+    def cache_for(self, spec: GenerationSpec) -> DBCacheSetting | None:
+        """The cache setting a job runs with (its `cache` over the worker's), refused where this worker cannot."""
+        setting = resolve(self.settings, spec.cache)
+        if setting is None:
+            return None
+        if mesh.context_parallel(self.settings):
+            raise InvalidRequest(
+                "this worker splits each video over several GPUs (--ulysses-degree / --ring-degree), where the step "
+                'cache is not supported: send "cache": false or omit it',
+                param="cache",
+            )
+        check_fits(setting, self.pipe)  # on rank 0, before any rank starts the job
+        return setting
 
     @property
     def is_leader(self) -> bool:
@@ -264,6 +339,7 @@ class WanEngine:
         pipe = self._pipeline_for(image)
         self._check_spec(pipe, spec)
         adapters = self._adapter_plan(spec)
+        cache = self.cache_for(spec)
         in_group = False
         out_of_memory = ""
         try:
@@ -288,14 +364,15 @@ class WanEngine:
             if self.followers is not None:
                 in_group = True
                 embeds = [e for e in (prompt_embeds, negative_embeds) if e is not None]
-                self.followers.send_job(Job.of(spec, image, embeds, adapters))
+                self.followers.send_job(Job.of(spec, image, embeds, adapters, cache=cache))
                 prompt_embeds, negative_embeds = self._share_embeds(prompt_embeds, negative_embeds)
             latents = self._denoise(
-                pipe, spec, image, prompt_embeds, negative_embeds, self._leader_callback(on_step, step_times, spec)
+                pipe, spec, image, prompt_embeds, negative_embeds, self._leader_callback(on_step, step_times, spec), cache
             )
             self._sync()
             in_group = False
             timings["denoising"] = time.perf_counter() - t0
+            cache_stats = self._cache_done()  # its residual buffers go before the decode needs the memory
 
             # 4. Decode (rank 0 only)
             on_stage(Stage.decoding)
@@ -320,7 +397,9 @@ class WanEngine:
             # so the memory really returns to the allocator and the next job starts clean.
             self._after_failure(in_group)
             raise OutOfMemory(f"out of GPU memory at {spec.size}x{spec.num_frames}: {out_of_memory[:300]}")
-        return Generation(frames=frames, timings=timings, step_times=step_times, latents=latents)
+        if cache_stats is not None and cache_stats["setting"] is not None:
+            log.info("step cache", extra={"skipped_share": cache_stats["blocks_skipped_share"], **cache_stats["setting"]})
+        return Generation(frames=frames, timings=timings, step_times=step_times, latents=latents, cache=cache_stats)
 
     def follow(self, job: Job) -> None:
         """A follower rank's part of one job: the same LoRAs in the same slots, then the same denoising, step for
@@ -343,8 +422,9 @@ class WanEngine:
             return kwargs
 
         try:
-            self._denoise(self._pipeline_for(image), spec, image, prompt_embeds, negative_embeds, callback)
+            self._denoise(self._pipeline_for(image), spec, image, prompt_embeds, negative_embeds, callback, job.cache)
         finally:
+            self._cache_done()
             self.release_memory()
 
     def _adapter_plan(self, spec: GenerationSpec) -> Adapters:
@@ -467,8 +547,13 @@ class WanEngine:
         prompt_embeds: torch.Tensor,
         negative_embeds: torch.Tensor | None,
         callback: Callable[..., Any],
+        cache: DBCacheSetting | None = None,
     ) -> torch.Tensor:
         pipe.scheduler = self._scheduler(spec.flow_shift)
+        if cache is not None or self.step_cache is not None:
+            self._step_cache().prepare(
+                cache, num_inference_steps=spec.num_inference_steps, do_cfg=spec.guidance_scale > 1.0, scheduler=pipe.scheduler
+            )
         kwargs: dict[str, Any] = dict(
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_embeds,
@@ -492,23 +577,25 @@ class WanEngine:
 
     def decode(self, pipe: Any, latents: torch.Tensor) -> np.ndarray:
         """The pipeline's own decode, split out so that it is timed (and overlappable) on its own."""
-        vae = pipe.vae
-        with torch.no_grad():
-            device = accel.module_device(vae)
-            latents = latents.to(device=device, dtype=vae.dtype)
-            mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(device, latents.dtype)
-            inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(device, latents.dtype)
-            video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
-            frames = pipe.video_processor.postprocess_video(video, output_type="pt")[0]  # [F, C, H, W] in 0..1
-            frames = (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        frames = decode_latents(pipe.vae, pipe.video_processor, latents)
         pipe.maybe_free_model_hooks()
-        return frames  # type: ignore[no-any-return]
+        return frames
+
+    def _cache_done(self) -> dict[str, Any] | None:
+        """What the step cache did in the job that just ran; its buffers are freed."""
+        if self.step_cache is None:
+            return None
+        stats = self.step_cache.stats()
+        self.step_cache.release()
+        return stats
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def release_memory(self) -> None:
+        if self.step_cache is not None:
+            self.step_cache.release()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

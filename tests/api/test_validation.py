@@ -31,6 +31,11 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
     ({"model": "tiny-i2v-a14b"}, "input_reference", "image"),
     ({"model": "tiny-t2v-a14b", "image_url": "data:image/png;base64,AAAA"}, "input_reference", "text-to-video"),
     ({"model": "tiny-t2v-a14b", "image_url": "ftp://example.com/a.png"}, "image_url", "ftp"),
+    ({"model": "tiny-t2v-a14b", "cache": {"rdt": -1}}, "cache", "rdt -1"),
+    ({"model": "tiny-t2v-a14b", "cache": {"ts_order": 3}}, "cache", "ts_order 3"),
+    ({"model": "tiny-t2v-a14b", "cache": {"fn": True}}, "cache", "fn True"),
+    ({"model": "tiny-t2v-a14b", "cache": {"threshold": 0.1}}, "cache", "threshold"),
+    ({"model": "tiny-t2v-a14b", "cache": True}, "cache", "or false"),
 ]
 
 

@@ -63,6 +63,27 @@ def test_each_variant_generates_a_valid_mp4(api: httpx.Client, tmp_path: Path, m
     _check_mp4(content.content, tmp_path, frames=9, width=64, height=64, fps=8)
 
 
+def test_a_jobs_step_cache_is_taken_shown_and_run(api: httpx.Client) -> None:
+    """`cache` per job (cache-dit DBCache, lossy) as JSON or as a form field; false means none for the job."""
+    fields = {"prompt": "a cached lighthouse", "model": "tiny-t2v-a14b", **SMALL, "num_inference_steps": 6, "seed": 3}
+    cached = api.post("/v1/videos", json=fields | {"cache": {"rdt": 1.0, "warmup": 1}})
+    assert cached.status_code == 202, cached.text
+    assert cached.json()["cache"] == {"warmup": 1, "rdt": 1.0}
+    off = api.post("/v1/videos", data={k: str(v) for k, v in fields.items()} | {"cache": "false"})
+    assert off.status_code == 202, off.text
+    assert off.json()["cache"] is False
+    default = api.post("/v1/videos", json=fields | {"cache": None}).json()
+    assert default["cache"] is None  # the worker's configured default
+    empty = api.post("/v1/videos", json=fields | {"cache": {}}).json()
+    assert empty["cache"] == {}  # the worker's cache settings, cache on
+    for created in (cached.json(), off.json(), default, empty):
+        video = wait_for_status(api, created["id"], {"completed", "failed"})
+        assert video["status"] == "completed", video
+        assert video["cache"] == created["cache"]  # as stored in Redis and read back
+    first, second, third = (api.get(f"/v1/videos/{v['id']}/content").content for v in (cached.json(), off.json(), default))
+    assert second == third != first  # no cache and the (uncached) default agree; the cached job differs
+
+
 def test_two_jobs_submitted_together_both_complete(api: httpx.Client) -> None:
     ids = [api.post("/v1/videos", json={"prompt": f"twin {n}", "model": "tiny-t2v-a14b", **SMALL}).json()["id"] for n in range(2)]
     assert ids[0] != ids[1]

@@ -1,10 +1,12 @@
-"""Engine options: validation messages, the CLI flags that set them, the model's head count."""
+"""Engine options: validation messages, the CLI flags that set them, the model's head count, and what a machine
+without flash-attn-4 or a suitable GPU is told."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from shared.settings import EngineSettings, Settings
 from wanq.cli import build_parser, main
@@ -26,9 +28,8 @@ def tiny_ti2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ({"num_gpus": 4, "ulysses_degree": 4}, {"num_heads": 6}, "6 attention heads are not divisible by --ulysses-degree 4"),
         ({"compile": True, "offload": "sequential"}, {}, "--compile cannot be combined with --offload sequential"),
         ({"compile": True, "offload": "group"}, {}, "--compile cannot be combined with --offload group"),
-        ({"compile": True, "cache": "fbcache"}, {}, "use --cache none with --compile"),
         ({"num_gpus": 2, "cfg_parallel": True, "offload": "model"}, {}, "--offload model is single-GPU only"),
-        ({"num_gpus": 2, "cfg_parallel": True, "cache": "taylorseer"}, {}, "not used with several GPUs"),
+        ({"num_gpus": 2, "ulysses_degree": 2, "cache": "dbcache"}, {}, "--cache with --ulysses-degree / --ring-degree"),
         ({"offload": "model", "vae_cpu_offload": True}, {}, "already offloads the text encoder and the VAE"),
         ({"pin_cpu_memory": True}, {}, "--pin-cpu-memory applies to group offloading only"),
         ({"num_gpus": 2, "ulysses_degree": 2}, {"device": "cpu"}, "need CUDA GPUs"),
@@ -38,6 +39,13 @@ def tiny_ti2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ({"num_gpus": 4, "ulysses_degree": 2, "cfg_parallel": True}, {"device": "cuda", "gpu_count": 2}, "has 2 visible GPU(s)"),
         ({"num_gpus": 2, "ring_degree": 2, "attention_backend": "xformers"}, {}, "has no context-parallel support"),
         ({"attention_backend": "no-such-backend"}, {}, "unknown --attention-backend 'no-such-backend'"),
+        ({"attention_backend": "fa4"}, {"device": "cpu"}, "fa4 needs a CUDA GPU (Hopper or newer)"),
+        ({"attention_backend": "fa4", "dtype": "fp32"}, {}, "fa4 computes in bf16 or fp16; use --dtype bf16"),
+        ({"quantization": "fp8"}, {"device": "cpu"}, "fp8 needs a CUDA GPU with FP8 tensor cores"),
+        ({"quantization": "fp8", "dtype": "fp16"}, {}, "use --dtype bf16, not fp16"),
+        ({"quantization": "fp8", "offload": "model"}, {}, "which --offload model moves off it; use --offload none"),
+        ({"vae_compile": True, "vae_cpu_offload": True}, {}, "--vae-compile cannot be combined with offload hooks"),
+        ({"vae_path": "/no/such/vae"}, {}, "--vae-path /no/such/vae does not exist"),
     ],
 )
 def test_impossible_configurations_are_refused_with_what_to_change(options: dict, context: dict, message: str) -> None:
@@ -56,7 +64,19 @@ def test_impossible_configurations_are_refused_with_what_to_change(options: dict
         {"num_gpus": 2, "cfg_parallel": True},
         {"num_gpus": 4, "ulysses_degree": 2, "cfg_parallel": True, "compile": True},
         {"num_gpus": 8, "ulysses_degree": 2, "ring_degree": 2, "cfg_parallel": True},
-        {"cache": "fbcache", "cache_threshold": 0.1},
+        {"cache": "dbcache", "cache_rdt": 0.1, "compile": True},
+        {"num_gpus": 2, "cfg_parallel": True, "cache": "dbcache", "cache_taylorseer": True},
+        {"attention_backend": "fa4", "quantization": "fp8", "compile": True, "dtype": "bf16"},
+        {
+            "attention_backend": "fa4",
+            "quantization": "fp8",
+            "compile": True,
+            "num_gpus": 4,
+            "ulysses_degree": 2,
+            "cfg_parallel": True,
+        },
+        {"attention_backend": "fa4", "num_gpus": 2, "ring_degree": 2},
+        {"vae_compile": True, "vae_channels_last": True, "cudnn_benchmark": True, "compile": True},
     ],
 )
 def test_possible_configurations_pass(options: dict) -> None:
@@ -97,12 +117,26 @@ def test_generate_flags_become_engine_settings() -> None:
             "--ring-degree",
             "1",
             "--cfg-parallel",
+            "--quantization",
+            "fp8",
+            "--vae-compile",
+            "--vae-channels-last",
+            "--cudnn-benchmark",
             "--cache",
-            "none",
-            "--cache-threshold",
+            "dbcache",
+            "--cache-fn",
+            "2",
+            "--cache-bn",
+            "1",
+            "--cache-warmup",
+            "6",
+            "--cache-rdt",
             "0.12",
-            "--cache-interval",
-            "4",
+            "--cache-mc",
+            "-1",
+            "--cache-taylorseer",
+            "--cache-ts-order",
+            "2",
         ]
     )
     engine = settings_with_engine_flags(Settings(), args).engine
@@ -120,12 +154,25 @@ def test_generate_flags_become_engine_settings() -> None:
         ulysses_degree=2,
         ring_degree=1,
         cfg_parallel=True,
-        cache="none",
-        cache_threshold=0.12,
-        cache_interval=4,
+        quantization="fp8",
+        vae_compile=True,
+        vae_channels_last=True,
+        cudnn_benchmark=True,
+        cache="dbcache",
+        cache_fn=2,
+        cache_bn=1,
+        cache_warmup=6,
+        cache_rdt=0.12,
+        cache_mc=-1,
+        cache_taylorseer=True,
+        cache_ts_order=2,
     )
     assert {key: getattr(engine, key) for key in expected} == expected
-    accel.validate(engine, num_heads=24, device="cuda", gpu_count=4)
+    # Every flag at once is not a possible configuration: the cache under Ulysses, the compiled VAE with its offload
+    with pytest.raises(ValueError, match="--cache with --ulysses-degree") as excinfo:
+        accel.validate(engine, num_heads=24, device="cuda", gpu_count=4)
+    assert "--vae-compile cannot be combined" in str(excinfo.value)
+    accel.validate(engine.model_copy(update={"cache": "none", "vae_compile": False}), num_heads=24, device="cuda", gpu_count=4)
 
 
 def test_worker_refuses_an_impossible_configuration_before_starting(tiny_ti2v: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -139,3 +186,60 @@ def test_head_count_comes_from_the_model_directory(tiny_ti2v: Path) -> None:
     assert heads == 2  # the tiny transformer's
     with pytest.raises(ValueError, match="2 attention heads are not divisible by --ulysses-degree 4"):
         accel.validate(EngineSettings(num_gpus=4, ulysses_degree=4), num_heads=heads, device="cuda")
+
+
+def test_the_cache_defaults_are_sglang_diffusions_documented_ones() -> None:
+    # SGLANG_CACHE_DIT_ENABLED=false, FN 1, BN 0, WARMUP 4, RDT 0.24, MC 3, TAYLORSEER false, TS_ORDER 1
+    engine = EngineSettings()
+    assert (engine.cache, engine.cache_fn, engine.cache_bn, engine.cache_warmup, engine.cache_rdt, engine.cache_mc) == (
+        "none",
+        1,
+        0,
+        4,
+        0.24,
+        3,
+    )
+    assert (engine.cache_taylorseer, engine.cache_ts_order) == (False, 1)
+    # diffusers' presets are gone; a configuration naming them is told what replaces them
+    with pytest.raises(ValidationError, match="fbcache is gone: use dbcache with cache_warmup 0, cache_mc -1"):
+        EngineSettings(cache="fbcache")  # type: ignore[arg-type]
+
+
+def test_a_machine_without_flash_attn_4_or_the_right_gpu_is_told_what_to_change() -> None:
+    from worker import fa4, fp8
+
+    problems = accel.environment_problems(EngineSettings(attention_backend="fa4"))
+    assert problems == [fa4.missing_package()]  # this machine has no flash-attn-4
+    assert "pip install 'wanq[fa4]'" in problems[0] and "flash-attn-4" in problems[0]
+    assert accel.environment_problems(EngineSettings(quantization="fp8")) == []  # torchao is here; no CUDA device given
+    assert fa4.gpu_problem("NVIDIA H200", (9, 0)) is None and fa4.gpu_problem("NVIDIA B200", (10, 0)) is None
+    assert "needs a Hopper (sm90) or newer GPU; NVIDIA A100-SXM4-80GB is sm80" in str(
+        fa4.gpu_problem("NVIDIA A100-SXM4-80GB", (8, 0))
+    )
+    assert fp8.gpu_problem("NVIDIA L40S", (8, 9)) is None
+    assert "needs FP8 tensor cores (Ada sm89, Hopper sm90 or newer); NVIDIA A100 is sm80" in str(
+        fp8.gpu_problem("NVIDIA A100", (8, 0))
+    )
+
+
+def test_worker_asked_for_fa4_and_fp8_here_refuses_to_start_saying_what_to_install(
+    tiny_ti2v: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        main(
+            [
+                "worker",
+                "--model",
+                "tiny-ti2v-5b",
+                "--model-path",
+                str(tiny_ti2v),
+                "--attention-backend",
+                "fa4",
+                "--quantization",
+                "fp8",
+            ]
+        )
+    message = str(excinfo.value)
+    assert message.startswith("wanq worker: engine options this machine cannot run:")
+    assert "fa4 needs a CUDA GPU" in message and "fp8 needs a CUDA GPU with FP8 tensor cores" in message  # no GPU here
+    assert "pip install 'wanq[fa4]'" in message

@@ -1,5 +1,6 @@
 """The engine's single-process paths on tiny models of the real classes (CPU): options applied
-through diffusers' mechanisms, cancel at a step, the prompt cache, and `wanq generate` flags."""
+through diffusers' mechanisms, cancel at a step, the prompt cache, the decode options and another
+VAE (`--vae-path`), and `wanq generate` flags."""
 
 from __future__ import annotations
 
@@ -50,38 +51,6 @@ def spec(steps: int = 3, **overrides: object) -> GenerationSpec:
     return GenerationSpec(**fields)  # type: ignore[arg-type]
 
 
-def block_calls(engine: WanEngine, job: GenerationSpec) -> tuple[int, torch.Tensor]:
-    """How often the second block's FFN ran (skipped blocks do not run it), and the latents."""
-    calls = [0]
-    handle = engine.pipe.transformer.blocks[1].ffn.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    try:
-        latents = engine.generate(job).latents
-    finally:
-        handle.remove()
-    assert latents is not None
-    return calls[0], latents
-
-
-def test_cache_presets_skip_block_computation(models: dict[str, Path], plain: WanEngine) -> None:
-    job = spec(steps=6)
-    plain_calls, reference = block_calls(plain, job)
-    assert plain_calls == 12  # 6 steps x (cond + uncond)
-    assert (plain.plan.attention_backend, plain.pipe.vae.use_tiling) == ("native", True)
-
-    taylor = WanEngine(models["ti2v-5b"], EngineSettings(device="cpu", cache="taylorseer", cache_interval=2))
-    taylor_calls, taylor_latents = block_calls(taylor, job)
-    assert taylor.plan.cache == "taylorseer"
-    assert taylor_calls < plain_calls
-    assert not torch.equal(taylor_latents, reference)  # predicted steps are approximations
-
-    # FirstBlockCache skips the remaining blocks whenever the first block's residual barely moves;
-    # a huge threshold makes every step after the first a cache hit.
-    fb_calls, _ = block_calls(
-        WanEngine(models["ti2v-5b"], EngineSettings(device="cpu", cache="fbcache", cache_threshold=1e9)), job
-    )
-    assert fb_calls < taylor_calls
-
-
 def test_offload_modes_compute_the_same_video(models: dict[str, Path]) -> None:
     job = spec(steps=2)
     reference = WanEngine(models["t2v-a14b"], EngineSettings(device="cpu")).generate(job)
@@ -95,6 +64,7 @@ def test_offload_modes_compute_the_same_video(models: dict[str, Path]) -> None:
 
 def test_cancel_stops_at_the_step_and_the_next_job_runs(plain: WanEngine) -> None:
     engine = plain
+    assert (engine.plan.attention_backend, engine.pipe.vae.use_tiling, engine.plan.decode) == ("native", True, ("tiling",))
     seen: list[int] = []
 
     def on_step(done: int, total: int) -> None:
@@ -154,9 +124,11 @@ def test_generate_cli_runs_the_engine_with_its_flags(
             "--attention-backend",
             "native",
             "--cache",
-            "taylorseer",
-            "--cache-interval",
-            "2",
+            "dbcache",
+            "--cache-rdt",
+            "1.0",
+            "--cache-warmup",
+            "1",
             "-o",
             str(out),
         ]
@@ -169,3 +141,58 @@ def test_generate_cli_runs_the_engine_with_its_flags(
 def test_an_impossible_configuration_fails_before_loading(models: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match="2 attention heads are not divisible by --ulysses-degree 4"):
         start_engine(models["ti2v-5b"], EngineSettings(device="cpu", num_gpus=4, ulysses_degree=4))
+
+
+def test_decode_options_give_the_stock_frames(models: dict[str, Path], plain: WanEngine) -> None:
+    """cuDNN autotuning, channels-last weights and the compiled decoder change how the VAE runs, not what it makes
+    (on the GPU: within bf16 noise, which benchmarks/gpu_engine.py measures)."""
+    job = spec(steps=2)
+    stock = plain.generate(job)
+    engine = WanEngine(
+        models["ti2v-5b"],
+        EngineSettings(device="cpu", attention_backend="native", vae_tiling=True, vae_channels_last=True, cudnn_benchmark=True),
+    )
+    assert engine.plan.decode == ("tiling", "cudnn_benchmark", "channels_last")
+    conv = next(m for m in engine.pipe.vae.modules() if isinstance(m, torch.nn.Conv3d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    result = engine.generate(job)
+    torch.testing.assert_close(result.latents, stock.latents, rtol=0, atol=0)
+    assert abs(result.frames.astype(int) - stock.frames.astype(int)).max() <= 1  # one 8-bit level: fp32 summation order
+    torch.backends.cudnn.benchmark = False  # process-wide; leave it as found
+
+
+@pytest.mark.slow
+def test_the_compiled_decoder_gives_the_stock_frames(models: dict[str, Path]) -> None:
+    """Inductor on the CPU takes minutes for the decoder's graphs (first, second and later latent frames)."""
+    job = spec(steps=2)
+    reference = WanEngine(models["t2v-a14b"], EngineSettings(device="cpu")).generate(job)
+    compiled = WanEngine(models["t2v-a14b"], EngineSettings(device="cpu", vae_compile=True))
+    assert compiled.plan.decode == ("compiled_decoder",)
+    result = compiled.generate(job)
+    assert abs(result.frames.astype(int) - reference.frames.astype(int)).max() <= 1
+
+
+def test_vae_path_replaces_the_models_own_vae(models: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    # Another VAE of the same architecture (other random weights), as a diffusers directory and as one file
+    other = write_tiny_model(tmp_path / "other", "ti2v-5b", seed=11)
+    own = WanEngine(models["ti2v-5b"], EngineSettings(device="cpu"))
+    swapped = WanEngine(models["ti2v-5b"], EngineSettings(device="cpu", vae_path=str(other)))  # finds other/vae/
+    weights = {k: v.contiguous() for k, v in swapped.pipe.vae.state_dict().items()}
+    assert swapped.plan.vae == str(other)
+    assert not torch.equal(own.pipe.vae.decoder.conv_out.weight, swapped.pipe.vae.decoder.conv_out.weight)
+    assert swapped.image_pipe.vae is swapped.pipe.vae  # TI2V-5B's image mode decodes with it too
+    job = spec(steps=1)
+    a, b = own.generate(job), swapped.generate(job)
+    torch.testing.assert_close(a.latents, b.latents)  # the same denoising ...
+    assert not (a.frames == b.frames).all()  # ... decoded by another VAE
+
+    single = tmp_path / "vae.safetensors"
+    save_file(weights, str(single))
+    from_file = WanEngine(models["ti2v-5b"], EngineSettings(device="cpu", vae_path=str(single)))
+    assert torch.equal(from_file.pipe.vae.decoder.conv_out.weight, swapped.pipe.vae.decoder.conv_out.weight)
+
+    # A VAE whose latents are not the transformer's is refused at start, saying which one fits
+    with pytest.raises(ValueError, match=r"has 16 latent channels but the transformer makes 48: TI2V-5B needs a Wan2\.2 VAE"):
+        WanEngine(models["ti2v-5b"], EngineSettings(device="cpu", vae_path=str(models["t2v-a14b"] / "vae")))

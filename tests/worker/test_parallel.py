@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from shared.schemas import GenerationSpec
+from worker.cache import DBCacheSetting
 from worker.parallel.messages import EXIT_RANK_DIED, Failed, Job, Stop, receive, send
 from worker.tiny_model import write_tiny_model
 
@@ -40,6 +41,10 @@ with_lora = spec.model_copy(update={"loras": (lora,)})
 no_cfg = spec.model_copy(update={"guidance_scale": 1.0, "guidance_scale_2": 1.0, "loras": (lora,)})
 one = WanEngine(path, EngineSettings(device="cpu"), loras=loras)
 reference, reference_lora, reference_no_cfg = (one.generate(s).latents for s in (spec, with_lora, no_cfg))
+cached_reference = one.generate(
+    GenerationSpec.model_validate({**spec.model_dump(), "num_inference_steps": 8, "cache": {"rdt": 1.0, "warmup": 1}})
+).latents
+del one
 engine = start_engine(path, EngineSettings(device="cpu", num_gpus=2, cfg_parallel=True), loras=loras)
 print("PLAN", engine.plan.num_gpus, engine.plan.cfg_parallel, flush=True)
 result = engine.generate(spec)
@@ -60,6 +65,20 @@ except JobCanceled:
     print("CANCELED", seen, flush=True)
 again = engine.generate(spec)
 print("AGAIN", bool(torch.equal(again.latents, result.latents)), flush=True)
+
+# The step cache per job on both ranks. A fixed schedule (rdt 1: W computed steps, then MC cached, 1 computed...)
+# skips the same steps of each branch as one process does, so the two ranks give one process' cached output only if
+# the follower got rank 0's resolved setting in its Job message. rdt 0 is the uncached output exactly; rdt 0.5 runs
+# cache-dit's residual test, whose all_reduce over both ranks makes them skip the same steps.
+def with_cache(cache):
+    return GenerationSpec.model_validate({**spec.model_dump(), "num_inference_steps": 8, "cache": cache})
+uncached = engine.generate(with_cache(False))
+exact = engine.generate(with_cache({"rdt": 0.0}))
+cached = engine.generate(with_cache({"rdt": 1.0, "warmup": 1}))
+dynamic = engine.generate(with_cache({"rdt": 0.5, "warmup": 1}))
+print("CACHE", bool(torch.equal(exact.latents, uncached.latents)), bool(torch.equal(cached.latents, uncached.latents)),
+      cached.cache["blocks_skipped_share"] > 0, dynamic.cache["experts"][0]["transformer_calls"], flush=True)
+print("CACHED_REL", float((cached.latents - cached_reference).norm() / cached_reference.norm()), flush=True)
 
 print("PIDS", *engine.followers.pids, flush=True)
 def slow(done, total):
@@ -124,6 +143,8 @@ def test_cfg_parallel_cancel_and_a_dead_rank(tiny_a14b: Path, tmp_path: Path) ->
     # Cancel: rank 0's decision stops both ranks at step 2, and the group serves the next job
     assert lines["CANCELED"] == ["[1, 2]\n"]
     assert lines["AGAIN"] == ["True\n"]
+    assert lines["CACHE"][0].split()[:3] == ["True", "False", "True"]
+    assert float(lines["CACHED_REL"][0]) < 1e-5
     # A dead follower takes rank 0 down promptly (its job would be redelivered), never a hang
     assert "NOT" not in lines
     assert code == EXIT_RANK_DIED
@@ -151,7 +172,10 @@ def test_messages_cross_a_pipe_typed_and_only_ours_are_accepted() -> None:
         seed=1,
     )
     image = Image.new("RGB", (64, 48), (200, 10, 30))
-    job = Job.of(spec, image, [torch.zeros(1, 7, 16, dtype=torch.bfloat16), torch.zeros(1, 3, 16, dtype=torch.bfloat16)])
+    cache = DBCacheSetting(rdt=0.3, taylorseer=True)
+    job = Job.of(
+        spec, image, [torch.zeros(1, 7, 16, dtype=torch.bfloat16), torch.zeros(1, 3, 16, dtype=torch.bfloat16)], cache=cache
+    )
     read_fd, write_fd = os.pipe()
     with os.fdopen(read_fd, "rb") as reader, os.fdopen(write_fd, "wb") as writer:
         for message in (job, Failed("OutOfMemoryError: no"), Stop()):
@@ -161,6 +185,7 @@ def test_messages_cross_a_pipe_typed_and_only_ours_are_accepted() -> None:
         received = receive(reader)
         assert isinstance(received, Job)
         assert (received.spec, received.embed_shapes, received.embed_dtype) == (spec, ((1, 7, 16), (1, 3, 16)), "bfloat16")
+        assert received.cache == cache
         decoded = received.image()
         assert decoded is not None and decoded.tobytes() == image.tobytes()  # a lossless PNG on the way
         assert receive(reader) == Failed("OutOfMemoryError: no")

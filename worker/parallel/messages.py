@@ -19,6 +19,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from shared.schemas import GenerationSpec
 from shared.settings import EngineSettings, LoraSettings
+from worker.cache import DBCacheSetting
 
 if TYPE_CHECKING:
     import torch
@@ -79,10 +80,18 @@ class Job:
     embed_dtype: str
     """A torch dtype's name, e.g. "bfloat16"."""
     adapters: Adapters = Adapters()
+    cache: DBCacheSetting | None = None
+    """The step cache setting rank 0 resolved for the job (the job's own over the worker's); None = no cache."""
 
     @classmethod
     def of(
-        cls, spec: GenerationSpec, image: Image.Image | None, embeds: Sequence[torch.Tensor], adapters: Adapters = Adapters()
+        cls,
+        spec: GenerationSpec,
+        image: Image.Image | None,
+        embeds: Sequence[torch.Tensor],
+        adapters: Adapters = Adapters(),
+        *,
+        cache: DBCacheSetting | None = None,
     ) -> Job:
         png = None
         if image is not None:
@@ -95,6 +104,7 @@ class Job:
             embed_shapes=tuple(tuple(e.shape) for e in embeds),
             embed_dtype=str(embeds[0].dtype).removeprefix("torch."),
             adapters=adapters,
+            cache=cache,
         )
 
     def image(self) -> Image.Image | None:

@@ -1,0 +1,55 @@
+"""What this machine lacks for the engine options asked for, found in a fresh interpreter.
+
+`wanq worker` refuses to start when, say, `--attention-backend fa4` is asked for and flash-attn-4 or a
+Hopper GPU is missing. It must not find that out itself: asking CUDA for a GPU's compute capability
+initializes CUDA, and a Celery parent that did so cannot fork working children. So it runs
+`python -m worker.probe` with the engine settings and reads the problems back.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from shared.settings import EngineSettings
+
+
+def environment_problems_in_child(settings: EngineSettings, timeout_s: float = 300) -> list[str]:
+    """`accel.environment_problems` for the device the worker will use, run in a child interpreter; only when an
+    option that needs more than torch is asked for."""
+    if settings.attention_backend != "fa4" and settings.quantization == "none":
+        from worker import accel
+
+        return accel.environment_problems(settings)  # packages only: no CUDA is touched
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.probe"],
+        input=settings.model_dump_json(),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    if done.returncode != 0:
+        return [f"the environment check failed: {done.stderr.strip()[-400:]}"]
+    problems: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return problems
+
+
+def main() -> None:
+    import torch
+
+    from worker import accel
+
+    settings = EngineSettings.model_validate_json(sys.stdin.read())
+    device = torch.device(accel.resolve_device(settings.device))
+    problems = []
+    try:
+        accel.validate(settings, device=device.type)  # now that the device is known (fa4 / fp8 need CUDA)
+    except ValueError as exc:
+        problems.append(str(exc).removeprefix("impossible engine configuration: "))
+    problems.extend(accel.environment_problems(settings, device))
+    print(json.dumps(problems))
+
+
+if __name__ == "__main__":
+    main()
