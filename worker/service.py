@@ -8,7 +8,9 @@ hard time limit or a crash is replaced by a fresh one, which loads the model aga
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import signal
 import socket
 import threading
 import time
@@ -29,6 +31,9 @@ from worker import metrics
 
 log = logging.getLogger("wanq.worker")
 
+EXIT_LOAD_FAILED = 3
+"""The exit status of `wanq worker` when its model could not be loaded (the log says why)."""
+
 
 class WorkerProcess:
     """What one worker child holds: the engine, the runner and the heartbeat."""
@@ -43,6 +48,9 @@ class WorkerProcess:
         """The Celery node name (`wanq worker-drain` finds it in the heartbeat)."""
         self._stop = threading.Event()
         self._info: dict[str, Any] = {}
+        # Made in the parent, shared with its children through the fork: set by a child whose engine
+        # failed to load, so the parent stops (and says why) instead of taking jobs it cannot run.
+        self.load_failed = multiprocessing.get_context("fork").Value("b", 0)
 
     def load(self) -> None:
         from worker.runner import JobRunner
@@ -153,7 +161,16 @@ def build_app(settings: Settings, model_id: str, model_path: Path) -> tuple[Cele
 
     @worker_process_init.connect(weak=False)
     def _load(**_: Any) -> None:
-        process.load()
+        try:
+            process.load()
+        except Exception as exc:
+            # A child that can't hold the model must not consume jobs (each would fail and be put back
+            # forever), and a fresh child would fail the same way: stop the whole worker, loudly.
+            log.critical("the model failed to load: %s; stopping this worker", exc, exc_info=True, extra={"model": model_id})
+            process.load_failed.value = 1
+            process.shutdown()  # its heartbeat goes: no "loading" worker is left counted as live
+            os.kill(os.getppid(), signal.SIGTERM)
+            os._exit(EXIT_LOAD_FAILED)
 
     @worker_process_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:
@@ -191,7 +208,15 @@ def run(settings: Settings, model_id: str, model_path: Path, *, loglevel: str = 
         raise SystemExit(f"--model-path {model_path} holds no model_index.json (a diffusers pipeline directory)")
     # Import torch and diffusers in the parent (no CUDA is touched by importing), so that a child
     # replacing a dead one only has to load the weights.
-    import worker.engine  # noqa: F401
+    try:
+        import peft  # noqa: F401  (the LoRA slots, imported by the child)
+
+        import worker.engine  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(
+            f"wanq worker: its dependencies are not installed ({exc}); run `make install-worker` "
+            "(or pip install 'wanq[worker]') in the environment that has torch"
+        ) from None
 
     app, process = build_app(settings, model_id, model_path)
     process.node = f"wanq-{model_id}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
@@ -218,3 +243,5 @@ def run(settings: Settings, model_id: str, model_path: Path, *, loglevel: str = 
             "fair",
         ]
     )
+    if process.load_failed.value:
+        raise SystemExit(f"wanq worker: {model_id} stopped: the model failed to load (the log above says why)")

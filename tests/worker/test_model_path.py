@@ -212,3 +212,36 @@ def test_a_worker_serves_from_a_repository_id(hub_cache: Path, own_redis: redis.
     # Then only JSON lines: Celery's, torch's and transformers' warnings included, and no loading bars. (Celery writes
     # its shutdown notice straight to the terminal, as it does for a person pressing Ctrl-C.)
     assert [line for line in rest if line.strip() and not line.startswith("{")] == ["worker: Warm shutdown (MainProcess)"]
+
+
+def test_a_worker_whose_model_fails_to_load_stops_and_says_so(
+    tiny: dict[str, Path], own_redis: redis.Redis, tmp_path: Path
+) -> None:
+    """A child that can't load the model must not take jobs it can't run (each would fail and be put back forever):
+    the whole worker stops, non-zero, with the reason in the log and one plain line at the end."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny["ti2v-5b"], broken)
+    for weights in (broken / "transformer").glob("*.safetensors"):
+        weights.write_bytes(b"not a safetensors file")
+    url = f"redis://127.0.0.1:{own_redis.connection_pool.connection_kwargs['port']}/0"
+    started = time.monotonic()
+    done = wanq(
+        tmp_path,
+        "worker",
+        "--model",
+        "tiny-ti2v-5b",
+        "--model-path",
+        str(broken),
+        WANQ_REDIS_URL=url,
+        WANQ_REDIS_KEY_PREFIX="wanq-load-fails",
+        WANQ_MODELS='["tiny-ti2v-5b"]',
+        WANQ_S3_CREATE_BUCKET="false",
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert time.monotonic() - started < 150
+    assert done.stderr.splitlines()[-1] == (
+        "wanq worker: tiny-ti2v-5b stopped: the model failed to load (the log above says why)"
+    )
+    failures = [json.loads(line) for line in done.stderr.splitlines() if '"the model failed to load' in line]
+    assert failures and "diffusion_pytorch_model.safetensors" in failures[0]["msg"]
+    assert not own_redis.keys("wanq-load-fails:worker*")  # it left no heartbeat claiming a live worker behind
