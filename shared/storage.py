@@ -8,6 +8,7 @@ still ran) can never overwrite the outputs of the run that replaced it, and neve
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,16 +110,17 @@ class Storage:
                     raise StorageUnavailable(f"upload of {key} failed after {attempts} attempts: {exc}") from exc
                 time.sleep(self.settings.upload_backoff_s * 2 ** (attempt - 1))
 
-    def download_file(self, key: str, path: Path) -> None:
-        """The object into `path`; raises KeyError if there is none, StorageUnavailable if the store cannot say."""
+    @contextlib.contextmanager
+    def _reading(self, key: str, doing: str) -> Iterator[None]:
+        """Maps the store's errors: KeyError(key) for an absent object, StorageUnavailable for the rest."""
         try:
-            self.client.download_file(self.bucket, key, str(path))
+            yield
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 raise KeyError(key) from exc
-            raise StorageUnavailable(f"could not read {key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageUnavailable(f"could not read {key}: {exc}") from exc
+            raise StorageUnavailable(f"could not {doing}: {exc}") from exc
+        except (BotoCoreError, OSError) as exc:
+            raise StorageUnavailable(f"could not {doing}: {exc}") from exc
 
     def put_bytes(self, data: bytes, key: str, content_type: str) -> None:
         try:
@@ -134,37 +136,19 @@ class Storage:
 
     def download(self, key: str, path: Path) -> None:
         """Writes the object to `path`; raises KeyError if it is absent (deleted), StorageUnavailable if unreachable."""
-        try:
+        with self._reading(key, f"read {key}"):
             self.client.download_file(self.bucket, key, str(path))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise KeyError(key) from exc
-            raise StorageUnavailable(f"could not read {key}: {exc}") from exc
-        except (BotoCoreError, OSError) as exc:
-            raise StorageUnavailable(f"could not read {key}: {exc}") from exc
 
     def copy(self, source_key: str, key: str) -> None:
         """Copies an object inside the bucket (the store copies it; no bytes pass through here); raises KeyError if
         the source is absent."""
-        try:
+        with self._reading(source_key, f"copy {source_key} to {key}"):
             self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key})
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise KeyError(source_key) from exc
-            raise StorageUnavailable(f"could not copy {source_key} to {key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageUnavailable(f"could not copy {source_key} to {key}: {exc}") from exc
 
     def open_stream(self, key: str) -> tuple[Iterator[bytes], int | None]:
         """Returns a chunk iterator and the object's length; raises KeyError if absent."""
-        try:
+        with self._reading(key, f"read {key}"):
             obj = self.client.get_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise KeyError(key) from exc
-            raise StorageUnavailable(f"could not read {key}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageUnavailable(f"could not read {key}: {exc}") from exc
         body = obj["Body"]
         return body.iter_chunks(chunk_size=256 * 1024), obj.get("ContentLength")
 

@@ -66,7 +66,7 @@ class JobRunner:
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanq-finish")
         self._pending: Future[str] | None = None
         self.journal = RunJournal(settings.worker.run_log, worker_id)
-        self.lora_files = LoraCache.from_settings(settings.loras, download=storage.download_file)
+        self.lora_files = LoraCache.from_settings(settings.loras, download=storage.download)
 
     # -----------------------------------------------------------------------------------------
     def run(self, job_id: str, *, wait: bool = False) -> str:

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import redis
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
+from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from api import jobs
@@ -54,56 +55,39 @@ router = APIRouter(prefix="/v1/videos", tags=["videos"])
 Variant = Literal["video", "thumbnail", "spritesheet", "image"]
 POLL_AFTER_MS = "1000"
 
-_create_schema = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": body_schema(VideoRequest)},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["prompt"],
-                    "additionalProperties": False,
-                    "properties": {
-                        **{name: {"type": "string"} for name in VideoRequest.model_fields if name != "webhook_events"},
-                        "loras": {"type": "string", "description": "The `loras` list as JSON text."},
-                        "webhook_events": {"type": "array", "items": {"type": "string"}},
-                        "input_reference": {"type": "string", "format": "binary"},
-                    },
-                }
-            },
-        },
-    }
-}
 
-_extension_schema = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": body_schema(ExtensionRequest)},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["prompt"],
-                    "additionalProperties": False,
-                    "properties": {
-                        **{
-                            name: {"type": "string"}
-                            for name in ExtensionRequest.model_fields
-                            if name not in ("video", "webhook_events")
-                        },
-                        "video[id]": {"type": "string", "description": "The id of the completed video to extend."},
-                        "video": {
-                            "type": "string",
-                            "description": "The id (as a plain field); a file here is ignored when video[id] names the video.",
-                        },
-                        "webhook_events": {"type": "array", "items": {"type": "string"}},
-                    },
-                }
-            },
-        },
+def _request_body(model: type[BaseModel], form_fields: dict[str, Any], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The request body of a create route: the model as JSON, or the same fields as a multipart form (every
+    field a string there, `webhook_events` repeated) with the route's own form-only fields."""
+    plain = {name: {"type": "string"} for name in model.model_fields if name not in (*skip, "webhook_events")}
+    form = {
+        "type": "object",
+        "required": ["prompt"],
+        "additionalProperties": False,
+        "properties": {**plain, **form_fields, "webhook_events": {"type": "array", "items": {"type": "string"}}},
     }
-}
+    content = {"application/json": {"schema": body_schema(model)}, "multipart/form-data": {"schema": form}}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+_create_schema = _request_body(
+    VideoRequest,
+    {
+        "loras": {"type": "string", "description": "The `loras` list as JSON text."},
+        "input_reference": {"type": "string", "format": "binary"},
+    },
+)
+_extension_schema = _request_body(
+    ExtensionRequest,
+    {
+        "video[id]": {"type": "string", "description": "The id of the completed video to extend."},
+        "video": {
+            "type": "string",
+            "description": "The id (as a plain field); a file here is ignored when video[id] names the video.",
+        },
+    },
+    skip=("video",),
+)
 _remix_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema(RemixRequest)}}}}
 
 
