@@ -300,6 +300,7 @@ class FairQueue:
                     keys.broker_queue(model),
                     BROKER_UNACKED,
                     keys.tenants,
+                    keys.active(tenant),
                 ],
                 args=lua.argv(id=record.id, wake=self.keys.wake, model=model),
             )

@@ -49,7 +49,8 @@ _JOB_ID = re.compile(r"video_[0-9a-f]{32}")
 @dataclass(frozen=True)
 class Repair:
     kind: str
-    """requeued, timed_out, readmitted, dequeued (was queued twice), dropped (an ended job left in an index)."""
+    """requeued, timed_out, canceled (its cancel was pending), readmitted, dequeued (was queued twice), dropped (an
+    ended job left in an index)."""
     job_id: str
     model: str
 
@@ -95,6 +96,11 @@ class Upkeep:
             if overran(record):
                 if jobstate.time_out(self.store, record, timeout_message(record)).ok:
                     repairs.append(self._log(Repair("timed_out", record.id, record.spec.model), record))
+                continue
+            if record.cancel_requested:
+                # Its cancel was accepted: it ends here rather than waiting in the queue for a worker to end it.
+                if jobstate.cancel_running(self.store, record, record.attempts).ok:
+                    repairs.append(self._log(Repair("canceled", record.id, record.spec.model), record))
                 continue
             if jobstate.requeue(self.store, record).ok:
                 self._send(record.id, record.spec.model)
@@ -210,6 +216,7 @@ class Upkeep:
         message = {
             "requeued": "upkeep: requeued a job whose worker died",
             "timed_out": "upkeep: a job whose worker died past its time limit failed with timeout",
+            "canceled": "upkeep: a job whose worker died had a cancel pending; it is canceled",
             "readmitted": "upkeep: put back a queued job that no queue held",
             "dequeued": "upkeep: a job waiting for dispatch was already sent; it waits no more",
             "dropped": "upkeep: took an ended job out of the queues' indexes",

@@ -106,6 +106,22 @@ def test_a_queued_job_in_no_queue_is_put_back_on_the_second_look(loop: Loop) -> 
     assert loop.fairq.take(MODEL, target=1) == taken  # and it is dispatched again
 
 
+def test_a_lost_message_holds_no_running_place_of_its_tenant(loop: Loop) -> None:
+    """With max_running_jobs 1, a job whose message was lost must not count as the tenant's running job once it is
+    back in the tenant's queue: the tenant's other jobs, and the job itself, are dispatched again."""
+    loop.settings.quotas.max_running_jobs = 1
+    fairq = FairQueue(loop.store, loop.settings.quotas, [MODEL])
+    lost, second = loop.job(), loop.job()
+    assert (taken := fairq.take(MODEL, target=5)) is not None and taken.job_id == lost.id
+    fairq.sent(lost.id, MODEL)  # its message never reached the broker
+    assert fairq.take(MODEL, target=5) is None  # the tenant's one running place is taken
+    loop.upkeep.reconcile()
+    assert [r.kind for r in loop.upkeep.reconcile()] == ["readmitted"]
+    assert not loop.store.redis.sismember(loop.store.keys.active("t"), lost.id)
+    again = fairq.take(MODEL, target=5)
+    assert again is not None and again.job_id == lost.id  # dispatched again, in its place ahead of `second`
+
+
 def test_a_job_whose_message_waits_or_was_delivered_is_left_alone(loop: Loop) -> None:
     waiting, delivered = loop.job(), loop.job()
     for record in (waiting, delivered):
@@ -139,6 +155,16 @@ def test_running_jobs_go_back_only_when_their_worker_is_dead_or_lost_them(loop: 
     assert sorted(loop.messages()) == sorted([lost.id, dead.id])  # type: ignore[type-var]
     statuses = {r.id: r.status.value for r in loop.store.get_many([healthy.id, lost.id, dead.id, overran.id])}
     assert statuses == {healthy.id: "in_progress", lost.id: "queued", dead.id: "queued", overran.id: "failed"}
+
+
+def test_a_dead_workers_job_with_a_cancel_pending_is_canceled_not_requeued(loop: Loop) -> None:
+    record = loop.running_on(loop.job(), "dead", alive=False)
+    assert jobstate.request_cancel(loop.store, record).ok
+    assert [r.kind for r in loop.upkeep.requeue_orphans()] == ["canceled"]
+    ended = loop.store.get(record.id)
+    assert ended is not None and ended.status is JobStatus.canceled and ended.error is not None
+    assert ended.error.code == "canceled" and loop.messages() == [] and loop.sends == 0
+    assert not loop.store.redis.sismember(loop.store.keys.active("t"), record.id)
 
 
 def test_an_ended_job_left_in_the_indexes_is_taken_out(loop: Loop) -> None:

@@ -25,6 +25,7 @@ def readmit(client: redis.Redis, keys: Keys, record: JobRecord, unacked: str) ->
                 keys.broker_queue(keys.prefix),
                 unacked,
                 keys.tenants,
+                keys.active("t"),
             ],
             id=record.id,
             wake=keys.wake,
@@ -56,8 +57,11 @@ def test_a_job_somewhere_or_not_queued_is_left_alone(lua_redis: redis.Redis, key
 def test_a_stranded_job_goes_back_to_its_tenants_queue(lua_redis: redis.Redis, keys: Keys) -> None:
     stranded = stored(lua_redis, keys, job())
     lua_redis.zadd(keys.dispatched("m"), {stranded.id: 0})  # sent once, its message lost
+    lua_redis.sadd(keys.active("t"), stranded.id, "video_other")  # take.lua counted it as running for t
     lua_redis.set(keys.vtime("m"), "2")
     assert readmit(lua_redis, keys, stranded, keys.prefix + BROKER_UNACKED) == 1
     assert lua_redis.zscore(keys.pending("m", "t"), stranded.id) == stranded.created_at
     assert lua_redis.zscore(keys.dispatched("m"), stranded.id) is None
     assert lua_redis.zscore(keys.ring("m"), "t") == 2 and lua_redis.sismember(keys.tenants, "t")
+    # It no longer holds one of t's running places (else lost messages would block t under max_running_jobs).
+    assert lua_redis.smembers(keys.active("t")) == {b"video_other"}
