@@ -120,6 +120,7 @@ def test_a_lost_message_holds_no_running_place_of_its_tenant(loop: Loop) -> None
     assert not loop.store.redis.sismember(loop.store.keys.active("t"), lost.id)
     again = fairq.take(MODEL, target=5)
     assert again is not None and again.job_id == lost.id  # dispatched again, in its place ahead of `second`
+    assert loop.store.redis.zscore(loop.store.keys.pending(MODEL, "t"), second.id) is not None  # next in line
 
 
 def test_a_job_whose_message_waits_or_was_delivered_is_left_alone(loop: Loop) -> None:
