@@ -141,6 +141,10 @@ def parse_job_cache(value: Any) -> CacheOptions | Literal[False] | None:
         raise ValueError(f"{where} {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
+_ADDED_SINCE_RELEASE: dict[str, Any] = {"kind": "video", "extend_from": None, "source_frames": 0, "loras": [], "cache": None}
+"""Spec fields a previous release's worker does not know, with the value that means "not used": left out when so."""
+
+
 class GenerationSpec(BaseModel):
     """Everything a worker needs to generate one video; resolved and validated by the API."""
 
@@ -176,13 +180,14 @@ class GenerationSpec(BaseModel):
     def _empty_object_is_no_loras(cls, value: Any) -> Any:
         return () if value == {} else value
 
-    # A job without LoRAs is stored exactly as before they existed, so workers of the previous version still read
-    # it during a rolling upgrade.
+    # A job that uses none of the fields added since the previous release is stored exactly as before they existed,
+    # so workers of the previous version (which refuse unknown fields) still read it during a rolling upgrade.
     @model_serializer(mode="wrap")
-    def _no_empty_loras(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _no_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
-        if not self.loras:
-            data.pop("loras", None)
+        for name, default in _ADDED_SINCE_RELEASE.items():
+            if name in data and (data[name] == default or (default == [] and data[name] == ())):
+                del data[name]
         return data
 
     cache: JobCache = None

@@ -25,6 +25,13 @@ SPEC = dict(
 def test_a_spec_without_loras_is_stored_as_before_and_one_with_loras_round_trips() -> None:
     plain = GenerationSpec(**SPEC)  # type: ignore[arg-type]
     assert "loras" not in json.loads(plain.model_dump_json()) and "loras" not in plain.model_dump()
+    # Exactly the fields a worker of the release before LoRAs, extensions, images and the step cache knows (it
+    # refuses unknown ones), so a rolling upgrade's old workers still run the new API's plain jobs.
+    assert sorted(json.loads(plain.model_dump_json())) == sorted([*SPEC, "image_key"])
+    for changed in ({"kind": "image"}, {"extend_from": "video_x", "source_frames": 5}, {"cache": False}):
+        assert GenerationSpec.model_validate_json(plain.model_copy(update=changed).model_dump_json()) == plain.model_copy(
+            update=changed
+        )
     lora = JobLora(
         name="x", sha256="0" * 64, storage_key="loras/t/x.safetensors", size_bytes=10, strength=0.7, expert="low_noise"
     )
