@@ -6,8 +6,9 @@ Rules, applied in this order:
   seconds x fps (4 s at 16 fps -> 65 frames); else the model's default frame count. The reported
   `seconds` is always num_frames / fps.
 - Every check names the field and the value it refused.
-- An extension (`resolve_extension`) takes its source's size, fps, negative prompt and, with the same model, its
-  sampling parameters; its seed, unless given, is the source's + 1; its duration is the new part's.
+- An extension (`resolve_extension`) takes its source's size, fps, negative prompt and, with the same model and no
+  `loras` of its own, its LoRAs and sampling parameters; its seed, unless given, is the source's + 1; its duration is
+  the new part's.
 - A remix (`remix_spec`) is its parent's spec with a new prompt.
 - An image (`kind="image"`) is one frame; only images may have fewer than 5 frames.
 """
@@ -479,8 +480,10 @@ def resolve_extension(
         "negative_prompt": base.negative_prompt,
         "seed": (base.seed + 1) % (MAX_SEED + 1),
     }
-    if model_id == base.model:
-        # Sampling parameters are tuned per model: taken over only where the model stays the same.
+    if extension_inherits_loras(req, base):
+        # Sampling parameters are tuned per model and per LoRA (a step-distilled one above all): taken over, with the
+        # source's LoRAs, only where the model stays the same and the request names no LoRAs of its own.
+        inherited["loras"] = inherited_loras(base)
         inherited.update(
             num_inference_steps=base.num_inference_steps,
             guidance_scale=base.guidance_scale,
@@ -489,10 +492,29 @@ def resolve_extension(
         )
     given = req.model_dump(exclude_none=True)
     filled = req.model_copy(update={**{k: v for k, v in inherited.items() if k not in given}})
-    spec = resolve_spec(
-        filled, catalog, default_model, limits, has_image=True, image_key=image_key, loras=loras, lora_limits=lora_limits
-    )
+    try:
+        spec = resolve_spec(
+            filled, catalog, default_model, limits, has_image=True, image_key=image_key, loras=loras, lora_limits=lora_limits
+        )
+    except InvalidRequest as exc:
+        if "loras" not in inherited or not (exc.param or "").startswith("loras"):
+            raise
+        raise InvalidRequest(
+            f"the LoRAs of video {source.id}, which an extension keeps: {exc.message}; send 'loras' (or [] for none) "
+            "to extend it without them",
+            param="loras",
+        ) from None
     return spec.model_copy(update={"extend_from": source.id, "source_frames": base.total_frames})
+
+
+def extension_inherits_loras(req: VideoRequest, base: GenerationSpec) -> bool:
+    """An extension runs with its source's LoRAs (and sampling) unless it names a model or LoRAs of its own."""
+    return req.loras is None and (req.model or base.model) == base.model
+
+
+def inherited_loras(base: GenerationSpec) -> list[LoraRequest]:
+    """The source's LoRAs as a request names them (resolved again by name: the file may have been replaced)."""
+    return [LoraRequest(name=lora.name, strength=lora.strength, expert=lora.expert) for lora in base.loras]
 
 
 def remix_spec(

@@ -149,9 +149,15 @@ class Client:
         if image is None:
             return self._request("POST", "/v1/videos", json=body, headers=headers)  # type: ignore[no-any-return]
         path = Path(image)
-        # Form fields are strings; a list (webhook_events) goes as the same field repeated, `loras` as JSON text.
+        # Form fields are strings: a list (webhook_events) goes as the same field repeated; `loras`, an object (cache)
+        # and a boolean (cache=False) as JSON text, as the server reads them.
         data = {
-            k: json.dumps(v) if k == "loras" else [str(x) for x in v] if isinstance(v, list) else str(v) for k, v in body.items()
+            k: json.dumps(v)
+            if k == "loras" or isinstance(v, dict | bool)
+            else [str(x) for x in v]
+            if isinstance(v, list)
+            else str(v)
+            for k, v in body.items()
         }
         with path.open("rb") as fh:
             files = {"input_reference": (path.name, fh, "application/octet-stream")}

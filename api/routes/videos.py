@@ -35,12 +35,15 @@ from shared.errors import (
     RateLimited,
 )
 from shared.idempotency import MAX_KEY_LENGTH, IdempotentCreate, fingerprint
+from shared.loras import LoraRequest, resolve_job_loras
 from shared.schemas import GenerationSpec, JobRecord, JobStatus
 from shared.specs import (
     ExtensionRequest,
     RemixRequest,
     VideoRequest,
     check_source,
+    extension_inherits_loras,
+    inherited_loras,
     parse_fields,
     parse_request,
     remix_spec,
@@ -275,6 +278,8 @@ async def remix_video(record: JobDep, request: Request, services: ServicesDep, p
     elif parent.image_key is not None:
         image_key, copy_from = services.storage.key(job_id, "image"), parent.image_key
     spec = remix_spec(parent, req.prompt, settings.catalog(), settings.jobs, image_key=image_key)
+    if parent.loras:
+        await _check_remix_loras(services, principal, record)
     services.quotas.check_size(principal.tenant, spec)
     new = JobRecord(
         id=job_id,
@@ -293,6 +298,25 @@ async def remix_video(record: JobDep, request: Request, services: ServicesDep, p
         except KeyError:
             raise Gone(f"the input image of video {record.id} is no longer stored", param="video_id") from None
     return await _admit(services, new)
+
+
+async def _check_remix_loras(services: Services, principal: Principal, record: JobRecord) -> None:
+    """A remix runs with its video's LoRAs, so each must still be there, as the same file, and allowed as a create
+    would allow it (the limits may have changed): else 400 now, not a failed job later."""
+    parent = record.spec
+    named = [LoraRequest(name=lora.name, strength=lora.strength, expert=lora.expert) for lora in parent.loras]
+    records = await asyncio.to_thread(services.loras.visible, principal.tenant, [lora.name for lora in named])
+    try:
+        resolved, _ = resolve_job_loras(named, records, services.settings.catalog()[parent.model], services.settings.loras)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"video {record.id} cannot be remixed with its LoRAs: {exc.message}", param="video_id") from None
+    for was, now in zip(parent.loras, resolved, strict=True):
+        if now.sha256 != was.sha256:
+            raise InvalidRequest(
+                f"video {record.id} cannot be remixed with its LoRAs: LoRA {was.name!r} is another file now (sha256 "
+                f"{now.sha256[:12]}..., was {was.sha256[:12]}...); create a new video naming it instead",
+                param="video_id",
+            )
 
 
 async def _extension_source(services: Services, principal: Principal, video_id: str, param: str) -> JobRecord:
@@ -373,16 +397,22 @@ async def _create(
     if upload is not None or req.image_url is not None:
         image_data = await asyncio.to_thread(_image_bytes, services, req, upload)
 
-    # The LoRAs it names, as the tenant sees them (one Redis round trip; none without LoRAs)
+    # An extension's source, then the LoRAs the job runs with (named, or its source's) as the tenant sees them (one
+    # Redis round trip; none without LoRAs)
+    source = None
+    if req.extend_video_id is not None:
+        source = await _extension_source(services, principal, req.extend_video_id, source_param)
+    named = req.loras
+    if source is not None and extension_inherits_loras(req, source.spec):
+        named = inherited_loras(source.spec)
     lora_records = None
-    if req.loras:
-        lora_records = await asyncio.to_thread(services.loras.visible, principal.tenant, [r.name for r in req.loras])
+    if named:
+        lora_records = await asyncio.to_thread(services.loras.visible, principal.tenant, [r.name for r in named])
 
     # Resolve against the model's defaults and limits (an extension: and its source's parameters)
     job_id = f"video_{uuid.uuid4().hex}"
     spec: GenerationSpec
-    if req.extend_video_id is not None:
-        source = await _extension_source(services, principal, req.extend_video_id, source_param)
+    if source is not None:
         spec = resolve_extension(
             req,
             source,

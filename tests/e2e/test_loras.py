@@ -240,3 +240,22 @@ def test_multipart_and_the_openai_sdk_send_loras(stack: Stack, api: httpx.Client
     )
     assert isinstance(error, dict) and error["param"] == "loras[0].name", error  # e2e-style is a LoRA for tiny-t2v-a14b
     assert "not for tiny-ti2v-5b" in error["message"]
+
+
+def test_a_remix_runs_with_its_videos_loras_and_is_refused_once_one_is_gone_or_replaced(
+    api: httpx.Client, loras: dict[str, Path], tmp_path: Path
+) -> None:
+    record = upload(api, loras["fourth"], "e2e-remixed")
+    parent, _ = run(api, tmp_path, "remix-parent", loras=[{"name": "e2e-remixed", "strength": 0.7}])
+    child = api.post(f"/v1/videos/{parent['id']}/remix", json={"prompt": "the same storm"})
+    assert child.status_code == 202, child.text
+    assert child.json()["loras"] == [{"name": "e2e-remixed", "sha256": record["sha256"], "strength": 0.7, "expert": "both"}]
+    assert wait_for_status(api, child.json()["id"], {"completed", "failed"})["status"] == "completed"
+
+    assert api.delete("/v1/loras/e2e-remixed").status_code in (200, 204)
+    gone = api.post(f"/v1/videos/{parent['id']}/remix", json={"prompt": "again"})
+    assert gone.status_code == 400 and gone.json()["error"]["param"] == "video_id", gone.text
+    assert "e2e-remixed" in gone.json()["error"]["message"]
+    upload(api, loras["fast"], "e2e-remixed")  # the name again, another file
+    replaced = api.post(f"/v1/videos/{parent['id']}/remix", json={"prompt": "again"})
+    assert replaced.status_code == 400 and "another file" in replaced.json()["error"]["message"], replaced.text

@@ -122,8 +122,8 @@ def test_a_bad_setting(tmp_path: Path, variable: str, value: str, line: str) -> 
 
 
 def test_bad_flags(tmp_path: Path) -> None:
-    done = wanq(tmp_path, "generate", "--model-path", str(tmp_path), "--prompt", "x", "--cache-threshold", "-1")
-    assert refused(done) == "wanq: --cache-threshold -1.0 is invalid: input should be greater than 0"
+    done = wanq(tmp_path, "generate", "--model-path", str(tmp_path), "--prompt", "x", "--cache-rdt", "-1")
+    assert refused(done) == "wanq: --cache-rdt -1.0 is invalid: input should be greater than or equal to 0"
     done = wanq(tmp_path, "dispatcher", "--loglevel", "loud")
     assert refused(done) == (
         "wanq dispatcher: error: argument --loglevel: invalid choice: 'LOUD' (choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')"

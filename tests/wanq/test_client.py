@@ -54,6 +54,11 @@ def test_image_to_video_goes_as_multipart(client: Client, tmp_path: Path) -> Non
     )
     assert video["has_image"] is True and video["size"] == "64x64"
     assert client.wait(video["id"], timeout=120)["status"] == "completed"
+    # An object and a boolean go as JSON text in the form, as the server reads them.
+    for cache in ({"rdt": 0.3, "warmup": 1}, False):
+        cached = client.submit("the red square", model="tiny-i2v-a14b", image=image, size="64x64", cache=cache)
+        assert cached["cache"] == cache
+        client.cancel(cached["id"])
 
 
 def test_list_cancel_delete(client: Client) -> None:
