@@ -467,6 +467,18 @@ class Settings(BaseSettings):
             raise ValueError(f"WANQ_MODELS names unknown model(s) {unknown}; known: {sorted(PRESETS)}")
         return value
 
+    @model_validator(mode="after")
+    def _lora_files_outside_the_outputs(self) -> Settings:
+        # Outputs expire (upkeep's sweep and the bucket's lifecycle rule, which filter on WANQ_S3_KEY_PREFIX); the
+        # LoRA library must never lie under that prefix, nor the outputs under its own.
+        videos, loras = self.s3.key_prefix, self.loras.key_prefix
+        if videos.startswith(loras) or loras.startswith(videos):
+            raise ValueError(
+                f"WANQ_S3_KEY_PREFIX {videos!r} and WANQ_LORAS_KEY_PREFIX {loras!r} overlap: outputs expire by their "
+                "prefix and would take the LoRA files with them; give each its own (e.g. 'videos/' and 'loras/')"
+            )
+        return self
+
     def catalog(self) -> dict[str, ModelSpec]:
         return {m: PRESETS[m] for m in self.models}
 
