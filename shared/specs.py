@@ -177,7 +177,8 @@ class VideoReference(BaseModel):
 class ExtensionRequest(VideoRequest):
     """The body of `POST /v1/videos/extensions` (the `openai` SDK's `client.videos.extend`): the fields of
     `POST /v1/videos`, the source named in `video`. `seconds` / `num_frames` are the new part's; size and fps are
-    the source's; the seed, unless given, the source's + 1; with the same model, the other parameters the source's."""
+    the source's; the seed, unless given, the source's + 1; with the same model and no `loras` of its own, its
+    LoRAs and other parameters the source's."""
 
     video: VideoReference = Field(
         description='The completed video to continue from its last frame: {"id": "video_..."} (multipart: the form '

@@ -89,7 +89,7 @@ _extension_schema = _request_body(
             "description": "The id (as a plain field); a file here is ignored when video[id] names the video.",
         },
     },
-    skip=("video",),
+    skip=("video", "image_url", "extend_video_id"),  # refused there, as in the JSON schema
 )
 _remix_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema(RemixRequest)}}}}
 
