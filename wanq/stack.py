@@ -92,7 +92,8 @@ class _Signals:
     received: int | None = None
     raised = False
     held = 0
-    """> 0 while a child is being started: the signal waits until it is in `processes` (so it is stopped too)."""
+    """> 0 while a child is being started (the signal waits until it is in `processes`, so it is stopped too) or the
+    tiny models are written in this process."""
     quiet = 0
     """> 0 while stopping: a signal is only noted, never raised (a stop is not cut short by another)."""
 
@@ -269,12 +270,15 @@ class Stack:
         from worker.tiny_model import write_tiny_model
 
         folder = folder or self.workdir / "models"
-        for model in models:
-            spec = PRESETS[model]
-            path = folder / model
-            if not (path / "model_index.json").exists():
-                write_tiny_model(path, spec.variant)
-            self.model_paths[model] = path
+        # A stop signal meanwhile is raised once the models are written: raised inside torch's or transformers' lazy
+        # imports it came out as a RecursionError, not as the stop (seen in `wanq dev`).
+        with _holding_signals():
+            for model in models:
+                spec = PRESETS[model]
+                path = folder / model
+                if not (path / "model_index.json").exists():
+                    write_tiny_model(path, spec.variant)
+                self.model_paths[model] = path
         return self.model_paths
 
     def start_api(self, port: int | None = None) -> str:
