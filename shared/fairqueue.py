@@ -178,11 +178,9 @@ class FairQueue:
             raise queue_full(record.tenant, waiting, limit, self.retry_hint(record.spec.model))
 
     # A queued job's place in line ----------------------------------------------------------------
-    def position(self, record: JobRecord) -> int | None:
-        """0-based place in the model's dispatch order, if nobody else submits and no cap intervenes."""
-        return self.place(record).position
-
     def place(self, record: JobRecord) -> Placement:
+        """Its 0-based place in the model's dispatch order (if nobody else submits and no cap intervenes), with the
+        live workers and mean duration for the start estimate."""
         return self._placement(record, lambda keys, args: self._scripts["position"](keys=keys, args=args))
 
     async def aplace(self, record: JobRecord) -> Placement:

@@ -35,7 +35,7 @@ def test_create_stores_and_queues_or_refuses_with_nothing_stored(store: JobStore
     assert [c.admitted for c in created] == [True, True]
     assert store.get(first.id) == first and store.get(second.id) == second
     assert fairq.waiting_count(tenant) == 2
-    assert fairq.position(second) == 1
+    assert fairq.place(second).position == 1
     assert store.redis.zscore(store.keys.tenant_jobs(tenant), first.id) == pytest.approx(first.created_at)
     assert store.redis.zscore(store.keys.queued(model), second.id) is not None
 
@@ -46,7 +46,7 @@ def test_create_stores_and_queues_or_refuses_with_nothing_stored(store: JobStore
     assert store.get(third.id) is None
     assert store.redis.zscore(store.keys.tenant_jobs(tenant), third.id) is None
     assert store.redis.zscore(store.keys.all_jobs, third.id) is None
-    assert fairq.position(third) is None and fairq.waiting_count(tenant) == 2
+    assert fairq.place(third).position is None and fairq.waiting_count(tenant) == 2
 
     # A job that leaves the queue frees its slot.
     assert jobstate.cancel_queued(store, first, "test").ok
