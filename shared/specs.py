@@ -514,7 +514,7 @@ def extension_inherits_loras(req: VideoRequest, base: GenerationSpec) -> bool:
 
 
 def inherited_loras(base: GenerationSpec) -> list[LoraRequest]:
-    """The source's LoRAs as a request names them (resolved again by name: the file may have been replaced)."""
+    """A video's LoRAs as a request names them (an extension's or a remix's: resolved again by name)."""
     return [LoraRequest(name=lora.name, strength=lora.strength, expert=lora.expert) for lora in base.loras]
 
 

@@ -35,7 +35,7 @@ from shared.errors import (
     RateLimited,
 )
 from shared.idempotency import MAX_KEY_LENGTH, IdempotentCreate, fingerprint
-from shared.loras import LoraRequest, resolve_job_loras
+from shared.loras import resolve_job_loras
 from shared.schemas import GenerationSpec, JobRecord, JobStatus
 from shared.specs import (
     ExtensionRequest,
@@ -304,7 +304,7 @@ async def _check_remix_loras(services: Services, principal: Principal, record: J
     """A remix runs with its video's LoRAs, so each must still be there, as the same file, and allowed as a create
     would allow it (the limits may have changed): else 400 now, not a failed job later."""
     parent = record.spec
-    named = [LoraRequest(name=lora.name, strength=lora.strength, expert=lora.expert) for lora in parent.loras]
+    named = inherited_loras(parent)
     records = await asyncio.to_thread(services.loras.visible, principal.tenant, [lora.name for lora in named])
     try:
         resolved, _ = resolve_job_loras(named, records, services.settings.catalog()[parent.model], services.settings.loras)
