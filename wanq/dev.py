@@ -27,7 +27,17 @@ from urllib.parse import urlsplit
 
 from shared.catalog import TINY_MODEL_IDS
 from wanq.config import DEV_STACK_FILE, DevStack, UsageError, load_settings, reporting_usage_errors
-from wanq.stack import DEV_ADMIN_KEY_ENV, ProcessExited, Stack, StopRequested, free_port, port_free, port_open, stop_on_signals
+from wanq.stack import (
+    DEV_ADMIN_KEY_ENV,
+    ProcessExited,
+    Stack,
+    StopRequested,
+    checkpoint,
+    free_port,
+    port_free,
+    port_open,
+    stop_on_signals,
+)
 
 log = logging.getLogger("wanq.dev")
 
@@ -166,6 +176,7 @@ def run_dev(workdir: Path, *, api_port: int | None = 8000) -> None:
                         names = ", ".join(f"{p.name} (status {p.proc.returncode}, log {p.log_path})" for p in dead)
                         status = f"wanq dev: {names} exited; stopped the rest"
                         break
+                    checkpoint()
                     time.sleep(0.5)
         except StopRequested as exc:
             print(f"wanq dev: stopping ({exc})", file=sys.stderr)

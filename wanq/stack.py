@@ -64,6 +64,7 @@ def port_open(host: str, port: int) -> bool:
 def wait_until(predicate: object, timeout: float, what: str, interval: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        checkpoint()
         if predicate():  # type: ignore[operator]
             return
         time.sleep(interval)
@@ -100,10 +101,27 @@ class _Signals:
 
 def _on_signal(signum: int, frame: object) -> None:
     _Signals.received = _Signals.received or signum
-    if _Signals.raised or _Signals.held or _Signals.quiet:
+    if _Signals.raised or _Signals.held or _Signals.quiet or _importing(frame):
         return
     _Signals.raised = True
     raise StopRequested(signum)
+
+
+def _importing(frame: object) -> bool:
+    """Whether the main thread is inside an import. Raised there, the stop leaves a half-initialised module behind
+    (redis' package then recursed without end when the stop imported it again): it waits for `checkpoint`."""
+    while frame is not None:
+        if getattr(frame, "f_code", None) is not None and frame.f_code.co_filename.startswith("<frozen importlib"):  # type: ignore[attr-defined]
+            return True
+        frame = frame.f_back  # type: ignore[attr-defined]
+    return False
+
+
+def checkpoint() -> None:
+    """Raises the stop that a signal asked for while it could not be raised (during an import)."""
+    if _Signals.received is not None and not (_Signals.raised or _Signals.held or _Signals.quiet):
+        _Signals.raised = True
+        raise StopRequested(_Signals.received)
 
 
 @contextmanager
@@ -270,8 +288,8 @@ class Stack:
         from worker.tiny_model import write_tiny_model
 
         folder = folder or self.workdir / "models"
-        # A stop signal meanwhile is raised once the models are written: raised inside torch's or transformers' lazy
-        # imports it came out as a RecursionError, not as the stop (seen in `wanq dev`).
+        # A stop signal meanwhile is raised once the models are written: torch's, diffusers' and transformers' lazy
+        # imports run throughout (see `_importing`), and no model folder is left half written.
         with _holding_signals():
             for model in models:
                 spec = PRESETS[model]

@@ -114,3 +114,28 @@ def test_a_stop_signal_during_start_up_leaves_no_process_behind(tmp_path: Path, 
     assert len(seen) >= 2  # redis-server and the S3 endpoint at least
     time.sleep(0.5)
     assert _left_behind(seen) == []
+
+
+def test_a_stop_signal_during_an_import_waits_for_the_import_to_finish(tmp_path: Path) -> None:
+    """Raised inside an import, the stop left a half-initialised module behind (redis' package then recursed without
+    end when stopping imported it again, and `wanq dev` exited 1, "maximum recursion depth exceeded"): the stop waits
+    for the import, then is raised at the next checkpoint."""
+    (tmp_path / "slow_module.py").write_text("import time\nfor _ in range(20):\n    time.sleep(0.05)\nDONE = True\n")
+    script = (
+        "import os, signal, sys, threading, time\n"
+        "from wanq.stack import StopRequested, checkpoint, stop_on_signals\n"
+        "threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()\n"
+        "with stop_on_signals():\n"
+        "    try:\n"
+        "        import slow_module\n"
+        "        print('imported', slow_module.DONE)\n"
+        "        checkpoint()\n"
+        "        print('not stopped')\n"
+        "    except StopRequested as exc:\n"
+        "        print('stopped', exc, 'slow_module' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env={**_env(), "PYTHONPATH": f"{tmp_path}:{os.getcwd()}"},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.stdout.splitlines() == ["imported True", "stopped SIGTERM True"], done.stdout + done.stderr
