@@ -1,4 +1,4 @@
-"""The generated parts of the docs: the README's settings table, docs/ARCHITECTURE.md's transition table and
+"""The generated parts of the docs: docs/SETTINGS.md's settings table, docs/ARCHITECTURE.md's transition table and
 Redis key map (`make readme` runs `python -m shared.docgen`; tests check they are current)."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ def fill(path: str, marker: str, table: str) -> bool:
     return new != text
 
 
-def update(readme: str = "README.md", architecture: str = "docs/ARCHITECTURE.md") -> bool:
+def update(settings: str = "docs/SETTINGS.md", architecture: str = "docs/ARCHITECTURE.md") -> bool:
     """Every generated table; True if any changed."""
-    changed = fill(readme, "settings", settings_table())
+    changed = fill(settings, "settings", settings_table())
     changed |= fill(architecture, "transitions", transition_table())
     return fill(architecture, "keys", key_table()) or changed
 

@@ -499,7 +499,7 @@ def variables() -> Iterator[tuple[str, FieldInfo]]:
 
 
 def settings_table() -> str:
-    """Every WANQ_ variable as a markdown table (the README's settings section is generated from it)."""
+    """Every WANQ_ variable as a markdown table (docs/SETTINGS.md is generated from it)."""
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for variable, field in variables():
         rows.append(f"| `{variable}` | `{_show(field.get_default(call_default_factory=True))}` | {_doc(field.description)} |")

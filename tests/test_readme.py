@@ -1,10 +1,11 @@
-"""The README, as a new user meets it, cannot rot:
+"""The README and the docs/ pages, as a new user meets them, cannot rot:
 
-- every ```python block runs as written, in a fresh interpreter, against the session's stack with an API of its own in
-  open mode (`WANQ_AUTH_OPEN=true`, as `wanq dev` runs: the same Redis, dispatcher, workers and S3). The one thing
+- every ```python block (README.md and docs/*.md) runs as written, in a fresh interpreter, against the session's
+  stack with an API of its own in open mode (`WANQ_AUTH_OPEN=true`, as `wanq dev` runs: the same Redis, dispatcher, workers and S3). The one thing
   substituted is the base URL: the README says http://127.0.0.1:8000 (`wanq dev`'s), this API listens on a free port.
   A block preceded by `<!-- readme-test: skip: why -->` is not run; its reason must name the test that makes the
   same calls on the models `wanq dev` serves (today: the 15-second extension example, which needs a real TI2V-5B);
+- every relative link between them points at a file that exists, and an `#anchor` at one of its headings;
 - every ```python block type-checks with mypy (the project's settings), so the `openai` SDK's literal types are met;
 - every command the shell blocks show (`make X`, `wanq ...`, `hf ...`) exists: each `wanq` line parses with the real
   parser, each make target is in the Makefile, `hf` is the command huggingface_hub installs;
@@ -35,20 +36,23 @@ from wanq.stack import Stack, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_URL = "http://127.0.0.1:8000"
 SKIP = re.compile(r"<!--\s*readme-test:\s*skip:\s*(.+?)\s*-->\s*$")
 
 
-def blocks(language: str) -> list[tuple[int, str, str | None]]:
-    """(line, code, skip reason) of each fenced block in that language."""
+def blocks(language: str) -> list[tuple[str, str, str | None]]:
+    """(where: "page:line", code, skip reason) of each fenced block in that language, in README.md and docs/*.md."""
     found = []
-    lines = README.splitlines()
-    for number, line in enumerate(lines):
-        if line.strip() == f"```{language}":
-            end = next(i for i in range(number + 1, len(lines)) if lines[i].strip() == "```")
-            before = next((lines[i] for i in range(number - 1, -1, -1) if lines[i].strip()), "")
-            skip = SKIP.search(before)
-            found.append((number + 1, "\n".join(lines[number + 1 : end]) + "\n", skip.group(1) if skip else None))
+    for page in PAGES:
+        lines = page.read_text().splitlines()
+        for number, line in enumerate(lines):
+            if line.strip() == f"```{language}":
+                end = next(i for i in range(number + 1, len(lines)) if lines[i].strip() == "```")
+                before = next((lines[i] for i in range(number - 1, -1, -1) if lines[i].strip()), "")
+                skip = SKIP.search(before)
+                where = f"{page.relative_to(ROOT)}:{number + 1}"
+                found.append((where, "\n".join(lines[number + 1 : end]) + "\n", skip.group(1) if skip else None))
     return found
 
 
@@ -59,6 +63,25 @@ def test_the_readme_has_the_snippets_this_file_runs() -> None:
     assert len(PYTHON) >= 2 and sum(skip is None for _, _, skip in PYTHON) >= 2
     assert all("tests/" in skip for _, _, skip in PYTHON if skip), "a skipped snippet names the test that runs its calls"
     assert "huggingface-cli" not in README  # huggingface_hub 2.x has no such command
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+\s+(.+?)\s*$", page.read_text(), flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
+def test_every_relative_link_resolves() -> None:
+    broken = []
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:: not ours to check here
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists() or (anchor and anchor not in _anchors(linked)):
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert broken == []
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +101,8 @@ def open_api(stack: Stack) -> Iterator[str]:
         api.stop()
 
 
-@pytest.mark.parametrize(("line", "code", "skip"), PYTHON, ids=[f"README.md:{line}" for line, _, _ in PYTHON])
-def test_a_python_snippet_runs_as_written(open_api: str, tmp_path: Path, line: int, code: str, skip: str | None) -> None:
+@pytest.mark.parametrize(("line", "code", "skip"), PYTHON, ids=[line for line, _, _ in PYTHON])
+def test_a_python_snippet_runs_as_written(open_api: str, tmp_path: Path, line: str, code: str, skip: str | None) -> None:
     if skip:
         pytest.skip(skip)
     assert README_URL in code, "a snippet talks to `wanq dev`'s URL"
@@ -92,7 +115,7 @@ def test_a_python_snippet_runs_as_written(open_api: str, tmp_path: Path, line: i
         text=True,
         timeout=600,
     )
-    assert done.returncode == 0, f"README.md:{line}\n{done.stdout}\n{done.stderr}"
+    assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
     printed = done.stdout.splitlines()
     if "videos.create_and_poll" in code:
         assert printed[0] == "completed 64x64 4.125", printed  # as the comment in the snippet says
@@ -107,8 +130,8 @@ def test_a_python_snippet_runs_as_written(open_api: str, tmp_path: Path, line: i
 
 
 def test_the_python_snippets_type_check(tmp_path: Path) -> None:
-    for line, code, _ in PYTHON:
-        (tmp_path / f"readme_{line}.py").write_text(code)
+    for number, (_, code, _) in enumerate(PYTHON):
+        (tmp_path / f"snippet_{number}.py").write_text(code)
     done = subprocess.run(
         [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), "--no-error-summary", str(tmp_path)],
         cwd=ROOT,
