@@ -5,6 +5,10 @@ without one (chunked) is counted as it arrives: past the limit, reading stops an
 was about to answer is replaced by the 413 (FastAPI turns errors while reading a body into its own
 400, so the answer is swapped here rather than left to the route). Starlette spools multipart
 uploads to disk as they arrive; without this, a chunked upload could fill the disk.
+
+A route's own larger limit (a LoRA upload) holds for multipart bodies only: their file part is spooled to
+disk, and Starlette caps each other part (1 MB) and their number. Any other body to that route (JSON,
+read whole into memory) keeps the default limit.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from shared.errors import PayloadTooLarge
 
 class BodyLimit:
     def __init__(self, app: ASGIApp, max_bytes: int, overrides: dict[tuple[str, str], int] | None = None) -> None:
-        """`overrides`: (method, path) -> a limit of its own (LoRA uploads)."""
+        """`overrides`: (method, path) -> a limit of its own for multipart bodies (LoRA uploads)."""
         self.app = app
         self.default_bytes = max_bytes
         self.overrides = dict(overrides or {})
@@ -28,7 +32,9 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.overrides.get((scope.get("method", ""), scope.get("path", "").rstrip("/")), self.default_bytes)
+        limit = self.default_bytes
+        if _is_multipart(scope):
+            limit = self.overrides.get((scope.get("method", ""), scope.get("path", "").rstrip("/")), limit)
         await self._limited(scope, receive, send, limit)
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send, max_bytes: int) -> None:
@@ -85,3 +91,11 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+def _is_multipart(scope: Scope) -> bool:
+    """The same test as the routes' own (`request.headers`: the first Content-Type header, parameters dropped)."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"multipart/form-data"
+    return False
