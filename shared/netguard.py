@@ -20,21 +20,46 @@ from shared.errors import InvalidRequest
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
+# IPv6 addresses that carry an IPv4 address, and where. A translator (NAT64) or a relay (6to4, Teredo) sends
+# the traffic on to that IPv4 address, so it must pass the same deny list as the address written plainly.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's well-known prefix: the last 32 bits are the destination
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215's local-use prefix, read as its /96 form
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # the deprecated `::a.b.c.d` form (RFC 4291)
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses inside an IPv4-mapped, IPv4-compatible, NAT64, 6to4 or Teredo address (none for others).
+    Teredo carries two: its server's, and its client's (stored inverted; the standard library undoes that)."""
+    if addr.ipv4_mapped is not None:
+        return [addr.ipv4_mapped]
+    if addr.sixtofour is not None:
+        return [addr.sixtofour]
+    if addr.teredo is not None:
+        return list(addr.teredo)
+    if addr in _NAT64 or addr in _NAT64_LOCAL or (addr in _IPV4_COMPATIBLE and int(addr) > 1):  # not :: nor ::1
+        return [ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)]
+    return []
 
 
 def _refused_reason(addr: IPAddress) -> str | None:
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return _refused_reason(addr.ipv4_mapped)
+    """Why the address may not be called, as "a ... address", or None if it is public."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        for ipv4 in _embedded_ipv4(addr):
+            reason = _refused_reason(ipv4)
+            if reason:
+                return f"an address embedding {ipv4}, {reason}"
+        if addr.ipv4_mapped is not None or addr in _NAT64:
+            return None  # the IPv4 address is the destination, and a public one (a NAT64 address on an IPv6-only network)
     if addr.is_loopback:
-        return "loopback"
+        return "a loopback address"
     if addr.is_link_local:
-        return "link-local (cloud metadata)"
-    if addr.is_private or (isinstance(addr, ipaddress.IPv4Address) and addr in _SHARED):
-        return "private"
+        return "a link-local (cloud metadata) address"
+    if addr.is_private or addr in _SHARED or (isinstance(addr, ipaddress.IPv6Address) and addr.is_site_local):
+        return "a private address"
     if addr.is_multicast:
-        return "multicast"
+        return "a multicast address"
     if addr.is_unspecified or addr.is_reserved or not addr.is_global:
-        return "reserved"
+        return "a reserved address"
     return None
 
 
@@ -74,7 +99,7 @@ def resolve_public(
         reason = _refused_reason(addr)
         if reason:
             raise InvalidRequest(
-                f"invalid '{param}': host {host!r} resolves to {addr}, a {reason} address; only public addresses are called",
+                f"invalid '{param}': host {host!r} resolves to {addr}, {reason}; only public addresses are called",
                 param=param,
             )
     return host, port, addresses

@@ -5,7 +5,7 @@ Tests call `record(section, figures)`; each call merges into test-artifacts/reli
 keeps the sections of earlier runs. Then:
 
     python -m tests.reliability_report            # writes docs/RELIABILITY.md from the JSON
-    python -m tests.reliability_report --check    # exits 1 if a section is missing or lost something
+    python -m tests.reliability_report --check    # exits 1 if a section is missing, lost something or answered 5xx
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ ARTIFACTS = Path(os.environ.get("WANQ_TEST_ARTIFACTS", "test-artifacts"))
 JSON_PATH = ARTIFACTS / "reliability.json"
 DOC_PATH = Path("docs/RELIABILITY.md")
 
-# Issue 8's items in its order, then issue 15's: (section key, title, what was tried).
+# Issue 8's items in its order, then issue 15's, then issue 23's: (section key, title, what was tried).
 ITEMS: list[tuple[str, str, str]] = [
     ("sigkill", "1. Workers killed mid-denoise", "SIGKILL of the worker child (and once the whole worker) while a job denoises"),
     ("sigterm", "2. Warm shutdown", "SIGTERM to a worker while its job runs, as Kubernetes does on scale-down"),
@@ -49,6 +49,13 @@ ITEMS: list[tuple[str, str, str]] = [
         "rounds of a Celery child killed mid-denoise (its parent held until upkeep requeued the job) and a whole worker "
         "killed mid-denoise while exports are in flight, then a replacement worker; runs and uploads counted per job "
         "from the workers' own run journal",
+    ),
+    (
+        "hostile_input",
+        "12. Hostile input",
+        "generated LoRA headers (hypothesis) and the regular-expression patterns they carry, concurrent mixed "
+        "requests (GET, POST, SSE) past the Redis pool's size, oversized JSON bodies, and address forms of private "
+        "hosts (IPv4 spellings, IPv6 forms that embed IPv4) as webhook URLs and endpoints; goal: no 5xx",
     ),
 ]
 
@@ -124,6 +131,19 @@ def _runs(section: dict[str, Any]) -> str:
     return f"{section['runs']} for {section.get('jobs', '?')} jobs, {section.get('runs_interrupted_by_a_kill', 0)} killed"
 
 
+def server_errors(section: dict[str, Any]) -> int:
+    """The section's 5xx answers: the sum of its figures named `*_5xx` (wherever a test counts them)."""
+    return sum(int(value) for name, value in section.items() if name.endswith("_5xx"))
+
+
+def _summary(section: dict[str, Any]) -> str:
+    if "summary" in section:
+        return str(section["summary"])
+    if any(name.endswith("_5xx") for name in section):
+        return f"5xx: {server_errors(section)}"
+    return ""
+
+
 def render(data: dict[str, Any]) -> str:
     lines = [
         "# Reliability: what was tried, how often, and what was lost",
@@ -147,7 +167,7 @@ def render(data: dict[str, Any]) -> str:
             lines.append(f"| {title} | not run | | |")
             continue
         lost = section.get("lost", 0)
-        lines.append(f"| {title} | {lost} | {_runs(section)} | {section.get('summary', '')} |")
+        lines.append(f"| {title} | {lost} | {_runs(section)} | {_summary(section)} |")
     for key, title, tried in ITEMS:
         lines += ["", f"## {title}", "", f"Tried: {tried}.", ""]
         section = data.get(key)
@@ -168,15 +188,16 @@ def render(data: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if a section is missing or reports a loss")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a section is missing, reports a loss or a 5xx")
     parser.add_argument("--output", default=str(DOC_PATH))
     args = parser.parse_args(argv)
     data = load()
     if args.check:
         missing = [k for k, _, _ in ITEMS if k not in data]
         lossy = [k for k, v in data.items() if v.get("lost")]
-        print(f"missing: {missing or 'none'}; with losses: {lossy or 'none'}")
-        return 1 if missing or lossy else 0
+        erring = [k for k, v in data.items() if server_errors(v)]
+        print(f"missing: {missing or 'none'}; with losses: {lossy or 'none'}; with 5xx answers: {erring or 'none'}")
+        return 1 if missing or lossy or erring else 0
     Path(args.output).write_text(render(data))
     print(f"wrote {args.output} ({len(data)} of {len(ITEMS)} sections)")
     return 0

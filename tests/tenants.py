@@ -19,6 +19,7 @@ RPM = "quota-rpm"  # tests/api/test_quotas.py
 ONE_AT_A_TIME = "quota-one"  # tests/e2e/test_dispatch.py
 HEAVY, LIGHT = "weight-a2", "weight-b1"  # tests/e2e/test_dispatch.py: weights 2 and 1
 FUZZ = "fuzz"  # tests/api/test_openapi_fuzz.py: unthrottled, but few jobs, so generated ones can't flood the workers
+SSRF = "ssrf-probe"  # tests/api/test_webhook_api.py: hundreds of refused webhook URLs in a few seconds
 
 UNLIMITED = {"max_queued_jobs": 10_000, "requests_per_minute": 1_000_000}
 TENANT_QUOTAS: dict[str, dict[str, int | float]] = {
@@ -30,6 +31,7 @@ TENANT_QUOTAS: dict[str, dict[str, int | float]] = {
     ONE_AT_A_TIME: {"max_running_jobs": 1, "requests_per_minute": 100_000},
     HEAVY: {"weight": 2},
     FUZZ: {"max_queued_jobs": 2, "max_running_jobs": 1, "requests_per_minute": 1_000_000},
+    SSRF: {"requests_per_minute": 1_000_000},
 }
 
 # The smallest job a tiny model runs: what tests use when only scheduling matters.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -16,11 +17,12 @@ import redis
 from api.daemons.webhooks import Deliverer
 from shared.errors import InvalidRequest
 from shared.keys import Keys
-from shared.netguard import GuardedBackend, parse_allowlist
+from shared.netguard import GuardedBackend, parse_allowlist, resolve_public
 from shared.settings import Settings
 from shared.webhook_store import Delivery, WebhookStore
 from tests.conftest import SMALL
-from tests.tenants import client, make_key
+from tests.reliability_report import record
+from tests.tenants import SSRF, client, make_key
 from tests.webhook_receiver import Receiver
 from wanq.stack import Stack, free_port, wait_until
 
@@ -86,6 +88,95 @@ def test_unsafe_webhook_urls_are_refused_at_submission(strict_api: httpx.Client,
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "webhook_url" and why in error["message"], error
+
+
+# Addresses on the deny list, each written in every form below: the guard must see through all of them.
+DENIED_IPV4 = [
+    "127.0.0.1", "127.255.255.254", "0.0.0.0", "10.0.0.1", "172.16.0.1", "192.168.1.1", "169.254.169.254",
+    "100.64.0.1", "224.0.0.1", "240.0.0.1", "255.255.255.255", "198.18.0.1", "192.0.2.1",
+]  # fmt: skip
+PUBLIC_TEREDO_SERVER = "65.54.227.120"
+IPV6_AND_NAMES = [
+    "[::1]", "[0:0:0:0:0:0:0:1]", "[::]", "[fc00::1]", "[fd12:3456::1]", "[fe80::1]", "[ff02::1]", "[fec0::1]",
+    "[100::1]", "[2001:db8::1]", "localhost", "localhost.", "127.0.0.1.",
+]  # fmt: skip
+
+
+def ipv4_hosts(address: str) -> list[str]:
+    """URL hosts that reach one IPv4 address: the spellings inet_aton accepts, and the IPv6 forms that embed it."""
+    ip = ipaddress.IPv4Address(address)
+    n, octets = int(ip), ip.packed
+    high, low = f"{n >> 16:x}", f"{n & 0xFFFF:x}"
+    server = int(ipaddress.IPv4Address(PUBLIC_TEREDO_SERVER))
+    client = n ^ 0xFFFFFFFF  # Teredo stores its client's address inverted
+    return [
+        address,
+        str(n),  # one decimal number
+        hex(n),
+        ".".join(f"0{b:o}" for b in octets),  # octal parts
+        ".".join(hex(b) for b in octets),
+        f"{octets[0]}.{n & 0xFFFFFF}",  # two parts
+        f"[::ffff:{address}]",  # IPv4-mapped
+        f"[::ffff:{high}:{low}]",
+        f"[::{address}]",  # IPv4-compatible (deprecated)
+        f"[64:ff9b::{address}]",  # NAT64, well-known prefix
+        f"[64:ff9b:1::{high}:{low}]",  # NAT64, local-use prefix
+        f"[2002:{high}:{low}::]",  # 6to4
+        f"[2002:{high}:{low}:1::1]",
+        f"[2001:0:{server >> 16:x}:{server & 0xFFFF:x}::{client >> 16:x}:{client & 0xFFFF:x}]",  # Teredo client
+        f"[2001:0:{high}:{low}::1]",  # Teredo server
+    ]
+
+
+SSRF_URLS = [
+    *(f"http://{host}/hook" for address in DENIED_IPV4 for host in ipv4_hosts(address)),
+    *(f"http://{host}:8080/hook" for host in IPV6_AND_NAMES),
+    "http://example.com@127.0.0.1/hook",  # user info before the real host
+    "http://127.0.0.1:80@example.com/hook",  # the other way round: example.com is the host, and does not resolve here
+    "https://169.254.169.254:443/latest/meta-data/",
+    *(f"{scheme}://example.com/hook" for scheme in ("ftp", "file", "gopher", "dict", "ws", "redis")),
+    "file:///etc/passwd",
+    "http:///hook",
+    "http://[::1/hook",
+]
+
+
+def test_every_ssrf_form_is_refused_with_a_400(strict_api: httpx.Client, api: httpx.Client) -> None:
+    """Each form as a job's webhook_url and as the tenant's endpoint: a 400 naming the field, never a 5xx. The tenant
+    has a signing secret, so a form that got through would be accepted (202, 200), not refused for another reason."""
+    headers = {"Authorization": f"Bearer {make_key(api, SSRF)}"}
+    with httpx.Client(base_url=strict_api.base_url, headers=headers, timeout=30) as http:
+        assert http.post("/v1/webhook_endpoint/rotate_secret").status_code == 200
+        statuses: dict[str, list[int]] = {}
+        for url in SSRF_URLS:
+            job = http.post("/v1/videos", json={**JOB, "webhook_url": url, "webhook_events": []})
+            endpoint = http.put("/v1/webhook_endpoint", json={"url": url})
+            statuses[url] = [job.status_code, endpoint.status_code]
+            if job.status_code == 400:
+                assert job.json()["error"]["param"] == "webhook_url", (url, job.text)
+            if endpoint.status_code == 400:
+                assert endpoint.json()["error"]["param"] == "url", (url, endpoint.text)
+    codes = [code for pair in statuses.values() for code in pair]
+    record(
+        "hostile_input",
+        {
+            "ssrf_forms": len(SSRF_URLS),
+            "ssrf_requests": len(codes),  # each form as a job's webhook_url and as the tenant's endpoint
+            "ssrf_refused": sum(pair == [400, 400] for pair in statuses.values()),  # forms refused both ways
+            "ssrf_5xx": sum(code >= 500 for code in codes),
+        },
+    )
+    assert len(SSRF_URLS) >= 200
+    admitted = {url: pair for url, pair in statuses.items() if pair != [400, 400]}
+    assert not admitted, admitted
+
+
+def test_ipv4_inside_ipv6_is_checked_but_a_public_one_passes() -> None:
+    for url in ("http://[2002:7f00:1::]/", "http://[64:ff9b:1::a00:1]/", "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/"):
+        with pytest.raises(InvalidRequest, match="embedding"):
+            resolve_public(url)
+    for url in ("http://[2002:808:808::1]/", "http://[64:ff9b::8.8.8.8]/", "http://[::ffff:8.8.8.8]/"):
+        assert resolve_public(url)[2]  # 6to4 of a public host; NAT64 on an IPv6-only network
 
 
 def test_the_tenant_endpoint_is_checked_the_same_way(strict_api: httpx.Client) -> None:
