@@ -54,9 +54,10 @@ class S3Settings(BaseModel):
     lifecycle_rule: bool = True
     """Also set a bucket lifecycle rule expiring outputs after the retention (whole days), where allowed."""
     upload_attempts: int = Field(default=5, ge=1)
-    """Upload tries (exponential backoff) before the job fails with `storage_unavailable`."""
+    """Tries of each S3 call (uploads, downloads, copies, deletes, listings) that meets a refused connection, a 5xx
+    or a SlowDown, with exponential backoff, before it fails with `storage_unavailable`."""
     upload_backoff_s: float = Field(default=1.0, ge=0)
-    """First backoff between upload tries; doubles each time."""
+    """First backoff between those tries; doubles each time."""
 
 
 class JobSettings(BaseModel):

@@ -8,13 +8,14 @@ still ran) can never overwrite the outputs of the run that replaced it, and neve
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
+from boto3.exceptions import Boto3Error
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -23,6 +24,10 @@ from shared.settings import S3Settings
 
 CONTENT_TYPES = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg", "image": "image/png"}
 FILE_NAMES = {"video": "video.mp4", "thumbnail": "thumbnail.webp", "spritesheet": "spritesheet.jpg", "image": "input.png"}
+T = TypeVar("T")
+log = logging.getLogger("wanq.storage")
+# S3's answers that a later try may not get: throttling (SlowDown and its AWS-wide names) and a request that timed out.
+RETRYABLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"})
 # An output named like an input: an image job's PNG is its `image` variant, beside (not over) an input image.
 OUTPUT_FILE_NAMES = {**FILE_NAMES, "image": "image.png"}
 
@@ -98,57 +103,59 @@ class Storage:
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
 
-    def upload_file(self, path: Path, key: str, content_type: str) -> None:
-        """Uploads with retries and backoff; raises StorageUnavailable once attempts are spent."""
+    def _retrying(self, call: Callable[[], T], doing: str, *, missing: str | None = None) -> T:
+        """Runs one S3 call with the bounded retry every call shares: a refused or dropped connection, a 5xx, a
+        SlowDown or an upload that failed is tried again after a doubling backoff, up to `upload_attempts` tries,
+        then raises StorageUnavailable. A refusal that retrying cannot change (access denied, no such bucket)
+        raises it at once; with `missing` (the key read), an absent object raises KeyError(missing). Messages
+        name the key and S3's answer, never a local path (boto3's own messages name the file uploaded)."""
         attempts = self.settings.upload_attempts
         for attempt in range(1, attempts + 1):
             try:
-                self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type})
-                return
-            except (BotoCoreError, ClientError, OSError) as exc:
+                return call()
+            except (BotoCoreError, ClientError, Boto3Error, OSError) as exc:
+                error = _client_error(exc)
+                if missing is not None and error is not None and _error_code(error) in ("NoSuchKey", "404"):
+                    raise KeyError(missing) from exc
+                if error is not None and not _retryable(error):
+                    raise StorageUnavailable(f"could not {doing}: {_describe(exc)}") from exc
                 if attempt == attempts:
-                    raise StorageUnavailable(f"upload of {key} failed after {attempts} attempts: {exc}") from exc
+                    raise StorageUnavailable(f"could not {doing} after {attempts} attempts: {_describe(exc)}") from exc
+                log.warning("S3: could not %s (try %d of %d): %s", doing, attempt, attempts, _describe(exc))
                 time.sleep(self.settings.upload_backoff_s * 2 ** (attempt - 1))
+        raise AssertionError("unreachable: upload_attempts >= 1")
 
-    @contextlib.contextmanager
-    def _reading(self, key: str, doing: str) -> Iterator[None]:
-        """Maps the store's errors: KeyError(key) for an absent object, StorageUnavailable for the rest."""
-        try:
-            yield
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise KeyError(key) from exc
-            raise StorageUnavailable(f"could not {doing}: {exc}") from exc
-        except (BotoCoreError, OSError) as exc:
-            raise StorageUnavailable(f"could not {doing}: {exc}") from exc
+    def upload_file(self, path: Path, key: str, content_type: str) -> None:
+        """Uploads with retries and backoff; raises StorageUnavailable once attempts are spent."""
+        self._retrying(
+            lambda: self.client.upload_file(str(path), self.bucket, key, ExtraArgs={"ContentType": content_type}),
+            f"store {key}",
+        )
 
     def put_bytes(self, data: bytes, key: str, content_type: str) -> None:
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
-        except (BotoCoreError, ClientError) as exc:
-            raise StorageUnavailable(f"could not store {key}: {exc}") from exc
+        self._retrying(
+            lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type), f"store {key}"
+        )
 
     def get_bytes(self, key: str) -> bytes:
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
-        except (BotoCoreError, ClientError) as exc:
-            raise StorageUnavailable(f"could not read {key}: {exc}") from exc
+        return self._retrying(lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(), f"read {key}")
 
     def download(self, key: str, path: Path) -> None:
         """Writes the object to `path`; raises KeyError if it is absent (deleted), StorageUnavailable if unreachable."""
-        with self._reading(key, f"read {key}"):
-            self.client.download_file(self.bucket, key, str(path))
+        self._retrying(lambda: self.client.download_file(self.bucket, key, str(path)), f"read {key}", missing=key)
 
     def copy(self, source_key: str, key: str) -> None:
         """Copies an object inside the bucket (the store copies it; no bytes pass through here); raises KeyError if
         the source is absent."""
-        with self._reading(source_key, f"copy {source_key} to {key}"):
-            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key})
+        self._retrying(
+            lambda: self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}),
+            f"copy {source_key} to {key}",
+            missing=source_key,
+        )
 
     def open_stream(self, key: str) -> tuple[Iterator[bytes], int | None]:
         """Returns a chunk iterator and the object's length; raises KeyError if absent."""
-        with self._reading(key, f"read {key}"):
-            obj = self.client.get_object(Bucket=self.bucket, Key=key)
+        obj = self._retrying(lambda: self.client.get_object(Bucket=self.bucket, Key=key), f"read {key}", missing=key)
         body = obj["Body"]
         return body.iter_chunks(chunk_size=256 * 1024), obj.get("ContentLength")
 
@@ -160,18 +167,59 @@ class Storage:
         )
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=key)
+        self._retrying(lambda: self.client.delete_object(Bucket=self.bucket, Key=key), f"delete {key}")
 
     def delete_prefix(self, prefix: str) -> int:
-        deleted = 0
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-            if keys:
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
-                deleted += len(keys)
-        return deleted
+        keys = self.list_keys(prefix)
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+            self._delete_batch([{"Key": k} for k in keys[start : start + 1000]], prefix)
+        return len(keys)
+
+    def _delete_batch(self, batch: list[dict[str, str]], prefix: str) -> None:
+        self._retrying(
+            lambda: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch}), f"delete under {prefix}"
+        )
+
+    def list_objects(self, prefix: str) -> list[dict[str, Any]]:
+        """The objects under `prefix` as S3 lists them (Key, LastModified, Size...)."""
+
+        def listing() -> list[dict[str, Any]]:
+            paginator = self.client.get_paginator("list_objects_v2")
+            return [o for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix) for o in page.get("Contents", [])]
+
+        return self._retrying(listing, f"list {prefix}")
 
     def list_keys(self, prefix: str) -> list[str]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        return [o["Key"] for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix) for o in page.get("Contents", [])]
+        return [o["Key"] for o in self.list_objects(prefix)]
+
+
+def _client_error(exc: BaseException) -> ClientError | None:
+    """S3's answer behind an error: the error itself, or the one boto3's transfer wrapped (S3UploadFailedError)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ClientError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def _retryable(error: ClientError) -> bool:
+    status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return status >= 500 or status == 429 or _error_code(error) in RETRYABLE_CODES
+
+
+def _describe(exc: BaseException) -> str:
+    """What S3 (or the connection) said, without the local file names boto3 and OSError put in their messages."""
+    error = _client_error(exc)
+    if error is not None:
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return f"{_error_code(error) or 'error'} (HTTP {status})"
+    if isinstance(exc, BotoCoreError):
+        return str(exc)  # connection errors: the endpoint's URL, no local path
+    if isinstance(exc, OSError):
+        return exc.strerror or type(exc).__name__
+    return type(exc).__name__
