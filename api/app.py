@@ -99,10 +99,10 @@ def create_app(settings: Settings) -> FastAPI:
     # by WANQ_API_MAX_BODY_BYTES.
     upload_limit = max(settings.api.max_body_bytes, settings.loras.max_bytes + 64 * 1024)
     app.add_middleware(BodyLimit, max_bytes=settings.api.max_body_bytes, overrides={("POST", "/v1/loras"): upload_limit})
-    # Everything but health and metrics (and FastAPI's /docs, /redoc, /openapi.json) needs an API key.
+    # Everything but health (and FastAPI's /docs, /redoc, /openapi.json) needs an API key.
     authenticated = [Depends(get_principal)]
     app.include_router(health.router)
-    metrics.install(app, services)  # /metrics, /metrics/demand: for Prometheus and KEDA, inside the cluster
+    metrics.install(app, services)  # /metrics, /metrics/demand: for Prometheus and KEDA, with an admin key
     app.include_router(models.router, dependencies=authenticated, responses=ERRORS)
     app.include_router(videos.router, dependencies=authenticated, responses=ERRORS)
     app.include_router(images.router, dependencies=authenticated, responses=ERRORS)

@@ -4,8 +4,9 @@
 scrape time (a handful of O(1) reads per model), so every API replica reports the same numbers:
 aggregate them with `max by (...)`, not `sum`.
 `/metrics/demand?model=M` (JSON): queued + running jobs of one model; KEDA's metrics-api trigger
-scales that model's workers on it (deploy/k8s). Both are unauthenticated like `/healthz`: keep them
-inside the cluster (route only /v1 and /healthz from an Ingress or proxy).
+scales that model's workers on it (deploy/k8s). Both name tenants, so both need an admin key
+(`Authorization: Bearer`), which Prometheus and KEDA send from a Secret; in open mode (development) they
+are open like every route.
 """
 
 from __future__ import annotations
@@ -16,20 +17,20 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import redis
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.deps import ServicesDep
+from api.deps import ServicesDep, get_admin
 from api.services import Services
 from shared.errors import NotFound
 from shared.keys import text
 from shared.store import JobStore
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(tags=["metrics"], dependencies=[Depends(get_admin)])
 
 FINISHED = ("completed", "failed", "canceled")
 

@@ -196,6 +196,7 @@ def test_open_mode_is_explicit_and_loud_and_seeded_keys_revoke(stack: Stack, api
             # always sends one, e.g. the README's "wq_...").
             assert anonymous.get("/v1/videos").status_code == 200
             assert anonymous.get("/v1/admin/queues").status_code == 200
+            assert anonymous.get("/metrics").status_code == 200  # and the metrics, which need an admin key otherwise
             for unknown in ("wq_bad-bad-bad-bad-bad-bad", "wq_..."):
                 assert anonymous.get("/v1/admin/queues", headers={"Authorization": f"Bearer {unknown}"}).status_code == 200
             # A key seeded in plain text acts as its own tenant (no admin), and revoking it (a record in Redis) beats

@@ -181,6 +181,46 @@ def test_each_model_has_a_gpu_worker_that_scales_on_its_own_demand(resources_by_
     assert sorted(served) == sorted(models), "every configured model needs a worker Deployment"
 
 
+def test_the_autoscaler_and_prometheus_send_an_admin_key_to_the_metrics(
+    resources_by_kind: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/metrics and /metrics/demand name tenants and need an admin key: KEDA's trigger and Prometheus' scrape send
+    the Secret's key, and the API knows that key as an admin key."""
+    secret = {k: str(v) for k, v in _docs(K8S / "secret.example.yaml")[0]["stringData"].items()}
+    monkeypatch.setenv("WANQ_AUTH_KEYS", secret["WANQ_AUTH_KEYS"])
+    admin_keys = {seed.key.get_secret_value() for seed in Settings().auth.keys if seed.admin and seed.key is not None}
+    metrics_paths = {r.path for r in metrics_router.routes}  # type: ignore[attr-defined]
+    keda_keys = set()
+    for name, so in resources_by_kind["ScaledObject"].items():
+        trigger = next(t for t in so["spec"]["triggers"] if t["type"] == "metrics-api")
+        assert trigger["metadata"]["authMode"] == "bearer", name
+        auth = resources_by_kind["TriggerAuthentication"][trigger["authenticationRef"]["name"]]
+        (ref,) = [r for r in auth["spec"]["secretTargetRef"] if r["parameter"] == "token"]
+        assert ref["name"] == "wanq-secrets" and ref["key"] in secret, name
+        keda_keys.add(ref["key"])
+    assert len(keda_keys) == 1 and secret[keda_keys.pop()] in admin_keys
+
+    api = resources_by_kind["Deployment"]["wanq-api"]
+    assert "prometheus.io/scrape" not in api["spec"]["template"]["metadata"].get("annotations", {})  # it would get 401
+    monitors = {d["kind"]: d for d in _docs(K8S / "prometheus" / "monitors.yaml")}
+    service = resources_by_kind["Service"]["wanq-api"]
+    assert monitors["ServiceMonitor"]["spec"]["selector"]["matchLabels"] == service["metadata"]["labels"]
+    (endpoint,) = monitors["ServiceMonitor"]["spec"]["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"] and endpoint["path"] in metrics_paths
+    credentials = endpoint["authorization"]["credentials"]
+    assert credentials["name"] == "wanq-secrets" and secret[credentials["key"]] in admin_keys
+    (workers,) = monitors["PodMonitor"]["spec"]["podMetricsEndpoints"]
+    for name, deployment in resources_by_kind["Deployment"].items():
+        if name.startswith("wanq-worker-"):
+            assert monitors["PodMonitor"]["spec"]["selector"]["matchLabels"].items() <= pod_labels(deployment).items()
+            assert workers["port"] in {p["name"] for p in _container(deployment, "worker")["ports"]}
+    jobs = {j["job_name"]: j for j in yaml.safe_load((K8S / "prometheus" / "scrape-config.yaml").read_text())["scrape_configs"]}
+    api_job = jobs["wanq-api"]
+    assert api_job["metrics_path"] in metrics_paths and api_job["authorization"]["type"] == "Bearer"
+    assert secret[Path(api_job["authorization"]["credentials_file"]).name] in admin_keys
+    assert api_job["relabel_configs"][0]["regex"] == f"{service['metadata']['name']};{service['spec']['ports'][0]['name']}"
+
+
 def pod_labels(deployment: dict[str, Any]) -> dict[str, str]:
     return dict(deployment["spec"]["template"]["metadata"]["labels"])
 

@@ -21,7 +21,7 @@ def _subscribers(redis_client: redis.Redis, *channels: str) -> list[int]:
 
 
 def _gauge(stack: Stack, name: str) -> float:
-    metrics = httpx.get(f"{stack.api_url}/metrics").text
+    metrics = httpx.get(f"{stack.api_url}/metrics", headers=stack.admin_headers()).text
     return float(next(line.split()[1] for line in metrics.splitlines() if line.startswith(f"{name} ")))
 
 
