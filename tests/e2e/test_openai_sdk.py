@@ -97,6 +97,7 @@ def test_extend_and_remix(client: openai.OpenAI, tmp_path: Path) -> None:
     extra = done.model_extra or {}
     assert extra["extended_from_video_id"] == source.id and extra["source_frames"] == 9
     total = 9 + extra["num_frames"] - 1  # 4 s at 8 fps: 33 new frames
+    assert extra["num_frames"] == 33 and extra["total_frames"] == total  # the new part's and the MP4's (below)
     assert done.seconds == f"{total / 8:g}" and done.size == "64x64"
     path = tmp_path / "long.mp4"
     path.write_bytes(client.videos.download_content(done.id).read())
