@@ -164,7 +164,7 @@ class QueueDrained(BaseModel):
 
 
 class GeneratedImage(BaseModel):
-    b64_json: str | None = Field(default=None, description="The PNG, base64 (response_format b64_json).")
+    b64_json: str | None = Field(default=None, description="The image in output_format (PNG by default), base64.")
     url: str | None = Field(default=None, description="Where to GET the PNG (response_format url).")
     revised_prompt: None = Field(default=None, description="Always null: the prompt is used as given.")
     id: str = Field(description="The image's job: GET /v1/videos/{id}; its /content is this PNG until it expires.")
@@ -177,7 +177,7 @@ class ImagesResponse(BaseModel):
     created: int = Field(description="Unix seconds.")
     data: list[GeneratedImage]
     size: str = Field(description="`WIDTHxHEIGHT`.")
-    output_format: Literal["png"]
+    output_format: Literal["png", "jpeg", "webp"] = Field(description="The encoding of the b64_json images.")
 
 
 class ImagesPending(BaseModel):

@@ -3,6 +3,11 @@
 Wan2.2 makes an image as a video of one frame (`num_frames` 1, `kind` "image"), on the same model queues and
 workers as videos. Omitted fields take the model's defaults, as for videos (shared/specs.py). Seeds: with `seed`
 given, image i of the request gets seed + i; without, each gets a random one (each job shows its seed).
+
+Every field OpenAI's `images.generate` takes is accepted: a client written for OpenAI sends them. Those a Wan2.2
+frame has no use for (`quality`, `style`, `moderation`, `user`, ...) are ignored, and say so in their description;
+those asking for what a video model cannot make (a transparent background, GIF or SVG, a stream) answer 400 naming
+the value.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from shared.settings import JobSettings
 from shared.specs import MAX_SEED, VideoRequest, resolve_spec
 
 _SAME_AS_VIDEOS = "as for POST /v1/videos"
+_IGNORED = "Accepted and ignored"
+ImageFormat = Literal["png", "jpeg", "webp"]
 
 
 class ImageRequest(BaseModel):
@@ -36,15 +43,46 @@ class ImageRequest(BaseModel):
         description="How many images, each a job of its own; at most WANQ_IMAGES_MAX_N (4). Default 1.",
     )
     size: str | None = Field(
-        default=None, description='"WIDTHxHEIGHT", as for videos (multiples of 16; TI2V-5B 32); default: the model\'s.'
+        default=None,
+        description='"WIDTHxHEIGHT", as for videos (multiples of 16; TI2V-5B 32); "auto" or omitted: the model\'s.',
     )
     response_format: Literal["b64_json", "url"] | None = Field(
         default=None,
-        description="b64_json (default): the PNG in the answer. url: where to GET it (/v1/videos/{id}/content with "
-        "your key, or a presigned URL with WANQ_S3_PRESIGNED_CONTENT=true).",
+        description="b64_json (default): the image in the answer. url: where to GET the PNG (/v1/videos/{id}/content "
+        "with your key, or a presigned URL with WANQ_S3_PRESIGNED_CONTENT=true).",
     )
-    output_format: Literal["png"] | None = Field(default=None, description="Always png.")
-    user: str | None = Field(default=None, max_length=256, description="OpenAI's end-user tag; accepted and ignored.")
+    output_format: Literal["png", "jpeg", "webp", "gif", "svg"] | None = Field(
+        default=None,
+        description="png (default), jpeg or webp: the encoding of b64_json images (url images are the stored PNG). "
+        "gif and svg are refused: a Wan2.2 frame is a raster image.",
+    )
+    output_compression: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        description="jpeg and webp: the encoder's quality, 0-100 (default 100); png is lossless and ignores it.",
+    )
+    background: Literal["auto", "opaque", "transparent"] | None = Field(
+        default=None, description="auto or opaque: the frame is opaque. transparent is refused: video models make no alpha."
+    )
+    quality: Literal["low", "medium", "high", "xhigh", "max", "auto", "standard", "hd"] | None = Field(
+        default=None, description=f"{_IGNORED}: set num_inference_steps for more or fewer denoising steps."
+    )
+    style: Literal["vivid", "natural"] | None = Field(default=None, description=f"{_IGNORED}: describe the style in the prompt.")
+    complexity: Literal["low", "medium", "high"] | None = Field(default=None, description=f"{_IGNORED}.")
+    moderation: Literal["low", "auto"] | None = Field(default=None, description=f"{_IGNORED}: wanq runs no moderation model.")
+    user: str | None = Field(default=None, max_length=256, description=f"OpenAI's end-user tag; {_IGNORED.lower()}.")
+    safety_identifier: str | None = Field(default=None, max_length=256, description=f"OpenAI's end-user tag; {_IGNORED.lower()}.")
+    partial_images: int | None = Field(
+        default=None,
+        ge=0,
+        le=3,
+        description=f"{_IGNORED}: there is no stream, so no partial images.",
+    )
+    stream: bool | None = Field(default=None, description="false or omitted; true is refused: images come in one answer.")
+    frame_count: int | None = Field(default=None, description="For GIF output, which wanq does not make: refused.")
+    frame_duration_ms: int | None = Field(default=None, description="For GIF output, which wanq does not make: refused.")
+    svg: dict[str, Any] | None = Field(default=None, description="For SVG output, which wanq does not make: refused.")
     negative_prompt: str | None = Field(default=None, description=f"What to avoid; {_SAME_AS_VIDEOS}.")
     num_inference_steps: int | None = Field(default=None, json_schema_extra={"minimum": 1}, description=_SAME_AS_VIDEOS)
     guidance_scale: float | None = Field(
@@ -62,7 +100,17 @@ class ImageRequest(BaseModel):
         default=None, json_schema_extra={"minimum": 0.01, "maximum": 100}, description=_SAME_AS_VIDEOS
     )
 
-    @field_validator("n", "num_inference_steps", "guidance_scale", "guidance_scale_2", "seed", "flow_shift", mode="before")
+    @field_validator(
+        "n",
+        "num_inference_steps",
+        "guidance_scale",
+        "guidance_scale_2",
+        "seed",
+        "flow_shift",
+        "output_compression",
+        "partial_images",
+        mode="before",
+    )
     @classmethod
     def _not_a_boolean(cls, value: Any) -> Any:
         if isinstance(value, bool):
@@ -74,6 +122,7 @@ def resolve_images(
     req: ImageRequest, catalog: dict[str, ModelSpec], default_model: str, limits: JobSettings, *, max_n: int
 ) -> list[GenerationSpec]:
     """One spec per image, checked like a video's (shared/specs.py), with one frame."""
+    _refuse_what_a_frame_cannot_be(req)
     n = 1 if req.n is None else req.n
     if not 1 <= n <= max_n:
         raise InvalidRequest(f"invalid 'n' {n}: must be between 1 and {max_n} (WANQ_IMAGES_MAX_N)", param="n")
@@ -87,6 +136,8 @@ def resolve_images(
             f"model {model_id!r} animates an input image and makes no image from text; use one of: {able}", param="model"
         )
     fields = req.model_dump(include=set(VideoRequest.model_fields) & set(ImageRequest.model_fields), exclude_none=True)
+    if fields.get("size") == "auto":
+        del fields["size"]  # OpenAI's "the model chooses": the model's default size
     first = resolve_spec(VideoRequest.model_validate(fields), catalog, default_model, limits, has_image=False, kind="image")
     seeds = (
         [random.randint(0, MAX_SEED) for _ in range(n)]
@@ -94,3 +145,41 @@ def resolve_images(
         else [(req.seed + i) % (MAX_SEED + 1) for i in range(n)]
     )
     return [first.model_copy(update={"seed": seed}) for seed in seeds]
+
+
+def image_format(req: ImageRequest) -> ImageFormat:
+    """The encoding of the answer's b64_json images (checked by resolve_images: never gif or svg)."""
+    if req.output_format == "jpeg" or req.output_format == "webp":
+        return req.output_format
+    return "png"
+
+
+def _refuse_what_a_frame_cannot_be(req: ImageRequest) -> None:
+    """OpenAI's fields whose value asks for something a Wan2.2 frame cannot be: a 400 naming the field and value."""
+    if req.background == "transparent":
+        raise InvalidRequest(
+            "invalid 'background' 'transparent': Wan2.2 frames are opaque (video models make no alpha); use 'auto' or 'opaque'",
+            param="background",
+        )
+    if req.output_format in ("gif", "svg"):
+        raise InvalidRequest(
+            f"invalid 'output_format' {req.output_format!r}: wanq makes raster frames; use 'png', 'jpeg' or 'webp'",
+            param="output_format",
+        )
+    for name in ("frame_count", "frame_duration_ms", "svg"):
+        if getattr(req, name) is not None:
+            raise InvalidRequest(
+                f"invalid '{name}' {getattr(req, name)!r}: it applies to GIF or SVG output, which wanq does not make",
+                param=name,
+            )
+    if req.stream:
+        raise InvalidRequest(
+            "invalid 'stream' true: wanq answers with the finished images (or 202 and their job ids); omit stream",
+            param="stream",
+        )
+    if req.response_format == "url" and req.output_format not in (None, "png"):
+        raise InvalidRequest(
+            f"invalid 'output_format' {req.output_format!r}: a url image is the stored PNG; "
+            "use response_format 'b64_json' for jpeg or webp",
+            param="output_format",
+        )

@@ -43,8 +43,8 @@ class Video(BaseModel):
     )
     error: VideoError | None = Field(default=None, description="Why it failed or was canceled.")
     seconds: str = Field(
-        description="Duration of the delivered video: num_frames / fps, as a decimal string (e.g. `5.0625`); for an "
-        "extension, the whole video's: (source_frames + num_frames - 1) / fps.",
+        description="Duration of the delivered video, total_frames / fps, as a decimal string (e.g. `5.0625`); for an "
+        "extension, the whole video's.",
         examples=["5"],
     )
     size: str = Field(description="`WIDTHxHEIGHT`.", examples=["1280x704"])
@@ -56,7 +56,14 @@ class Video(BaseModel):
     step: int = Field(ge=0, description="Denoising steps done.")
     total_steps: int = Field(ge=1, description="Denoising steps in all (num_inference_steps).")
     num_frames: int = Field(
-        ge=1, description="Frames this job generates: 4k+1 (17, 49, 81, 121, ...); 1 for an image; an extension's new part."
+        ge=1,
+        description="Frames this job generates, as the request's num_frames: 4k+1 (17, 49, 81, 121, ...); 1 for an "
+        "image; for an extension, the new part's (total_frames is the whole video's).",
+    )
+    total_frames: int = Field(
+        ge=1,
+        description="Frames of the delivered video: num_frames, or for an extension the whole video's, "
+        "source_frames + num_frames - 1; seconds is total_frames / fps.",
     )
     fps: int = Field(ge=1, le=60, description="Frames per second of the MP4.")
     seed: int = Field(ge=0, le=2**32 - 1, description="The seed used: the same seed, prompt and parameters give the same video.")
@@ -79,8 +86,8 @@ class Video(BaseModel):
     source_frames: int | None = Field(
         default=None,
         ge=1,
-        description="An extension's frames taken from its source; its MP4 has source_frames + num_frames - 1 "
-        "(the new part's first frame repeats the source's last and is left out).",
+        description="An extension's frames taken from its source; its MP4 has total_frames = source_frames + "
+        "num_frames - 1 (the new part's first frame repeats the source's last and is left out).",
     )
     loras: list[VideoLora] = Field(default_factory=list, description="The LoRAs it runs with, in the order named.")
     cache: JobCache = Field(
@@ -122,6 +129,7 @@ class Video(BaseModel):
             step=record.step,
             total_steps=record.total_steps or spec.num_inference_steps,
             num_frames=spec.num_frames,
+            total_frames=spec.total_frames,
             fps=spec.fps,
             seed=spec.seed,
             negative_prompt=spec.negative_prompt,

@@ -126,6 +126,7 @@ def test_a_python_snippet_runs_as_written(open_api: str, tmp_path: Path, line: s
         assert statuses[-1] == "completed" and "in_progress" in statuses, printed
         assert (tmp_path / "fox.mp4").read_bytes()[4:8] == b"ftyp" and (tmp_path / "fox.webp").exists()
         assert "completed" in printed and "canceled" in printed, printed
+        assert "49 17" in printed, printed  # the extension: the whole video's frames, the new part's, as the comment says
         assert printed[-1].startswith("400 model_not_available model model 'sora-2' is not served here;"), printed
 
 

@@ -3,7 +3,7 @@
 `quantize_blocks(transformer)` runs torchao's `Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())`
 on the nn.Linear layers under `blocks.*` (attention projections and FFN; not the embedders, norms or
 `proj_out`): weights become FP8 e4m3 with one scale per output row, activations are quantized per
-token row on each call, and the GEMM is torch's `_scaled_mm`. Lossy (see README: FP8).
+token row on each call, and the GEMM is torch's `_scaled_mm`. Lossy (see docs/ENGINE.md: FP8).
 
 The small-size failure, and the fix. On Hopper with cuBLAS >= 12.9, torch sends rowwise-scaled FP8
 GEMMs to cuBLASLt and asks it for one algorithm; for the FFN's down projection (ffn.net.2: K 14336 ->

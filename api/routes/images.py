@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import time
 import uuid
 
 import redis
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from PIL import Image
 
 from api.deps import PrincipalDep, ServicesDep
 from api.openapi import IMAGES, GeneratedImage, ImagesPending, ImagesResponse, body_schema
@@ -23,7 +25,7 @@ from api.routes.videos import _read_body as read_body
 from api.services import Services
 from shared import jobstate
 from shared.errors import Conflict, InvalidRequest, WanqError
-from shared.image_specs import ImageRequest, resolve_images
+from shared.image_specs import ImageFormat, ImageRequest, image_format, resolve_images
 from shared.schemas import JobRecord, JobStatus
 from shared.specs import parse_fields
 
@@ -77,8 +79,9 @@ async def generate_images(request: Request, services: ServicesDep, principal: Pr
         if final.status is not JobStatus.completed:
             raise _failure(final)
 
-    # 4. The PNGs, inline or as URLs
+    # 4. The images, inline (in the asked format) or as URLs of the PNGs
     url_form = req.response_format == "url"
+    fmt = image_format(req)
     data = []
     for final in finals:
         key = final.outputs["image"]
@@ -86,9 +89,10 @@ async def generate_images(request: Request, services: ServicesDep, principal: Pr
             image = GeneratedImage(url=_url(services, request, final.id, key), id=final.id, seed=final.spec.seed)
         else:
             png = await asyncio.to_thread(services.storage.get_bytes, key)
-            image = GeneratedImage(b64_json=base64.b64encode(png).decode(), id=final.id, seed=final.spec.seed)
+            encoded = png if fmt == "png" else await asyncio.to_thread(_reencode, png, fmt, req.output_compression)
+            image = GeneratedImage(b64_json=base64.b64encode(encoded).decode(), id=final.id, seed=final.spec.seed)
         data.append(image)
-    answer = ImagesResponse(created=int(time.time()), data=data, size=specs[0].size, output_format="png")
+    answer = ImagesResponse(created=int(time.time()), data=data, size=specs[0].size, output_format=fmt)
     return JSONResponse(answer.model_dump(mode="json"))
 
 
@@ -118,6 +122,13 @@ def _failure(record: JobRecord) -> WanqError:
     if error is not None and error.code == InvalidRequest.code:
         return InvalidRequest(message)
     return WanqError(message)
+
+
+def _reencode(png: bytes, fmt: ImageFormat, compression: int | None) -> bytes:
+    """The stored PNG as JPEG or WebP; OpenAI's output_compression (default 100) is the encoder's quality."""
+    out = io.BytesIO()
+    Image.open(io.BytesIO(png)).convert("RGB").save(out, format=fmt.upper(), quality=100 if compression is None else compression)
+    return out.getvalue()
 
 
 def _url(services: Services, request: Request, job_id: str, key: str) -> str:

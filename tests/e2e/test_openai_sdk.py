@@ -7,6 +7,7 @@ import io
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -96,6 +97,7 @@ def test_extend_and_remix(client: openai.OpenAI, tmp_path: Path) -> None:
     extra = done.model_extra or {}
     assert extra["extended_from_video_id"] == source.id and extra["source_frames"] == 9
     total = 9 + extra["num_frames"] - 1  # 4 s at 8 fps: 33 new frames
+    assert extra["num_frames"] == 33 and extra["total_frames"] == total  # the new part's and the MP4's (below)
     assert done.seconds == f"{total / 8:g}" and done.size == "64x64"
     path = tmp_path / "long.mp4"
     path.write_bytes(client.videos.download_content(done.id).read())
@@ -126,6 +128,55 @@ def test_images_generate(client: openai.OpenAI, stack: Stack, response_format: s
             data = httpx.get(image.url, headers=stack.admin_headers(), timeout=30).content
         decoded = Image.open(io.BytesIO(data))
         assert decoded.format == "PNG" and decoded.size == (64, 64)
+
+
+@pytest.mark.parametrize("output_format", ["jpeg", "webp"])
+def test_images_generate_takes_every_field_openai_documents(client: openai.OpenAI, output_format: str) -> None:
+    # What a client written for OpenAI's images API sends: the fields a frame has no use for are ignored, size "auto"
+    # is the model's default (64x64 for the tiny models), and jpeg or webp is what comes back.
+    result = client.images.generate(
+        model="tiny-ti2v-5b",
+        prompt="a lantern in the fog",
+        n=1,
+        size="auto",
+        quality="high",
+        style="vivid",
+        output_format=output_format,  # type: ignore[arg-type]
+        output_compression=80,
+        background="opaque",
+        moderation="low",
+        user="user-1234",
+        safety_identifier="hashed-user",
+        partial_images=0,
+        complexity="low",
+        response_format="b64_json",
+        stream=False,
+        extra_body={"num_inference_steps": 2, "seed": 21},
+    )
+    assert result.data is not None and len(result.data) == 1
+    assert result.output_format == output_format and result.size == "64x64"
+    decoded = Image.open(io.BytesIO(base64.b64decode(result.data[0].b64_json or "")))
+    assert decoded.format == output_format.upper() and decoded.size == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("background", "transparent"),
+        ("output_format", "gif"),
+        ("output_format", "svg"),
+        ("frame_count", 9),
+        ("stream", True),
+        ("output_compression", 101),
+    ],
+)
+def test_images_refuse_what_a_frame_cannot_be_naming_the_value(client: openai.OpenAI, field: str, value: object) -> None:
+    fields: dict[str, Any] = {field: value}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.images.generate(model="tiny-ti2v-5b", prompt="a lantern in the fog", **fields)
+    error = info.value.body
+    assert isinstance(error, dict) and error["param"] == field, error
+    assert str(value).lower() in error["message"].lower() and "unknown field" not in error["message"], error
 
 
 def test_models_retrieve_and_list(client: openai.OpenAI) -> None:
