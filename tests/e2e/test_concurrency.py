@@ -52,7 +52,9 @@ def queued_video(api: httpx.Client) -> Iterator[str]:
 
 
 def test_a_burst_over_a_small_pool_waits_for_connections_with_streams_open(stack: Stack, queued_video: str) -> None:
-    # 200 requests and 30 open streams over 10 connections: the old pool answered 503 past its 100th.
+    # 200 requests and 30 open streams over 10 connections: the old pool answered 503 past its 100th. Were a
+    # stream to hold a pooled connection, ten of them would hold all ten until the end, and the GETs would wait
+    # out the pool timeout into 503s.
     with api_process(stack, {"WANQ_REDIS_MAX_CONNECTIONS": "10"}) as url:
         burst = asyncio.run(mixed_burst(url, stack.admin_headers(), gets=200, posts=0, streams=30, video_id=queued_video))
     assert burst["status_counts"] == {"200": 230}, burst
