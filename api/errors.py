@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from shared.errors import Forbidden, InvalidRequest, NotFound, RateLimited, ServiceUnavailable, Unauthorized, WanqError
+from shared.redisconn import PoolExhausted
 
 log = logging.getLogger("wanq.api")
 
@@ -62,8 +63,11 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(redis.RedisError)
     async def _redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
         log.warning("redis unavailable: %s", exc)
+        message = "the job store is unavailable; retry shortly"
+        if isinstance(exc, PoolExhausted):  # Redis is up; this process has more requests in flight than connections
+            message = f"the API is overloaded: {exc}; retry shortly"
         return JSONResponse(
-            error_body("the job store is unavailable; retry shortly", ServiceUnavailable.code, None, "server_error"),
+            error_body(message, ServiceUnavailable.code, None, "server_error"),
             status_code=503,
             headers={"Retry-After": "2"},
         )

@@ -17,8 +17,13 @@ tiny Wan2.2 pipelines) and measures:
    pause per denoising step (`[[fault:sleep@1]]`): 20 steps = 10 s of "GPU" per job, the pause
    holding no CPU, so the export and upload of the previous job run beside it as they would.
 
+4. A burst of `--burst` requests at once (a third each GET /v1/videos, POST /v1/videos and event streams
+   of a queued job, every one on its own connection), against the API's default Redis pool: the status
+   counts (5xx should be none) and the latency to the answer or a stream's first event.
+
 Prints a table and writes JSON next to RESULTS.md. Usage:
-    python benchmarks/service_load.py [--seconds 8] [--out benchmarks/results/service_load.json]
+    python benchmarks/service_load.py [--seconds 8] [--burst 1000] [--out benchmarks/results/service_load.json]
+    python benchmarks/service_load.py --burst-only
 """
 
 from __future__ import annotations
@@ -164,6 +169,71 @@ async def post_load(url: str, headers: dict[str, str], clients: int, seconds: fl
     }
 
 
+def _get_request(url: str, headers: dict[str, str], path: str) -> bytes:
+    parsed = urlsplit(url)
+    head = [f"GET {path} HTTP/1.1", f"Host: {parsed.netloc}", *(f"{name}: {value}" for name, value in headers.items())]
+    return ("\r\n".join(head) + "\r\n\r\n").encode()
+
+
+async def mixed_burst(url: str, headers: dict[str, str], *, gets: int, posts: int, streams: int, video_id: str) -> dict[str, Any]:
+    """`gets` GET /v1/videos, `posts` POST /v1/videos and `streams` GET /v1/videos/{video_id}/events, all in
+    flight at once: each on a connection of its own, every connection opened first, then every request
+    written in one go. A stream counts once its first event is in and stays open until every other answer
+    is in, so the streams overlap all of it. Status 0: the server dropped the connection.
+    """
+    host, port, post = _post_request(url, headers)
+    listing = _get_request(url, headers, "/v1/videos?limit=20")
+    events = _get_request(url, {**headers, "Accept": "text/event-stream"}, f"/v1/videos/{video_id}/events")
+    kinds = ["get"] * gets + ["post"] * posts + ["stream"] * streams
+    statuses: dict[str, list[int]] = {kind: [] for kind in ("get", "post", "stream")}
+    latencies: list[float] = []
+    answered = 0
+    all_answered = asyncio.Event()
+    connections = await asyncio.gather(*(asyncio.open_connection(host, port) for _ in kinds))
+
+    async def one(kind: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        t0 = time.perf_counter()
+        try:
+            if kind == "stream":
+                writer.write(events)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head[9:12])
+                if status == 200:
+                    await reader.readuntil(b"\n\n")  # the first event: the job as it is
+            else:
+                writer.write(post if kind == "post" else listing)
+                status = await _read_status(reader)
+            latencies.append(time.perf_counter() - t0)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            status = 0
+        statuses[kind].append(status)
+        answered += 1
+        if answered == len(kinds):
+            all_answered.set()
+        if kind == "stream":
+            await all_answered.wait()
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(kind, *connection) for kind, connection in zip(kinds, connections, strict=True)))
+    elapsed = time.perf_counter() - started
+    every = [status for answers in statuses.values() for status in answers]
+    return {
+        "requests": len(every),
+        "gets": gets,
+        "posts": posts,
+        "streams": streams,
+        "status_counts": {str(status): every.count(status) for status in sorted(set(every))},
+        "5xx": sum(1 for status in every if status >= 500),
+        "dropped": every.count(0),
+        "seconds": elapsed,
+        "p50_ms": pct(latencies, 0.50) * 1000,
+        "p99_ms": pct(latencies, 0.99) * 1000,
+        "max_ms": max(latencies) * 1000,
+    }
+
+
 def celery_floor(settings: Settings, clients: int, seconds: float) -> dict[str, Any]:
     """A bare send_task loop (the enqueue the dispatcher does), same Redis, same concurrency."""
     app = make_celery(settings)
@@ -273,6 +343,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=6, help="back-to-back jobs for the idle measurement")
     parser.add_argument("--out", default="benchmarks/results/service_load.json")
     parser.add_argument("--post-only", action="store_true", help="part 1 only (for iterating on the API's own overhead)")
+    parser.add_argument("--burst", type=int, default=1000, help="requests in flight at once in part 4")
+    parser.add_argument("--burst-only", action="store_true", help="part 4 only")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="wanq-bench-"))
@@ -309,6 +381,19 @@ def main() -> None:
         store = JobStore(redis.Redis.from_url(settings.redis.url))
         headers = stack.admin_headers()
         api = httpx.Client(base_url=stack.api_url, headers=headers, timeout=30)
+
+        # 4. A burst of GETs, POSTs and event streams all at once (first: it needs only the API)
+        held = api.post("/v1/videos", json={"prompt": "followed", "model": UNSERVED, "size": "64x64", "num_frames": 5})
+        third = args.burst // 3
+        results["burst"] = asyncio.run(
+            mixed_burst(
+                stack.api_url, headers, gets=args.burst - 2 * third, posts=third, streams=third, video_id=held.json()["id"]
+            )
+        )
+        drain(api, UNSERVED)
+        if args.burst_only:
+            print_table(results)
+            return
 
         # 1. POST latency and throughput, and the bare Celery floor
         results["post"] = []
@@ -373,6 +458,14 @@ def main() -> None:
 
 def print_table(r: dict[str, Any]) -> None:
     print(f"\nservice_load — {r['date']} — {r['machine']}")
+    b = r["burst"]
+    print(f"\nburst: {b['requests']} requests at once ({b['gets']} GET, {b['posts']} POST, {b['streams']} event streams)")
+    print(
+        f"answers {b['status_counts']} | 5xx {b['5xx']} | dropped {b['dropped']} | "
+        f"p50 {b['p50_ms']:.0f} ms | p99 {b['p99_ms']:.0f} ms | max {b['max_ms']:.0f} ms | all in {b['seconds']:.1f} s"
+    )
+    if "post" not in r:
+        return
     print("\nPOST /v1/videos (closed loop)              | bare Celery send_task (floor)")
     print("clients |  req/s |  p50 ms |  p90 ms |  p99 ms | errors |  req/s | p50 ms | p99 ms | POST/floor")
     for post, floor in zip(r["post"], r["floor"], strict=True):

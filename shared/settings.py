@@ -32,6 +32,11 @@ class RedisSettings(BaseModel):
     """Broker, job store and pub/sub. Use AOF persistence in production (deploy/ does)."""
     key_prefix: str = "wanq"
     """Prefix of every Redis key wanq writes (several deployments can share one Redis)."""
+    max_connections: int = Field(default=100, ge=1)
+    """Most connections each Redis client of a process keeps open; a command that finds them all busy waits for one
+    (up to `WANQ_REDIS_POOL_TIMEOUT_S`) instead of failing. Live event streams share one pub/sub connection."""
+    pool_timeout_s: float = Field(default=30.0, gt=0)
+    """Longest wait for a free pooled connection; past it the request answers 503 saying the pool is exhausted."""
 
 
 class S3Settings(BaseModel):
