@@ -65,6 +65,12 @@ class Storage:
     def attempt_prefix(self, job_id: str, attempt: int) -> str:
         return f"{self.job_prefix(job_id)}{attempt}/"
 
+    @property
+    def deployment_key(self) -> str:
+        """The bucket's half of the deployment marker (shared/deployment.py): beside the key prefix, not under it,
+        where neither the lifecycle rule nor a sweep reaches."""
+        return f"{self.settings.key_prefix.rstrip('/') or 'wanq'}.deployment"
+
     def ensure_bucket(self) -> None:
         try:
             self.client.head_bucket(Bucket=self.bucket)
@@ -136,6 +142,13 @@ class Storage:
         self._retrying(
             lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type), f"store {key}"
         )
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._retrying(lambda: self.client.head_object(Bucket=self.bucket, Key=key), f"read {key}", missing=key)
+        except KeyError:
+            return False
+        return True
 
     def get_bytes(self, key: str) -> bytes:
         return self._retrying(lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(), f"read {key}")
