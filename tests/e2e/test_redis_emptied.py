@@ -1,7 +1,7 @@
 """Redis killed and restarted without persistence comes back empty: the API notices (its `/readyz` answers 503
 naming the cause, its log says it at critical level), a restarted API does not take the empty Redis for a first
-start, and one start with WANQ_MAINTENANCE_FRESH_START=true begins afresh. A stack of its own: redis-server
-(no AOF), moto's S3 server and the API; nothing else is needed to show it."""
+start, and one start with WANQ_MAINTENANCE_FRESH_START=true begins afresh; restarted with its AOF, it is still
+ready. A stack of its own: redis-server, moto's S3 server and the API; nothing else is needed to show it."""
 
 from __future__ import annotations
 
@@ -25,11 +25,19 @@ def test_a_redis_that_comes_back_empty_is_not_ready_until_a_deliberate_fresh_sta
     stack.env["WANQ_MAINTENANCE_INTERVAL_S"] = "0.5"
     stack.seed_admin_key()
     try:
-        stack.start_redis()
+        stack.start_redis(appendonly=True)
         stack.start_s3()
         stack.start_api()
         ready = readiness(stack)
         assert ready.status_code == 200 and ready.json()["checks"]["deployment"] == "ok", ready.text
+
+        # Stopped and started again with its AOF (as deploy/ runs it): its data, the marker with it, is back.
+        port, managed = redis_process(stack)
+        managed.stop()  # type: ignore[attr-defined]
+        stack.start_redis(port, appendonly=True)
+        wait_until(lambda: readiness(stack).status_code == 200, 30, "/readyz after a restart with the AOF", interval=0.2)
+        time.sleep(1.0)  # an upkeep round or two
+        assert readiness(stack).json()["checks"]["deployment"] == "ok"
 
         # Killed and started again on its port with no persistence: it comes back empty.
         port, managed = redis_process(stack)
