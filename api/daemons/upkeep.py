@@ -258,7 +258,9 @@ class Upkeep:
         jobs: dict[str, list[dict[str, Any]]] = {}
         prefix = self.storage.settings.key_prefix
         for obj in self.storage.list_objects(prefix):
-            jobs.setdefault(obj["Key"][len(prefix) :].split("/", 1)[0], []).append(obj)
+            job_id = obj["Key"][len(prefix) :].split("/", 1)[0]
+            if _JOB_ID.fullmatch(job_id):  # anything else there is not wanq's to judge
+                jobs.setdefault(job_id, []).append(obj)
         old = sorted(job for job, objs in jobs.items() if max(o["LastModified"].timestamp() for o in objs) < cutoff)
         if old:
             pipe = self.store.redis.pipeline(transaction=False)

@@ -96,6 +96,9 @@ def test_orphans_under_the_job_and_lora_prefixes_are_swept_past_the_grace_period
     kept = [storage.key(record.id, "image"), storage.output_key(record.id, 1, "video")]
     for key in kept:
         storage.put_bytes(b"data", key, "image/png")
+    # Something under the prefix that is no job's: not wanq's to judge.
+    foreign = f"{settings.s3.key_prefix}notes/readme.txt"
+    storage.put_bytes(b"hi", foreign, "text/plain")
     # A LoRA file whose record is gone, and one whose record is there.
     lost_lora = storage_key(settings.loras, "t", "lora_lost")
     storage.put_bytes(b"st", lost_lora, "application/octet-stream")
@@ -109,7 +112,7 @@ def test_orphans_under_the_job_and_lora_prefixes_are_swept_past_the_grace_period
     settings.maintenance.orphan_grace_s = 0
     assert sorted(upkeep.sweep_orphans()) == sorted([storage.key(crashed, "image"), lost_lora])
     assert not storage.exists(storage.key(crashed, "image")) and not storage.exists(lost_lora)
-    assert all(storage.exists(key) for key in [*kept, kept_lora])
+    assert all(storage.exists(key) for key in [*kept, kept_lora, foreign])
     assert storage.exists(storage.deployment_key)  # beside the prefix, out of the sweep's reach
 
 
