@@ -20,6 +20,7 @@ from api.openapi import ERRORS
 from api.routes import admin, health, images, loras, models, videos, webhooks
 from api.services import Services
 from shared.apikeys import KeyStore
+from shared.deployment import Deployment
 from shared.fairqueue import FairQueue
 from shared.idempotency import IdempotencyKeys
 from shared.loras import LoraStore
@@ -73,10 +74,11 @@ def create_app(settings: Settings) -> FastAPI:
         aclient=aclient,
         worker_ttl_s=settings.worker.heartbeat_ttl_s,
     )
+    storage = Storage(settings.s3)
     app.state.services = Services(
         settings=settings,
         store=store,
-        storage=Storage(settings.s3),
+        storage=storage,
         celery=make_celery(settings),
         aioredis=aclient,
         # Its own client, without the retry: a pub/sub connection that silently reconnected would have missed
@@ -87,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
         fairq=fairq,
         quotas=Quotas(settings.quotas, fairq, aclient, prefix=settings.redis.key_prefix),
         loras=LoraStore(store.redis, store.keys),
+        deployment=Deployment(store.redis, store.keys, storage, fresh_start=settings.maintenance.fresh_start),
     )
     services = app.state.services
     warn_if_open(services)
@@ -94,6 +97,10 @@ def create_app(settings: Settings) -> FastAPI:
         services.storage.ensure_bucket()
     if settings.s3.lifecycle_rule and not services.storage.ensure_lifecycle(settings.jobs.retention_s):
         log.warning("could not set the bucket lifecycle rule; expired outputs are deleted by the sweep only")
+    try:
+        services.deployment.problem()  # a first start writes the deployment marker; a lost one is logged (critical)
+    except Exception as exc:  # Redis or S3 not there yet: /readyz looks again
+        log.warning("could not check the deployment marker yet: %s", exc)
     install_error_handlers(app)
     # A LoRA upload may be as large as WANQ_LORAS_MAX_BYTES (plus the form's own few bytes); every other body is bounded
     # by WANQ_API_MAX_BODY_BYTES.

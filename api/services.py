@@ -9,6 +9,7 @@ from celery import Celery
 
 from api.events import EventHub
 from shared.apikeys import KeyStore
+from shared.deployment import Deployment
 from shared.fairqueue import FairQueue
 from shared.idempotency import IdempotencyKeys
 from shared.loras import LoraStore
@@ -31,3 +32,4 @@ class Services:
     fairq: FairQueue
     quotas: Quotas
     loras: LoraStore
+    deployment: Deployment

@@ -50,6 +50,7 @@ KEY_MAP: list[tuple[str, str, str]] = [
     ("idem:{tenant}:{sha256}", "string", "an Idempotency-Key's request fingerprint and job"),
     ("rpm/...", "strings", "requests-per-minute windows (the `limits` library's keys under this prefix)"),
     ("upkeep:lock", "string", "held by the process doing upkeep"),
+    ("deployment", "string", "the deployment marker, written once (its loss means Redis lost its data: shared/deployment.py)"),
     ("lora:{owner}:{name}", "string", "a LoRA's record, JSON; owner: the tenant, or `_shared` for LoRAs published to all"),
     ("loras:{owner}", "zset", "the owner's LoRA names by creation time (listing)"),
 ]
@@ -185,6 +186,10 @@ class Keys:
     @property
     def upkeep_lock(self) -> str:
         return self._k("upkeep", "lock")
+
+    @property
+    def deployment(self) -> str:
+        return self._k("deployment")
 
     # LoRA library (shared/loras.py)
     def lora(self, owner: str, name: str) -> str:

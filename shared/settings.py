@@ -247,6 +247,13 @@ class MaintenanceSettings(BaseModel):
     """Requeue jobs of dead workers and delete expired outputs (one API replica at a time)."""
     interval_s: float = Field(default=5.0, gt=0)
     """How often upkeep runs."""
+    orphan_grace_s: float = Field(default=3600.0, ge=0)
+    """Age past which a stored object no record names (a job's input image or outputs, a LoRA file) is deleted."""
+    orphan_sweep_interval_s: float = Field(default=600.0, gt=0)
+    """How often upkeep lists the bucket for such orphans."""
+    fresh_start: bool = False
+    """Redis was emptied on purpose: write a new deployment marker instead of refusing to serve (`/readyz` 503)
+    the data Redis lost. Set it for one start only."""
 
 
 class ApiSettings(BaseModel):

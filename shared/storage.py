@@ -22,10 +22,11 @@ from botocore.exceptions import BotoCoreError, ClientError
 from shared.errors import StorageUnavailable
 from shared.settings import S3Settings
 
-CONTENT_TYPES = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg", "image": "image/png"}
-FILE_NAMES = {"video": "video.mp4", "thumbnail": "thumbnail.webp", "spritesheet": "spritesheet.jpg", "image": "input.png"}
 T = TypeVar("T")
 log = logging.getLogger("wanq.storage")
+
+CONTENT_TYPES = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg", "image": "image/png"}
+FILE_NAMES = {"video": "video.mp4", "thumbnail": "thumbnail.webp", "spritesheet": "spritesheet.jpg", "image": "input.png"}
 # S3's answers that a later try may not get: throttling (SlowDown and its AWS-wide names) and a request that timed out.
 RETRYABLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"})
 # An output named like an input: an image job's PNG is its `image` variant, beside (not over) an input image.
@@ -64,6 +65,12 @@ class Storage:
 
     def attempt_prefix(self, job_id: str, attempt: int) -> str:
         return f"{self.job_prefix(job_id)}{attempt}/"
+
+    @property
+    def deployment_key(self) -> str:
+        """The bucket's half of the deployment marker (shared/deployment.py): beside the key prefix, not under it,
+        where neither the lifecycle rule nor a sweep reaches."""
+        return f"{self.settings.key_prefix.rstrip('/') or 'wanq'}.deployment"
 
     def ensure_bucket(self) -> None:
         try:
@@ -136,6 +143,13 @@ class Storage:
         self._retrying(
             lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type), f"store {key}"
         )
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._retrying(lambda: self.client.head_object(Bucket=self.bucket, Key=key), f"read {key}", missing=key)
+        except KeyError:
+            return False
+        return True
 
     def get_bytes(self, key: str) -> bytes:
         return self._retrying(lambda: self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read(), f"read {key}")

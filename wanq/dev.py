@@ -56,6 +56,8 @@ def start_dev_stack(
             print(f"wanq dev: using Redis at {settings.redis.url}", file=sys.stderr)
         else:
             print(f"wanq dev: started a private redis-server at {stack.start_redis()}", file=sys.stderr)
+            # It starts empty by design: not a Redis that lost a deployment kept in a given S3 endpoint's bucket.
+            stack.env["WANQ_MAINTENANCE_FRESH_START"] = "true"
         if settings.s3.endpoint_url:
             stack.s3_url = settings.s3.endpoint_url
             print(f"wanq dev: using S3 endpoint {settings.s3.endpoint_url}", file=sys.stderr)

@@ -22,6 +22,7 @@ from celery import Celery
 from celery.signals import setup_logging, task_postrun, task_prerun, worker_process_init, worker_process_shutdown
 
 from shared import logs
+from shared.deployment import Deployment
 from shared.errors import WanqError
 from shared.queue import GENERATE_TASK, make_celery, queue_name
 from shared.settings import Settings
@@ -68,7 +69,9 @@ class WorkerProcess:
             "state": "loading",
             "started_at": time.time(),
         }
-        self._start_heartbeat(store)
+        self._start_heartbeat(
+            store, Deployment(store.redis, store.keys, storage, fresh_start=self.settings.maintenance.fresh_start)
+        )
         metrics.serve(self.settings.worker.metrics_port)
         engine = start_engine(self.model_path, self.settings.engine, model_id=self.model_id, loras=self.settings.loras)
         metrics.model_loaded(self.model_id, engine.load_time_s)
@@ -80,7 +83,7 @@ class WorkerProcess:
         self._info["state"] = "ready"
         log.info("worker ready", extra={"model": self.model_id, "worker": self.worker_id, **self._info})
 
-    def _start_heartbeat(self, store: JobStore) -> None:
+    def _start_heartbeat(self, store: JobStore, deployment: Deployment) -> None:
         interval = self.settings.worker.heartbeat_interval_s
         ttl = self.settings.worker.heartbeat_ttl_s
 
@@ -90,6 +93,7 @@ class WorkerProcess:
                     job = self.runner.current_job if self.runner is not None else None
                     jobs = self.runner.busy_with() if self.runner is not None else []
                     store.heartbeat(self.worker_id, self.model_id, {**self._info, "job": job, "jobs": jobs}, ttl)
+                    deployment.problem()  # a Redis that came back empty is logged at critical level, once
                 except Exception as exc:  # Redis away for a moment: keep beating once it is back
                     log.warning("heartbeat failed: %s", exc)
                 self._stop.wait(interval)

@@ -14,6 +14,13 @@ it), inside the API by default (`WANQ_MAINTENANCE_ENABLED`), every `maintenance.
    an ended or deleted job left in an index or a running count is taken out. Each repair is logged.
 3. Expired outputs: completed jobs past `expires_at` lose their stored objects (content -> 410). Where the
    store supports it, a bucket lifecycle rule is set as well, as a backstop.
+4. Orphans: every `maintenance.orphan_sweep_interval_s`, stored objects that no record names (under the job prefix:
+   an input image stored before its job's record, which a crash between the two left alone, or the files of a job
+   whose record is gone; under the LoRA prefix: a file whose record is gone) are deleted once older than
+   `maintenance.orphan_grace_s`.
+
+A round does nothing while Redis has lost its data (shared/deployment.py): every stored object would then look
+orphaned, and there is nothing left in Redis to repair.
 """
 
 from __future__ import annotations
@@ -30,8 +37,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared import jobstate
+from shared.deployment import Deployment
 from shared.fairqueue import FairQueue
 from shared.keys import BROKER_UNACKED, text
+from shared.loras import LoraStore
 from shared.schemas import JobRecord, JobStatus
 from shared.settings import Settings
 from shared.storage import Storage
@@ -81,6 +90,8 @@ class Upkeep:
         self.owner = uuid.uuid4().hex
         self._suspects: set[str] = set()
         """Queued jobs found in no queue at the last round: put back if still so now."""
+        self.deployment = Deployment(store.redis, store.keys, storage, fresh_start=settings.maintenance.fresh_start)
+        self._next_orphan_sweep = 0.0
 
     # 1. Dead workers' jobs ---------------------------------------------------------------------
     def requeue_orphans(self) -> list[Repair]:
@@ -238,10 +249,52 @@ class Upkeep:
             log.info("deleted expired outputs", extra={"count": len(swept)})
         return swept
 
+    # 4. Orphans ---------------------------------------------------------------------------------
+    def sweep_orphans(self) -> list[str]:
+        """Deletes the stored objects no record names that are older than the grace period; returns their keys."""
+        cutoff = time.time() - self.settings.maintenance.orphan_grace_s
+        swept: list[str] = []
+        # Under the job prefix, by job: a job's objects go together, once the newest is past the grace period.
+        jobs: dict[str, list[dict[str, Any]]] = {}
+        prefix = self.storage.settings.key_prefix
+        for obj in self.storage.list_objects(prefix):
+            job_id = obj["Key"][len(prefix) :].split("/", 1)[0]
+            if _JOB_ID.fullmatch(job_id):  # anything else there is not wanq's to judge
+                jobs.setdefault(job_id, []).append(obj)
+        old = sorted(job for job, objs in jobs.items() if max(o["LastModified"].timestamp() for o in objs) < cutoff)
+        if old:
+            pipe = self.store.redis.pipeline(transaction=False)
+            for job_id in old:
+                pipe.exists(self.store.keys.job(job_id))
+            for job_id, exists in zip(old, pipe.execute(), strict=True):
+                if not exists:
+                    self.storage.delete_prefix(self.storage.job_prefix(job_id))
+                    swept += [o["Key"] for o in jobs[job_id]]
+        # Under the LoRA prefix (`<owner>/<id>.safetensors`), by owner: the files its records name stay.
+        loras, prefix = LoraStore(self.store.redis, self.store.keys), self.settings.loras.key_prefix
+        named: dict[str, set[str]] = {}
+        for obj in self.storage.list_objects(prefix):
+            if obj["LastModified"].timestamp() >= cutoff:
+                continue
+            owner = obj["Key"][len(prefix) :].split("/", 1)[0]
+            if owner not in named:
+                named[owner] = {r.storage_key for r in loras.listing(owner)}
+            if obj["Key"] not in named[owner]:
+                self.storage.delete(obj["Key"])
+                swept.append(obj["Key"])
+        if swept:
+            log.warning("upkeep: deleted stored objects that no record names", extra={"count": len(swept), "keys": swept[:20]})
+        return swept
+
     # Running it --------------------------------------------------------------------------------
     def run_once(self) -> list[Repair]:
+        if self.deployment.problem() is not None:
+            return []  # logged at critical level; /readyz says it too
         repairs = self.requeue_orphans() + self.reconcile()
         self.sweep_expired()
+        if time.monotonic() >= self._next_orphan_sweep:
+            self.sweep_orphans()
+            self._next_orphan_sweep = time.monotonic() + self.settings.maintenance.orphan_sweep_interval_s
         return repairs
 
     def _lead(self, ttl_s: float) -> bool:

@@ -1,4 +1,5 @@
-"""Liveness (`/healthz`: the process answers) and readiness (`/readyz`: Redis and storage reachable)."""
+"""Liveness (`/healthz`: the process answers) and readiness (`/readyz`: Redis and storage reachable, and Redis
+still holds this deployment's data: shared/deployment.py)."""
 
 from __future__ import annotations
 
@@ -34,5 +35,11 @@ async def readyz(services: ServicesDep) -> JSONResponse:
             checks[name] = "ok"
         except Exception as exc:
             checks[name] = f"unavailable: {type(exc).__name__}"
+    if checks["redis"] == "ok" and checks["storage"] == "ok":
+        try:
+            problem = await asyncio.wait_for(asyncio.to_thread(services.deployment.problem), timeout=5)
+            checks["deployment"] = problem or "ok"
+        except Exception as exc:
+            checks["deployment"] = f"unavailable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks}, status_code=200 if ready else 503)

@@ -152,7 +152,7 @@ def test_models_lists_configured_models_with_live_workers(api: httpx.Client) -> 
 def test_health_and_readiness(api: httpx.Client) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "storage": "ok"}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"redis": "ok", "storage": "ok", "deployment": "ok"}
 
 
 def test_unknown_video_is_404(api: httpx.Client) -> None:

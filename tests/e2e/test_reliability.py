@@ -11,11 +11,13 @@ import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from shared.settings import S3Settings
 from shared.storage import Storage
 from shared.store import JobStore
 from tests.conftest import wait_for_status
@@ -292,6 +294,47 @@ def test_storage_outage_is_retried_then_fails_with_storage_unavailable(
         )
     finally:
         proxy.close()
+
+
+@pytest.mark.slow
+def test_s3_restarted_during_the_upload_the_job_completes_with_one_copy_of_each_output(
+    api: httpx.Client, stack: Stack, store: JobStore, workers: Workers, tmp_path: Path
+) -> None:
+    """moto's server killed as the job's outputs are due, and back within the retry window (with its bucket, as a
+    durable store comes back): the upload is retried, not failed, and leaves exactly one copy of each output."""
+    own = Stack(tmp_path / "s3")
+    proxy = None
+    try:
+        url = own.start_s3()
+        port = int(url.rsplit(":", 1)[1])
+        own_storage = Storage(S3Settings(endpoint_url=url, bucket=stack.env["WANQ_S3_BUCKET"]))
+        own_storage.ensure_bucket()
+        # The worker reaches moto through a proxy that stays shut until the bucket is back: no try of the worker's
+        # lands between moto's start and its bucket (a durable store comes back with its buckets).
+        proxy = FlakyProxy(port)
+        workers.start(
+            1, WANQ_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}", WANQ_S3_UPLOAD_ATTEMPTS="8", WANQ_S3_UPLOAD_BACKOFF_S="0.5"
+        )
+        video_id = submit(api, "the store restarts [[fault:sleep@1]]")
+        while (record := store.get(video_id)) is not None and record.step < 3 and not record.status.is_terminal():
+            time.sleep(0.02)
+        proxy.up = False
+        next(p for p in own.processes if p.name == f"s3-{port}" and p.alive()).stop(signal.SIGKILL)
+        while (record := store.get(video_id)) is not None and record.stage.value not in ("encoding_video", "uploading", "done"):
+            assert not record.status.is_terminal(), record
+            time.sleep(0.02)
+        time.sleep(1.0)  # the upload meets the outage
+        own.start_s3(port)
+        own_storage.ensure_bucket()
+        proxy.up = True
+        video = wait_for_status(api, video_id, {"completed", "failed"}, timeout=120)
+        assert video["status"] == "completed", video
+        keys = own_storage.list_keys(own_storage.job_prefix(video_id))
+        assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["spritesheet.jpg", "thumbnail.webp", "video.mp4"], keys
+    finally:
+        if proxy is not None:
+            proxy.close()
+        own.stop()
 
 
 @pytest.mark.slow
