@@ -348,6 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
-    with reporting_usage_errors():
-        args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+        with reporting_usage_errors():
+            args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone away is caught below rather than at exit
+    except BrokenPipeError:
+        # The reader of our output went away (`wanq list | head -1`): stop quietly, as Unix tools do. Python's own
+        # flush at exit would fail again on the broken pipe, so stdout goes to /dev/null; 141 is the status of a
+        # tool ended by SIGPIPE (128 + 13), which the shell shows for `yes | head -1` too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(128 + signal.SIGPIPE) from None
