@@ -139,3 +139,15 @@ def test_webhooks_alone_asks_for_a_subcommand(tmp_path: Path) -> None:
         "wanq webhooks: error: pick a subcommand: show, set-endpoint, delete-endpoint, rotate-secret, deliveries "
         "(the delivery process is `wanq webhook-delivery`)"
     )
+
+
+def test_dev_without_redis_server_is_a_usage_error(tmp_path: Path) -> None:
+    # A PATH with no redis-server on it (the interpreter is named by its full path), and no WANQ_REDIS_URL.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = wanq(tmp_path, "dev", "--port", str(port), PATH=str(tmp_path / "no-bin"))
+    assert refused(done) == (
+        "wanq dev: redis-server is not installed: install it (Debian/Ubuntu: apt-get install redis-server), or point "
+        "WANQ_REDIS_URL at a running Redis"
+    )
