@@ -17,10 +17,12 @@ from shared.settings import EngineSettings
 
 
 def environment_problems_in_child(settings: EngineSettings, timeout_s: float = 300) -> list[str]:
-    """`accel.environment_problems` for the device the worker will use, and whether it shows the GPUs asked for, run
-    in a child interpreter; only when an option needs more than a package to be there (FA4, FP8, several GPUs).
-    Otherwise checked here without importing torch, so that `wanq worker` and `wanq generate` run it first of all."""
-    if settings.attention_backend != "fa4" and settings.quantization == "none" and settings.num_gpus == 1:
+    """`accel.environment_problems` for the device the worker will use, and whether it shows the GPUs and degrees
+    asked for, run in a child interpreter; only when an option needs more than a package to be there (FA4, FP8,
+    several GPUs or parallel degrees). Otherwise checked here without importing torch, so that `wanq worker` and
+    `wanq generate` run it first of all."""
+    parallel = settings.num_gpus > 1 or settings.ulysses_degree > 1 or settings.ring_degree > 1 or settings.cfg_parallel
+    if settings.attention_backend != "fa4" and settings.quantization == "none" and not parallel:
         return missing_packages(settings)
     done = subprocess.run(
         [sys.executable, "-m", "worker.probe"],

@@ -288,11 +288,19 @@ def test_sglang_output_flags_compose_the_output_and_make_its_folder(tmp_path: Pa
     assert (tmp_path / "deep" / "er").is_dir()
 
 
-@pytest.mark.parametrize("command", [["generate", "--prompt", "x"], ["worker", "--model", "wan2.2-t2v-a14b"]])
-def test_the_gpus_are_checked_before_the_repository_is_fetched(hub_cache: Path, tmp_path: Path, command: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("command", "parallel"),
+    [
+        (["generate", "--prompt", "x"], ["--num-gpus", "4", "--ulysses-degree", "2", "--ring-degree", "2"]),
+        (["worker", "--model", "wan2.2-t2v-a14b"], ["--num-gpus", "4", "--ulysses-degree", "2", "--ring-degree", "2"]),
+        (["generate", "--prompt", "x"], ["--ulysses-degree", "2"]),  # degrees that do not make --num-gpus
+    ],
+)
+def test_the_gpus_are_checked_before_the_repository_is_fetched(
+    hub_cache: Path, tmp_path: Path, command: list[str], parallel: list[str]
+) -> None:
     # The command on this machine (no GPU; CI's has none either): offline, the repository is not in the cache,
     # and 4 GPUs are asked for. Fetching it first would say that the cache lacks it (online: download ~120 GB).
-    parallel = ("--num-gpus", "4", "--ulysses-degree", "2", "--ring-degree", "2")
     done = wanq(tmp_path, *command, "--model-path", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", *parallel, HF_HUB_CACHE=str(hub_cache))
     line = refused(done)
     assert line.startswith(f"wanq {command[0]}: engine options this machine cannot run: "), line
