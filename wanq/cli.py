@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 from shared.catalog import PRESETS
 from shared.settings import LOG_LEVELS, Settings
 from wanq import client_cli, keys_cli, webhooks_cli
-from wanq.config import UsageError, add_engine_flags, load_settings, reporting_usage_errors, settings_with_engine_flags
+from wanq.config import (
+    UsageError,
+    add_engine_flags,
+    load_settings,
+    reaching_redis,
+    reporting_usage_errors,
+    settings_with_engine_flags,
+)
 
 if TYPE_CHECKING:
     from worker.pipeline_dir import PipelineShape
@@ -255,7 +262,9 @@ def cmd_worker_health(args: argparse.Namespace) -> None:
     from worker.control import healthy
 
     settings = load_settings()
-    results = [healthy(settings, model) for model in ([args.model] if args.model else settings.models)]
+    models = [_known_model("worker-health", args.model)] if args.model else settings.models
+    with reaching_redis("worker-health", settings.redis.url):
+        results = [healthy(settings, model) for model in models]
     print("; ".join(detail for _, detail in results))
     raise SystemExit(0 if any(ok for ok, _ in results) else 1)
 
@@ -263,7 +272,9 @@ def cmd_worker_health(args: argparse.Namespace) -> None:
 def cmd_worker_drain(args: argparse.Namespace) -> None:
     from worker.control import drain
 
-    nodes = drain(load_settings(), args.model)
+    settings = load_settings()
+    with reaching_redis("worker-drain", settings.redis.url):
+        nodes = drain(settings, _known_model("worker-drain", args.model))
     print(f"stopped consuming: {', '.join(nodes) or 'no worker of ' + args.model + ' on this host'}")
 
 
