@@ -11,16 +11,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.catalog import PRESETS
-from shared.settings import LOG_LEVELS
+from shared.settings import LOG_LEVELS, Settings
 from wanq import client_cli, keys_cli, webhooks_cli
-from wanq.config import UsageError, add_engine_flags, load_settings, reporting_usage_errors, settings_with_engine_flags
+from wanq.config import (
+    UsageError,
+    add_engine_flags,
+    load_settings,
+    reaching_redis,
+    reporting_usage_errors,
+    settings_with_engine_flags,
+)
+
+if TYPE_CHECKING:
+    from worker.pipeline_dir import PipelineShape
 
 
 def _configure_logging(level: str, *, torch_side: bool = False) -> None:
@@ -37,18 +49,66 @@ def _known_model(command: str, model: str) -> str:
     return model
 
 
-def _pipeline_dir(command: str, path: str, model: str | None = None) -> Path:
+def _engine_problems(command: str, settings: Settings) -> None:
+    """Refuses engine options this machine cannot run (the GPUs asked for, the packages): all that needs no weights,
+    so before --model-path is fetched (worker/probe.py; torch is imported in a child, if at all)."""
+    from worker import probe
+
+    problems = probe.environment_problems_in_child(settings.engine)
+    if problems:
+        raise UsageError(f"wanq {command}: engine options this machine cannot run: " + "; ".join(problems))
+
+
+def _pipeline_dir(command: str, path: str, model: str | None = None) -> tuple[Path, PipelineShape]:
     """The pipeline directory --model-path names (a directory, or a Hugging Face repository id resolved through its
-    cache), checked to hold the pipeline `model` means (worker/pipeline_dir.py; no torch yet)."""
-    from worker.pipeline_dir import PipelineDirError, check, resolve
+    cache) and its shape, checked to be a Wan2.2 pipeline, the one `model` means, from its configs alone before a
+    repository's weights are fetched (worker/pipeline_dir.py; no torch yet)."""
+    from worker.pipeline_dir import TITLES, PipelineDirError, check, configs, inspect, resolve
 
     try:
+        described = configs(path)
+        shape = check(model, described) if model is not None else inspect(described)
+        if shape.variant is None:
+            raise PipelineDirError(
+                f"{described} holds no Wan2.2 pipeline wanq knows ({shape.describe()}); wanq runs {', '.join(TITLES.values())}"
+            )
         directory = resolve(path, say=lambda line: print(f"wanq {command}: {line}", file=sys.stderr))
-        if model is not None:
-            check(model, directory)
     except PipelineDirError as exc:
         raise UsageError(f"wanq {command}: {exc}") from None
-    return directory
+    return directory, shape
+
+
+def _output_file(args: argparse.Namespace) -> Path:
+    """Where `wanq generate` writes its MP4: -o, or SGLang's --output-path DIR and --output-file-name NAME (a name
+    alone goes in the working directory; in a folder alone, the prompt names it). The folder is made and tried now,
+    so that a path that cannot be written is refused before minutes of generation."""
+    if args.output is not None and (args.output_path is not None or args.output_file_name is not None):
+        raise UsageError("wanq generate: give -o FILE, or --output-path DIR / --output-file-name NAME, not both")
+    if args.output is not None:
+        out = Path(args.output)
+    elif args.output_path is None and args.output_file_name is None:
+        out = Path("out.mp4")
+    else:
+        name = args.output_file_name or re.sub(r"[^\w.-]+", "_", args.prompt).strip("_.")[:100] or "video"
+        out = Path(args.output_path or ".") / name
+        if not out.suffix:
+            out = out.with_suffix(".mp4")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.is_dir():
+            raise IsADirectoryError(f"{out} is a folder")
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(
+            f"wanq generate: cannot write {str(out)!r} (a file stands where its folder would be): give -o a file in a "
+            "folder you can write"
+        ) from None
+    except OSError as exc:
+        raise UsageError(
+            f"wanq generate: cannot write {str(out)!r} ({exc.strerror or exc}): give -o a file in a folder you can write"
+        ) from None
+    return out
 
 
 # Commands ----------------------------------------------------------------------------------------
@@ -92,13 +152,15 @@ def api_factory() -> Any:
 
 
 def cmd_worker(args: argparse.Namespace) -> None:
-    # 1. Check what was given, before the slow imports (torch)
+    # 1. Check what was given and what this machine has, then the pipeline's configs, then fetch it: nothing that
+    # needs the weights before everything that does not
     settings = settings_with_engine_flags(load_settings(), args)
     model = _known_model("worker", args.model)
-    model_path = _pipeline_dir("worker", args.model_path, model)
+    _engine_problems("worker", settings)
+    model_path, _ = _pipeline_dir("worker", args.model_path, model)
     _configure_logging(args.loglevel, torch_side=True)  # torch and diffusers then say everything as JSON lines
 
-    from worker import accel, lora_slots, probe
+    from worker import accel, lora_slots
     from worker.service import run
 
     try:
@@ -106,9 +168,6 @@ def cmd_worker(args: argparse.Namespace) -> None:
         lora_slots.check_settings(settings.engine, settings.loras)
     except ValueError as exc:
         raise UsageError(f"wanq worker: {exc}") from None
-    problems = probe.environment_problems_in_child(settings.engine)
-    if problems:
-        raise UsageError("wanq worker: engine options this machine cannot run: " + "; ".join(problems))
     if model not in settings.models:
         # A known model the API is not configured for: the worker serves it all the same.
         settings = settings.model_copy(update={"models": [*settings.models, model]})
@@ -118,21 +177,17 @@ def cmd_worker(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    # 1. Check what was given, before the slow imports (torch)
+    # 1. Check what was given, where the video goes and what this machine has, then the pipeline's configs, then
+    # fetch it: nothing that needs the weights before everything that does not
     settings = settings_with_engine_flags(load_settings(), args)
     if args.model is not None:
         _known_model("generate", args.model)
-    model_path = _pipeline_dir("generate", args.model_path, args.model)
     if args.image and not Path(args.image).is_file():
         raise UsageError(f"wanq generate: --image {args.image!r}: no such file")
-    from worker.pipeline_dir import TITLES, inspect, model_ids
-
-    shape = inspect(model_path)
-    if shape.variant is None:
-        raise UsageError(
-            f"wanq generate: {model_path} holds no Wan2.2 pipeline wanq knows ({shape.describe()}); "
-            f"wanq runs {', '.join(TITLES.values())}"
-        )
+    out = _output_file(args)
+    _engine_problems("generate", settings)
+    model_path, shape = _pipeline_dir("generate", args.model_path, args.model)
+    from worker.pipeline_dir import model_ids
 
     _configure_logging(args.loglevel, torch_side=True)  # torch and diffusers then say everything as JSON lines
     from PIL import Image
@@ -144,6 +199,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     # 2. Resolve the request as the service would. A tiny pipeline (`wanq tiny-model`) takes the tiny defaults (64x64,
     # 17 frames, 4 steps) unless --model says otherwise: the real ones would take minutes on a CPU.
+    assert shape.variant is not None  # _pipeline_dir refuses the others
     model_id = args.model or model_ids(shape.variant, tiny=args.tiny or shape.tiny)[0]
     catalog = {model_id: PRESETS[model_id]}
     image = Image.open(args.image).convert("RGB") if args.image else None
@@ -178,7 +234,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
     if tty:
         print(file=sys.stderr)
-    out = Path(args.output)
     t0 = time.perf_counter()
     export.write_mp4(result.frames, spec.fps, out)
     result.timings["encoding_video"] = time.perf_counter() - t0
@@ -207,7 +262,9 @@ def cmd_worker_health(args: argparse.Namespace) -> None:
     from worker.control import healthy
 
     settings = load_settings()
-    results = [healthy(settings, model) for model in ([args.model] if args.model else settings.models)]
+    models = [_known_model("worker-health", args.model)] if args.model else settings.models
+    with reaching_redis("worker-health", settings.redis.url):
+        results = [healthy(settings, model) for model in models]
     print("; ".join(detail for _, detail in results))
     raise SystemExit(0 if any(ok for ok, _ in results) else 1)
 
@@ -215,7 +272,9 @@ def cmd_worker_health(args: argparse.Namespace) -> None:
 def cmd_worker_drain(args: argparse.Namespace) -> None:
     from worker.control import drain
 
-    nodes = drain(load_settings(), args.model)
+    settings = load_settings()
+    with reaching_redis("worker-drain", settings.redis.url):
+        nodes = drain(settings, _known_model("worker-drain", args.model))
     print(f"stopped consuming: {', '.join(nodes) or 'no worker of ' + args.model + ' on this host'}")
 
 
@@ -316,7 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale-2", type=float)
     p.add_argument("--flow-shift", type=float)
     p.add_argument("--seed", type=int)
-    p.add_argument("-o", "--output", default="out.mp4")
+    p.add_argument("-o", "--output", help="the MP4 to write; its folder is made (default: out.mp4)")
+    p.add_argument("--output-path", metavar="DIR", help="SGLang's spelling: the folder of the MP4 (made if missing)")
+    p.add_argument(
+        "--output-file-name", metavar="NAME", help="SGLang's spelling: the MP4's name in --output-path (default: the prompt)"
+    )
+    p.add_argument("--save-output", action="store_true", help="SGLang's flag; wanq always writes the MP4")
     _add_loglevel(p, "WARNING")
     add_engine_flags(p)
     p.set_defaults(func=cmd_generate)
@@ -348,6 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
-    with reporting_usage_errors():
-        args.func(args)
+    try:
+        args = build_parser().parse_args(argv)
+        with reporting_usage_errors():
+            args.func(args)
+        sys.stdout.flush()  # here, so that a reader gone away is caught below rather than at exit
+    except BrokenPipeError:
+        # The reader of our output went away (`wanq list | head -1`): stop quietly, as Unix tools do. Python's own
+        # flush at exit would fail again on the broken pipe, so stdout goes to /dev/null; 141 is the status of a
+        # tool ended by SIGPIPE (128 + 13), which the shell shows for `yes | head -1` too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(128 + signal.SIGPIPE) from None

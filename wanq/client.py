@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
 
@@ -184,7 +185,7 @@ class Client:
 
     def remix(self, video_id: str, prompt: str) -> Video:
         """A job with the video's parameters, seed and image, and a new prompt."""
-        return self._request("POST", f"/v1/videos/{video_id}/remix", json={"prompt": prompt})  # type: ignore[no-any-return]
+        return self._request("POST", f"/v1/videos/{_segment(video_id)}/remix", json={"prompt": prompt})  # type: ignore[no-any-return]
 
     def images(
         self,
@@ -206,7 +207,7 @@ class Client:
         return self._request("POST", "/v1/images/generations", json=body, timeout=httpx.Timeout(30.0, read=630.0))  # type: ignore[no-any-return]
 
     def get(self, video_id: str) -> Video:
-        return self._request("GET", f"/v1/videos/{video_id}")  # type: ignore[no-any-return]
+        return self._request("GET", f"/v1/videos/{_segment(video_id)}")  # type: ignore[no-any-return]
 
     def list(self, *, limit: int = 20, after: str | None = None, order: Literal["asc", "desc"] = "desc") -> dict[str, Any]:
         """One page: {"data": [video, ...], "has_more": bool, "last_id": ...}; pass `after=last_id` for the next."""
@@ -217,10 +218,10 @@ class Client:
 
     def cancel(self, video_id: str) -> Video:
         """A queued job ends at once; a running one gets `cancel_requested` and stops at its next step."""
-        return self._request("POST", f"/v1/videos/{video_id}/cancel")  # type: ignore[no-any-return]
+        return self._request("POST", f"/v1/videos/{_segment(video_id)}/cancel")  # type: ignore[no-any-return]
 
     def delete(self, video_id: str) -> dict[str, Any]:
-        return self._request("DELETE", f"/v1/videos/{video_id}")  # type: ignore[no-any-return]
+        return self._request("DELETE", f"/v1/videos/{_segment(video_id)}")  # type: ignore[no-any-return]
 
     def models(self) -> builtins.list[dict[str, Any]]:  # `list` here is the method above
         return self._request("GET", "/v1/models")["data"]  # type: ignore[no-any-return]
@@ -256,7 +257,9 @@ class Client:
 
     def _event_stream(self, video_id: str, deadline: float | None) -> Iterator[Video]:
         read = _SSE_READ_TIMEOUT_S if deadline is None else max(0.1, min(_SSE_READ_TIMEOUT_S, deadline - time.monotonic()))
-        with self._http.stream("GET", f"/v1/videos/{video_id}/events", timeout=httpx.Timeout(30.0, read=read)) as response:
+        with self._http.stream(
+            "GET", f"/v1/videos/{_segment(video_id)}/events", timeout=httpx.Timeout(30.0, read=read)
+        ) as response:
             if not response.is_success:
                 response.read()
                 raise _api_error(response)
@@ -288,7 +291,9 @@ class Client:
     def content(self, video_id: str, *, variant: Variant = "video") -> bytes:
         """The MP4 (or the thumbnail, the spritesheet, an image job's PNG) in memory; see `download` for large files."""
         try:
-            response = self._http.get(f"/v1/videos/{video_id}/content", params={"variant": variant}, follow_redirects=True)
+            response = self._http.get(
+                f"/v1/videos/{_segment(video_id)}/content", params={"variant": variant}, follow_redirects=True
+            )
         except httpx.TransportError as exc:
             raise self._unreachable(exc) from None
         if not response.is_success:
@@ -302,7 +307,7 @@ class Client:
         partial = path.with_name(f".{path.name}.part")
         try:
             with self._http.stream(
-                "GET", f"/v1/videos/{video_id}/content", params={"variant": variant}, follow_redirects=True
+                "GET", f"/v1/videos/{_segment(video_id)}/content", params={"variant": variant}, follow_redirects=True
             ) as response:
                 if not response.is_success:
                     response.read()
@@ -337,11 +342,11 @@ class Client:
         return self._request("GET", "/v1/loras")["data"]  # type: ignore[no-any-return]
 
     def lora(self, name: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/loras/{name}")  # type: ignore[no-any-return]
+        return self._request("GET", f"/v1/loras/{_segment(name)}")  # type: ignore[no-any-return]
 
     def delete_lora(self, name: str, *, shared: bool = False) -> dict[str, Any]:
         params = {"shared": "true"} if shared else None
-        return self._request("DELETE", f"/v1/loras/{name}", params=params)  # type: ignore[no-any-return]
+        return self._request("DELETE", f"/v1/loras/{_segment(name)}", params=params)  # type: ignore[no-any-return]
 
     # Webhooks: the tenant's default endpoint and signing secret, and a job's delivery log.
     def webhook_endpoint(self, *, tenant: str | None = None) -> dict[str, Any]:
@@ -365,7 +370,14 @@ class Client:
 
     def webhook_deliveries(self, video_id: str) -> dict[str, Any]:
         """`{"object": "list", "data": [...]}`: each delivery with its attempts and next retry."""
-        return self._check(self._http.get(f"/v1/videos/{video_id}/webhook_deliveries")).json()  # type: ignore[no-any-return]
+        return self._check(self._http.get(f"/v1/videos/{_segment(video_id)}/webhook_deliveries")).json()  # type: ignore[no-any-return]
+
+
+def _segment(value: str) -> str:
+    """An id or a name as one segment of a URL path: `../etc` or `a/b` is then what the server is asked about, not
+    another route (`.` and `..` encoded too, as httpx would resolve them)."""
+    encoded = quote(value, safe="")
+    return encoded.replace(".", "%2E") if encoded.strip(".") == "" else encoded
 
 
 def _tenant(tenant: str | None) -> dict[str, str]:

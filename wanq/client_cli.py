@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
+from urllib.parse import urlsplit
 
 from wanq.client import TERMINAL, APIError, Client, ServerUnreachable, Variant, Video, WanqClientError
 from wanq.config import DEFAULT_URL, UsageError, load_client_settings
@@ -177,24 +178,29 @@ SUBMIT_FLAGS = {
     "image_url": "--image",
     "num_inference_steps": "--steps",
     "webhook_events": "--webhook-event",
+    "n": "-n",
     **{
         name: "--" + name.replace("_", "-")
-        for name in ("model", "size", "seconds", "num_frames", "fps", "negative_prompt", "seed", "webhook_url")
+        for name in ("model", "size", "seconds", "num_frames", "fps", "negative_prompt", "seed", "webhook_url", "guidance_scale")
     },
 }
-"""The `wanq submit` flag of each API field, so that a refusal names what the person typed."""
+"""The flag of each API field in `wanq submit`, `extend` and `image`, so that a refusal names what the person typed."""
 
 
 def in_flags(message: str) -> str:
-    """The server's message with the API fields it names (`'num_inference_steps'`) as the flags (`--steps`)."""
+    """The server's message with the API fields it names (`'num_inference_steps'`) as the flags (`--steps`), and the
+    API's routes it points to (`GET /v1/loras`) as the commands."""
     message = re.sub(r"'input_reference'(?: \(file\))?(?: or |/)'image_url'", "--image", message)
+    message = re.sub(r"'loras\[\d+\](?:\.\w+)?'", "--lora", message)
+    message = message.replace("GET /v1/loras", "`wanq loras list`")
     for name, flag in SUBMIT_FLAGS.items():
         message = message.replace(f"'{name}'", flag)
     return message
 
 
-def explain(exc: WanqClientError, *, api_key_given: bool, flags: bool = False) -> str:
-    """One line a person can act on. `flags`: the command is `wanq submit`, so API fields are named as its flags."""
+def explain(exc: WanqClientError, *, api_key_given: bool, flags: bool = False, listing: str = "wanq list") -> str:
+    """One line a person can act on. `flags`: the command is `wanq submit` (or extend, image), so API fields are named
+    as its flags. `listing`: the command that lists what a 404 did not find."""
     if flags and isinstance(exc, APIError) and exc.status == 400:
         exc = APIError(exc.status, in_flags(exc.message), exc.code, exc.param, exc.retry_after)
     if isinstance(exc, ServerUnreachable):
@@ -214,21 +220,26 @@ def explain(exc: WanqClientError, *, api_key_given: bool, flags: bool = False) -
     if exc.code == "model_not_available":
         return f"wanq: {exc.message} (see `wanq models`)"
     if exc.status == 404:
-        return f"wanq: {exc.message} (see `wanq list`)"
+        return f"wanq: {exc.message} (see `{listing}`)"
     return f"wanq: {exc.message}"
 
 
-def call(args: argparse.Namespace, action: Callable[[Client], T], *, flags: bool = False) -> T:
+def call(args: argparse.Namespace, action: Callable[[Client], T], *, flags: bool = False, listing: str = "wanq list") -> T:
     """`action` with a client for the server and key the command was given; a client error ends the command in one
-    line (exit status 1). `flags`: refusals name `wanq submit`'s flags instead of the API's fields."""
+    line (exit status 1). `flags`: refusals name the command's flags instead of the API's fields; `listing`: the
+    command that lists what a 404 did not find."""
     settings = load_client_settings()
     url = args.url or settings.url or DEFAULT_URL
+    if urlsplit(url).scheme not in ("http", "https"):
+        where = "--url" if args.url else "WANQ_URL"
+        example = f" (e.g. http://{url})" if "://" not in url else ""
+        raise UsageError(f"wanq: {where} {url!r} is not an http:// or https:// URL: add http://{example}")
     key = args.api_key or (settings.api_key.get_secret_value() if settings.api_key else None) or None
     with Client(url, api_key=key) as client:
         try:
             return action(client)
         except WanqClientError as exc:
-            raise SystemExit(explain(exc, api_key_given=key is not None, flags=flags)) from None
+            raise SystemExit(explain(exc, api_key_given=key is not None, flags=flags, listing=listing)) from None
 
 
 # Progress ----------------------------------------------------------------------------------------
@@ -409,7 +420,11 @@ def _follow(client: Client, video: Video, args: argparse.Namespace) -> None:
 
 def cmd_extend(args: argparse.Namespace) -> None:
     names = ("seconds", "num_frames", "model", "num_inference_steps", "negative_prompt", "seed")
-    call(args, lambda client: _follow(client, client.extend(args.id, args.prompt, **{k: getattr(args, k) for k in names}), args))
+    call(
+        args,
+        lambda client: _follow(client, client.extend(args.id, args.prompt, **{k: getattr(args, k) for k in names}), args),
+        flags=True,
+    )
 
 
 def cmd_remix(args: argparse.Namespace) -> None:
@@ -511,7 +526,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 def cmd_lora_upload(args: argparse.Namespace) -> None:
     source = args.source
     if not source.startswith(("https://", "http://")) and not Path(source).is_file():
-        raise SystemExit(f"wanq: {source!r}: no such file (or give an https:// URL)")
+        raise UsageError(f"wanq loras upload: {source!r}: no such file (or give an https:// URL)")
     defaults = {
         k: getattr(args, k) for k in ("num_inference_steps", "guidance_scale", "guidance_scale_2", "flow_shift", "expert")
     }
@@ -538,11 +553,15 @@ def cmd_lora_list(args: argparse.Namespace) -> None:
 
 
 def cmd_lora_show(args: argparse.Namespace) -> None:
-    call(args, lambda client: print(json.dumps(client.lora(args.name), indent=2)))
+    call(args, lambda client: print(json.dumps(client.lora(args.name), indent=2)), listing="wanq loras list")
 
 
 def cmd_lora_delete(args: argparse.Namespace) -> None:
-    call(args, lambda client: print(f"{client.delete_lora(args.name, shared=args.shared)['name']} deleted"))
+    call(
+        args,
+        lambda client: print(f"{client.delete_lora(args.name, shared=args.shared)['name']} deleted"),
+        listing="wanq loras list",
+    )
 
 
 def cmd_models(args: argparse.Namespace) -> None:

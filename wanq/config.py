@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic_core import ErrorDetails
@@ -49,6 +50,33 @@ def reporting_usage_errors() -> Iterator[None]:
     except UsageError as exc:
         print(exc.message, file=sys.stderr)
         raise
+
+
+@contextmanager
+def reaching_redis(command: str, url: str) -> Iterator[None]:
+    """A Redis at `url` that does not answer, or refuses the credentials, ends `wanq COMMAND` in one line saying what
+    to do (its password never shown)."""
+    import redis
+
+    try:
+        yield
+    except redis.AuthenticationError as exc:
+        raise UsageError(
+            f"wanq {command}: Redis at {shown_redis_url(url)} refused the credentials ({exc}); check WANQ_REDIS_URL"
+        ) from None
+    except (redis.ConnectionError, redis.TimeoutError):
+        raise UsageError(
+            f"wanq {command}: no Redis answers at {shown_redis_url(url)}; start it, run `wanq dev` here, or set WANQ_REDIS_URL"
+        ) from None
+
+
+def shown_redis_url(url: str) -> str:
+    """The URL without its password (a deployment's WANQ_REDIS_URL carries one)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class ClientSettings(BaseSettings):

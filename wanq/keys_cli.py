@@ -15,14 +15,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-import redis
 
 from shared import redisconn
 from shared.apikeys import KeyStore
 from shared.errors import WanqError
-from wanq.config import DEV_STACK_FILE, DevStack, UsageError, load_settings
+from wanq.config import DEV_STACK_FILE, DevStack, UsageError, load_settings, reaching_redis, shown_redis_url
 
 
 def add_commands(sub: Any) -> None:
@@ -41,15 +38,6 @@ def add_commands(sub: Any) -> None:
     c.set_defaults(func=cmd_keys_revoke)
 
 
-def _shown(url: str) -> str:
-    """The URL without its password (a deployment's WANQ_REDIS_URL carries one)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
 @contextmanager
 def _keystore() -> Iterator[KeyStore]:
     """The key store on the Redis these commands use; Redis and key errors end the command in one line."""
@@ -62,14 +50,10 @@ def _keystore() -> Iterator[KeyStore]:
         source = f"from {DEV_STACK_FILE}: the `wanq dev` running here"
     else:
         source = "the default; WANQ_REDIS_URL is not set"
-    url = _shown(settings.redis.url)
-    print(f"wanq keys: using Redis at {url} ({source})", file=sys.stderr)
+    print(f"wanq keys: using Redis at {shown_redis_url(settings.redis.url)} ({source})", file=sys.stderr)
     try:
-        yield KeyStore(redisconn.connect(settings.redis), settings.auth, prefix=settings.redis.key_prefix)
-    except redis.AuthenticationError as exc:
-        raise UsageError(f"wanq keys: Redis at {url} refused the credentials ({exc}); check WANQ_REDIS_URL") from None
-    except (redis.ConnectionError, redis.TimeoutError):
-        raise UsageError(f"wanq keys: no Redis answers at {url}; start it, run `wanq dev` here, or set WANQ_REDIS_URL") from None
+        with reaching_redis("keys", settings.redis.url):
+            yield KeyStore(redisconn.connect(settings.redis), settings.auth, prefix=settings.redis.key_prefix)
     except WanqError as exc:
         raise UsageError(f"wanq keys: {exc.message}") from None
 

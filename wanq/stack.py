@@ -24,6 +24,7 @@ import httpx
 
 from shared.catalog import PRESETS
 from shared.settings import SeedKey, Settings
+from wanq.config import UsageError
 
 AWS_TEST_ENV = {
     "AWS_ACCESS_KEY_ID": "wanq-local",
@@ -251,7 +252,11 @@ class Stack:
         data.mkdir(exist_ok=True)
         redis_server = shutil.which("redis-server")
         if redis_server is None:
-            raise RuntimeError("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
+            # This machine's set-up, not a failure of the stack: `wanq dev` ends with this line and exit status 2.
+            raise UsageError(
+                "wanq dev: redis-server is not installed: install it (Debian/Ubuntu: apt-get install redis-server), or "
+                "point WANQ_REDIS_URL at a running Redis"
+            )
         self.spawn(
             f"redis-{port}",
             [

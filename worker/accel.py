@@ -13,7 +13,6 @@ to change.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass
@@ -188,7 +187,7 @@ def environment_problems(settings: EngineSettings, device: torch.device | None =
     """What this machine lacks for the options asked for: packages (flash-attn-4, torchao, cache-dit) and GPU
     features (FA4: sm90+, FP8: sm89+), each with what to install or change. Touches CUDA only where a CUDA
     device is given (a Celery parent must not: `wanq worker` runs this in a fresh interpreter, worker/probe.py)."""
-    from worker import fa4, fp8
+    from worker import fa4, fp8, probe
 
     problems: list[str] = []
     wants_fa4 = settings.attention_backend == "fa4"
@@ -197,8 +196,7 @@ def environment_problems(settings: EngineSettings, device: torch.device | None =
         problems.append(missing)
     if wants_fp8 and (missing := fp8.missing_package()):
         problems.append(missing)
-    if settings.cache != "none" and importlib.util.find_spec("cache_dit") is None:
-        problems.append("--cache dbcache needs the cache-dit package: pip install 'cache-dit>=1.5.3'")
+    problems.extend(probe.missing_packages(settings))
     if device is not None and device.type == "cuda" and (wants_fa4 or wants_fp8) and torch.cuda.is_available():
         name, capability = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
         for problem in (

@@ -1,9 +1,10 @@
 """What a `--model-path` names, checked before anything slow starts (no torch here).
 
-- `resolve`: a pipeline directory, or a Hugging Face repository id (`Wan-AI/Wan2.2-TI2V-5B-Diffusers`) resolved
-  through huggingface_hub's cache: fetched on first use where the hub can be reached, HF_HUB_OFFLINE respected, as
-  diffusers' `from_pretrained` and SGLang-diffusion take one. A failed fetch is one line saying what failed and what
-  to do (`PipelineDirError`).
+- `configs` / `resolve`: a pipeline directory, or a Hugging Face repository id (`Wan-AI/Wan2.2-TI2V-5B-Diffusers`)
+  resolved through huggingface_hub's cache, HF_HUB_OFFLINE respected, as diffusers' `from_pretrained` and
+  SGLang-diffusion take one. `configs` fetches the repository's model_index.json and component configs alone (a few
+  KB), so that what they decide is checked before `resolve` fetches the weights (tens of GB). A failed fetch is one
+  line saying what failed and what to do (`PipelineDirError`).
 - `inspect` / `check`: which Wan2.2 pipeline a directory holds, read from its model_index.json and the transformers'
   and VAE's config.json (class, experts, expand_timesteps, channels), and whether that is the one a model id means:
   `wanq worker --model wan2.2-i2v-a14b` on a TI2V-5B directory is refused, saying which model the directory holds.
@@ -14,6 +15,8 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,9 +135,48 @@ def check(model_id: str, path: Path, *, flag: str = "--model") -> PipelineShape:
 
 # Resolving --model-path ------------------------------------------------------------------------------
 
+COMPONENT_CONFIGS = ("transformer/config.json", "transformer_2/config.json", "vae/config.json")
+"""What `inspect` reads besides model_index.json."""
+
+
+def configs(value: str) -> Path:
+    """A directory holding what `inspect` reads of the pipeline `value` names: the local directory itself, or the
+    hub repository's snapshot folder with model_index.json and the component configs fetched alone, no weights."""
+    path = _local(value)
+    if path is not None:
+        return path
+    with _hub(value, local_dir=None, revision=None):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import RemoteEntryNotFoundError
+
+        try:
+            index = Path(hf_hub_download(value, "model_index.json"))
+        except RemoteEntryNotFoundError:
+            raise PipelineDirError(
+                f"--model-path {value!r}: the Hugging Face repository holds no diffusers pipeline (no model_index.json)"
+            ) from None
+        listed = _json(index)
+        for name in COMPONENT_CONFIGS:
+            if any(listed.get(name.partition("/")[0]) or []):
+                hf_hub_download(value, name)
+    return index.parent
+
 
 def resolve(value: str, *, say: Any = None) -> Path:
-    """The pipeline directory `value` names: a local directory, or a hub repository's snapshot in the cache."""
+    """The pipeline directory `value` names: a local directory, or a hub repository's whole snapshot in the cache
+    (fetched where missing: the weights). `configs` first checks what needs no weights."""
+    path = _local(value)
+    if path is not None:
+        return path
+    with _hub(value, local_dir=None, revision=None):
+        snapshot = _snapshot(value, local_dir=None, revision=None)
+    if say is not None:
+        say(f"--model-path {value}: the Hugging Face cache's snapshot in {snapshot}")
+    return snapshot
+
+
+def _local(value: str) -> Path | None:
+    """The pipeline directory `value` names on this machine; None for a hub repository id; else PipelineDirError."""
     path = Path(value).expanduser()
     if path.exists():
         if not (path / "model_index.json").is_file():
@@ -149,25 +191,27 @@ def resolve(value: str, *, say: Any = None) -> Path:
             f"--model-path {value!r}: no such directory, and not a Hugging Face repository id (owner/name, e.g. "
             "Wan-AI/Wan2.2-TI2V-5B-Diffusers)"
         )
-    try:
-        snapshot = from_hub(value)
-    except PipelineDirError as exc:
-        # `models/ti2v` reads as a repository id too: if `models` is a directory here, a path was probably meant.
-        typo = f" (nor is there a directory {value!r} here)" if path.parent.is_dir() and str(path.parent) != "." else ""
-        raise PipelineDirError(f"--model-path {exc}{typo}") from None
-    if not (snapshot / "model_index.json").is_file():
-        raise PipelineDirError(
-            f"--model-path {value!r}: the Hugging Face repository holds no diffusers pipeline (no model_index.json)"
-        )
-    if say is not None:
-        say(f"--model-path {value}: the Hugging Face cache's snapshot in {snapshot}")
-    return snapshot
+    return None
 
 
 def from_hub(repo_id: str, *, local_dir: Path | None = None, revision: str | None = None) -> Path:
     """The repository's snapshot: from huggingface_hub's cache (or into `local_dir`), fetched where missing and the hub
     can be reached. huggingface_hub reads HF_HUB_OFFLINE, HF_HOME / HF_HUB_CACHE, HF_ENDPOINT and HF_TOKEN itself."""
-    from huggingface_hub import constants, snapshot_download
+    with _hub(repo_id, local_dir=local_dir, revision=revision, flag=""):
+        return _snapshot(repo_id, local_dir=local_dir, revision=revision)
+
+
+def _snapshot(repo_id: str, *, local_dir: Path | None, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id, revision=revision, local_dir=local_dir))
+
+
+@contextmanager
+def _hub(repo_id: str, *, local_dir: Path | None, revision: str | None, flag: str = "--model-path ") -> Iterator[None]:
+    """Around calls to the hub: no progress bars in a log file, and huggingface_hub's errors as one PipelineDirError
+    line each, saying what to do. `flag` opens the line."""
+    from huggingface_hub import constants
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -178,29 +222,38 @@ def from_hub(repo_id: str, *, local_dir: Path | None = None, revision: str | Non
     from huggingface_hub.utils import disable_progress_bars
 
     if not sys.stderr.isatty():
-        disable_progress_bars()  # no tqdm bars in a log file
+        disable_progress_bars()
     where = str(local_dir) if local_dir is not None else f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
     beforehand = f"`hf download {repo_id}" + (f" --local-dir {local_dir}`" if local_dir is not None else "` with this HF_HOME")
     try:
-        return Path(snapshot_download(repo_id, revision=revision, local_dir=local_dir))
+        yield
     except GatedRepoError:
         raise PipelineDirError(
-            f"{repo_id} is gated on the Hugging Face hub: accept its terms at https://huggingface.co/{repo_id} and set HF_TOKEN"
+            f"{flag}{repo_id} is gated on the Hugging Face hub: accept its terms at https://huggingface.co/{repo_id} and "
+            "set HF_TOKEN"
         ) from None
     except RepositoryNotFoundError:
-        raise PipelineDirError(f"{repo_id}: no such repository on the Hugging Face hub (a private one needs HF_TOKEN)") from None
+        raise PipelineDirError(
+            f"{flag}{repo_id}: no such repository on the Hugging Face hub (a private one needs HF_TOKEN)"
+        ) from None
     except RevisionNotFoundError:
-        raise PipelineDirError(f"{repo_id}: no revision {revision!r} on the Hugging Face hub") from None
+        raise PipelineDirError(f"{flag}{repo_id}: no revision {revision!r} on the Hugging Face hub") from None
     except LocalEntryNotFoundError:
+        # `models/ti2v` reads as a repository id too: if `models` is a directory here, a path was probably meant.
+        path = Path(repo_id)
+        typo = (
+            f" (nor is there a directory {repo_id!r} here)" if flag and path.parent.is_dir() and str(path.parent) != "." else ""
+        )
         if constants.HF_HUB_OFFLINE:
             raise PipelineDirError(
-                f"{repo_id} is not in {where}, and HF_HUB_OFFLINE is set: unset it to download it here, or download it "
-                f"beforehand where the hub can be reached ({beforehand})"
+                f"{flag}{repo_id} is not in {where}, and HF_HUB_OFFLINE is set: unset it to download it here, or download "
+                f"it beforehand where the hub can be reached ({beforehand}){typo}"
             ) from None
         raise PipelineDirError(
-            f"{repo_id} is not in {where}, and the Hugging Face hub cannot be reached from here: check the network "
-            f"(HF_ENDPOINT, a proxy), or download it beforehand where the hub can be reached ({beforehand}) and copy it here"
+            f"{flag}{repo_id} is not in {where}, and the Hugging Face hub cannot be reached from here: check the network "
+            f"(HF_ENDPOINT, a proxy), or download it beforehand where the hub can be reached ({beforehand}) and copy it "
+            f"here{typo}"
         ) from None
     except (HfHubHTTPError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineDirError(f"{repo_id} could not be fetched into {where}: {reason}") from None
+        raise PipelineDirError(f"{flag}{repo_id} could not be fetched into {where}: {reason}") from None

@@ -8,6 +8,7 @@ initializes CUDA, and a Celery parent that did so cannot fork working children. 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -16,12 +17,13 @@ from shared.settings import EngineSettings
 
 
 def environment_problems_in_child(settings: EngineSettings, timeout_s: float = 300) -> list[str]:
-    """`accel.environment_problems` for the device the worker will use, run in a child interpreter; only when an
-    option that needs more than torch is asked for."""
-    if settings.attention_backend != "fa4" and settings.quantization == "none":
-        from worker import accel
-
-        return accel.environment_problems(settings)  # packages only: no CUDA is touched
+    """`accel.environment_problems` for the device the worker will use, and whether it shows the GPUs and degrees
+    asked for, run in a child interpreter; only when an option needs more than a package to be there (FA4, FP8,
+    several GPUs or parallel degrees). Otherwise checked here without importing torch, so that `wanq worker` and
+    `wanq generate` run it first of all."""
+    parallel = settings.num_gpus > 1 or settings.ulysses_degree > 1 or settings.ring_degree > 1 or settings.cfg_parallel
+    if settings.attention_backend != "fa4" and settings.quantization == "none" and not parallel:
+        return missing_packages(settings)
     done = subprocess.run(
         [sys.executable, "-m", "worker.probe"],
         input=settings.model_dump_json(),
@@ -35,6 +37,14 @@ def environment_problems_in_child(settings: EngineSettings, timeout_s: float = 3
     return problems
 
 
+def missing_packages(settings: EngineSettings) -> list[str]:
+    """The packages asked for that are not installed, found without importing them (FA4's and FP8's are checked by
+    `accel.environment_problems`: they need torch)."""
+    if settings.cache != "none" and importlib.util.find_spec("cache_dit") is None:
+        return ["--cache dbcache needs the cache-dit package: pip install 'cache-dit>=1.5.3'"]
+    return []
+
+
 def main() -> None:
     import torch
 
@@ -44,7 +54,8 @@ def main() -> None:
     device = torch.device(accel.resolve_device(settings.device))
     problems = []
     try:
-        accel.validate(settings, device=device.type)  # now that the device is known (fa4 / fp8 need CUDA)
+        # Now that the device is known (fa4 / fp8 need CUDA), and how many GPUs this machine shows.
+        accel.validate(settings, device=device.type, gpu_count=torch.cuda.device_count() if device.type == "cuda" else None)
     except ValueError as exc:
         problems.append(str(exc).removeprefix("impossible engine configuration: "))
     problems.extend(accel.environment_problems(settings, device))

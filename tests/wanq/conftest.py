@@ -17,9 +17,10 @@ from wanq.stack import Stack
 class Refuser:
     def __init__(self) -> None:
         self.status = 401
-        self.body: dict[str, object] = {}
+        self.body: object = {}
         self.headers: dict[str, str] = {}
         self.seen_authorization: list[str | None] = []
+        self.seen_paths: list[str] = []
         self.url = ""
 
 
@@ -36,6 +37,7 @@ def refusing_server() -> Iterator[Callable[..., Refuser]]:
         class Handler(BaseHTTPRequestHandler):
             def _refuse(self) -> None:
                 refuser.seen_authorization.append(self.headers.get("Authorization"))
+                refuser.seen_paths.append(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 self.rfile.read(length)
                 payload = json.dumps(refuser.body).encode()
@@ -62,6 +64,18 @@ def refusing_server() -> Iterator[Callable[..., Refuser]]:
     for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def answering_server(refusing_server: Callable[..., Refuser]) -> Callable[[object], Refuser]:
+    """A real HTTP server on loopback that answers every request with HTTP 200 and the JSON `body`."""
+
+    def start(body: object) -> Refuser:
+        server = refusing_server(200, "", "")
+        server.body = body
+        return server
+
+    return start
 
 
 @pytest.fixture

@@ -139,3 +139,27 @@ def test_webhooks_alone_asks_for_a_subcommand(tmp_path: Path) -> None:
         "wanq webhooks: error: pick a subcommand: show, set-endpoint, delete-endpoint, rotate-secret, deliveries "
         "(the delivery process is `wanq webhook-delivery`)"
     )
+
+
+def test_dev_without_redis_server_is_a_usage_error(tmp_path: Path) -> None:
+    # A PATH with no redis-server on it (the interpreter is named by its full path), and no WANQ_REDIS_URL.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    done = wanq(tmp_path, "dev", "--port", str(port), PATH=str(tmp_path / "no-bin"))
+    assert refused(done) == (
+        "wanq dev: redis-server is not installed: install it (Debian/Ubuntu: apt-get install redis-server), or point "
+        "WANQ_REDIS_URL at a running Redis"
+    )
+
+
+def test_worker_probes_without_a_reachable_redis_or_with_an_unknown_model(tmp_path: Path, closed_redis: str) -> None:
+    url = closed_redis.replace("redis://", "redis://:hunter2-secret@")
+    for command in ("worker-health", "worker-drain"):
+        done = wanq(tmp_path, command, "--model", "tiny-ti2v-5b", WANQ_REDIS_URL=url)
+        assert refused(done) == (
+            f"wanq {command}: no Redis answers at {closed_redis.replace('redis://', 'redis://:***@')}; start it, run "
+            "`wanq dev` here, or set WANQ_REDIS_URL"
+        )
+        done = wanq(tmp_path, command, "--model", "typo", WANQ_REDIS_URL=closed_redis)
+        assert refused(done) == f"wanq {command}: unknown model 'typo'; known: {KNOWN}"

@@ -6,6 +6,7 @@ folder) under a fake repository id, and every process runs with HF_HUB_OFFLINE=1
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -128,10 +129,12 @@ def test_a_directory_of_no_wan22_model(tmp_path: Path) -> None:
 
 
 def test_generate_from_a_repository_id_in_the_cache_with_the_tiny_defaults(hub_cache: Path, tmp_path: Path) -> None:
-    out = tmp_path / "fox.mp4"
+    out = tmp_path / "outputs" / "new" / "fox.mp4"
     # No size, frames or steps given: a tiny pipeline takes the tiny model's defaults (64x64, 17 frames, 4 steps),
-    # not the real model's (1280x704, 121 frames, 50 steps: minutes on a CPU).
-    done = wanq(tmp_path, "generate", "--model-path", REPO, "--prompt", "a fox", "-o", str(out), HF_HUB_CACHE=str(hub_cache))
+    # not the real model's (1280x704, 121 frames, 50 steps: minutes on a CPU). The output as SGLang's flags say it, in
+    # a folder that does not exist yet.
+    sglang = ("--save-output", "--output-path", str(out.parent), "--output-file-name", "fox")
+    done = wanq(tmp_path, "generate", "--model-path", REPO, "--prompt", "a fox", *sglang, HF_HUB_CACHE=str(hub_cache))
     assert done.returncode == 0, done.stderr
     snapshot = hub_cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
     lines = done.stderr.splitlines()
@@ -245,3 +248,75 @@ def test_a_worker_whose_model_fails_to_load_stops_and_says_so(
     failures = [json.loads(line) for line in done.stderr.splitlines() if '"the model failed to load' in line]
     assert failures and "diffusion_pytorch_model.safetensors" in failures[0]["msg"]
     assert not own_redis.keys("wanq-load-fails:worker*")  # it left no heartbeat claiming a live worker behind
+
+
+# Where `wanq generate` writes, and what it checks before fetching a repository -----------------------------------
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_anything_loads(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    started = time.monotonic()
+    # The model path is wrong too: the output is checked first, and nothing slow has started.
+    done = wanq(tmp_path, "generate", "--model-path", "/nonexistent", "--prompt", "x", "-o", str(tmp_path / "a-file" / "x.mp4"))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"wanq generate: cannot write '{tmp_path / 'a-file' / 'x.mp4'}' (a file stands where its folder would be): give -o "
+        "a file in a folder you can write\n"
+    )
+    assert time.monotonic() - started < 30
+    done = wanq(tmp_path, "generate", "--model-path", "/nonexistent", "--prompt", "x", "-o", "x.mp4", "--output-path", "d")
+    assert done.returncode == 2
+    assert done.stderr == "wanq generate: give -o FILE, or --output-path DIR / --output-file-name NAME, not both\n"
+
+
+def _generate_args(**given: str | None) -> argparse.Namespace:
+    fields = {"output": None, "output_path": None, "output_file_name": None, "prompt": "A red fox, in the snow!"}
+    return argparse.Namespace(**{**fields, **given})
+
+
+def test_sglang_output_flags_compose_the_output_and_make_its_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from wanq.cli import _output_file
+
+    monkeypatch.chdir(tmp_path)
+    assert _output_file(_generate_args()) == Path("out.mp4")
+    # A folder alone: the prompt names the file.
+    assert _output_file(_generate_args(output_path="clips/new")) == Path("clips/new/A_red_fox_in_the_snow.mp4")
+    assert (tmp_path / "clips" / "new").is_dir()
+    assert _output_file(_generate_args(output_path="clips", output_file_name="fox")) == Path("clips/fox.mp4")
+    assert _output_file(_generate_args(output_file_name="fox.mp4")) == Path("fox.mp4")
+    assert _output_file(_generate_args(output="deep/er/x.mp4")) == Path("deep/er/x.mp4")
+    assert (tmp_path / "deep" / "er").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("command", "parallel"),
+    [
+        (["generate", "--prompt", "x"], ["--num-gpus", "4", "--ulysses-degree", "2", "--ring-degree", "2"]),
+        (["worker", "--model", "wan2.2-t2v-a14b"], ["--num-gpus", "4", "--ulysses-degree", "2", "--ring-degree", "2"]),
+        (["generate", "--prompt", "x"], ["--ulysses-degree", "2"]),  # degrees that do not make --num-gpus
+    ],
+)
+def test_the_gpus_are_checked_before_the_repository_is_fetched(
+    hub_cache: Path, tmp_path: Path, command: list[str], parallel: list[str]
+) -> None:
+    # The issue's command on this machine (no GPU; CI's has none either): offline, the repository is not in the cache,
+    # and 4 GPUs are asked for. Fetching it first would say that the cache lacks it (online: download ~120 GB).
+    done = wanq(tmp_path, *command, "--model-path", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", *parallel, HF_HUB_CACHE=str(hub_cache))
+    line = refused(done)
+    assert line.startswith(f"wanq {command[0]}: engine options this machine cannot run: "), line
+    assert "GPU" in line and "cache" not in line, line
+    assert done.stderr.count("\n") == 1
+
+
+def test_a_repository_of_another_model_is_refused_from_its_configs_alone(tiny: dict[str, Path], tmp_path: Path) -> None:
+    # A cache holding the I2V repository's model_index.json and configs, no weights: enough to refuse it for TI2V-5B.
+    cache = tmp_path / "hub"
+    snapshot = cache / f"models--{REPO.replace('/', '--')}" / "snapshots" / COMMIT
+    (cache / f"models--{REPO.replace('/', '--')}" / "refs").mkdir(parents=True)
+    (cache / f"models--{REPO.replace('/', '--')}" / "refs" / "main").write_text(COMMIT)
+    for name in ("model_index.json", "transformer/config.json", "transformer_2/config.json", "vae/config.json"):
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny["i2v-a14b"] / name, snapshot / name)
+    done = wanq(tmp_path, "worker", "--model", "wan2.2-ti2v-5b", "--model-path", REPO, HF_HUB_CACHE=str(cache))
+    assert refused(done).startswith("wanq worker: --model wan2.2-ti2v-5b needs a Wan2.2 TI2V-5B pipeline (")
+    assert "holds a Wan2.2 I2V-A14B pipeline" in refused(done)
