@@ -118,7 +118,8 @@ class VideoRequest(BaseModel):
         default=None,
         description="Step cache for this job (cache-dit DBCache; lossy, faster): an object of settings, each optional "
         '(fn, bn, warmup, rdt, mc, taylorseer, ts_order; e.g. {"rdt": 0.3}; omitted ones are the worker\'s), '
-        "or false for none; default: the worker's configured cache (WANQ_ENGINE_CACHE, none unless set).",
+        "true for the worker's settings (the same as {}), or false for none; default: the worker's configured cache "
+        "(WANQ_ENGINE_CACHE, none unless set).",
     )
     webhook_url: str | None = Field(
         default=None, description="http(s) URL told of this job's events, signed with the tenant's webhook secret."

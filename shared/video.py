@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.schemas import Expert, JobCache, JobRecord, JobStatus, Stage
+from shared.schemas import CacheStats, Expert, JobCache, JobRecord, JobStatus, Stage
 
 
 class VideoError(BaseModel):
@@ -88,6 +88,10 @@ class Video(BaseModel):
         description="The step cache the job asked for (cache-dit DBCache settings), false for none, "
         "null for the worker's configured default.",
     )
+    cache_stats: CacheStats | None = Field(
+        default=None,
+        description="What the step cache skipped in its latest run, once denoised; null when it ran without one.",
+    )
     started_at: int | None = Field(default=None, description="Unix seconds: when its first run started.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the latest run.")
     attempts: int = Field(ge=0, description="Runs that started (a worker that died mid-job makes one more).")
@@ -135,6 +139,7 @@ class Video(BaseModel):
             source_frames=spec.source_frames if spec.extend_from else None,
             loras=[VideoLora(name=x.name, sha256=x.sha256, strength=x.strength, expert=x.expert) for x in spec.loras],
             cache=spec.cache,
+            cache_stats=record.cache_stats,
             started_at=int(record.started_at) if record.started_at else None,
             timings=record.timings,
             attempts=record.attempts,

@@ -54,6 +54,13 @@ def add_commands(sub: Any) -> None:
         help="a LoRA of your library (repeat for several); EXPERT: both, high_noise, low_noise (A14B)",
     )
     p.add_argument("--guidance-scale", type=float)
+    p.add_argument(
+        "--cache",
+        type=_cache_arg,
+        metavar="on|off|JSON",
+        help="the step cache for this job (lossy, faster): on (the worker's settings), off, or settings as JSON, "
+        "e.g. '{\"rdt\": 0.3}'; default: the worker's configured cache",
+    )
     p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the video")
     p.add_argument("-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4)")
     common(p)
@@ -167,6 +174,19 @@ def _lora_arg(text: str) -> dict[str, Any]:
     if expert:
         entry["expert"] = expert
     return entry
+
+
+def _cache_arg(text: str) -> dict[str, Any] | bool:
+    """on / off / a JSON object -> the `cache` field (true, false or settings)."""
+    if text in ("on", "off"):
+        return text == "on"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: say on, off or settings as a JSON object, e.g. '{{\"rdt\": 0.3}}'")
+    return value
 
 
 # Errors ------------------------------------------------------------------------------------------
@@ -343,6 +363,17 @@ def estimate_after_denoising(video: Video, history: list[Video]) -> float | None
     return None
 
 
+def _cache_line(video: Video) -> str:
+    """'step cache skipped 42% of block computations, reused 3 of 8 steps (transformer), ...', or ''."""
+    stats = video.get("cache_stats")
+    if not stats:
+        return ""
+    reused = ", ".join(
+        f"{n} of {stats['steps'].get(expert, '?')} steps ({expert})" for expert, n in stats["steps_reused"].items()
+    )
+    return f"step cache skipped {stats['blocks_skipped_share']:.0%} of block computations, reused {reused}"
+
+
 def _label(video: Video, stage: str, step: int, total: int) -> str:
     if video["status"] in TERMINAL:
         return video["status"]
@@ -369,7 +400,7 @@ def _detail(video: Video, step: int, total: int) -> str:
 
 def cmd_submit(args: argparse.Namespace) -> None:
     names = ("model", "size", "seconds", "num_frames", "num_inference_steps", "fps", "negative_prompt", "seed", "guidance_scale")
-    fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events", "loras")}
+    fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events", "loras", "cache")}
     if args.image and not Path(args.image).is_file():
         raise UsageError(f"wanq submit: --image {args.image!r}: no such file")
 
@@ -401,6 +432,9 @@ def _follow(client: Client, video: Video, args: argparse.Namespace) -> None:
     if video["status"] != "completed":
         error = video.get("error") or {}
         raise SystemExit(f"wanq: job {video['id']} {video['status']}: {error.get('message', 'no reason given')}")
+    cache = _cache_line(video)
+    if cache:
+        print(f"wanq: {cache}", file=sys.stderr)
     variant: Variant = "image" if video.get("kind") == "image" else "video"
     out = Path(args.output or f"{video['id']}.{EXTENSIONS[variant]}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -461,6 +495,9 @@ def cmd_status(args: argparse.Namespace) -> None:
             print(f"  extends {video['extended_from_video_id']} by {video['num_frames'] - 1} frames")
         if video.get("remixed_from_video_id"):
             print(f"  remix of {video['remixed_from_video_id']}")
+        cache = _cache_line(video)
+        if cache:
+            print(f"  {cache}")
         if video.get("error"):
             print(f"  error {video['error'].get('code')}: {video['error'].get('message')}")
 

@@ -29,7 +29,7 @@ from shared.settings import Settings
 from shared.storage import CONTENT_TYPES, Storage
 from shared.store import JobStore
 from shared.timeouts import deadline, timeout_message
-from worker import export, extension, faults
+from worker import cache, export, extension, faults
 from worker.journal import RunJournal
 from worker.lora_cache import LoraCache
 
@@ -162,7 +162,17 @@ class JobRunner:
 
             result = self.engine.generate(spec, image, on_stage=on_stage, on_step=on_step)
             timings.update(result.timings)
-            self._progress(record, attempt, Stage.encoding_video, 0, 0, timings, generated_at=time.time())
+            stats = cache.summary(result.cache)
+            self._progress(
+                record,
+                attempt,
+                Stage.encoding_video,
+                0,
+                0,
+                timings,
+                generated_at=time.time(),
+                cache_stats=stats.model_dump() if stats else None,
+            )
             return "generated", result, timings, started
         except Exception as exc:
             self._release(claim)

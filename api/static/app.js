@@ -204,6 +204,14 @@ function stageText(job) {
   return text;
 }
 
+// What the step cache skipped, once denoised: "step cache skipped 42% (reused 3/8 steps of transformer, ...)".
+function cacheText(video) {
+  const stats = video.cache_stats;
+  if (!stats) return "";
+  const reused = Object.entries(stats.steps_reused).map(([expert, n]) => `${n}/${stats.steps[expert]} steps of ${expert}`);
+  return `step cache skipped ${Math.round(stats.blocks_skipped_share * 100)}% (reused ${reused.join(", ")})`;
+}
+
 function statusLabel(status) {
   return { queued: "queued", in_progress: "running", completed: "done", failed: "failed", canceled: "canceled" }[status] || status;
 }
@@ -221,6 +229,7 @@ function render(job) {
   const parts = [video.model, video.size, shape, `seed ${video.seed}`];
   if (video.extended_from_video_id) parts.push(`extends ${video.extended_from_video_id} by ${video.num_frames - 1} frames`);
   if (video.remixed_from_video_id) parts.push(`remix of ${video.remixed_from_video_id}`);
+  if (video.cache_stats) parts.push(cacheText(video));
   el.querySelector(".meta").textContent = [...parts, created].join(" · ");
   const progress = el.querySelector("progress");
   progress.value = video.progress;
