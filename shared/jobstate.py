@@ -90,6 +90,7 @@ def claim(store: JobStore, record: JobRecord, *, worker: str, deadline_at: float
             "attempt_started_at": now,
             "deadline_at": deadline_at,
             "cache_stats": None,  # the previous run's, if any
+            "estimated_completed_at": None,
         },
         attempts=record.attempts,
     )

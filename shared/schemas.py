@@ -270,6 +270,8 @@ class JobRecord(BaseModel):
     """A remix: the job whose parameters, seed (and image) it reuses with a new prompt."""
     cache_stats: CacheStats | None = None
     """What the step cache skipped in the latest run (None: it ran without one, or has not denoised yet)."""
+    estimated_completed_at: float | None = None
+    """The running attempt's estimate of when it completes (shared/estimate.py); None: nothing to go by yet."""
 
     # Redis' Lua cjson turns empty JSON objects into empty arrays; read them back as objects.
     @field_validator("timings", "outputs", mode="before")

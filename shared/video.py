@@ -4,6 +4,7 @@ plus wanq's own fields). One pydantic model, used to build the answers and to ge
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -102,6 +103,13 @@ class Video(BaseModel):
     estimated_start_at: int | None = Field(
         default=None, description="Only while queued: a rough start time (Unix seconds) from recent run times."
     )
+    eta_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Only while in progress: seconds until it completes, from this run's own step times once a step "
+        "has run, before that from the last finished run of the same model at the same size; null when there is "
+        "nothing to go by (the first run at a size has no estimate before it ends).",
+    )
     tenant: str | None = Field(default=None, description="Admin listings only: whose job it is.")
 
     @classmethod
@@ -144,6 +152,7 @@ class Video(BaseModel):
             timings=record.timings,
             attempts=record.attempts,
             cancel_requested=record.cancel_requested,
+            eta_s=_seconds_left(record),
             **extra,
         )
 
@@ -151,6 +160,12 @@ class Video(BaseModel):
         """As JSON-ready data: every field `of` sets; queue_position, estimated_start_at and tenant only where they
         were given (routes answer with `response_model_exclude_unset=True`, the same)."""
         return self.model_dump(mode="json", exclude_unset=True)
+
+
+def _seconds_left(record: JobRecord) -> float | None:
+    if record.status is not JobStatus.in_progress or record.estimated_completed_at is None:
+        return None
+    return round(max(0.0, record.estimated_completed_at - time.time()), 1)
 
 
 class VideoList(BaseModel):

@@ -23,8 +23,6 @@ from wanq.config import DEFAULT_URL, UsageError, load_client_settings
 
 T = TypeVar("T")
 EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg", "image": "png"}
-# What comes after denoising, each stage timed in a finished job's `timings`.
-AFTER_DENOISING = ("decoding", "encoding_video", "uploading")
 
 
 def add_commands(sub: Any) -> None:
@@ -262,11 +260,8 @@ def _clock(seconds: float) -> str:
 class ProgressBar:
     """Stage, step i/N, elapsed and estimated remaining time, fed by the job's events.
 
-    On a terminal: one line, redrawn. Elsewhere (a pipe, a CI log): one plain line per change of stage or step.
-    Denoising's share of the estimate comes from the measured time per step, so queue wait and model loading don't
-    skew it. What follows denoising (decoding, encoding the MP4, uploading) is not paced by steps: `after_denoising_s`
-    is its measured time on an earlier job (`estimate_after_denoising`); without one, the estimate says it covers
-    denoising only."""
+    On a terminal: one line, redrawn. Elsewhere (a pipe, a CI log): one plain line per change of stage or step. The
+    time left is the server's (`eta_s`, the same the web page shows): none until there is something to go by."""
 
     def __init__(
         self,
@@ -274,17 +269,12 @@ class ProgressBar:
         *,
         width: int = 24,
         clock: Callable[[], float] = time.monotonic,
-        after_denoising_s: float | None = None,
     ) -> None:
         self.out = out
         self.width = width
         self.clock = clock
         self.tty = out.isatty()
         self.started = clock()
-        self.after_denoising_s = after_denoising_s
-        self.first_step: tuple[int, float] | None = None
-        self.seconds_per_step: float | None = None
-        self.denoised_at: float | None = None
         self.last_key: tuple[Any, ...] | None = None
         self.drawn = False
 
@@ -293,20 +283,12 @@ class ProgressBar:
         status, stage, step = video["status"], video.get("stage") or video["status"], int(video.get("step") or 0)
         total = int(video.get("total_steps") or 0)
         pct = max(0, min(100, int(video.get("progress") or 0)))
-        if stage == "denoising" and step > 0:
-            if self.first_step is None or step < self.first_step[0]:
-                self.first_step = (step, now)
-            elif step > self.first_step[0]:
-                self.seconds_per_step = (now - self.first_step[1]) / (step - self.first_step[0])
-        if stage in AFTER_DENOISING and self.denoised_at is None:
-            self.denoised_at = now
-
         label = _label(video, stage, step, total)
         key = (status, stage, step, video.get("queue_position"))
         if not self.tty and key == self.last_key:
             return
         self.last_key = key
-        timing = f"{_clock(now - self.started)}" + self._remaining(status, stage, step, total, now)
+        timing = f"{_clock(now - self.started)}" + _remaining(video)
         if self.tty:
             filled = self.width * pct // 100
             line = f"[{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}%  {label}  {timing}"
@@ -317,50 +299,18 @@ class ProgressBar:
             self.out.write(f"{pct:3d}%  {label}  {timing}\n")
         self.out.flush()
 
-    def _remaining(self, status: str, stage: str, step: int, total: int, now: float) -> str:
-        """', ~0:41 left', ', ~12s of denoising left' (nothing measured yet for what follows), or ''."""
-        if status != "in_progress":
-            return ""
-        after = self.after_denoising_s
-        if stage == "denoising" and self.seconds_per_step is not None and total:
-            denoising = (total - step) * self.seconds_per_step
-            if after is None:
-                return f", ~{_clock(denoising)} of denoising left" if denoising >= 1 else ""
-            left = denoising + after
-        elif stage in AFTER_DENOISING and after is not None and self.denoised_at is not None:
-            left = after - (now - self.denoised_at)
-        else:
-            return ""
-        # Under a second left says nothing useful.
-        return f", ~{_clock(left)} left" if left >= 1 else ""
-
     def close(self) -> None:
         if self.tty and self.drawn:
             self.out.write("\n")
             self.out.flush()
 
 
-def _pixel_frames(video: Video) -> float:
-    width, _, height = str(video.get("size") or "0x0").partition("x")
-    try:
-        return float(int(width) * int(height) * int(video.get("num_frames") or 0))
-    except ValueError:
-        return 0.0
-
-
-def estimate_after_denoising(video: Video, history: list[Video]) -> float | None:
-    """Seconds that decoding, encoding the MP4 and uploading will take for `video`: from the newest completed job of
-    the same model in `history` that timed them, scaled by width x height x frames (what they are proportional to)."""
-    size = _pixel_frames(video)
-    for earlier in history:
-        timings = earlier.get("timings") or {}
-        if earlier.get("id") == video.get("id") or earlier.get("model") != video.get("model"):
-            continue
-        if earlier.get("status") != "completed" or not all(stage in timings for stage in AFTER_DENOISING):
-            continue
-        measured, earlier_size = sum(float(timings[stage]) for stage in AFTER_DENOISING), _pixel_frames(earlier)
-        return measured * size / earlier_size if size and earlier_size else measured
-    return None
+def _remaining(video: Video) -> str:
+    """', ~0:41 left' from the server's estimate, or ''."""
+    eta = video.get("eta_s")
+    if video["status"] != "in_progress" or eta is None or eta < 1:  # under a second left says nothing useful
+        return ""
+    return f", ~{_clock(eta)} left"
 
 
 def _cache_line(video: Video) -> str:
@@ -416,11 +366,7 @@ def _follow(client: Client, video: Video, args: argparse.Namespace) -> None:
     print(video_id, flush=True)
     if not (args.wait or args.output):
         return
-    try:
-        after = estimate_after_denoising(video, client.list(limit=20)["data"])
-    except WanqClientError:
-        after = None
-    bar = ProgressBar(after_denoising_s=after)
+    bar = ProgressBar()
     try:
         for event in client.events(video_id):
             bar.update(event)

@@ -8,7 +8,6 @@ const TERMINAL = new Set(["completed", "failed", "canceled"]);
 // Browsers open at most six HTTP/1.1 connections per server: keep some for everything else.
 const MAX_STREAMS = 4;
 const POLL_MS = 3000;
-const DENOISE_SPAN = 83; // share of the progress bar that denoising covers (5 -> 88 %)
 const STAGES = {
   queued: "Queued",
   loading: "Loading the model",
@@ -21,7 +20,7 @@ const STAGES = {
 };
 
 const $ = (selector) => document.querySelector(selector);
-const jobs = new Map(); // id -> {video, el, timing, media}
+const jobs = new Map(); // id -> {video, el, media}
 const streams = new Map(); // id -> AbortController
 let models = [];
 
@@ -171,15 +170,6 @@ function clock(seconds) {
   return s >= 60 ? `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}` : `${s}s`;
 }
 
-function trackTiming(job, video) {
-  const now = performance.now() / 1000;
-  const t = job.timing;
-  if (video.stage === "denoising" && video.step > 0) {
-    if (!t.firstStep || video.step < t.firstStep[0]) t.firstStep = [video.step, now];
-    else if (video.step > t.firstStep[0]) t.secondsPerStep = (now - t.firstStep[1]) / (video.step - t.firstStep[0]);
-  }
-}
-
 function stageText(job) {
   const video = job.video;
   if (video.status === "queued") {
@@ -199,8 +189,8 @@ function stageText(job) {
   if (video.cancel_requested) text += " · stopping";
   const now = Date.now() / 1000;
   if (video.started_at) text += ` · ${clock(now - video.started_at)} elapsed`;
-  const perStep = job.timing.secondsPerStep;
-  if (perStep && video.progress < 100) text += ` · ~${clock(((100 - video.progress) * perStep * video.total_steps) / DENOISE_SPAN)} left`;
+  // The server's estimate (the CLI shows the same): none until there is something to go by.
+  if (video.eta_s != null && video.eta_s >= 1) text += ` · ~${clock(video.eta_s)} left`;
   return text;
 }
 
@@ -251,7 +241,6 @@ function render(job) {
 function update(video) {
   let job = jobs.get(video.id);
   if (!job) return;
-  trackTiming(job, video);
   job.video = video;
   render(job);
 }
@@ -267,7 +256,7 @@ function addJob(video, { prepend = false } = {}) {
   el.querySelector(".remix").addEventListener("click", () => openFollowup(video.id, "remix"));
   el.querySelector(".followup-close").addEventListener("click", () => (el.querySelector(".followup").hidden = true));
   el.querySelector(".followup").addEventListener("submit", (event) => submitFollowup(event, video.id));
-  const job = { video, el, timing: {}, media: null, added: performance.now() };
+  const job = { video, el, media: null, added: performance.now() };
   jobs.set(video.id, job);
   const list = $("#jobs");
   if (prepend) list.prepend(el);

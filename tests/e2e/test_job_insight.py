@@ -1,5 +1,5 @@
 """What a job tells about itself while and after it runs: what the step cache skipped (the video object, `wanq status`,
-the page) and the time left."""
+the page) and the time left (`eta_s`)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
 import pytest
 
+from shared.store import JobStore
 from tests.api.test_web_page import CHROMIUM, CHROMIUM_ARGS, needs_chromium
-from tests.conftest import SMALL, wait_for_status
+from tests.conftest import LATE, SMALL, wait_for_status
+from tests.faulty import Workers
 from wanq.stack import DEV_ADMIN_KEY_ENV, Stack
 
 CACHED = {"prompt": "a cached lighthouse", "model": "tiny-t2v-a14b", **SMALL, "num_inference_steps": 8, "seed": 5}
@@ -102,3 +105,40 @@ def test_the_page_shows_the_cache_statistics_on_the_card(stack: Stack, cached_vi
             assert f"step cache skipped {share}% (reused {reused[0]}/{reused[1]} steps of transformer" in page.inner_text(meta)
         finally:
             browser.close()
+
+
+def _follow(api: httpx.Client, video_id: str) -> list[tuple[float, dict[str, Any]]]:
+    """Every answer about the job until it ends, each with the moment it came."""
+    seen: list[tuple[float, dict[str, Any]]] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        video = api.get(f"/v1/videos/{video_id}").json()
+        seen.append((time.time(), video))
+        if video["status"] in ("completed", "failed", "canceled"):
+            return seen
+        time.sleep(0.1)
+    raise AssertionError(f"{video_id} did not end: {seen[-1]}")
+
+
+def test_the_time_left_comes_from_the_runs_own_steps(workers: Workers, api: httpx.Client, store: JobStore) -> None:
+    workers.start()
+    # Steps of 0.5 s at least (fault injection), at a size no other test runs.
+    job = {"model": LATE, "prompt": "[[fault:sleep@1]] a slow fox", "size": "80x48", "num_frames": 5, "num_inference_steps": 8}
+    first = api.post("/v1/videos", json=job).json()
+    seen = _follow(api, first["id"])
+    assert seen[-1][1]["status"] == "completed", seen[-1]
+    # The first run at this size: nothing to go by (what follows the steps is unknown), so no number at all.
+    assert all(video["eta_s"] is None for _, video in seen), [v["eta_s"] for _, v in seen]
+
+    second = api.post("/v1/videos", json=job | {"seed": 2}).json()
+    seen = _follow(api, second["id"])
+    assert seen[-1][1]["status"] == "completed", seen[-1]
+    record = store.get(second["id"])
+    assert record is not None and record.completed_at is not None
+    running = [(t, v) for t, v in seen if v["status"] == "in_progress"]
+    assert running and all(v["eta_s"] is not None for _, v in running), running
+    mid = [(t, v) for t, v in running if v["stage"] == "denoising" and 2 <= v["step"] <= 6]
+    assert mid, running
+    for t, video in mid:  # within a second or two of the real end, a run of 5 s or more
+        assert abs(t + video["eta_s"] - record.completed_at) < 2.0, (video["step"], t + video["eta_s"], record.completed_at)
+    assert all(v["eta_s"] is None for _, v in seen if v["status"] != "in_progress")
