@@ -89,6 +89,8 @@ def claim(store: JobStore, record: JobRecord, *, worker: str, deadline_at: float
             "started_at": record.started_at or now,
             "attempt_started_at": now,
             "deadline_at": deadline_at,
+            "cache_stats": None,  # the previous run's, if any
+            "estimated_completed_at": None,
         },
         attempts=record.attempts,
     )

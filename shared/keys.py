@@ -25,6 +25,7 @@ KEY_MAP: list[tuple[str, str, str]] = [
     ("expiring", "zset", "completed jobs by expires_at (their outputs are deleted then)"),
     ("finished:{model}", "hash", "status -> number of jobs that ended so (metrics)"),
     ("durations:{model}", "list", "recent run times in seconds (start estimates)"),
+    ("runtimes:{model}", "hash", "video tokens -> the latest run's seconds before, per and after its steps (time left)"),
     ("worker:{worker}", "string", "a live worker's heartbeat, JSON, expiring"),
     ("workers:{model}", "zset", "the model's workers by last heartbeat"),
     ("pending:{model}:{tenant}", "zset", "the tenant's jobs waiting for dispatch, by creation time"),
@@ -96,6 +97,9 @@ class Keys:
 
     def durations(self, model: str) -> str:
         return self._k("durations", model)
+
+    def runtimes(self, model: str) -> str:
+        return self._k("runtimes", model)
 
     # Workers
     def worker(self, worker_id: str) -> str:

@@ -17,6 +17,7 @@ import logging
 import re
 import sys
 import time
+import warnings
 from typing import Any
 
 _SECRET = re.compile(r"(wq_[A-Za-z0-9_\-]{8,}|whsec_[A-Za-z0-9+/=]{8,}|Bearer\s+\S+)")
@@ -69,10 +70,45 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# What the libraries say at every start that a user of wanq can do nothing about: (logger, start of the message).
+_NOT_THE_USERS_BUSINESS = (
+    # torchao's optional compiled kernels (MXFP8, CUTLASS sm90a) are built for another Python or CUDA than the wheel
+    # runs on; wanq's FP8 path (worker/fp8.py) ends in torch's own `_scaled_mm`, not in them.
+    ("torchao", re.compile(r"Failed to load .*torchao/_C")),
+    # torchao's int8 matmul kernels need Triton; wanq never calls them (no Triton on CPU machines, the GPU images have it).
+    ("torchao.kernel.intmm", re.compile(r"Warning: Detected no triton")),
+    # torchao registers its enums in a way torch now deprecates: a notice for torchao's maintainers.
+    ("torch.utils._pytree", re.compile(r"<enum '\w+'> is an Enum subclass and is now natively supported by torch.compile")),
+    # The same torchao build: diffusers cannot read torchao-serialized checkpoints, which wanq never loads (it
+    # quantizes at load time).
+    ("diffusers.quantizers.torchao.torchao_quantizer", re.compile(r"Unable to import `torchao` Tensor objects")),
+    # Without torchvision, transformers uses the PIL image processor, which gives the image-to-video pipelines the same
+    # input; torchvision would add a large download for nothing.
+    ("transformers.utils.import_utils", re.compile(r"`CLIPImageProcessor` requires torchvision")),
+)
+
+
+class NotTheUsersBusiness(logging.Filter):
+    """Drops the lines of `_NOT_THE_USERS_BUSINESS`; every other line of the same loggers still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(record.name == name and pattern.match(record.getMessage()) for name, pattern in _NOT_THE_USERS_BUSINESS)
+
+
+def _ignore_warnings() -> None:
+    # wanq's LoRA slots (worker/lora_slots.py) put several adapters into each transformer on purpose.
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", module="peft")
+    # Celery warns a worker run as root that pickled messages could run code: wanq's Celery accepts JSON only
+    # (shared/queue.py), and the images run the worker as root for the GPU device files.
+    warnings.filterwarnings("ignore", message="You're running the worker with superuser privileges", module="celery")
+
+
 def configure(level: str | int = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(ContextFilter())
+    handler.addFilter(NotTheUsersBusiness())
+    _ignore_warnings()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level if isinstance(level, int) else level.upper())

@@ -116,23 +116,38 @@ class CacheOptions(BaseModel):
         return {key: value for key, value in handler(self).items() if value is not None}
 
 
+class CacheStats(BaseModel):
+    """What the step cache skipped in a job's run; per expert: `transformer` (A14B's high-noise expert, TI2V-5B's
+    only one) and `transformer_2` (A14B's low-noise expert)."""
+
+    blocks_skipped_share: float = Field(
+        ge=0, le=1, description="Share of the transformer block computations skipped (each guidance pass counted)."
+    )
+    steps: dict[str, int] = Field(description="Denoising steps each expert ran.")
+    steps_reused: dict[str, int] = Field(
+        description="Steps on which each expert skipped its middle blocks and reused their residual from an earlier step."
+    )
+
+
 JobCache = CacheOptions | Literal[False] | None
 """What a job says about caching: settings (`{}` = the worker's), False = none for this job, None = the worker's default."""
 
 
 def parse_job_cache(value: Any) -> CacheOptions | Literal[False] | None:
-    """The `cache` field from JSON (an object or false) or a form field (the same as JSON text)."""
+    """The `cache` field from JSON (an object, true or false) or a form field (the same as JSON text); true is `{}`:
+    the cache on, with the worker's settings."""
     if isinstance(value, str):  # multipart/form-data sends every field as text
         try:
             value = json.loads(value)
         except ValueError:
-            raise ValueError('must be a JSON object such as {"rdt": 0.3}, or false') from None
-    if value == []:  # Redis' Lua cjson writes an empty object back as an empty array
+            raise ValueError('must be a JSON object such as {"rdt": 0.3}, true or false') from None
+    # true: the cache on with the worker's settings; []: Redis' Lua cjson writes an empty object back as an empty array
+    if value is True or value == []:
         value = {}
     if value is None or value is False or isinstance(value, CacheOptions):
         return value
     if not isinstance(value, dict):
-        raise ValueError('must be an object such as {"rdt": 0.3}, or false')
+        raise ValueError('must be an object such as {"rdt": 0.3}, true or false')
     try:
         return CacheOptions.model_validate(value)
     except ValidationError as exc:
@@ -253,6 +268,10 @@ class JobRecord(BaseModel):
     webhook_events: list[str] | None = None
     remixed_from: str | None = None
     """A remix: the job whose parameters, seed (and image) it reuses with a new prompt."""
+    cache_stats: CacheStats | None = None
+    """What the step cache skipped in the latest run (None: it ran without one, or has not denoised yet)."""
+    estimated_completed_at: float | None = None
+    """The running attempt's estimate of when it completes (shared/estimate.py); None: nothing to go by yet."""
 
     # Redis' Lua cjson turns empty JSON objects into empty arrays; read them back as objects.
     @field_validator("timings", "outputs", mode="before")

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from shared import lua
+from shared.estimate import RunTimes
 from shared.keys import Keys, text
 from shared.redisconn import connect
 from shared.schemas import JobRecord
@@ -139,6 +140,14 @@ class JobStore:
     def mean_duration(self, model: str) -> float | None:
         values = [float(v) for v in self.redis.lrange(self.keys.durations(model), 0, -1)]
         return sum(values) / len(values) if values else None
+
+    def record_run_times(self, model: str, tokens: int, times: RunTimes) -> None:
+        self.redis.hset(self.keys.runtimes(model), str(tokens), times.dumps())
+
+    def run_times(self, model: str, tokens: int) -> RunTimes | None:
+        """The latest finished run's times of the model at this many video tokens (shared/estimate.py)."""
+        raw = self.redis.hget(self.keys.runtimes(model), str(tokens))
+        return RunTimes.loads(raw) if raw else None
 
     # Workers -------------------------------------------------------------------------------------
     def heartbeat(self, worker_id: str, model: str, info: dict[str, Any], ttl_s: float) -> None:

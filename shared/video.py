@@ -4,11 +4,12 @@ plus wanq's own fields). One pydantic model, used to build the answers and to ge
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.schemas import Expert, JobCache, JobRecord, JobStatus, Stage
+from shared.schemas import CacheStats, Expert, JobCache, JobRecord, JobStatus, Stage
 
 
 class VideoError(BaseModel):
@@ -95,6 +96,10 @@ class Video(BaseModel):
         description="The step cache the job asked for (cache-dit DBCache settings), false for none, "
         "null for the worker's configured default.",
     )
+    cache_stats: CacheStats | None = Field(
+        default=None,
+        description="What the step cache skipped in its latest run, once denoised; null when it ran without one.",
+    )
     started_at: int | None = Field(default=None, description="Unix seconds: when its first run started.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the latest run.")
     attempts: int = Field(ge=0, description="Runs that started (a worker that died mid-job makes one more).")
@@ -104,6 +109,13 @@ class Video(BaseModel):
     )
     estimated_start_at: int | None = Field(
         default=None, description="Only while queued: a rough start time (Unix seconds) from recent run times."
+    )
+    eta_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="Only while in progress: seconds until it completes, from this run's own step times once a step "
+        "has run, before that from the last finished run of the same model at the same size; null when there is "
+        "nothing to go by (the first run at a size has no estimate before it ends).",
     )
     tenant: str | None = Field(default=None, description="Admin listings only: whose job it is.")
 
@@ -143,10 +155,12 @@ class Video(BaseModel):
             source_frames=spec.source_frames if spec.extend_from else None,
             loras=[VideoLora(name=x.name, sha256=x.sha256, strength=x.strength, expert=x.expert) for x in spec.loras],
             cache=spec.cache,
+            cache_stats=record.cache_stats,
             started_at=int(record.started_at) if record.started_at else None,
             timings=record.timings,
             attempts=record.attempts,
             cancel_requested=record.cancel_requested,
+            eta_s=_seconds_left(record),
             **extra,
         )
 
@@ -154,6 +168,12 @@ class Video(BaseModel):
         """As JSON-ready data: every field `of` sets; queue_position, estimated_start_at and tenant only where they
         were given (routes answer with `response_model_exclude_unset=True`, the same)."""
         return self.model_dump(mode="json", exclude_unset=True)
+
+
+def _seconds_left(record: JobRecord) -> float | None:
+    if record.status is not JobStatus.in_progress or record.estimated_completed_at is None:
+        return None
+    return round(max(0.0, record.estimated_completed_at - time.time()), 1)
 
 
 class VideoList(BaseModel):

@@ -24,8 +24,6 @@ from wanq.config import DEFAULT_URL, UsageError, load_client_settings
 
 T = TypeVar("T")
 EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg", "image": "png"}
-# What comes after denoising, each stage timed in a finished job's `timings`.
-AFTER_DENOISING = ("decoding", "encoding_video", "uploading")
 
 
 def add_commands(sub: Any) -> None:
@@ -55,6 +53,13 @@ def add_commands(sub: Any) -> None:
         help="a LoRA of your library (repeat for several); EXPERT: both, high_noise, low_noise (A14B)",
     )
     p.add_argument("--guidance-scale", type=float)
+    p.add_argument(
+        "--cache",
+        type=_cache_arg,
+        metavar="on|off|JSON",
+        help="the step cache for this job (lossy, faster): on (the worker's settings), off, or settings as JSON, "
+        "e.g. '{\"rdt\": 0.3}'; default: the worker's configured cache",
+    )
     p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the video")
     p.add_argument("-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4)")
     common(p)
@@ -170,6 +175,19 @@ def _lora_arg(text: str) -> dict[str, Any]:
     return entry
 
 
+def _cache_arg(text: str) -> dict[str, Any] | bool:
+    """on / off / a JSON object -> the `cache` field (true, false or settings)."""
+    if text in ("on", "off"):
+        return text == "on"
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r}: say on, off or settings as a JSON object, e.g. '{{\"rdt\": 0.3}}'")
+    return value
+
+
 # Errors ------------------------------------------------------------------------------------------
 
 
@@ -253,11 +271,8 @@ def _clock(seconds: float) -> str:
 class ProgressBar:
     """Stage, step i/N, elapsed and estimated remaining time, fed by the job's events.
 
-    On a terminal: one line, redrawn. Elsewhere (a pipe, a CI log): one plain line per change of stage or step.
-    Denoising's share of the estimate comes from the measured time per step, so queue wait and model loading don't
-    skew it. What follows denoising (decoding, encoding the MP4, uploading) is not paced by steps: `after_denoising_s`
-    is its measured time on an earlier job (`estimate_after_denoising`); without one, the estimate says it covers
-    denoising only."""
+    On a terminal: one line, redrawn. Elsewhere (a pipe, a CI log): one plain line per change of stage or step. The
+    time left is the server's (`eta_s`, the same the web page shows): none until there is something to go by."""
 
     def __init__(
         self,
@@ -265,17 +280,12 @@ class ProgressBar:
         *,
         width: int = 24,
         clock: Callable[[], float] = time.monotonic,
-        after_denoising_s: float | None = None,
     ) -> None:
         self.out = out
         self.width = width
         self.clock = clock
         self.tty = out.isatty()
         self.started = clock()
-        self.after_denoising_s = after_denoising_s
-        self.first_step: tuple[int, float] | None = None
-        self.seconds_per_step: float | None = None
-        self.denoised_at: float | None = None
         self.last_key: tuple[Any, ...] | None = None
         self.drawn = False
 
@@ -284,20 +294,12 @@ class ProgressBar:
         status, stage, step = video["status"], video.get("stage") or video["status"], int(video.get("step") or 0)
         total = int(video.get("total_steps") or 0)
         pct = max(0, min(100, int(video.get("progress") or 0)))
-        if stage == "denoising" and step > 0:
-            if self.first_step is None or step < self.first_step[0]:
-                self.first_step = (step, now)
-            elif step > self.first_step[0]:
-                self.seconds_per_step = (now - self.first_step[1]) / (step - self.first_step[0])
-        if stage in AFTER_DENOISING and self.denoised_at is None:
-            self.denoised_at = now
-
         label = _label(video, stage, step, total)
         key = (status, stage, step, video.get("queue_position"))
         if not self.tty and key == self.last_key:
             return
         self.last_key = key
-        timing = f"{_clock(now - self.started)}" + self._remaining(status, stage, step, total, now)
+        timing = f"{_clock(now - self.started)}" + _remaining(video)
         if self.tty:
             filled = self.width * pct // 100
             line = f"[{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}%  {label}  {timing}"
@@ -308,50 +310,29 @@ class ProgressBar:
             self.out.write(f"{pct:3d}%  {label}  {timing}\n")
         self.out.flush()
 
-    def _remaining(self, status: str, stage: str, step: int, total: int, now: float) -> str:
-        """', ~0:41 left', ', ~12s of denoising left' (nothing measured yet for what follows), or ''."""
-        if status != "in_progress":
-            return ""
-        after = self.after_denoising_s
-        if stage == "denoising" and self.seconds_per_step is not None and total:
-            denoising = (total - step) * self.seconds_per_step
-            if after is None:
-                return f", ~{_clock(denoising)} of denoising left" if denoising >= 1 else ""
-            left = denoising + after
-        elif stage in AFTER_DENOISING and after is not None and self.denoised_at is not None:
-            left = after - (now - self.denoised_at)
-        else:
-            return ""
-        # Under a second left says nothing useful.
-        return f", ~{_clock(left)} left" if left >= 1 else ""
-
     def close(self) -> None:
         if self.tty and self.drawn:
             self.out.write("\n")
             self.out.flush()
 
 
-def _pixel_frames(video: Video) -> float:
-    width, _, height = str(video.get("size") or "0x0").partition("x")
-    try:
-        return float(int(width) * int(height) * int(video.get("num_frames") or 0))
-    except ValueError:
-        return 0.0
+def _remaining(video: Video) -> str:
+    """', ~0:41 left' from the server's estimate, or ''."""
+    eta = video.get("eta_s")
+    if video["status"] != "in_progress" or eta is None or eta < 1:  # under a second left says nothing useful
+        return ""
+    return f", ~{_clock(eta)} left"
 
 
-def estimate_after_denoising(video: Video, history: list[Video]) -> float | None:
-    """Seconds that decoding, encoding the MP4 and uploading will take for `video`: from the newest completed job of
-    the same model in `history` that timed them, scaled by width x height x frames (what they are proportional to)."""
-    size = _pixel_frames(video)
-    for earlier in history:
-        timings = earlier.get("timings") or {}
-        if earlier.get("id") == video.get("id") or earlier.get("model") != video.get("model"):
-            continue
-        if earlier.get("status") != "completed" or not all(stage in timings for stage in AFTER_DENOISING):
-            continue
-        measured, earlier_size = sum(float(timings[stage]) for stage in AFTER_DENOISING), _pixel_frames(earlier)
-        return measured * size / earlier_size if size and earlier_size else measured
-    return None
+def _cache_line(video: Video) -> str:
+    """'step cache skipped 42% of block computations, reused 3 of 8 steps (transformer), ...', or ''."""
+    stats = video.get("cache_stats")
+    if not stats:
+        return ""
+    reused = ", ".join(
+        f"{n} of {stats['steps'].get(expert, '?')} steps ({expert})" for expert, n in stats["steps_reused"].items()
+    )
+    return f"step cache skipped {stats['blocks_skipped_share']:.0%} of block computations, reused {reused}"
 
 
 def _label(video: Video, stage: str, step: int, total: int) -> str:
@@ -380,7 +361,7 @@ def _detail(video: Video, step: int, total: int) -> str:
 
 def cmd_submit(args: argparse.Namespace) -> None:
     names = ("model", "size", "seconds", "num_frames", "num_inference_steps", "fps", "negative_prompt", "seed", "guidance_scale")
-    fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events", "loras")}
+    fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events", "loras", "cache")}
     if args.image and not Path(args.image).is_file():
         raise UsageError(f"wanq submit: --image {args.image!r}: no such file")
 
@@ -396,11 +377,7 @@ def _follow(client: Client, video: Video, args: argparse.Namespace) -> None:
     print(video_id, flush=True)
     if not (args.wait or args.output):
         return
-    try:
-        after = estimate_after_denoising(video, client.list(limit=20)["data"])
-    except WanqClientError:
-        after = None
-    bar = ProgressBar(after_denoising_s=after)
+    bar = ProgressBar()
     try:
         for event in client.events(video_id):
             bar.update(event)
@@ -412,6 +389,9 @@ def _follow(client: Client, video: Video, args: argparse.Namespace) -> None:
     if video["status"] != "completed":
         error = video.get("error") or {}
         raise SystemExit(f"wanq: job {video['id']} {video['status']}: {error.get('message', 'no reason given')}")
+    cache = _cache_line(video)
+    if cache:
+        print(f"wanq: {cache}", file=sys.stderr)
     variant: Variant = "image" if video.get("kind") == "image" else "video"
     out = Path(args.output or f"{video['id']}.{EXTENSIONS[variant]}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -476,6 +456,9 @@ def cmd_status(args: argparse.Namespace) -> None:
             print(f"  extends {video['extended_from_video_id']} by {video['num_frames'] - 1} frames")
         if video.get("remixed_from_video_id"):
             print(f"  remix of {video['remixed_from_video_id']}")
+        cache = _cache_line(video)
+        if cache:
+            print(f"  {cache}")
         if video.get("error"):
             print(f"  error {video['error'].get('code')}: {video['error'].get('message')}")
 

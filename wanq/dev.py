@@ -85,7 +85,7 @@ def start_dev_stack(
             stack.start_worker(model)
         for model in models:
             stack.wait_for_workers(model, 1, timeout=180)
-        for line in banner(api, models, open_mode=open_mode) if announce else []:
+        for line in banner(api, models, open_mode=open_mode, logs=workdir / "logs") if announce else []:
             print(f"wanq dev: {line}", file=sys.stderr)
         return stack
     except BaseException:
@@ -93,11 +93,13 @@ def start_dev_stack(
         raise
 
 
-def banner(api: str, models: tuple[str, ...], *, open_mode: bool) -> list[str]:
-    """What a person needs once the stack is up: where the page, the docs and the API are, and which key to use."""
+def banner(api: str, models: tuple[str, ...], *, open_mode: bool, logs: Path) -> list[str]:
+    """What a person needs once the stack is up: where the page, the docs, the API and the logs are, and which key
+    to use."""
     lines = [
         f"ready: the web page at {api}/ , the API docs at {api}/docs , the API at {api}/v1",
         f"models: {', '.join(models)} (tiny random-weight pipelines: their videos are noise, made in seconds on a CPU)",
+        f"logs: {logs.resolve()}/ , one file per process (api-*.log, worker-MODEL-0.log with a line per job, ...)",
     ]
     if open_mode:
         lines.append(

@@ -342,7 +342,8 @@ class Stack:
         count = sum(1 for p in self.processes if p.name.startswith(f"worker-{model}"))
         return self.spawn(
             name or f"worker-{model}-{count}",
-            [sys.executable, "-m", "wanq", "worker", "--model", model, "--model-path", str(path), "--loglevel", "WARNING"],
+            # INFO: a line as each job starts and ends (which job, which worker, how long), in the worker's log.
+            [sys.executable, "-m", "wanq", "worker", "--model", model, "--model-path", str(path), "--loglevel", "INFO"],
             extra_env,
         )
 

@@ -27,7 +27,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from shared.schemas import CacheOptions, JobCache
+from shared.schemas import CacheOptions, CacheStats, JobCache
 from shared.settings import EngineSettings
 
 log = logging.getLogger("wanq.engine")
@@ -83,6 +83,17 @@ def check_fits(setting: DBCacheSetting, pipe: Any) -> None:
     blocks = min(len(m.blocks) for m in _experts(pipe))
     if setting.fn + setting.bn > blocks:
         raise InvalidRequest(f"invalid 'cache' fn {setting.fn} + bn {setting.bn}: the model has {blocks} blocks", param="cache")
+
+
+def summary(stats: dict[str, Any] | None) -> CacheStats | None:
+    """A job's public statistics (the video object's `cache_stats`) from `StepCache.stats()`; None: it ran uncached."""
+    if stats is None or stats["setting"] is None:
+        return None
+    return CacheStats(
+        blocks_skipped_share=stats["blocks_skipped_share"],
+        steps={e["expert"]: e["steps"] for e in stats["experts"]},
+        steps_reused={e["expert"]: e["steps_reused"] for e in stats["experts"]},
+    )
 
 
 def _experts(pipe: Any) -> list[Any]:
@@ -169,12 +180,13 @@ class StepCache:
         for index, model in enumerate(self.experts):
             blocks = len(model.blocks)
             if self.setting is None:
-                calls, cached = self._steps[index] * self._calls_per_step, 0
+                calls, cached, reused = self._steps[index] * self._calls_per_step, 0, 0
                 skipped_per_call = 0
             else:
                 context = model._context_manager.get_context(model._context_names[0])
                 calls = context.transformer_executed_steps
                 cached = len(context.cached_steps) + len(context.cfg_cached_steps)
+                reused = len(set(context.cached_steps) | set(context.cfg_cached_steps))  # either guidance pass
                 skipped_per_call = blocks - self.setting.fn - self.setting.bn
             experts.append(
                 {
@@ -182,6 +194,7 @@ class StepCache:
                     "steps": self._steps[index],
                     "transformer_calls": calls,
                     "cached_calls": cached,
+                    "steps_reused": reused,
                     "blocks_skipped": cached * skipped_per_call,
                     "blocks_total": calls * blocks,
                 }

@@ -24,12 +24,13 @@ from PIL import Image
 
 from shared import jobstate
 from shared.errors import ClaimLost, JobCanceled, JobTimeout, WanqError
+from shared.estimate import RunClock, video_tokens
 from shared.schemas import GenerationSpec, JobRecord, JobStatus, Stage
 from shared.settings import Settings
 from shared.storage import CONTENT_TYPES, Storage
 from shared.store import JobStore
 from shared.timeouts import deadline, timeout_message
-from worker import export, extension, faults
+from worker import cache, export, extension, faults
 from worker.journal import RunJournal
 from worker.lora_cache import LoraCache
 
@@ -52,6 +53,8 @@ class Claim:
     attempt: int
     source: extension.Source | None = None
     """An extension's source, fetched when it starts, read again by its export."""
+    clock: RunClock | None = None
+    """The run's times and its estimate of when it completes."""
 
 
 class JobRunner:
@@ -137,6 +140,9 @@ class JobRunner:
         spec = record.spec
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        clock = claim.clock = RunClock(
+            spec.num_inference_steps, self.store.run_times(spec.model, video_tokens(spec)), started=time.time()
+        )
         try:
             if spec.extend_from is not None:
                 t0 = time.perf_counter()
@@ -153,16 +159,33 @@ class JobRunner:
                 timings["fetching_loras"] = time.perf_counter() - t0
 
             def on_stage(stage: Stage) -> None:
-                self._progress(record, attempt, stage, 0, spec.num_inference_steps, timings)
+                now = time.time()
+                if stage is Stage.denoising:
+                    clock.denoising_from = now
+                elif stage is Stage.decoding:
+                    clock.denoising_until = now
+                eta = clock.completes_at(now)
+                self._progress(record, attempt, stage, 0, spec.num_inference_steps, timings, estimated_completed_at=eta)
 
             def on_step(done: int, total: int) -> None:
-                self._progress(record, attempt, Stage.denoising, done, total, timings)
+                eta = clock.completes_at(time.time(), done)
+                self._progress(record, attempt, Stage.denoising, done, total, timings, estimated_completed_at=eta)
                 if self.settings.engine.fault_injection:
                     faults.inject(spec, done)
 
             result = self.engine.generate(spec, image, on_stage=on_stage, on_step=on_step)
             timings.update(result.timings)
-            self._progress(record, attempt, Stage.encoding_video, 0, 0, timings, generated_at=time.time())
+            stats = cache.summary(result.cache)
+            self._progress(
+                record,
+                attempt,
+                Stage.encoding_video,
+                0,
+                0,
+                timings,
+                generated_at=time.time(),
+                cache_stats=stats.model_dump() if stats else None,
+            )
             return "generated", result, timings, started
         except Exception as exc:
             self._release(claim)
@@ -209,6 +232,11 @@ class JobRunner:
             return done.record.status.value
         self._forget_other_runs(record, attempt)
         self.store.record_duration(spec.model, timings["total"])
+        if claim.clock is not None:
+            claim.clock.finished_at = time.time()
+            times = claim.clock.times()
+            if times is not None:
+                self.store.record_run_times(spec.model, video_tokens(spec), times)
         log.info(
             "job completed",
             extra={"job_id": record.id, "model": spec.model, "tenant": record.tenant, "total_s": round(timings["total"], 3)},

@@ -8,7 +8,6 @@ const TERMINAL = new Set(["completed", "failed", "canceled"]);
 // Browsers open at most six HTTP/1.1 connections per server: keep some for everything else.
 const MAX_STREAMS = 4;
 const POLL_MS = 3000;
-const DENOISE_SPAN = 83; // share of the progress bar that denoising covers (5 -> 88 %)
 const STAGES = {
   queued: "Queued",
   loading: "Loading the model",
@@ -21,7 +20,7 @@ const STAGES = {
 };
 
 const $ = (selector) => document.querySelector(selector);
-const jobs = new Map(); // id -> {video, el, timing, media}
+const jobs = new Map(); // id -> {video, el, media}
 const streams = new Map(); // id -> AbortController
 let models = [];
 
@@ -171,15 +170,6 @@ function clock(seconds) {
   return s >= 60 ? `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}` : `${s}s`;
 }
 
-function trackTiming(job, video) {
-  const now = performance.now() / 1000;
-  const t = job.timing;
-  if (video.stage === "denoising" && video.step > 0) {
-    if (!t.firstStep || video.step < t.firstStep[0]) t.firstStep = [video.step, now];
-    else if (video.step > t.firstStep[0]) t.secondsPerStep = (now - t.firstStep[1]) / (video.step - t.firstStep[0]);
-  }
-}
-
 function stageText(job) {
   const video = job.video;
   if (video.status === "queued") {
@@ -199,9 +189,17 @@ function stageText(job) {
   if (video.cancel_requested) text += " · stopping";
   const now = Date.now() / 1000;
   if (video.started_at) text += ` · ${clock(now - video.started_at)} elapsed`;
-  const perStep = job.timing.secondsPerStep;
-  if (perStep && video.progress < 100) text += ` · ~${clock(((100 - video.progress) * perStep * video.total_steps) / DENOISE_SPAN)} left`;
+  // The server's estimate (the CLI shows the same): none until there is something to go by.
+  if (video.eta_s != null && video.eta_s >= 1) text += ` · ~${clock(video.eta_s)} left`;
   return text;
+}
+
+// What the step cache skipped, once denoised: "step cache skipped 42% (reused 3/8 steps of transformer, ...)".
+function cacheText(video) {
+  const stats = video.cache_stats;
+  if (!stats) return "";
+  const reused = Object.entries(stats.steps_reused).map(([expert, n]) => `${n}/${stats.steps[expert]} steps of ${expert}`);
+  return `step cache skipped ${Math.round(stats.blocks_skipped_share * 100)}% (reused ${reused.join(", ")})`;
 }
 
 function statusLabel(status) {
@@ -221,6 +219,7 @@ function render(job) {
   const parts = [video.model, video.size, shape, `seed ${video.seed}`];
   if (video.extended_from_video_id) parts.push(`extends ${video.extended_from_video_id} by ${video.num_frames - 1} frames`);
   if (video.remixed_from_video_id) parts.push(`remix of ${video.remixed_from_video_id}`);
+  if (video.cache_stats) parts.push(cacheText(video));
   el.querySelector(".meta").textContent = [...parts, created].join(" · ");
   const progress = el.querySelector("progress");
   progress.value = video.progress;
@@ -242,7 +241,6 @@ function render(job) {
 function update(video) {
   let job = jobs.get(video.id);
   if (!job) return;
-  trackTiming(job, video);
   job.video = video;
   render(job);
 }
@@ -258,7 +256,7 @@ function addJob(video, { prepend = false } = {}) {
   el.querySelector(".remix").addEventListener("click", () => openFollowup(video.id, "remix"));
   el.querySelector(".followup-close").addEventListener("click", () => (el.querySelector(".followup").hidden = true));
   el.querySelector(".followup").addEventListener("submit", (event) => submitFollowup(event, video.id));
-  const job = { video, el, timing: {}, media: null, added: performance.now() };
+  const job = { video, el, media: null, added: performance.now() };
   jobs.set(video.id, job);
   const list = $("#jobs");
   if (prepend) list.prepend(el);

@@ -16,7 +16,7 @@ from typing import Any
 
 from tests.conftest import IMAGES_WAIT_S, LATE
 from wanq.client import Client
-from wanq.client_cli import ProgressBar, estimate_after_denoising
+from wanq.client_cli import ProgressBar
 from wanq.stack import Stack
 from worker.export import probe_mp4
 
@@ -238,69 +238,31 @@ def _event(status: str, stage: str, progress: int, step: int = 0, **extra: Any) 
     return {"status": status, "stage": stage, "progress": progress, "step": step, "total_steps": 10, **extra}
 
 
-def test_remaining_time_comes_from_the_step_rate_and_the_measured_decode() -> None:
+def test_the_time_left_is_the_servers_estimate() -> None:
     now = [100.0]
     out = io.StringIO()
-    # An earlier job of the model took 17 s to decode, encode and upload (the stages that follow denoising).
-    bar = ProgressBar(out, clock=lambda: now[0], after_denoising_s=17.0)
-
+    bar = ProgressBar(out, clock=lambda: now[0])
     bar.update(_event("queued", "queued", 0, queue_position=1))
-    now[0] = 130.0  # 30 s in the queue and loading: no part of the estimate
-    bar.update(_event("in_progress", "encoding_prompt", 2))
+    now[0] = 130.0
+    bar.update(_event("in_progress", "encoding_prompt", 2, eta_s=None))  # nothing to go by: no number
     now[0] = 131.0
-    bar.update(_event("in_progress", "denoising", 13, step=1))
-    bar.update(_event("in_progress", "denoising", 13, step=1))  # unchanged: no new line off a terminal
-    now[0] = 133.0
-    bar.update(_event("in_progress", "denoising", 21, step=2))  # 2 s a step
+    bar.update(_event("in_progress", "denoising", 13, step=1, eta_s=33.4))
+    bar.update(_event("in_progress", "denoising", 13, step=1, eta_s=33.0))  # unchanged step: no new line off a terminal
     now[0] = 149.0
-    bar.update(_event("in_progress", "denoising", 88, step=10))
-    now[0] = 150.0
-    bar.update(_event("in_progress", "decoding", 88))
+    bar.update(_event("in_progress", "denoising", 88, step=10, eta_s=17.0))
     now[0] = 160.0
-    bar.update(_event("in_progress", "encoding_video", 94))
-    now[0] = 167.0
-    bar.update(_event("completed", "done", 100))
+    bar.update(_event("in_progress", "encoding_video", 94, eta_s=0.4))  # under a second says nothing
+    now[0] = 161.0
+    bar.update(_event("completed", "done", 100, eta_s=None))
     bar.close()
-
     assert out.getvalue().splitlines() == [
         "  0%  queued (position 2)  0s",
         "  2%  encoding prompt  30s",
-        " 13%  denoising 1/10  31s",
-        " 21%  denoising 2/10  33s, ~33s left",  # 8 steps x 2 s + 17 s
-        " 88%  denoising 10/10  49s, ~17s left",  # not '~0s': decoding is still to come
-        " 88%  decoding  50s, ~17s left",
-        " 94%  encoding video  1:00, ~7s left",
-        "100%  completed  1:07",
+        " 13%  denoising 1/10  31s, ~33s left",
+        " 88%  denoising 10/10  49s, ~17s left",
+        " 94%  encoding video  1:00",
+        "100%  completed  1:01",
     ]
-
-
-def test_without_a_measured_decode_the_estimate_says_it_covers_denoising_only() -> None:
-    now = [0.0]
-    out = io.StringIO()
-    bar = ProgressBar(out, clock=lambda: now[0])
-    for t, step in ((1.0, 1), (3.0, 2)):
-        now[0] = t
-        bar.update(_event("in_progress", "denoising", 13, step=step))
-    now[0] = 20.0
-    bar.update(_event("in_progress", "decoding", 88))
-    assert out.getvalue().splitlines() == [
-        " 13%  denoising 1/10  1s",
-        " 13%  denoising 2/10  3s, ~16s of denoising left",
-        " 88%  decoding  20s",
-    ]
-
-
-def test_the_decode_estimate_scales_with_pixels_and_frames() -> None:
-    timings = {"denoising": 30.0, "decoding": 12.0, "encoding_video": 3.0, "uploading": 1.0}
-    history = [
-        {"id": "video_new", "model": "m", "status": "queued"},
-        {"id": "video_other_model", "model": "n", "status": "completed", "size": "64x64", "num_frames": 17, "timings": timings},
-        {"id": "video_failed", "model": "m", "status": "failed", "size": "64x64", "num_frames": 17, "timings": {}},
-        {"id": "video_old", "model": "m", "status": "completed", "size": "64x64", "num_frames": 17, "timings": timings},
-    ]
-    new = {"id": "video_new", "model": "m", "size": "128x64", "num_frames": 17}
-    assert estimate_after_denoising(new, history) == 32.0  # twice the pixels: twice the 16 s
-    assert estimate_after_denoising({**new, "model": "x"}, history) is None
 
 
 def test_the_server_comes_from_wanq_url(closed_url: str) -> None:

@@ -1,0 +1,56 @@
+"""The time-left estimate (shared/estimate.py) on a scripted clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.estimate import RunClock, RunTimes, video_tokens
+from shared.schemas import GenerationSpec
+
+EARLIER = RunTimes(head_s=2.0, step_s=3.0, tail_s=5.0)
+
+
+def test_before_its_first_step_a_run_goes_by_the_earlier_run_at_its_size() -> None:
+    clock = RunClock(10, EARLIER, started=100.0)
+    assert clock.completes_at(100.0) == 100.0 + 2 + 10 * 3 + 5
+    assert clock.completes_at(101.5) == 137.0  # loading goes on as the earlier run did: the estimate stays put
+    clock.denoising_from = 103.0  # a slower start than before: the steps and the tail follow from now
+    assert clock.completes_at(103.0) == 103.0 + 10 * 3 + 5
+
+
+def test_once_a_step_ran_a_run_goes_by_its_own_steps() -> None:
+    clock = RunClock(10, EARLIER, started=100.0)
+    clock.denoising_from = 102.0
+    # 4 steps of 1 s each, where the earlier run took 3 s a step (a smaller size, another GPU, the cache...).
+    assert clock.completes_at(106.0, step=4) == 106.0 + 6 * 1.0 + 5
+    assert clock.completes_at(110.0, step=6) == 110.0 + 4 * (8 / 6) + 5
+    clock.denoising_until = 112.0  # decoding, exporting and uploading as long as the earlier run's
+    assert clock.completes_at(115.0) == 117.0
+
+
+def test_nothing_to_go_by_gives_no_estimate() -> None:
+    clock = RunClock(10, None, started=100.0)
+    clock.denoising_from = 101.0
+    assert clock.completes_at(101.0) is None
+    assert clock.completes_at(105.0, step=2) is None  # the tail is unknown: no number rather than a wrong one
+    assert clock.times() is None  # not finished
+
+
+def test_a_finished_run_leaves_its_times_for_the_next() -> None:
+    clock = RunClock(4, None, started=100.0)
+    clock.denoising_from, clock.denoising_until, clock.finished_at = 101.0, 109.0, 112.5
+    times = clock.times()
+    assert times == RunTimes(head_s=1.0, step_s=2.0, tail_s=3.5)
+    assert RunTimes.loads(times.dumps()) == times
+
+
+@pytest.mark.parametrize(
+    ("size", "frames", "tokens"),
+    [((1280, 720), 81, 21 * 45 * 80), ((832, 480), 81, 21 * 30 * 52), ((64, 64), 17, 5 * 4 * 4), ((64, 64), 5, 2 * 16)],
+)
+def test_video_tokens(size: tuple[int, int], frames: int, tokens: int) -> None:
+    spec = GenerationSpec(
+        model="m", prompt="p", negative_prompt="", width=size[0], height=size[1], num_frames=frames, fps=16,
+        num_inference_steps=4, guidance_scale=1.0, guidance_scale_2=None, flow_shift=5.0, seed=0,
+    )  # fmt: skip
+    assert video_tokens(spec) == tokens
