@@ -187,7 +187,8 @@ def environment_problems(settings: EngineSettings, device: torch.device | None =
     """What this machine lacks for the options asked for: packages (flash-attn-4, torchao, cache-dit) and GPU
     features (FA4: sm90+, FP8: sm89+), each with what to install or change. Touches CUDA only where a CUDA
     device is given (a Celery parent must not: `wanq worker` runs this in a fresh interpreter, worker/probe.py)."""
-    from worker import fa4, fp8, probe
+    from worker import fa4, fp8
+    from worker.packages import missing_packages
 
     problems: list[str] = []
     wants_fa4 = settings.attention_backend == "fa4"
@@ -196,7 +197,7 @@ def environment_problems(settings: EngineSettings, device: torch.device | None =
         problems.append(missing)
     if wants_fp8 and (missing := fp8.missing_package()):
         problems.append(missing)
-    problems.extend(probe.missing_packages(settings))
+    problems.extend(missing_packages(settings))
     if device is not None and device.type == "cuda" and (wants_fa4 or wants_fp8) and torch.cuda.is_available():
         name, capability = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
         for problem in (

@@ -8,12 +8,12 @@ initializes CUDA, and a Celery parent that did so cannot fork working children. 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 from shared.settings import EngineSettings
+from worker.packages import missing_packages
 
 
 def environment_problems_in_child(settings: EngineSettings, timeout_s: float = 300) -> list[str]:
@@ -35,14 +35,6 @@ def environment_problems_in_child(settings: EngineSettings, timeout_s: float = 3
         return [f"the environment check failed: {done.stderr.strip()[-400:]}"]
     problems: list[str] = json.loads(done.stdout.strip().splitlines()[-1])
     return problems
-
-
-def missing_packages(settings: EngineSettings) -> list[str]:
-    """The packages asked for that are not installed, found without importing them (FA4's and FP8's are checked by
-    `accel.environment_problems`: they need torch)."""
-    if settings.cache != "none" and importlib.util.find_spec("cache_dit") is None:
-        return ["--cache dbcache needs the cache-dit package: pip install 'cache-dit>=1.5.3'"]
-    return []
 
 
 def main() -> None:
