@@ -241,6 +241,8 @@ def inspect(
             fmt, modules = "musubi", _musubi(header, fh, data_start)
         else:
             fmt, modules = "diffusers", _diffusers(header)
+    if not modules:
+        raise _refuse("the file holds no LoRA matrices, only norm diffs, which the loader drops")
     arch = architecture_of(model)
     ranks: dict[str, int] = {}
     for name, m in sorted(modules.items()):

@@ -308,6 +308,9 @@ def test_crafted_headers_are_refused_naming_the_key(tmp_path: Path) -> None:
         # Length caps: a tensor name, a metadata key
         ({**pair("transformer.blocks.0." + "x" * 300)[0]}, pair()[1], "has 335 characters; wanq takes at most 256"),
         ({**header, "__metadata__": {"k" * 300: "v"}}, data, "__metadata__ key 'kkk"),
+        # Nothing the loader keeps (found by the fuzzing: it was a 500)
+        ({"diffusion_model.blocks.0.norm3.diff": {"dtype": "F32", "shape": [24], "data_offsets": [0, 96]}}, bytes(96),
+         "holds no LoRA matrices, only norm diffs"),
         # Deeply nested JSON in the header itself
         ({**header, "__metadata__": {"notes": "x"}, "deep": json.loads("[" * 500 + "]" * 500)}, data, "bad dtype"),
     ]  # fmt: skip
