@@ -82,8 +82,8 @@ def rarely(draw: st.DrawFn, n: int) -> bool:
 def adapter_configs(draw: st.DrawFn) -> Any:
     config: dict[str, Any] = {"target_modules": draw(st.one_of(st.just(["to_q"]), json_values))}
     for key, values in (
-        ("r", numbers),
-        ("lora_alpha", numbers),
+        ("r", st.one_of(st.sampled_from([4, 4, 8]), numbers)),
+        ("lora_alpha", st.one_of(st.sampled_from([4, 8, 16]), numbers)),
         ("use_rslora", st.one_of(st.booleans(), json_leaves)),
         ("use_dora", st.booleans()),
         ("rank_pattern", st.one_of(st.dictionaries(st.sampled_from(PATTERN_KEYS) | st.text(max_size=20), numbers, max_size=4), json_values)),
@@ -99,12 +99,13 @@ def adapter_configs(draw: st.DrawFn) -> Any:
 def safetensors_files(draw: st.DrawFn) -> bytes:
     if rarely(draw, 20):
         return draw(st.binary(max_size=300))  # not even the shape of a safetensors file
-    fmt = draw(st.sampled_from(["diffusers", "diffusers", "original", "musubi"]))
+    fmt = draw(st.sampled_from(["original", "musubi"])) if rarely(draw, 4) else "diffusers"
     tensors: list[tuple[str, Any]] = []
+    rank = draw(st.sampled_from([4, 8, 2, 32, 0])) if rarely(draw, 4) else 4
     for _ in range(0 if rarely(draw, 20) else draw(st.integers(1, 4))):
-        block = draw(st.sampled_from(["0", "1", "0", "2", "\u0661", "01"]))
+        block = draw(st.sampled_from(["2", "\u0661", "01"])) if rarely(draw, 10) else draw(st.sampled_from(["0", "1"]))
         kind = draw(st.sampled_from(BLOCK_MODULES))
-        tensors += module_tensors(fmt, block, kind, draw(st.sampled_from([4, 4, 8, 2, 32, 0])))
+        tensors += module_tensors(fmt, block, kind, draw(st.sampled_from([4, 8])) if rarely(draw, 10) else rank)
     if rarely(draw, 5):
         tensors.append((draw(JUNK_NAMES), draw(st.sampled_from(SHAPES))))
     header: dict[str, Any] = {}
