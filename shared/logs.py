@@ -20,7 +20,7 @@ import time
 import warnings
 from typing import Any
 
-_SECRET = re.compile(r"(wq_[A-Za-z0-9_\-]{8,}|whsec_[A-Za-z0-9+/=]{8,}|Bearer\s+\S+)")
+_SECRET = re.compile(r"(wq_[A-Za-z0-9_\-]{8,}|whsec_[A-Za-z0-9+/=]{8,}|Bearer\s+\S+)", re.ASCII)
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 

@@ -13,6 +13,9 @@ slots cannot hold:
 - only the ten linear layers of every transformer block (attention q/k/v/out of both attentions, the two FFN
   linears): the slots cover those (worker/lora_slots.py). Norm `.diff` keys, which the loader drops, are dropped;
   bias (`diff_b`), full-weight diffs, DoRA and non-block modules are refused;
+- the adapter config in `lora_adapter_metadata` (rank, alpha, rank and alpha patterns): its patterns are read as
+  literal module names (`AdapterConfig`), never run as regular expressions, and every tensor name, pattern and the
+  metadata itself have length caps (a crafted pattern froze peft's regex matching for minutes);
 - every module's shapes against the named model's architecture (so a LoRA for another model family is refused),
   its rank against the slots' (`WANQ_LORAS_MAX_RANK`), and the file's own multiplier (alpha / rank) against
   `WANQ_LORAS_MAX_SCALE`.
@@ -28,6 +31,7 @@ import math
 import re
 import struct
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -65,6 +69,22 @@ _ORIGINAL = {
     "ffn.2": "ffn.net.2",
 }
 _MUSUBI = {k.replace(".", "_"): v for k, v in _ORIGINAL.items()}
+MAX_KEY_CHARS = 256
+"""Longest tensor name, metadata key or rank/alpha pattern a file may have (real ones are under 80 characters)."""
+MAX_ADAPTER_METADATA_BYTES = 256 * 1024
+"""Largest `lora_adapter_metadata` JSON (a 400-module LoRA that lists every module in its targets and both
+patterns has about 40 KB)."""
+
+# Input is parsed with ASCII classes only: `\d` would take '١' (Arabic-Indic one) as a digit, and a block index must
+# be written as the module is named (no leading zeros either: `blocks.01` names no module).
+_BLOCK = r"(0|[1-9][0-9]*)"
+_DIFFUSERS_MODULE = re.compile(rf"blocks\.{_BLOCK}\.(.+)", re.ASCII)
+_ORIGINAL_KEY = re.compile(rf"blocks\.{_BLOCK}\.((?:self_attn|cross_attn)\.(?:q|k|v|o)|ffn\.[02])\.(.+)", re.ASCII)
+_MUSUBI_KEY = re.compile(
+    rf"lora_unet_blocks_{_BLOCK}_(" + "|".join(_MUSUBI) + r")\.(lora_down\.weight|lora_up\.weight|alpha)", re.ASCII
+)
+_PATTERN = re.compile(r"\^?[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*", re.ASCII)
+"""What wanq reads as a rank/alpha pattern: a module name or a '.'-separated suffix of one; '^' in front: whole names."""
 _ITEM_SIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 _WEIGHT_DTYPES = {"F32", "F16", "BF16"}
 
@@ -149,32 +169,52 @@ def read_header(fh: BinaryIO, size: int, max_header_bytes: int) -> tuple[dict[st
     text = fh.read(length)
     try:
         header = json.loads(text)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise _refuse("not a safetensors file: its header is not JSON") from None
     if not isinstance(header, dict):
         raise _refuse("not a safetensors file: its header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict):
         raise _refuse("malformed safetensors header: __metadata__ is not an object")
+    for key, value in metadata.items():
+        _check_key_length("__metadata__ key", key)
+        if not isinstance(value, str):
+            # safetensors itself reads the metadata as strings only: the workers could not open the file
+            raise _refuse(f"malformed safetensors header: __metadata__ entry {key!r} is a JSON {_json_type(value)}, not a string")
     data_size = size - 8 - length
     spans: list[tuple[int, int]] = []
     for name, entry in header.items():
-        try:
-            dtype, shape, (start, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            count = math.prod(int(d) for d in shape)
-            ok = isinstance(start, int) and isinstance(end, int) and 0 <= start <= end
-            ok = ok and dtype in _ITEM_SIZE and end - start == count * _ITEM_SIZE[dtype]
-        except (KeyError, TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise _refuse(f"malformed safetensors header: tensor {name[:120]!r} has a bad dtype, shape or data range")
-        if end > data_size:
-            raise _refuse(f"truncated safetensors file: tensor {name[:120]!r} ends past the end of the file")
-        spans.append((start, end))
+        _check_key_length("tensor name", name)
+        span = _span(entry)
+        if span is None:
+            raise _refuse(f"malformed safetensors header: tensor {name!r} has a bad dtype, shape or data range")
+        if span[1] > data_size:
+            raise _refuse(f"truncated safetensors file: tensor {name!r} ends past the end of the file")
+        spans.append(span)
     covered = sum(end - start for start, end in spans)
     if covered != data_size or (spans and max(end for _, end in spans) != data_size):
         raise _refuse(f"malformed or truncated safetensors file: tensors cover {covered} of its {data_size} data bytes")
     return header, metadata, 8 + length
+
+
+def _span(entry: Any) -> tuple[int, int] | None:
+    """(start, end) of a tensor's bytes if its header entry is well formed: a known dtype, a shape of whole numbers
+    (not 4.5, not true) and a data range of exactly shape x item size bytes."""
+    if not isinstance(entry, dict):
+        return None
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str) or dtype not in _ITEM_SIZE or not isinstance(shape, list) or not isinstance(offsets, list):
+        return None
+    if len(shape) > 8 or len(offsets) != 2 or not all(_is_count(n) for n in (*shape, *offsets)):
+        return None
+    start, end = offsets
+    if start > end or end - start != math.prod(shape) * _ITEM_SIZE[dtype]:
+        return None
+    return start, end
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
 
 
 def inspect(
@@ -190,6 +230,7 @@ def inspect(
     size = path.stat().st_size
     with path.open("rb") as fh:
         header, metadata, data_start = read_header(fh, size, max_header_bytes)
+        config = adapter_metadata(metadata)
         if not header:
             raise _refuse("the file holds no tensors")
         keys = list(header)
@@ -200,6 +241,8 @@ def inspect(
             fmt, modules = "musubi", _musubi(header, fh, data_start)
         else:
             fmt, modules = "diffusers", _diffusers(header)
+    if not modules:
+        raise _refuse("the file holds no LoRA matrices, only norm diffs, which the loader drops")
     arch = architecture_of(model)
     ranks: dict[str, int] = {}
     for name, m in sorted(modules.items()):
@@ -222,7 +265,7 @@ def inspect(
         raise _refuse(f"rank {rank} is higher than the workers' adapter slots take (WANQ_LORAS_MAX_RANK, {max_rank})")
     if min(ranks.values()) < 1:
         raise _refuse("a module has rank 0")
-    scales = _scales(fmt, modules, ranks, metadata)
+    scales = _scales(fmt, modules, ranks, config)
     worst = max(scales, key=abs)
     if not all(0 < s <= max_scale for s in scales):
         raise _refuse(
@@ -273,12 +316,11 @@ def _original(header: dict[str, Any], fh: BinaryIO, data_start: int) -> dict[str
         raise _refuse("mixes original-format ('diffusion_model.') keys with keys of another format")
     down = "lora_A" if any("lora_A" in k for k in names) else "lora_down"
     up = "lora_B" if any("lora_B" in k for k in names) else "lora_up"
-    pattern = re.compile(r"blocks\.(\d+)\.((?:self_attn|cross_attn)\.(?:q|k|v|o)|ffn\.[02])\.(.+)")
     modules: dict[str, _Module] = {}
     for name, key in names.items():
         if (name.endswith(".diff") or name.endswith(".diff_b")) and "norm" in name:
             continue  # the loader drops norm diffs (they are zeros in the files that have them)
-        match = pattern.fullmatch(name)
+        match = _ORIGINAL_KEY.fullmatch(name)
         if match is None:
             raise _refuse(_unsupported(key))
         module = f"blocks.{match.group(1)}.{_ORIGINAL[match.group(2)]}"
@@ -298,10 +340,9 @@ def _original(header: dict[str, Any], fh: BinaryIO, data_start: int) -> dict[str
 
 
 def _musubi(header: dict[str, Any], fh: BinaryIO, data_start: int) -> dict[str, _Module]:
-    pattern = re.compile(r"lora_unet_blocks_(\d+)_(" + "|".join(_MUSUBI) + r")\.(lora_down\.weight|lora_up\.weight|alpha)")
     modules: dict[str, _Module] = {}
     for key in header:
-        match = pattern.fullmatch(key)
+        match = _MUSUBI_KEY.fullmatch(key)
         if match is None:
             raise _refuse(_unsupported(key))
         entry = modules.setdefault(f"blocks.{match.group(1)}.{_MUSUBI[match.group(2)]}", _Module())
@@ -327,48 +368,132 @@ def _musubi(header: dict[str, Any], fh: BinaryIO, data_start: int) -> dict[str, 
     return modules
 
 
-def _scales(fmt: str, modules: dict[str, _Module], ranks: dict[str, int], metadata: dict[str, str]) -> list[float]:
+def _scales(fmt: str, modules: dict[str, _Module], ranks: dict[str, int], config: AdapterConfig | None) -> list[float]:
     """alpha / rank of each module as the loader would apply it."""
-    if fmt != "diffusers":
-        # The converters fold alpha / rank into the weights; no alpha means 1.
-        return [m.alpha / ranks[n] if m.alpha is not None else 1.0 for n, m in modules.items()]
+    # The converters of the other formats fold each module's alpha / rank (1 without an alpha) into its weights.
+    folded = {n: m.alpha / ranks[n] if fmt != "diffusers" and m.alpha is not None else 1.0 for n, m in modules.items()}
+    if config is None:
+        return list(folded.values())  # no adapter config: the loader takes alpha = rank for every module
+    scales = []
+    for name in modules:
+        if config.rank(name) != ranks[name]:
+            raise _refuse(f"its metadata gives {name} rank {config.rank(name)} but its tensors have rank {ranks[name]}")
+        scales.append(folded[name] * config.scale(name))
+    return scales
+
+
+# -- the adapter config in the metadata -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The per-module rank and alpha that a LoRA's `lora_adapter_metadata` (peft's LoraConfig) gives, read by wanq.
+
+    peft documents a rank/alpha pattern as a module name or a suffix of one, and matches it as a regular expression
+    (`get_pattern_key`). wanq matches it literally, so that no text from a file ever runs as a regular expression: a
+    pattern is a module name or a '.'-separated suffix of one ('to_q', 'attn1.to_q', 'blocks.0.attn1.to_q'), or,
+    with '^' in front, a whole name (as diffusers writes them); the first in the file's order that names a module
+    wins, as in peft. `adapter_config` refuses any other pattern. The API checks uploads with it, and the workers
+    read the ranks and alphas they fill the adapter slots with from it (worker/lora_slots.py)."""
+
+    r: int
+    lora_alpha: float
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+    use_rslora: bool
+
+    def rank(self, module: str) -> int:
+        return int(_lookup(self.rank_pattern, module, self.r))
+
+    def alpha(self, module: str) -> float:
+        return float(_lookup(self.alpha_pattern, module, self.lora_alpha))
+
+    def scale(self, module: str) -> float:
+        """alpha / rank of the module (alpha / sqrt(rank) with rsLoRA), as peft computes its scaling."""
+        rank = self.rank(module)
+        return self.alpha(module) / (math.sqrt(rank) if self.use_rslora else rank)
+
+
+def adapter_metadata(metadata: dict[str, str]) -> AdapterConfig | None:
+    """The adapter config of a file's `__metadata__` (diffusers' `lora_adapter_metadata` JSON), None without one."""
     raw = metadata.get("lora_adapter_metadata")
     if raw is None:
-        return [1.0]  # no metadata: the loader takes alpha = rank for every module
+        return None
+    if len(raw.encode()) > MAX_ADAPTER_METADATA_BYTES:
+        raise _refuse(f"its lora_adapter_metadata has {len(raw.encode())} bytes; wanq takes at most {MAX_ADAPTER_METADATA_BYTES}")
     try:
-        config = {k.removeprefix("transformer."): v for k, v in json.loads(raw).items() if k.startswith("transformer.")}
-    except (ValueError, AttributeError):
-        raise _refuse("its lora_adapter_metadata is not a JSON object") from None
-    if not config:
-        return [1.0]
+        parsed = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _refuse("its lora_adapter_metadata is not JSON") from None
+    if not isinstance(parsed, dict):
+        raise _refuse(f"its lora_adapter_metadata is a JSON {_json_type(parsed)}, not an object")
+    config = {k.removeprefix("transformer."): v for k, v in parsed.items() if k.startswith("transformer.")}
+    return adapter_config(config) if config else None
+
+
+def adapter_config(config: dict[str, Any]) -> AdapterConfig:
+    """A LoRA's adapter config (its `lora_adapter_metadata` without the 'transformer.' prefixes) as wanq reads it;
+    raises InvalidRequest naming the key that diffusers' loader or wanq's adapter slots cannot take."""
     if "target_modules" not in config:
         raise _refuse("its lora_adapter_metadata has no target_modules (diffusers' loader fails on it)")
     for flag in ("use_dora", "lora_bias"):
         if config.get(flag):
             raise _refuse(f"its lora_adapter_metadata sets {flag}: not supported by wanq's adapter slots")
+    # peft's LoraConfig defaults
+    r, alpha, rslora = config.get("r", 8), config.get("lora_alpha", 8), config.get("use_rslora", False)
+    if not _is_rank(r):
+        raise _refuse(f"its lora_adapter_metadata gives r {r!r:.40}: not a whole number of at least 1")
+    if not _is_number(alpha):
+        raise _refuse(f"its lora_adapter_metadata gives lora_alpha {alpha!r:.40}: not a finite number")
+    if not isinstance(rslora, bool):
+        raise _refuse(f"its lora_adapter_metadata gives use_rslora {rslora!r:.40}: not true or false")
+    return AdapterConfig(
+        r=r,
+        lora_alpha=float(alpha),
+        rank_pattern=_patterns(config, "rank_pattern", _is_rank, "a whole number of at least 1"),
+        alpha_pattern={k: float(v) for k, v in _patterns(config, "alpha_pattern", _is_number, "a finite number").items()},
+        use_rslora=rslora,
+    )
+
+
+def _patterns(config: dict[str, Any], field: str, valid: Callable[[Any], bool], what: str) -> dict[str, Any]:
+    patterns = config.get(field) or {}
+    if not isinstance(patterns, dict):
+        raise _refuse(f"its lora_adapter_metadata {field} is a JSON {_json_type(patterns)}, not an object")
+    for key, value in patterns.items():
+        if len(key) > MAX_KEY_CHARS or _PATTERN.fullmatch(key) is None:
+            raise _refuse(
+                f"its lora_adapter_metadata {field} key {key[:80]!r} is not a module name: wanq reads a pattern as a "
+                "module name or a '.'-separated suffix of one ('to_q', 'blocks.0.attn1.to_q'; with '^' in front, a "
+                "whole name), never as a regular expression"
+            )
+        if not valid(value):
+            raise _refuse(f"its lora_adapter_metadata {field} gives {key!r} {value!r:.40}: not {what}")
+    return patterns
+
+
+def _lookup(patterns: dict[str, Any], module: str, default: Any) -> Any:
+    """The value of the first pattern, in the file's order, that names `module`; `default` if none does."""
+    parts = module.split(".")
+    names = [f"^{module}", *(".".join(parts[i:]) for i in range(len(parts)))]
+    hits = [name for name in names if name in patterns]
+    if not hits:
+        return default
+    order = list(patterns)
+    return patterns[min(hits, key=order.index)] if len(hits) > 1 else patterns[hits[0]]
+
+
+def _is_rank(value: Any) -> bool:
+    return type(value) is int and value >= 1
+
+
+def _is_number(value: Any) -> bool:
+    if type(value) not in (int, float):
+        return False  # not true / false either
     try:
-        r, alpha = int(config.get("r", 8)), float(config.get("lora_alpha", 8))
-        rank_pattern = dict(config.get("rank_pattern") or {})
-        alpha_pattern = dict(config.get("alpha_pattern") or {})
-    except (TypeError, ValueError):
-        raise _refuse("its lora_adapter_metadata has a non-numeric r or lora_alpha") from None
-    rslora = bool(config.get("use_rslora"))
-    scales = []
-    for name in modules:
-        module_r = int(rank_pattern.get(pattern_key(rank_pattern, name), r))
-        if module_r != ranks[name]:
-            raise _refuse(f"its metadata gives {name} rank {module_r} but its tensors have rank {ranks[name]}")
-        module_alpha = float(alpha_pattern.get(pattern_key(alpha_pattern, name), alpha))
-        scales.append(module_alpha / math.sqrt(module_r) if rslora else module_alpha / module_r)
-    return scales
-
-
-def pattern_key(patterns: dict[str, Any], name: str) -> str:
-    """peft's `get_pattern_key`: the first rank/alpha pattern that matches a module name."""
-    for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", name):
-            return key
-    return name
+        return math.isfinite(value)
+    except OverflowError:  # an integer past float's range
+        return False
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -380,7 +505,7 @@ def _split(module: str) -> tuple[int, str]:
 
 
 def _block_module(module: str, key: str) -> None:
-    match = re.fullmatch(r"blocks\.(\d+)\.(.+)", module)
+    match = _DIFFUSERS_MODULE.fullmatch(module)
     if match is None or match.group(2) not in BLOCK_MODULES:
         raise _refuse(_unsupported(key))
 
@@ -426,6 +551,16 @@ def _looks_like(modules: dict[str, _Module]) -> str:
     widths = {m.a[1] for n, m in modules.items() if not n.endswith("ffn.net.2") and m.a and len(m.a) == 2}
     known = _KNOWN_WIDTHS.get(widths.pop()) if len(widths) == 1 else None
     return f" ({known})" if known else ""
+
+
+def _check_key_length(what: str, key: str) -> None:
+    if len(key) > MAX_KEY_CHARS:
+        raise _refuse(f"{what} {key[:60]!r}... has {len(key)} characters; wanq takes at most {MAX_KEY_CHARS}")
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
 
 
 def _refuse(message: str) -> InvalidRequest:

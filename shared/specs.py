@@ -264,7 +264,7 @@ def _check(ok: bool, field: str, value: Any, why: str) -> None:
 
 def parse_size(size: str, multiple: int) -> tuple[int, int]:
     parts = size.lower().split("x")
-    _check(len(parts) == 2 and all(p.isdigit() for p in parts), "size", size, 'expected "WIDTHxHEIGHT"')
+    _check(len(parts) == 2 and all(p.isascii() and p.isdigit() for p in parts), "size", size, 'expected "WIDTHxHEIGHT"')
     width, height = int(parts[0]), int(parts[1])
     _check(width > 0 and height > 0, "size", size, "width and height must be positive")
     _check(

@@ -93,7 +93,7 @@ def retry_after_s(value: str | None, now: float | None = None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit alone takes "²" and "١"
         return float(value)
     try:
         when = parsedate_to_datetime(value)

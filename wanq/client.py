@@ -80,7 +80,7 @@ def _api_error(response: httpx.Response) -> APIError:
         str(error.get("message") or response.reason_phrase),
         error.get("code"),
         error.get("param"),
-        float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None,
+        float(retry_after) if retry_after and retry_after.isascii() and retry_after.replace(".", "", 1).isdigit() else None,
     )
 
 

@@ -109,7 +109,7 @@ def _load(cls: type[_S]) -> _S:
         raise UsageError("wanq: " + "; ".join(_explain(cls, e) for e in exc.errors())) from None
     except SettingsError as exc:
         # pydantic-settings could not parse a list or object value as JSON; it names the field, not the variable.
-        field = re.search(r'field "(\w+)"', str(exc))
+        field = re.search(r'field "(\w+)"', str(exc), re.ASCII)
         name = field.group(1) if field else ""
         where = f"a WANQ_{name.upper()}_* variable" if _is_group(cls, name) else f"WANQ_{name.upper()}"
         raise UsageError(

@@ -19,8 +19,8 @@ import time
 
 from shared.schemas import GenerationSpec
 
-_MARKER = re.compile(r"\[\[fault:(oom|error|crash|hang|sleep)@(\d+)\]\]")
-_SLOW_EXPORT = re.compile(r"\[\[fault:slowexport@(\d+)\]\]")
+_MARKER = re.compile(r"\[\[fault:(oom|error|crash|hang|sleep)@(\d+)\]\]", re.ASCII)
+_SLOW_EXPORT = re.compile(r"\[\[fault:slowexport@(\d+)\]\]", re.ASCII)
 
 
 def parse(prompt: str) -> tuple[str, int] | None:

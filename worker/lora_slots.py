@@ -3,9 +3,11 @@
 Each transformer (A14B's two experts, TI2V-5B's one) gets `max_resident` adapter slots of rank `max_rank` at
 start, before placement, parallelism and compile: peft LoRA layers (diffusers' own, through `add_adapter`) on the
 ten linear layers of every block, all active for the life of the process. A job's LoRAs are read with diffusers'
-own loader code (`WanPipeline.lora_state_dict`: its format converters and alpha handling; `_create_lora_config`:
-the same per-module rank and alpha the loader would give) and copied into slots in place, zero-padded to the slot
-rank; a slot that already holds the file is left alone (the resident set: least recently used goes first).
+own loader code (`WanPipeline.lora_state_dict`: its format converters and alpha handling), given the per-module
+rank and alpha the loader's LoraConfig would give (shared/lora_files.py's `adapter_config`, which matches the
+file's rank and alpha patterns as literal module names: peft's `get_pattern_key` would run them as regular
+expressions), and copied into slots in place, zero-padded to the slot rank; a slot that already holds the file
+is left alone (the resident set: least recently used goes first).
 Each module's `scaling[slot]` is a 0-dim tensor holding strength x alpha / rank, set with `fill_`; slots the job
 does not use are at 0. A transformer that none of the job's LoRAs touches, and every transformer of a job without
 LoRAs, runs with its LoRA layers disabled: the base layers alone, the same numbers as a pipeline without LoRA.
@@ -36,7 +38,7 @@ from typing import Any
 import torch
 
 from shared.errors import InvalidRequest
-from shared.lora_files import BLOCK_MODULES
+from shared.lora_files import BLOCK_MODULES, adapter_config
 from shared.schemas import JobLora
 from shared.settings import EngineSettings, LoraSettings
 from worker.parallel.messages import Adapters, AdapterSlot
@@ -77,8 +79,6 @@ class ModuleLora:
 def read_lora(path: Path, shapes: Mapping[str, tuple[int, int]], rank: int) -> dict[str, ModuleLora]:
     """A LoRA file as diffusers' Wan loader reads it, per block module; raises ValueError naming what does not fit."""
     from diffusers import WanPipeline
-    from diffusers.utils.peft_utils import _create_lora_config
-    from peft.utils.other import get_pattern_key
 
     # 1. diffusers' reading: format conversion (original Wan / musubi), alpha folded where those formats carry it
     state, metadata = WanPipeline.lora_state_dict(str(path), return_lora_metadata=True, use_safetensors=True)
@@ -91,11 +91,12 @@ def read_lora(path: Path, shapes: Mapping[str, tuple[int, int]], rank: int) -> d
     if extra:
         raise ValueError(f"{extra[0]}: only lora_A / lora_B weights of the blocks' linear layers are supported")
 
-    # 2. The LoraConfig the loader would make: per-module rank and alpha (rank_pattern / alpha_pattern, rsLoRA)
-    ranks = {f"^{k}": v.shape[1] for k, v in state.items() if "lora_B" in k and v.ndim > 1}
-    config = _create_lora_config(state, None, metadata, ranks)
-    if config.use_dora or config.lora_bias:
-        raise ValueError("DoRA and LoRA biases are not supported")
+    # 2. The per-module rank and alpha the loader's LoraConfig would give (rank_pattern / alpha_pattern, rsLoRA), read
+    # by wanq's own literal pattern matching, not peft's regular expressions; without metadata alpha = rank.
+    try:
+        config = adapter_config(metadata) if metadata else None
+    except InvalidRequest as exc:
+        raise ValueError(exc.message) from None
     modules: dict[str, ModuleLora] = {}
     for key, a in state.items():
         if not key.endswith(".lora_A.weight"):
@@ -114,11 +115,12 @@ def read_lora(path: Path, shapes: Mapping[str, tuple[int, int]], rank: int) -> d
             )
         if r > rank:
             raise ValueError(f"{module} has rank {r}, more than the slots' {rank}")
-        r_config = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), module), config.r)
-        if r_config != r:
-            raise ValueError(f"{module}: its metadata says rank {r_config} but its tensors have rank {r}")
-        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module), config.lora_alpha)
-        modules[module] = ModuleLora(a=a, b=b, alpha=float(alpha), r=int(r_config), rslora=bool(config.use_rslora))
+        if config is None:
+            modules[module] = ModuleLora(a=a, b=b, alpha=float(r), r=r, rslora=False)
+            continue
+        if config.rank(module) != r:
+            raise ValueError(f"{module}: its metadata says rank {config.rank(module)} but its tensors have rank {r}")
+        modules[module] = ModuleLora(a=a, b=b, alpha=config.alpha(module), r=r, rslora=config.use_rslora)
     return modules
 
 

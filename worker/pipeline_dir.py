@@ -23,7 +23,7 @@ from typing import Any
 
 from shared.catalog import PRESETS
 
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9]")
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]*[A-Za-z0-9]", re.ASCII)
 """owner/name, as the hub spells them (no leading `.`, `/` or `~`: those are paths)."""
 
 TITLES = {"t2v-a14b": "Wan2.2 T2V-A14B", "i2v-a14b": "Wan2.2 I2V-A14B", "ti2v-5b": "Wan2.2 TI2V-5B"}
