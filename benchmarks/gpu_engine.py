@@ -20,6 +20,9 @@ has measured to `<out>/results.json` after every variant (a crash or a timeout k
   --plan a14b (T2V-A14B, both experts resident, ~7 min, 480 s budget by default): the matmul rate; per step
     at 1280x720x81 (steps 2.. of those on the high-noise expert: one expert, CFG = two forwards per step) for
     the compiled engine and compiled + fa4 + fp8; decode variants (Wan2.1 VAE); then fa4 and fp8 alone.
+  --plan a14b-fit (issue 26; pick variants with --only): A14B with fp8 held to 48 GB (48/80 of an H100's memory)
+    and unlimited, native SDPA and fa4; fa4 + fp8 + --offload model held to 24 GB; the lossless fa4 step. 6 steps at
+    shift 5 (3 on each expert): each expert's step, the load peak and the job's peak. Weights parked in RAM first.
 
 Each variant runs in a child process that takes the variants in order; a variant that raises is recorded with
 its error and the next one starts; a child that dies or hangs is replaced and the variant it was on is
@@ -28,6 +31,7 @@ recorded as failed; past the deadline nothing new starts. Per-step and end-to-en
 
   python benchmarks/gpu_engine.py --out /tmp/ge --mirror $OUT                 # TI2V-5B
   python benchmarks/gpu_engine.py --plan a14b --out /tmp/ga --mirror $OUT     # T2V-A14B
+  python benchmarks/gpu_engine.py --plan a14b-fit --only matmul --only steps:fa4+fp8@48GB --only steps:fa4+fp8 --out /tmp/gf
   python benchmarks/gpu_engine.py --tiny --out /tmp/gt                        # the whole logic on CPU, < 2 min
   python benchmarks/gpu_engine.py --tiny --plan a14b --out /tmp/gta
   python benchmarks/gpu_engine.py --report --out /tmp/ge                      # the table again
@@ -80,6 +84,13 @@ class Variant:
     pick: str = ""
     """e2e / steps at another size: "lossless" or "lossy" = the fastest such steps variant measured."""
     lossy: bool = False
+    budget_gb: int | None = None
+    """Hold the process to this much of an 80 GB card (`set_per_process_memory_fraction(budget_gb / 80)`)."""
+    place: str = "device"
+    """The factory's `place`: "cpu" parks the random weights in RAM first, as `from_pretrained` leaves them."""
+    steps: int | None = None
+    flow_shift: float | None = None
+    """A14B: shift 5 with 6 steps puts 3 steps on each expert (the first of each untimed)."""
 
 
 def plan(name: str, tiny: bool) -> list[Variant]:
@@ -87,6 +98,35 @@ def plan(name: str, tiny: bool) -> list[Variant]:
     fa4 = {**compiled, "attention_backend": "fa4"}
     fp8 = {**compiled, "quantization": "fp8"}
     both = {**fa4, "quantization": "fp8"}
+    if name == "a14b-fit":
+        # Issue 26: A14B in 48 GB (FP8 quantized as placed) and 24 GB (+ --offload model), against the unlimited step.
+        fit = {**both, "text_encoder_cpu_offload": True}
+        fit_native = {**fp8, "text_encoder_cpu_offload": True}
+        each = {"place": "cpu", "steps": 6, "flow_shift": 5.0, "lossy": True}
+        return [
+            Variant("env", "env", 60),
+            Variant("matmul", "matmul", 60),
+            Variant("steps:fp8@48GB", "steps", 300, fit_native, budget_gb=48, **each),  # type: ignore[arg-type]
+            Variant("steps:fp8", "steps", 300, fit_native, **each),  # type: ignore[arg-type]
+            Variant("steps:fa4+fp8@48GB", "steps", 300, fit, budget_gb=48, **each),  # type: ignore[arg-type]
+            Variant("steps:fa4+fp8", "steps", 300, fit, **each),  # type: ignore[arg-type]
+            Variant(
+                "steps:fa4+fp8+offload-model@24GB",
+                "steps",
+                330,
+                {**both, "offload": "model"},
+                budget_gb=24,
+                **each,  # type: ignore[arg-type]
+            ),
+            Variant(
+                "steps:fa4",
+                "steps",
+                300,
+                {**fa4, "text_encoder_cpu_offload": True},
+                steps=6,
+                flow_shift=5.0,
+            ),
+        ]
     if name == "a14b":
         return [
             Variant("env", "env", 60),
@@ -211,6 +251,34 @@ def variant_name(args: argparse.Namespace) -> str:
     return "ti2v-5b" if args.plan == "ti2v" else "t2v-a14b"
 
 
+H100_BYTES = 85_029_158_912
+"""torch.cuda.get_device_properties(0).total_memory of an H100 80GB HBM3 (79.19 GiB)."""
+
+
+def limit_bytes(budget_gb: int) -> int:
+    return int(H100_BYTES * budget_gb / 80)
+
+
+def held_to(budget_gb: int | None, *, now: bool = True) -> contextlib.AbstractContextManager[None]:
+    """The process held to `budget_gb / 80` of an H100 80GB's memory (79.19 GiB) for the variant, on any card.
+    `now=False`: the factory sets the limit once it has built and parked the weights; this only lifts it after."""
+    import torch
+
+    @contextlib.contextmanager
+    def held() -> Any:
+        if budget_gb is None or not cuda():
+            yield
+            return
+        if now:
+            torch.cuda.set_per_process_memory_fraction(limit_bytes(budget_gb) / torch.cuda.get_device_properties(0).total_memory)
+        try:
+            yield
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+
+    return held()
+
+
 def size(args: argparse.Namespace) -> tuple[int, int, int]:
     if args.tiny:
         return 64, 64, 9
@@ -221,7 +289,7 @@ def spec_for(args: argparse.Namespace, **overrides: Any) -> Any:
     from shared.schemas import GenerationSpec
 
     width, height, frames = size(args)
-    a14b = args.plan == "a14b"
+    a14b = args.plan.startswith("a14b")
     fields: dict[str, Any] = dict(
         model=f"wan2.2-{variant_name(args)}",
         prompt=PROMPT,
@@ -252,11 +320,15 @@ def engine_settings(args: argparse.Namespace, options: dict[str, Any]) -> Any:
     return EngineSettings.model_validate(values)
 
 
-def make_engine(args: argparse.Namespace, options: dict[str, Any]) -> Any:
+def make_engine(args: argparse.Namespace, options: dict[str, Any], place: str = "device", limit: int | None = None) -> Any:
     from worker.startup import start_engine
 
     settings = engine_settings(args, options)
-    kwargs = {"variant": variant_name(args), "tiny": args.tiny}
+    kwargs: dict[str, Any] = {"variant": variant_name(args), "tiny": args.tiny}
+    if place != "device":
+        kwargs["place"] = place
+    if limit is not None:
+        kwargs["limit_bytes"] = limit
     return start_engine(None, settings, model_id=f"wan2.2-{variant_name(args)}", factory=FACTORY, factory_kwargs=kwargs)
 
 
@@ -421,6 +493,13 @@ def run_baseline(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
 
 
 def run_steps(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
+    # Weights parked in RAM: the limit starts after the factory's build (one bf16 A14B expert is 26 GiB on the GPU
+    # while it is made), as from_pretrained leaves them on the CPU. Built on the GPU: it holds from the start.
+    with held_to(variant.budget_gb, now=variant.place != "cpu"):
+        return _run_steps(args, variant)
+
+
+def _run_steps(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     """The engine with these options: K steps of one job; steps 2..K are timed (step 1 carries the compile)."""
     from worker.cache import expert_steps
 
@@ -429,23 +508,40 @@ def run_steps(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     if variant.pick:
         picked, options = fastest(args, lossy=variant.pick == "lossy")
     record: dict[str, Any] = {"engine": options, "lossy": variant.lossy, "picked_from": picked or None}
+    if variant.budget_gb is not None:
+        record["budget_gb"] = variant.budget_gb
+        record["limit_gib"] = gib(limit_bytes(variant.budget_gb))
+    record["factory_place"] = variant.place
     reset_peak()
     t0 = time.perf_counter()
-    engine = make_engine(args, options)
+    limit = limit_bytes(variant.budget_gb) if variant.budget_gb is not None and variant.place == "cpu" else None
+    engine = make_engine(args, options, place=variant.place, limit=limit)
     record["load_s"] = round(time.perf_counter() - t0, 2)
+    record["load_memory"] = memory()
+    reset_peak()
     record["plan"] = engine.plan.__dict__
     try:
         if variant.warmup:
             # The engine's own warmup (128x128x5 on TI2V-5B: 32 video tokens), the size where FP8 used to fail.
             record["warmup_s"] = round(engine.warmup(), 2)
         skip_decode(engine)
-        spec = spec_for(args, num_frames=variant.frames or size(args)[2])
+        overrides: dict[str, Any] = {"num_frames": variant.frames or size(args)[2]}
+        if variant.steps is not None:
+            overrides["num_inference_steps"] = variant.steps
+        if variant.flow_shift is not None:
+            overrides["flow_shift"] = variant.flow_shift
+        spec = spec_for(args, **overrides)
         result, total = timed_job(engine, spec)
         steps = result.step_times
         split = expert_steps(engine.pipe, engine.pipe.scheduler, spec.num_inference_steps)
         # A14B: time only the steps of the first (high-noise) expert, so the figure is one expert's.
         timed = steps[1 : split[0]] if len(split) > 1 else steps[1:]
         step = median(timed)
+        if len(split) > 1:
+            # The low-noise expert: its first step (the switch, and a recompile if any) apart, then the median.
+            record["expert2_first_step_s"] = round(steps[split[0]], 3) if len(steps) > split[0] else None
+            record["expert2_median_step_s"] = median(steps[split[0] + 1 :])
+            record["expert2_timed_steps"] = len(steps[split[0] + 1 :])
         record.update(
             size=f"{spec.width}x{spec.height}x{spec.num_frames}",
             steps=spec.num_inference_steps,
@@ -704,7 +800,7 @@ def child_main(args: argparse.Namespace) -> None:
 def parent_main(args: argparse.Namespace, argv: list[str]) -> None:
     started = time.time()
     deadline = started + args.budget_s
-    variants = plan(args.plan, args.tiny)
+    variants = [v for v in plan(args.plan, args.tiny) if not args.only or v.name in args.only]
     results = load(args.out) if args.resume else {}
     results.update(plan=args.plan, tiny=args.tiny, budget_s=args.budget_s, started=time.strftime("%Y-%m-%d %H:%M:%S"))
     results["order"] = [v.name for v in variants]
@@ -797,6 +893,9 @@ def report(args: argparse.Namespace) -> None:
             notes = f"{value['picked_from']}: {value['end_to_end_s']} s end to end, stages {value['stages_s']}"
         if name == "matmul" and "tflops" in value:
             notes = f"{value['tflops']} TFLOP/s"
+        if value.get("expert2_median_step_s") is not None or value.get("load_memory"):
+            load_peak = (value.get("load_memory") or {}).get("peak_allocated_gib")
+            notes = f"expert2 {value.get('expert2_median_step_s')} s/step; load peak {load_peak} GiB; {notes}"
         if value.get("warmup_s") is not None:
             notes = f"warmup ok ({value['warmup_s']} s); {notes}"
         rows.append(
@@ -819,7 +918,8 @@ def report(args: argparse.Namespace) -> None:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", choices=["ti2v", "a14b"], default="ti2v")
+    parser.add_argument("--plan", choices=["ti2v", "a14b", "a14b-fit"], default="ti2v")
+    parser.add_argument("--only", action="append", default=[], help="run only these variants of the plan (repeat)")
     parser.add_argument("--out", type=Path, default=Path("out/gpu_engine"))
     parser.add_argument("--mirror", type=Path, action="append", default=[], help="also keep results.json here ($OUT)")
     parser.add_argument("--budget-s", type=float, default=None, help="default: 560 (ti2v), 480 (a14b), 110 (--tiny)")
@@ -832,7 +932,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--deadline", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.budget_s is None:
-        args.budget_s = 110.0 if args.tiny else (560.0 if args.plan == "ti2v" else 480.0)
+        args.budget_s = 110.0 if args.tiny else (560.0 if args.plan in ("ti2v", "a14b-fit") else 480.0)
     if args.steps is None:
         # A14B at shift 12: 4 steps put steps 1-3 on the high-noise expert (2 timed), TI2V-5B: 4 timed of 5.
         args.steps = 3 if args.tiny else (5 if args.plan == "ti2v" else 4)

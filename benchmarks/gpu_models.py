@@ -104,8 +104,12 @@ def build(
     place: str = "device",
     seed: int = 0,
     tiny: bool = False,
+    limit_bytes: int | None = None,
 ) -> Any:
-    """A WanEngine factory. `place="cpu"` builds on the GPU and parks the weights in RAM (offload modes)."""
+    """A WanEngine factory. `place="cpu"` builds on the GPU and parks the weights in RAM (offload modes).
+    `limit_bytes`: once everything is built (and parked), the process is held to that much GPU memory
+    (`set_per_process_memory_fraction`) and the peak is reset, so a memory budget and the load peak are the
+    engine's placement's, not this build's."""
     if tiny:  # the CPU check of the benchmark script itself
         pipe = tiny_model.build_tiny_pipeline(variant, seed)
         if not text_encoder:
@@ -126,12 +130,18 @@ def build(
     }
     if variant == "ti2v-5b":
         components |= {"vae": made(lambda: AutoencoderKLWan(**WAN22_VAE), 3), "transformer_2": None}
-        return WanPipeline(**components, boundary_ratio=None, expand_timesteps=True)
-    components |= {
-        "vae": made(lambda: AutoencoderKLWan(**WAN21_VAE), 3),
-        "transformer_2": made(lambda: WanTransformer3DModel(**config), 4),
-    }
-    return WanPipeline(**components, boundary_ratio=0.875)
+        pipe = WanPipeline(**components, boundary_ratio=None, expand_timesteps=True)
+    else:
+        components |= {
+            "vae": made(lambda: AutoencoderKLWan(**WAN21_VAE), 3),
+            "transformer_2": made(lambda: WanTransformer3DModel(**config), 4),
+        }
+        pipe = WanPipeline(**components, boundary_ratio=0.875)
+    if limit_bytes is not None and device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)  # the load peak is then the engine's placement alone
+        torch.cuda.set_per_process_memory_fraction(limit_bytes / torch.cuda.get_device_properties(device).total_memory, device)
+    return pipe
 
 
 def transformer_config(variant: str) -> dict[str, Any]:

@@ -168,10 +168,10 @@ def _speed_option_problems(settings: EngineSettings, on_cpu: bool) -> list[str]:
         problems.append(
             f"--quantization fp8 quantizes bf16 weights (torchao's rowwise scales); use --dtype bf16, not {settings.dtype}"
         )
-    if fp8 and settings.offload != "none":
+    if fp8 and settings.offload not in ("none", "model"):
         problems.append(
-            f"--quantization fp8 quantizes the transformers on the GPU, which --offload {settings.offload} moves off it; "
-            "use --offload none (with --text-encoder-cpu-offload / --vae-cpu-offload if memory is short)"
+            f"--quantization fp8 quantizes whole transformers, which --offload {settings.offload} splits into groups; "
+            "use --offload none (with --text-encoder-cpu-offload if memory is short) or --offload model"
         )
     if settings.vae_compile and (settings.offload in ("sequential", "group") or settings.vae_cpu_offload):
         problems.append(
@@ -283,20 +283,21 @@ def apply(
         for model in transformers:
             model.set_attention_backend(settings.attention_backend)
 
-    # 2. Placement
-    _place(pipe, settings, device)
+    # 2. Placement. With FP8 on one GPU each transformer is quantized block by block as it is placed (two bf16
+    # A14B experts never share the GPU); with --offload model each quantized expert is then parked on the CPU.
+    fp8_as_placed = settings.quantization == "fp8" and member is None
+    _place(pipe, settings, device, fp8_as_placed=fp8_as_placed)
 
     # 3. Several GPUs: context parallelism on every transformer, CFG branches on two rank groups
     if member is not None:
         mesh.enable(transformers, settings, member, sync_weights=sync_weights)
 
-    # 4. FP8 linears: on the GPU, after rank 0's weights reached every rank, before compile (which traces them)
-    if settings.quantization == "fp8":
+    # 4. FP8 linears on several GPUs: after rank 0's weights reached every rank, before compile (which traces them)
+    if settings.quantization == "fp8" and not fp8_as_placed:
         from worker import fp8
 
         for model in transformers:
-            report = fp8.quantize_blocks(model)
-            log.info("fp8 linears", extra={"quantized": len(report.quantized), "kept_bf16": len(report.skipped)})
+            _log_fp8(fp8.quantize_blocks(model))
 
     # 5. The VAE's decode
     decode = _prepare_vae(pipe.vae, settings)
@@ -331,9 +332,19 @@ def apply(
     )
 
 
-def _place(pipe: Any, settings: EngineSettings, device: torch.device) -> None:
+def _log_fp8(report: Any) -> None:
+    log.info("fp8 linears", extra={"quantized": len(report.quantized), "kept_bf16": len(report.skipped)})
+
+
+def _place(pipe: Any, settings: EngineSettings, device: torch.device, *, fp8_as_placed: bool = False) -> None:
     cuda = device.type == "cuda"
+    transformers = {name for name, module in pipe.components.items() if name.startswith("transformer") and module is not None}
+    if fp8_as_placed:
+        from worker import fp8
     if settings.offload == "model":
+        if fp8_as_placed:
+            for name in sorted(transformers):
+                _log_fp8(fp8.place_quantized(pipe.components[name], device, park=torch.device("cpu")))
         pipe.enable_model_cpu_offload(device=device)
     elif settings.offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
@@ -362,8 +373,11 @@ def _place(pipe: Any, settings: EngineSettings, device: torch.device) -> None:
                 (name == "text_encoder" and settings.text_encoder_cpu_offload) or (name == "vae" and settings.vae_cpu_offload)
             ):
                 _group_offload_leaves(component, device, settings)
-            else:
+            elif not (fp8_as_placed and name in transformers):
                 component.to(device)
+        if fp8_as_placed:
+            for name in sorted(transformers):
+                _log_fp8(fp8.place_quantized(pipe.components[name], device))
 
 
 def _group_offload_leaves(module: torch.nn.Module, device: torch.device, settings: EngineSettings) -> None:

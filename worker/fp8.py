@@ -79,10 +79,11 @@ class Fp8Report:
     """nn.Linear layers left in bf16 (outside blocks.*, or sizes `_scaled_mm` does not take)."""
 
 
-def quantize_blocks(transformer: nn.Module, *, bias_outside_below: int = BIAS_OUTSIDE_BELOW) -> Fp8Report:
+def quantize_blocks(transformer: nn.Module, *, bias_outside_below: int = BIAS_OUTSIDE_BELOW, prefix: str = "") -> Fp8Report:
     """Quantizes the linears under blocks.* in place (weights now, activations per call). The weights must be
     bf16 and on the GPU; call after placement and before compile. torchao's process-wide inductor settings
-    (`set_inductor_config`) are left alone, so the bf16 paths compile as before."""
+    (`set_inductor_config`) are left alone, so the bf16 paths compile as before. `prefix`: the module's own
+    name in its transformer when it is one block ("blocks.3."); the report's names carry it."""
     from torchao.float8.inference import Float8MMConfig
     from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
     from torchao.quantization.quantize_.workflows.float8.float8_tensor import Float8Tensor
@@ -91,19 +92,58 @@ def quantize_blocks(transformer: nn.Module, *, bias_outside_below: int = BIAS_OU
     chosen: dict[str, nn.Linear] = {}
     for name, module in transformer.named_modules():
         if isinstance(module, nn.Linear):
-            if blocks_linear(module, name):
+            if blocks_linear(module, prefix + name):
                 chosen[name] = module
             else:
-                report.skipped.append(name)
+                report.skipped.append(prefix + name)
     config = Float8DynamicActivationFloat8WeightConfig(
         granularity=PerRow(), mm_config=Float8MMConfig(use_fast_accum=True), set_inductor_config=False
     )
     quantize_(transformer, config, filter_fn=lambda module, fqn: chosen.get(fqn) is module)
     for name, module in chosen.items():
         if not isinstance(module.weight, Float8Tensor):
-            report.skipped.append(name)
+            report.skipped.append(prefix + name)
             continue
         module.__class__ = Fp8Linear
         module.bias_outside_below = bias_outside_below  # type: ignore[assignment]
-        report.quantized.append(name)
+        report.quantized.append(prefix + name)
+    return report
+
+
+def place_quantized(
+    transformer: nn.Module,
+    device: torch.device,
+    *,
+    park: torch.device | None = None,
+    bias_outside_below: int = BIAS_OUTSIDE_BELOW,
+) -> Fp8Report:
+    """Moves a transformer from the CPU to `device` one block at a time, each block quantized as it lands, so
+    at most one bf16 block is on the GPU beside the FP8 ones: an A14B expert needs ~14 GiB there, not the 27 GiB
+    of its bf16 weights, and two experts are never resident in bf16 at once (they were: 64 GiB at load).
+    `park`: each quantized block then goes there (the CPU, for --offload model: its hooks bring it back).
+    The rest (embedders, norms, proj_out, the modulation table) stays bf16 and moves whole."""
+    blocks = getattr(transformer, "blocks", None)
+    if not isinstance(blocks, nn.ModuleList):
+        transformer.to(device)
+        report = quantize_blocks(transformer, bias_outside_below=bias_outside_below)
+        if park is not None:
+            transformer.to(park)
+        return report
+    report = Fp8Report()
+    for index, block in enumerate(blocks):
+        block.to(device)
+        part = quantize_blocks(block, bias_outside_below=bias_outside_below, prefix=f"blocks.{index}.")
+        report.quantized += part.quantized
+        report.skipped += part.skipped
+        if park is not None:
+            block.to(park)
+    # Everything but the blocks, which are where they belong already.
+    transformer._modules["blocks"] = nn.ModuleList()
+    try:
+        transformer.to(park or device)
+    finally:
+        transformer._modules["blocks"] = blocks
+    report.skipped += [
+        name for name, module in transformer.named_modules() if isinstance(module, nn.Linear) and not name.startswith("blocks.")
+    ]
     return report

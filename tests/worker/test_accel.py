@@ -43,7 +43,8 @@ def tiny_ti2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ({"attention_backend": "fa4", "dtype": "fp32"}, {}, "fa4 computes in bf16 or fp16; use --dtype bf16"),
         ({"quantization": "fp8"}, {"device": "cpu"}, "fp8 needs a CUDA GPU with FP8 tensor cores"),
         ({"quantization": "fp8", "dtype": "fp16"}, {}, "use --dtype bf16, not fp16"),
-        ({"quantization": "fp8", "offload": "model"}, {}, "which --offload model moves off it; use --offload none"),
+        ({"quantization": "fp8", "offload": "group"}, {}, "which --offload group splits into groups; use --offload none"),
+        ({"quantization": "fp8", "offload": "sequential"}, {}, "fp8 quantizes whole transformers, which --offload sequential"),
         ({"vae_compile": True, "vae_cpu_offload": True}, {}, "--vae-compile cannot be combined with offload hooks"),
         ({"vae_path": "/no/such/vae"}, {}, "--vae-path /no/such/vae does not exist"),
     ],
@@ -81,6 +82,41 @@ def test_impossible_configurations_are_refused_with_what_to_change(options: dict
 )
 def test_possible_configurations_pass(options: dict) -> None:
     accel.validate(EngineSettings(**options), num_heads=40, device="cuda", gpu_count=8)
+
+
+def test_fp8_with_model_offload_is_possible() -> None:
+    accel.validate(EngineSettings(quantization="fp8", offload="model", compile=True), device="cuda")
+
+
+def test_fp8_places_each_transformer_quantized_and_leaves_the_rest_to_their_placement(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker import fp8
+    from worker.tiny_model import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("t2v-a14b")
+    placed: list[tuple[str, str | None]] = []
+    names = {id(module): name for name, module in pipe.components.items()}
+
+    def place_quantized(transformer: object, device: object, *, park: object = None) -> fp8.Fp8Report:
+        placed.append((names[id(transformer)], str(park) if park is not None else None))
+        return fp8.Fp8Report()
+
+    monkeypatch.setattr(fp8, "place_quantized", place_quantized)
+    moved: list[str] = []
+    for name, module in pipe.components.items():
+        if name.startswith("transformer"):
+            monkeypatch.setattr(module, "to", lambda *a, _name=name, **k: moved.append(_name))
+    import torch
+
+    accel._place(pipe, EngineSettings(quantization="fp8"), torch.device("cpu"), fp8_as_placed=True)
+    assert placed == [("transformer", None), ("transformer_2", None)]
+    assert moved == []  # never moved whole in bf16
+
+    placed.clear()
+    monkeypatch.setattr(pipe, "enable_model_cpu_offload", lambda device: placed.append(("hooks", None)))
+    accel._place(pipe, EngineSettings(quantization="fp8", offload="model"), torch.device("cpu"), fp8_as_placed=True)
+    assert placed == [("transformer", "cpu"), ("transformer_2", "cpu"), ("hooks", None)]
 
 
 def test_all_problems_are_reported_at_once() -> None:

@@ -160,3 +160,36 @@ def test_every_size_works_eager_and_compiled(below: int, compile: bool) -> None:
     assert GEMMS
     for rows, _k, fused in GEMMS:
         assert fused == (rows >= below), (rows, fused)  # production sizes keep torchao's fused epilogue
+
+
+def test_each_block_is_quantized_as_it_is_placed_and_the_rest_moves_whole() -> None:
+    model = small_wan()
+    reference = fp8.quantize_blocks(small_wan())
+    events: list[tuple[str, object]] = []
+    for index, block in enumerate(model.blocks):
+        real_to = block.to
+
+        def logged_to(*args: Any, _index: int = index, _to: Any = real_to, **kwargs: Any) -> Any:
+            events.append(("to", _index))
+            return _to(*args, **kwargs)
+
+        block.to = logged_to  # type: ignore[method-assign]
+    real_quantize = fp8.quantize_blocks
+
+    def logged_quantize(block: Any, **kwargs: Any) -> fp8.Fp8Report:
+        events.append(("quantize", kwargs["prefix"]))
+        return real_quantize(block, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fp8, "quantize_blocks", logged_quantize)
+        report = fp8.place_quantized(model, torch.device("cpu"), park=torch.device("cpu"))
+    assert events == [
+        ("to", 0), ("quantize", "blocks.0."), ("to", 0),
+        ("to", 1), ("quantize", "blocks.1."), ("to", 1),
+    ]  # fmt: skip
+    assert sorted(report.quantized) == sorted(reference.quantized)
+    assert sorted(report.skipped) == sorted(reference.skipped)
+    assert len(model.blocks) == 2 and isinstance(model.blocks[1].ffn.net[2], fp8.Fp8Linear)
+    with torch.no_grad():
+        out = model(**inputs(2, 8, 8))[0]
+    assert torch.isfinite(out.float()).all()
