@@ -50,19 +50,23 @@ def start_dev_stack(
     try:
         redis_given = "redis" in settings.model_fields_set
         url = urlsplit(settings.redis.url)
-        if redis_given and port_open(url.hostname or "127.0.0.1", url.port or 6379):
+        private_redis = not (redis_given and port_open(url.hostname or "127.0.0.1", url.port or 6379))
+        if not private_redis:
             stack.redis_url = settings.redis.url
             stack.env["WANQ_REDIS_URL"] = settings.redis.url
             print(f"wanq dev: using Redis at {settings.redis.url}", file=sys.stderr)
         else:
             print(f"wanq dev: started a private redis-server at {stack.start_redis()}", file=sys.stderr)
-            # It starts empty by design: not a Redis that lost a deployment kept in a given S3 endpoint's bucket.
-            stack.env["WANQ_MAINTENANCE_FRESH_START"] = "true"
         if settings.s3.endpoint_url:
             stack.s3_url = settings.s3.endpoint_url
             print(f"wanq dev: using S3 endpoint {settings.s3.endpoint_url}", file=sys.stderr)
         else:
             print(f"wanq dev: started a local S3 endpoint (moto) at {stack.start_s3()}", file=sys.stderr)
+            if private_redis:
+                # A private Redis and a private bucket start empty together, by design. Never with a given S3
+                # endpoint: its bucket may hold a deployment whose Redis is elsewhere, and a fresh start would let
+                # the orphan sweep take every object there for an orphan (the API then says Redis lost its data).
+                stack.env["WANQ_MAINTENANCE_FRESH_START"] = "true"
         stack.env["WANQ_MODELS"] = "[" + ",".join(f'"{m}"' for m in models) + "]"
         open_mode = "auth" not in settings.model_fields_set
         if open_mode:
