@@ -61,7 +61,9 @@ class Deployment:
     def _establish(self) -> bool:
         """Writes the markers where this is a first start (or a deliberate fresh one); False where Redis lost them."""
         if self.storage.exists(self.storage.deployment_key) and not self.fresh_start:
-            return False
+            # Another process of a first start writes the bucket's marker, then Redis's: look at Redis once more
+            # before calling it a loss.
+            return bool(self.redis.exists(self.keys.deployment))
         marker = json.dumps({"created_at": time.time()}).encode()
         self.storage.put_bytes(marker, self.storage.deployment_key, "application/json")
         if self.redis.set(self.keys.deployment, marker, nx=True):
