@@ -93,13 +93,23 @@ class WorkerProcess:
                     job = self.runner.current_job if self.runner is not None else None
                     jobs = self.runner.busy_with() if self.runner is not None else []
                     store.heartbeat(self.worker_id, self.model_id, {**self._info, "job": job, "jobs": jobs}, ttl)
-                    deployment.problem()  # a Redis that came back empty is logged at critical level, once
                 except Exception as exc:  # Redis away for a moment: keep beating once it is back
                     log.warning("heartbeat failed: %s", exc)
                 self._stop.wait(interval)
 
+        def check_deployment() -> None:
+            # On a thread of its own: with Redis's marker gone the check asks S3, whose retries could otherwise hold
+            # the heartbeat past its TTL (the job taken for dead and run again).
+            while not self._stop.is_set():
+                try:
+                    deployment.problem()  # a Redis that came back empty is logged at critical level, once
+                except Exception as exc:
+                    log.warning("could not check the deployment marker: %s", exc)
+                self._stop.wait(max(interval, 10.0))
+
         self._store = store
         threading.Thread(target=beat, name="wanq-heartbeat", daemon=True).start()
+        threading.Thread(target=check_deployment, name="wanq-deployment-check", daemon=True).start()
 
     def shutdown(self) -> None:
         if self.runner is not None:
