@@ -293,8 +293,9 @@ class Upkeep:
         repairs = self.requeue_orphans() + self.reconcile()
         self.sweep_expired()
         if time.monotonic() >= self._next_orphan_sweep:
-            self.sweep_orphans()
+            # Scheduled before it runs: a sweep that raises (S3 away) waits for its next turn, not the next round.
             self._next_orphan_sweep = time.monotonic() + self.settings.maintenance.orphan_sweep_interval_s
+            self.sweep_orphans()
         return repairs
 
     def _lead(self, ttl_s: float) -> bool:
