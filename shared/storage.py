@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import boto3
 from boto3.exceptions import Boto3Error
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
 from shared.errors import StorageUnavailable
 from shared.settings import S3Settings
@@ -120,6 +120,10 @@ class Storage:
         for attempt in range(1, attempts + 1):
             try:
                 return call()
+            except (FileNotFoundError, IsADirectoryError, PermissionError):
+                raise  # this machine's file, not S3: no retry changes it
+            except (NoCredentialsError, ParamValidationError) as exc:
+                raise StorageUnavailable(f"could not {doing}: {_describe(exc)}") from exc  # configuration, not weather
             except (BotoCoreError, ClientError, Boto3Error, OSError) as exc:
                 error = _client_error(exc)
                 if missing is not None and error is not None and _error_code(error) in ("NoSuchKey", "404"):
