@@ -247,8 +247,9 @@ class MaintenanceSettings(BaseModel):
     """Requeue jobs of dead workers and delete expired outputs (one API replica at a time)."""
     interval_s: float = Field(default=5.0, gt=0)
     """How often upkeep runs."""
-    orphan_grace_s: float = Field(default=3600.0, ge=0)
-    """Age past which a stored object no record names (a job's input image or outputs, a LoRA file) is deleted."""
+    orphan_grace_s: float = Field(default=3600.0, ge=300)
+    """Age past which a stored object no record names (a job's input image or outputs, a LoRA file) is deleted; at
+    least 300 s, so an object stored just before its record is written is never taken for an orphan."""
     orphan_sweep_interval_s: float = Field(default=600.0, gt=0)
     """How often upkeep lists the bucket for such orphans."""
     fresh_start: bool = False
@@ -485,6 +486,11 @@ class Settings(BaseSettings):
         # Outputs expire (upkeep's sweep and the bucket's lifecycle rule, which filter on WANQ_S3_KEY_PREFIX); the
         # LoRA library must never lie under that prefix, nor the outputs under its own.
         videos, loras = self.s3.key_prefix, self.loras.key_prefix
+        for name, prefix in (("WANQ_S3_KEY_PREFIX", videos), ("WANQ_LORAS_KEY_PREFIX", loras)):
+            if prefix and not prefix.endswith("/"):
+                # The deployment marker lies beside the prefix ('videos.deployment' for 'videos/'): without the
+                # slash it would lie under it, where the lifecycle rule expires it and the sweep looks.
+                raise ValueError(f"{name} {prefix!r} must end with '/' (e.g. {prefix + '/'!r})")
         if videos.startswith(loras) or loras.startswith(videos):
             raise ValueError(
                 f"WANQ_S3_KEY_PREFIX {videos!r} and WANQ_LORAS_KEY_PREFIX {loras!r} overlap: outputs expire by their "

@@ -36,6 +36,7 @@ def test_nested_variables_map_to_groups(monkeypatch: pytest.MonkeyPatch) -> None
         ("WANQ_JOBS_HARD_TIME_LIMIT_S", "10", "WANQ_JOBS_HARD_TIME_LIMIT_S"),
         ("WANQ_S3_KEY_PREFIX", "", "WANQ_LORAS_KEY_PREFIX 'loras/' overlap"),  # expiring outputs would take the LoRAs
         ("WANQ_LORAS_KEY_PREFIX", "videos/loras/", "WANQ_S3_KEY_PREFIX 'videos/'"),
+        ("WANQ_S3_KEY_PREFIX", "videos", "WANQ_S3_KEY_PREFIX 'videos' must end with '/'"),  # the marker would expire
     ],
 )
 def test_mistakes_fail_with_what_to_change(monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str) -> None:
