@@ -1,5 +1,5 @@
 """When a running job will complete: from its own step times once a step has run, and before that from the finished
-runs of the same model at the same size (video tokens); no estimate rather than a wrong one.
+runs of the same model at the same size (video tokens); with neither, no estimate rather than a wrong one.
 
 The worker keeps a `RunClock` per run and writes its answer into the record at each progress transition
 (`estimated_completed_at`); the video object turns it into `eta_s`, so the page and the CLI show the same number.
@@ -48,14 +48,17 @@ class RunClock:
         self.finished_at: float | None = None
 
     def completes_at(self, now: float, step: int = 0) -> float | None:
-        """After `step` steps (0: none yet): this run's mean step time for the steps left, else the earlier runs'."""
+        """After `step` steps (0: none yet): this run's mean step time for the steps left, else the earlier runs'.
+        With no earlier run at this size, the steps left alone: the first 15-minute job at a size still shows how
+        long its denoising has to go (the decode and export after it, seconds, are not in it)."""
+        tail_s = self.earlier.tail_s if self.earlier is not None else 0.0
+        if step > 0 and self.denoising_from is not None and self.denoising_until is None:
+            mean = (now - self.denoising_from) / step
+            return now + (self.total_steps - step) * mean + tail_s
         if self.earlier is None:
             return None
         if self.denoising_until is not None:
             return self.denoising_until + self.earlier.tail_s
-        if step > 0 and self.denoising_from is not None:
-            mean = (now - self.denoising_from) / step
-            return now + (self.total_steps - step) * mean + self.earlier.tail_s
         head_left = max(0.0, self.started + self.earlier.head_s - now) if self.denoising_from is None else 0.0
         return now + head_left + self.total_steps * self.earlier.step_s + self.earlier.tail_s
 

@@ -32,8 +32,15 @@ def test_nothing_to_go_by_gives_no_estimate() -> None:
     clock = RunClock(10, None, started=100.0)
     clock.denoising_from = 101.0
     assert clock.completes_at(101.0) is None
-    assert clock.completes_at(105.0, step=2) is None  # the tail is unknown: no number rather than a wrong one
     assert clock.times() is None  # not finished
+
+
+def test_a_first_run_at_its_size_goes_by_its_own_steps_alone() -> None:
+    clock = RunClock(10, None, started=100.0)
+    clock.denoising_from = 101.0
+    assert clock.completes_at(105.0, step=2) == 105.0 + 8 * 2.0  # the steps left; the tail after them is unknown
+    clock.denoising_until = 121.0
+    assert clock.completes_at(122.0, step=10) is None  # decoding: nothing to go by for what is left
 
 
 def test_a_finished_run_leaves_its_times_for_the_next() -> None:
