@@ -78,7 +78,10 @@ _NOT_THE_USERS_BUSINESS = (
     # torchao's int8 matmul kernels need Triton; wanq never calls them (no Triton on CPU machines, the GPU images have it).
     ("torchao.kernel.intmm", re.compile(r"Warning: Detected no triton")),
     # torchao registers its enums in a way torch now deprecates: a notice for torchao's maintainers.
-    ("torch.utils._pytree", re.compile(r"<enum '\w+'> is an Enum subclass and is now natively supported by torch.compile")),
+    (
+        "torch.utils._pytree",
+        re.compile(r"<enum '\w+'> is an Enum subclass and is now natively supported by torch.compile", re.ASCII),
+    ),
     # The same torchao build: diffusers cannot read torchao-serialized checkpoints, which wanq never loads (it
     # quantizes at load time).
     ("diffusers.quantizers.torchao.torchao_quantizer", re.compile(r"Unable to import `torchao` Tensor objects")),

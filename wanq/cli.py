@@ -89,7 +89,7 @@ def _output_file(args: argparse.Namespace) -> Path:
     elif args.output_path is None and args.output_file_name is None:
         out = Path("out.mp4")
     else:
-        name = args.output_file_name or re.sub(r"[^\w.-]+", "_", args.prompt).strip("_.")[:100] or "video"
+        name = args.output_file_name or re.sub(r"[^\w.-]+", "_", args.prompt, flags=re.ASCII).strip("_.")[:100] or "video"
         out = Path(args.output_path or ".") / name
         if not out.suffix:
             out = out.with_suffix(".mp4")

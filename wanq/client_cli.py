@@ -209,7 +209,7 @@ def in_flags(message: str) -> str:
     """The server's message with the API fields it names (`'num_inference_steps'`) as the flags (`--steps`), and the
     API's routes it points to (`GET /v1/loras`) as the commands."""
     message = re.sub(r"'input_reference'(?: \(file\))?(?: or |/)'image_url'", "--image", message)
-    message = re.sub(r"'loras\[\d+\](?:\.\w+)?'", "--lora", message)
+    message = re.sub(r"'loras\[\d+\](?:\.\w+)?'", "--lora", message, flags=re.ASCII)
     message = message.replace("GET /v1/loras", "`wanq loras list`")
     for name, flag in SUBMIT_FLAGS.items():
         message = message.replace(f"'{name}'", flag)
