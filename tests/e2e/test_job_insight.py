@@ -143,9 +143,10 @@ def test_the_time_left_comes_from_the_runs_own_steps(workers: Workers, api: http
     mid = [(t, v) for t, v in running if v["stage"] == "denoising" and 2 <= v["step"] <= 6]
     assert mid, running
     for t, video in mid:
-        # Within 2 s of the real end, or half the time that was really left: two shared cores slow the tail (decode,
-        # export, upload) of one run against the last by a second or more. The old estimate, scaled from another
-        # job whatever its size, was off by minutes; a frozen one would drift by the steps' whole length.
+        # Within 3 s of the real end, or 60% of the time that was really left: on two shared cores one run's tail
+        # (decode, export, upload) and its first steps differ from the last run's by seconds. The old estimate,
+        # scaled from another job whatever its size, was off by minutes. The arithmetic itself is checked exactly
+        # in tests/shared/test_estimate.py.
         left = record.completed_at - t
-        assert abs(t + video["eta_s"] - record.completed_at) < max(2.0, 0.5 * left), (video["step"], video["eta_s"], left)
+        assert abs(t + video["eta_s"] - record.completed_at) < max(3.0, 0.6 * left), (video["step"], video["eta_s"], left)
     assert all(v["eta_s"] is None for _, v in seen if v["status"] != "in_progress")
