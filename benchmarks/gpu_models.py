@@ -138,6 +138,8 @@ def build(
         }
         pipe = WanPipeline(**components, boundary_ratio=0.875)
     if limit_bytes is not None and device.type == "cuda":
+        if device.index is None:  # the engine with --offload model names plain "cuda"; the cap needs an index
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)  # the load peak is then the engine's placement alone
         torch.cuda.set_per_process_memory_fraction(limit_bytes / torch.cuda.get_device_properties(device).total_memory, device)
