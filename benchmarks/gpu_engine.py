@@ -38,21 +38,21 @@ recorded as failed; past the deadline nothing new starts. Per-step and end-to-en
 
 Random weights: speed, memory and numerical differences mean something; picture quality does not, and the
 cache-dit defaults' residual test is rarely passed by random weights (hence the fixed setting).
+
+A new plan: a function `plan_NAME(tiny) -> list[Variant]` under `@plan_named("NAME", model=..., budget_s=...)`
+(then `--plan NAME` and `--only VARIANT` work). A new kind of measurement (a decode stage, a post-processing model...): a function
+`run_KIND(args, variant) -> dict` under `@runs("KIND")`, listed in a plan as `Variant("NAME", "KIND", cap_s, ...)`;
+the result dict is what results.json records for it. benchmarks/harness.py has the rest (GPU helpers, timings,
+the engine factory, the results file, the child processes).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import gc
-import importlib.metadata
-import json
 import os
-import statistics
-import subprocess
 import sys
 import time
-import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,14 +61,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-FACTORY = "benchmarks.gpu_models:build"
-PROMPT = "a red fox runs through fresh snow in a pine forest at dawn, cinematic, detailed fur"
-NEGATIVE = "blurry, low quality, static, overexposed, worst quality"
+from benchmarks import harness  # noqa: E402
+from benchmarks.harness import PROMPT, export_all, free, gib, limit_bytes, median, memory, reset_peak, sync, timed_job  # noqa: E402
+
 FIXED_CACHE = {"rdt": 1.0, "warmup": 4, "mc": 3}
 """rdt >= 1 is 'always similar': 4 computed steps, then 3 cached and 1 computed, repeated (per expert)."""
 
 
-# -- the plan ---------------------------------------------------------------------------------------
+# -- the plans: a function per plan -----------------------------------------------------------------
 
 
 @dataclass
@@ -93,96 +93,117 @@ class Variant:
     """A14B: shift 5 with 6 steps puts 3 steps on each expert (the first of each untimed)."""
 
 
+PlanFn = Callable[[bool], list[Variant]]
+"""A plan: `tiny` -> its variants, in order of priority."""
+
+
+@dataclass
+class Plan:
+    variants: PlanFn
+    model: str
+    """The variant of Wan2.2 every engine of the plan runs: "ti2v-5b" or "t2v-a14b"."""
+    budget_s: float
+    """The default `--budget-s` (110 with --tiny)."""
+
+
+PLANS: dict[str, Plan] = {}
+"""`--plan NAME`."""
+
+
+def plan_named(name: str, *, model: str, budget_s: float) -> Callable[[PlanFn], PlanFn]:
+    def add(variants: PlanFn) -> PlanFn:
+        PLANS[name] = Plan(variants, model, budget_s)
+        return variants
+
+    return add
+
+
 def plan(name: str, tiny: bool) -> list[Variant]:
+    return PLANS[name].variants(tiny)
+
+
+def engines(tiny: bool) -> dict[str, dict[str, Any]]:
+    """The engine options the plans combine."""
     compiled = {"compile": not tiny, "attention_backend": "native"}
     fa4 = {**compiled, "attention_backend": "fa4"}
     fp8 = {**compiled, "quantization": "fp8"}
-    both = {**fa4, "quantization": "fp8"}
-    if name == "a14b-fit":
-        # Issue 26: A14B in 48 GB (FP8 quantized as placed) and 24 GB (+ --offload model), against the unlimited step.
-        fit = {**both, "text_encoder_cpu_offload": True}
-        fit_native = {**fp8, "text_encoder_cpu_offload": True}
-        each = {"place": "cpu", "steps": 6, "flow_shift": 5.0, "lossy": True}
-        return [
-            Variant("env", "env", 60),
-            Variant("matmul", "matmul", 60),
-            Variant("steps:fp8@48GB", "steps", 300, fit_native, budget_gb=48, **each),  # type: ignore[arg-type]
-            Variant("steps:fp8", "steps", 300, fit_native, **each),  # type: ignore[arg-type]
-            Variant("steps:fa4+fp8@48GB", "steps", 300, fit, budget_gb=48, **each),  # type: ignore[arg-type]
-            Variant("steps:fa4+fp8", "steps", 300, fit, **each),  # type: ignore[arg-type]
-            Variant(
-                "steps:fa4+fp8+offload-model@24GB",
-                "steps",
-                330,
-                {**both, "offload": "model"},
-                budget_gb=24,
-                **each,  # type: ignore[arg-type]
-            ),
-            Variant(
-                "steps:fa4",
-                "steps",
-                300,
-                {**fa4, "text_encoder_cpu_offload": True},
-                steps=6,
-                flow_shift=5.0,
-            ),
-        ]
-    if name == "a14b":
-        return [
-            Variant("env", "env", 60),
-            Variant("matmul", "matmul", 60),
-            Variant("steps:native", "steps", 220, compiled),
-            Variant("steps:fa4+fp8", "steps", 240, both, warmup=True, lossy=True),
-            Variant("decode", "decode", 200),
-            Variant("steps:fa4", "steps", 200, fa4),
-            Variant("steps:fp8", "steps", 220, fp8, warmup=True, lossy=True),
-        ]
+    return {"compiled": compiled, "fa4": fa4, "fp8": fp8, "both": {**fa4, "quantization": "fp8"}}
+
+
+@plan_named("a14b-fit", model="t2v-a14b", budget_s=560)
+def plan_a14b_fit(tiny: bool) -> list[Variant]:
+    # Issue 26: A14B in 48 GB (FP8 quantized as placed) and 24 GB (+ --offload model), against the unlimited step.
+    e = engines(tiny)
+    fit = {**e["both"], "text_encoder_cpu_offload": True}
+    fit_native = {**e["fp8"], "text_encoder_cpu_offload": True}
+    each = {"place": "cpu", "steps": 6, "flow_shift": 5.0, "lossy": True}
+    return [
+        Variant("env", "env", 60),
+        Variant("matmul", "matmul", 60),
+        Variant("steps:fp8@48GB", "steps", 300, fit_native, budget_gb=48, **each),  # type: ignore[arg-type]
+        Variant("steps:fp8", "steps", 300, fit_native, **each),  # type: ignore[arg-type]
+        Variant("steps:fa4+fp8@48GB", "steps", 300, fit, budget_gb=48, **each),  # type: ignore[arg-type]
+        Variant("steps:fa4+fp8", "steps", 300, fit, **each),  # type: ignore[arg-type]
+        Variant(
+            "steps:fa4+fp8+offload-model@24GB",
+            "steps",
+            330,
+            {**e["both"], "offload": "model"},
+            budget_gb=24,
+            **each,  # type: ignore[arg-type]
+        ),
+        Variant("steps:fa4", "steps", 300, {**e["fa4"], "text_encoder_cpu_offload": True}, steps=6, flow_shift=5.0),
+    ]
+
+
+@plan_named("a14b", model="t2v-a14b", budget_s=480)
+def plan_a14b(tiny: bool) -> list[Variant]:
+    e = engines(tiny)
+    return [
+        Variant("env", "env", 60),
+        Variant("matmul", "matmul", 60),
+        Variant("steps:native", "steps", 220, e["compiled"]),
+        Variant("steps:fa4+fp8", "steps", 240, e["both"], warmup=True, lossy=True),
+        Variant("decode", "decode", 200),
+        Variant("steps:fa4", "steps", 200, e["fa4"]),
+        Variant("steps:fp8", "steps", 220, e["fp8"], warmup=True, lossy=True),
+    ]
+
+
+@plan_named("ti2v", model="ti2v-5b", budget_s=560)
+def plan_ti2v(tiny: bool) -> list[Variant]:
+    e = engines(tiny)
     frames_long = 13 if tiny else 121
     return [
         Variant("env", "env", 60),
         Variant("matmul", "matmul", 60),
         Variant("baseline", "baseline", 100),
-        Variant("steps:native", "steps", 150, compiled),
-        Variant("steps:fa4", "steps", 150, fa4),
-        Variant("steps:fp8", "steps", 170, fp8, warmup=True, lossy=True),
-        Variant("steps:fa4+fp8", "steps", 170, both, warmup=True, lossy=True),
-        Variant("cache", "cache", 170, compiled),
+        Variant("steps:native", "steps", 150, e["compiled"]),
+        Variant("steps:fa4", "steps", 150, e["fa4"]),
+        Variant("steps:fp8", "steps", 170, e["fp8"], warmup=True, lossy=True),
+        Variant("steps:fa4+fp8", "steps", 170, e["both"], warmup=True, lossy=True),
+        Variant("cache", "cache", 170, e["compiled"]),
         Variant("decode", "decode", 220),
         Variant("e2e:lossless", "e2e", 160, pick="lossless"),
         Variant("e2e:lossy", "e2e", 160, pick="lossy", lossy=True),
         Variant(f"steps@{frames_long}:lossless", "steps", 150, frames=frames_long, pick="lossless"),
-        Variant(f"steps@{frames_long}:fa4+fp8", "steps", 170, both, frames=frames_long, warmup=True, lossy=True),
+        Variant(f"steps@{frames_long}:fa4+fp8", "steps", 170, e["both"], frames=frames_long, warmup=True, lossy=True),
     ]
 
 
 # -- results ----------------------------------------------------------------------------------------
 
 
-def results_path(out: Path) -> Path:
-    return out / "results.json"
-
-
-def load(out: Path) -> dict[str, Any]:
-    path = results_path(out)
-    return json.loads(path.read_text()) if path.exists() else {}
+def load(args: argparse.Namespace) -> dict[str, Any]:
+    return args.results.load()  # type: ignore[no-any-return]
 
 
 def save_variant(args: argparse.Namespace, name: str, value: dict[str, Any], status: str = "done") -> None:
-    results = load(args.out)
-    results.setdefault("variants", {})[name] = value
-    results.setdefault("status", {})[name] = status
-    text = json.dumps(results, indent=1, default=str)
-    tmp = results_path(args.out).with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(results_path(args.out))
-    for folder in args.mirror:
-        with contextlib.suppress(OSError):
-            (folder / "results.json").write_text(text)
-    print(f"[result] {name} ({status}): {json.dumps(value, default=str)[:600]}", flush=True)
+    args.results.save(name, value, status=status, show=600)
 
 
 def steps_results(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    variants = load(args.out).get("variants", {})
+    variants = load(args).get("variants", {})
     return {k: v for k, v in variants.items() if k.startswith("steps:") and "median_step_s" in v}
 
 
@@ -195,141 +216,34 @@ def fastest(args: argparse.Namespace, lossy: bool) -> tuple[str, dict[str, Any]]
     return name, value["engine"]
 
 
-# -- helpers ----------------------------------------------------------------------------------------
-
-
-def cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def sync() -> None:
-    import torch
-
-    if cuda():
-        torch.cuda.synchronize()
-
-
-def gib(n: float) -> float:
-    return round(n / 2**30, 2)
-
-
-def reset_peak() -> None:
-    import torch
-
-    if cuda():
-        torch.cuda.reset_peak_memory_stats()
-
-
-def memory() -> dict[str, float]:
-    import torch
-
-    if not cuda():
-        return {}
-    return {
-        "peak_allocated_gib": gib(torch.cuda.max_memory_allocated()),
-        "peak_reserved_gib": gib(torch.cuda.max_memory_reserved()),
-        "allocated_now_gib": gib(torch.cuda.memory_allocated()),
-    }
-
-
-def median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 4) if values else None
-
-
-def free() -> None:
-    import torch
-
-    gc.collect()
-    torch._dynamo.reset()
-    if cuda():
-        torch.cuda.empty_cache()
+# -- this script's job and engine -------------------------------------------------------------------
 
 
 def variant_name(args: argparse.Namespace) -> str:
-    return "ti2v-5b" if args.plan == "ti2v" else "t2v-a14b"
-
-
-H100_BYTES = 85_029_158_912
-"""torch.cuda.get_device_properties(0).total_memory of an H100 80GB HBM3 (79.19 GiB)."""
-
-
-def limit_bytes(budget_gb: int) -> int:
-    return int(H100_BYTES * budget_gb / 80)
-
-
-def held_to(budget_gb: int | None, *, now: bool = True) -> contextlib.AbstractContextManager[None]:
-    """The process held to `budget_gb / 80` of an H100 80GB's memory (79.19 GiB) for the variant, on any card.
-    `now=False`: the factory sets the limit once it has built and parked the weights; this only lifts it after."""
-    import torch
-
-    @contextlib.contextmanager
-    def held() -> Any:
-        if budget_gb is None or not cuda():
-            yield
-            return
-        if now:
-            torch.cuda.set_per_process_memory_fraction(limit_bytes(budget_gb) / torch.cuda.get_device_properties(0).total_memory)
-        try:
-            yield
-        finally:
-            torch.cuda.set_per_process_memory_fraction(1.0)
-
-    return held()
+    return PLANS[args.plan].model
 
 
 def size(args: argparse.Namespace) -> tuple[int, int, int]:
     if args.tiny:
         return 64, 64, 9
-    return (1280, 704, 81) if args.plan == "ti2v" else (1280, 720, 81)
+    return (1280, 704, 81) if variant_name(args) == "ti2v-5b" else (1280, 720, 81)
 
 
 def spec_for(args: argparse.Namespace, **overrides: Any) -> Any:
-    from shared.schemas import GenerationSpec
-
-    width, height, frames = size(args)
-    a14b = args.plan.startswith("a14b")
-    fields: dict[str, Any] = dict(
-        model=f"wan2.2-{variant_name(args)}",
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
-        width=width,
-        height=height,
-        num_frames=frames,
-        fps=16 if a14b else 24,
-        num_inference_steps=args.steps,
-        guidance_scale=4.0 if a14b else 5.0,
-        guidance_scale_2=3.0 if a14b else None,
-        flow_shift=12.0 if a14b else 5.0,
-        seed=7,
-    )
-    fields.update(overrides)
-    return GenerationSpec.model_validate(fields)
+    return harness.spec_for(variant_name(args), size(args), args.steps, **overrides)
 
 
 def engine_settings(args: argparse.Namespace, options: dict[str, Any]) -> Any:
-    from shared.settings import EngineSettings
-
-    values: dict[str, Any] = {"device": "cpu" if args.tiny else "cuda", **options}
-    for item in args.engine:
-        key, _, raw = item.partition("=")
-        values[key] = raw
-    if args.tiny:
-        values["compile"] = False  # inductor on a CPU takes minutes; the option path is the same
-    return EngineSettings.model_validate(values)
+    return harness.engine_settings(options, tiny=args.tiny, command_line=args.engine)
 
 
 def make_engine(args: argparse.Namespace, options: dict[str, Any], place: str = "device", limit: int | None = None) -> Any:
-    from worker.startup import start_engine
-
-    settings = engine_settings(args, options)
-    kwargs: dict[str, Any] = {"variant": variant_name(args), "tiny": args.tiny}
+    kwargs: dict[str, Any] = {}
     if place != "device":
         kwargs["place"] = place
     if limit is not None:
         kwargs["limit_bytes"] = limit
-    return start_engine(None, settings, model_id=f"wan2.2-{variant_name(args)}", factory=FACTORY, factory_kwargs=kwargs)
+    return harness.make_engine(engine_settings(args, options), variant_name(args), tiny=args.tiny, **kwargs)
 
 
 def skip_decode(engine: Any) -> None:
@@ -337,13 +251,6 @@ def skip_decode(engine: Any) -> None:
     import numpy as np
 
     engine.decode = lambda pipe, latents: np.zeros((1, 2, 2, 3), dtype=np.uint8)
-
-
-def timed_job(engine: Any, spec: Any) -> tuple[Any, float]:
-    """One generate with a device sync after every step, so the step times are exact."""
-    started = time.perf_counter()
-    result = engine.generate(spec, on_step=lambda done, total: sync())
-    return result, time.perf_counter() - started
 
 
 def save_latents(args: argparse.Namespace, name: str, latents: Any) -> Path:
@@ -364,121 +271,56 @@ def rel_error(args: argparse.Namespace, latents: Any, reference: str) -> float |
     mine = latents.float().cpu()
     if ref.shape != mine.shape:
         return None
-    return round(float((mine - ref).norm() / ref.norm()), 6)
+    return round(harness.rel_err(mine, ref), 6)
 
 
 def flop_view(args: argparse.Namespace, spec: Any, seconds_per_forward: float | None) -> dict[str, Any]:
-    from benchmarks import gpu_models
-
-    if args.tiny or not seconds_per_forward:
-        return {}
-    tokens = gpu_models.video_tokens(variant_name(args), spec.width, spec.height, spec.num_frames)
-    flops = gpu_models.forward_flops(variant_name(args), tokens)
-    view: dict[str, Any] = {"tokens": tokens, "tflop_per_forward": round(flops / 1e12, 1)}
-    view["achieved_tflops"] = round(flops / seconds_per_forward / 1e12, 1)
-    rate = load(args.out).get("variants", {}).get("matmul", {}).get("tflops")
-    if rate:
-        view["share_of_matmul_rate"] = round(flops / seconds_per_forward / (rate * 1e12), 3)
-    return view
+    rate = load(args).get("variants", {}).get("matmul", {}).get("tflops")
+    return harness.flop_view(variant_name(args), spec, seconds_per_forward, rate, args.tiny)
 
 
 # -- variants ---------------------------------------------------------------------------------------
 
+RUNNERS: dict[str, Callable[[argparse.Namespace, Variant], dict[str, Any]]] = {}
+"""A variant's `kind`: the function that measures it."""
 
+
+def runs(kind: str) -> Callable[[Callable[[argparse.Namespace, Variant], dict[str, Any]]], Any]:
+    def add(
+        run: Callable[[argparse.Namespace, Variant], dict[str, Any]],
+    ) -> Callable[[argparse.Namespace, Variant], dict[str, Any]]:
+        RUNNERS[kind] = run
+        return run
+
+    return add
+
+
+@runs("env")
 def run_env(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda() else ["cpu"],
-    }
-    for package in ("diffusers", "torchao", "cache-dit", "flash-attn-4", "nvidia-cutlass-dsl", "quack-kernels", "transformers"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            info[package] = importlib.metadata.version(package)
-    if cuda():
-        info["capability"] = list(torch.cuda.get_device_capability())
-        info["gpu_memory_gib"] = gib(torch.cuda.get_device_properties(0).total_memory)
-        info["cudnn"] = torch.backends.cudnn.version()
-        with contextlib.suppress(Exception):
-            info["nvidia_smi"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            ).stdout.strip()
     from worker import accel
 
+    info = harness.environment(
+        "diffusers", "torchao", "cache-dit", "flash-attn-4", "nvidia-cutlass-dsl", "quack-kernels", "transformers"
+    )
     info["fa4_problems"] = accel.environment_problems(engine_settings(args, {"attention_backend": "fa4"}))
     return info
 
 
+@runs("matmul")
 def run_matmul(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
-    import torch
-
-    n = 512 if args.tiny else 8192
-    dtype = torch.float32 if args.tiny else torch.bfloat16
-    device = "cuda" if cuda() else "cpu"
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(5):
-        a @ b
-    sync()
-    times = []
-    for _ in range(20):
-        if cuda():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(10):
-                a @ b
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000 / 10)
-        else:
-            t0 = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
-    return {"n": n, "dtype": str(dtype), "s": round(seconds, 6), "tflops": round(2 * n**3 / seconds / 1e12, 1)}
+    return harness.matmul_rate(args.tiny)
 
 
+@runs("baseline")
 def run_baseline(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     """Plain diffusers: `WanPipeline` with its defaults (eager, default attention), same seed and prompts."""
-    import torch
-
     from benchmarks import gpu_models
 
-    device = torch.device("cuda" if cuda() else "cpu")
-    dtype = torch.bfloat16 if cuda() else torch.float32
+    device, dtype = harness.device_and_dtype()
     reset_peak()
     pipe = gpu_models.build(device=device, dtype=dtype, variant=variant_name(args), tiny=args.tiny)
-    pipe.set_progress_bar_config(disable=True)
     spec = spec_for(args)
-    step_times: list[float] = []
-    last = [0.0]
-
-    def on_step(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        sync()
-        now = time.perf_counter()
-        step_times.append(now - last[0])
-        last[0] = now
-        return kwargs
-
-    with torch.no_grad():
-        sync()
-        last[0] = time.perf_counter()
-        latents = pipe(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt,
-            height=spec.height,
-            width=spec.width,
-            num_frames=spec.num_frames,
-            num_inference_steps=spec.num_inference_steps,
-            guidance_scale=spec.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(spec.seed),
-            output_type="latent",
-            callback_on_step_end=on_step,
-        ).frames
+    latents, step_times = harness.plain_steps(pipe, spec)
     save_latents(args, variant.name, latents)
     step = median(step_times[1:])
     del pipe
@@ -492,10 +334,11 @@ def run_baseline(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     }
 
 
+@runs("steps")
 def run_steps(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     # Weights parked in RAM: the limit starts after the factory's build (one bf16 A14B expert is 26 GiB on the GPU
     # while it is made), as from_pretrained leaves them on the CPU. Built on the GPU: it holds from the start.
-    with held_to(variant.budget_gb, now=variant.place != "cpu"):
+    with harness.held_to(variant.budget_gb, now=variant.place != "cpu"):
         return _run_steps(args, variant)
 
 
@@ -562,21 +405,18 @@ def _run_steps(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
         if variant.frames is None:
             record["latent_rel_err_vs_plain_eager"] = rel_error(args, result.latents, "baseline")
         if variant.frames is not None and "lossless" not in name:
-            lossless = next(
-                (k for k in load(args.out).get("variants", {}) if k.startswith(f"steps@{variant.frames}:lossless")), None
-            )
+            lossless = next((k for k in load(args).get("variants", {}) if k.startswith(f"steps@{variant.frames}:lossless")), None)
             if lossless:
                 record["latent_rel_err_vs_lossless_same_size"] = rel_error(args, result.latents, lossless)
-        baseline = load(args.out).get("variants", {}).get("baseline", {}).get("median_step_s")
+        baseline = load(args).get("variants", {}).get("baseline", {}).get("median_step_s")
         if baseline and step and variant.frames is None:
             record["speedup_vs_plain"] = round(baseline / step, 3)
     finally:
-        engine.close()
-        del engine
-        free()
+        engine.close()  # its memory goes back once the variant returns (harness.child_queue)
     return record
 
 
+@runs("cache")
 def run_cache(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     """The compiled engine, one job per cache setting: none, the defaults (SGLang's), a fixed schedule."""
     steps = 8 if args.tiny else 12
@@ -602,9 +442,7 @@ def run_cache(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
         record["jobs"] = jobs
         record.update(memory())
     finally:
-        engine.close()
-        del engine
-        free()
+        engine.close()  # its memory goes back once the variant returns (harness.child_queue)
     return record
 
 
@@ -619,10 +457,11 @@ def build_vae(args: argparse.Namespace) -> Any:
         return build_tiny_pipeline(variant_name(args)).vae.eval()
     from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
 
-    config = gpu_models.WAN22_VAE if args.plan == "ti2v" else gpu_models.WAN21_VAE
+    config = gpu_models.WAN22_VAE if variant_name(args) == "ti2v-5b" else gpu_models.WAN21_VAE
     return gpu_models._make(lambda: AutoencoderKLWan(**config), torch.device("cuda"), torch.bfloat16, 3)
 
 
+@runs("decode")
 def run_decode(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     """VAE decode alone, per option (worker/accel.py `_prepare_vae`, the engine's code path), on one set of random
     latents; frames compared with stock's (uint8, 0..255). Then the MP4 export of stock's frames."""
@@ -630,7 +469,6 @@ def run_decode(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     import torch
     from diffusers.video_processor import VideoProcessor
 
-    from benchmarks.gpu_pipeline import export_all
     from worker import accel
     from worker.engine import decode_latents
 
@@ -696,15 +534,14 @@ def run_decode(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
             torch.backends.cudnn.benchmark = False
         save_variant(args, variant.name, record, status="running")
     if stock is not None:
-        record["mp4_export"] = export_all(stock, 24 if args.plan == "ti2v" else 16, args.out / "decode_export")
+        record["mp4_export"] = export_all(stock, 24 if variant_name(args) == "ti2v-5b" else 16, args.out / "decode_export")
     free()
     return record
 
 
+@runs("e2e")
 def run_e2e(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
     """The fastest variant of its kind, 50 steps through `WanEngine.generate` (decode included), then the export."""
-    from benchmarks.gpu_pipeline import export_all
-
     picked, options = fastest(args, lossy=variant.pick == "lossy")
     record: dict[str, Any] = {"picked_from": picked, "engine": options}
     t0 = time.perf_counter()
@@ -735,7 +572,7 @@ def run_e2e(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
             upload_note="not timed: no S3 endpoint on the GPU machine",
             **memory(),
         )
-        decode = load(args.out).get("variants", {}).get("decode", {}).get("variants", {})
+        decode = load(args).get("variants", {}).get("decode", {}).get("variants", {})
         lossless_decodes = [
             (v["decode_s"], k) for k, v in decode.items() if v.get("decode_s") and v.get("max_abs_diff_vs_stock", 0) <= 2
         ]
@@ -746,117 +583,39 @@ def run_e2e(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
             )
             record["estimate_best_decode"] = best
     finally:
-        engine.close()
-        del engine
-        free()
+        engine.close()  # its memory goes back once the variant returns (harness.child_queue)
     return record
 
 
-RUNNERS = {
-    "env": run_env,
-    "matmul": run_matmul,
-    "baseline": run_baseline,
-    "steps": run_steps,
-    "cache": run_cache,
-    "decode": run_decode,
-    "e2e": run_e2e,
-}
-
-
-# -- the child: runs the queue in order -------------------------------------------------------------
+# -- the parent and the child -----------------------------------------------------------------------
 
 
 def child_main(args: argparse.Namespace) -> None:
-    queue = json.loads((args.out / "queue.json").read_text())
     variants = {v.name: v for v in plan(args.plan, args.tiny)}
-    for name in queue:
-        variant = variants[name]
-        left = args.deadline - time.time()
-        if left < 15:
-            save_variant(args, name, {"skipped": "deadline reached before it started"}, status="skipped")
-            continue
-        (args.out / "current.json").write_text(json.dumps({"name": name, "started": time.time()}))
-        print(f"[variant] {name} ({variant.kind}), {left:.0f} s left", flush=True)
-        started = time.perf_counter()
-        try:
-            value = RUNNERS[variant.kind](args, variant)
-            value["wall_s"] = round(time.perf_counter() - started, 2)
-            save_variant(args, name, value)
-        except Exception as exc:
-            error = {
-                "error": f"{type(exc).__name__}: {str(exc)[:800]}",
-                "traceback": traceback.format_exc()[-2500:],
-                "wall_s": round(time.perf_counter() - started, 2),
-            }
-            save_variant(args, name, error, status="error")
-            with contextlib.suppress(Exception):
-                free()
-        (args.out / "current.json").unlink(missing_ok=True)
-
-
-# -- the parent: the deadline, and a child replaced when it dies --------------------------------------
+    harness.child_queue(args.results, args.deadline, lambda name: RUNNERS[variants[name].kind](args, variants[name]))
 
 
 def parent_main(args: argparse.Namespace, argv: list[str]) -> None:
-    started = time.time()
-    deadline = started + args.budget_s
+    budget = harness.Budget(args.budget_s)
     variants = [v for v in plan(args.plan, args.tiny) if not args.only or v.name in args.only]
-    results = load(args.out) if args.resume else {}
+    results = load(args) if args.resume else {}
     results.update(plan=args.plan, tiny=args.tiny, budget_s=args.budget_s, started=time.strftime("%Y-%m-%d %H:%M:%S"))
     results["order"] = [v.name for v in variants]
-    results_path(args.out).write_text(json.dumps(results, indent=1))
+    args.results.write(results)
     done = {n for n, state in results.get("status", {}).items() if state == "done"} if args.resume else set()
     pending = [v.name for v in variants if v.name not in done]
-    caps = {v.name: v.cap_s for v in variants}
     passthrough = [a for a in argv if a not in ("--resume",)]
-    while pending and time.time() < deadline - 15:
-        before = dict(load(args.out).get("status", {}))
-        (args.out / "queue.json").write_text(json.dumps(pending))
-        (args.out / "current.json").unlink(missing_ok=True)
-        command = [sys.executable, str(Path(__file__).resolve()), *passthrough, "--child", "--deadline", str(deadline)]
-        child = subprocess.Popen(command, start_new_session=True)
-        timed_out: str | None = None
-        while child.poll() is None:
-            time.sleep(1)
-            current = json.loads((args.out / "current.json").read_text()) if (args.out / "current.json").exists() else None
-            now = time.time()
-            if now > deadline:
-                timed_out = "the budget ran out while it ran"
-            elif current and now - current["started"] > caps[current["name"]]:
-                timed_out = f"it ran past its cap of {caps[current['name']]:.0f} s"
-            if timed_out:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, 9)
-                child.wait()
-                break
-        status = load(args.out).get("status", {})
-        current = json.loads((args.out / "current.json").read_text()) if (args.out / "current.json").exists() else None
-        if current is not None and status.get(current["name"]) in (None, "running"):
-            why = timed_out or f"the child process died (exit status {child.returncode})"
-            partial = load(args.out).get("variants", {}).get(current["name"], {})
-            save_variant(args, current["name"], {**partial, "error": f"stopped: {why}"}, status="error")
-        status = load(args.out).get("status", {})
-        if current is None and status == before:  # it died before starting anything: never loop on that
-            save_variant(
-                args, pending[0], {"error": f"the child process exited {child.returncode} before it started"}, status="error"
-            )
-            status = load(args.out).get("status", {})
-        pending = [n for n in pending if status.get(n) in (None, "running")]
-    for name in pending:
-        save_variant(args, name, {"skipped": "not started: the budget ran out"}, status="skipped")
-    for stale in ("queue.json", "current.json"):
-        (args.out / stale).unlink(missing_ok=True)
+    command = harness.child_command(__file__, *passthrough, "--child")
+    harness.run_queue(args.results, pending, {v.name: v.cap_s for v in variants}, command, budget)
     report(args)
-    print(
-        f"[done] {time.time() - started:.0f} s of a {args.budget_s:.0f} s budget; results: {results_path(args.out)}", flush=True
-    )
+    print(f"[done] {budget.spent():.0f} s of a {args.budget_s:.0f} s budget; results: {args.results.path}", flush=True)
 
 
 # -- the table --------------------------------------------------------------------------------------
 
 
 def report(args: argparse.Namespace) -> None:
-    results = load(args.out)
+    results = load(args)
     variants, status = results.get("variants", {}), results.get("status", {})
     env = variants.get("env", {})
     print(
@@ -918,7 +677,7 @@ def report(args: argparse.Namespace) -> None:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plan", choices=["ti2v", "a14b", "a14b-fit"], default="ti2v")
+    parser.add_argument("--plan", choices=sorted(PLANS), default="ti2v")
     parser.add_argument("--only", action="append", default=[], help="run only these variants of the plan (repeat)")
     parser.add_argument("--out", type=Path, default=Path("out/gpu_engine"))
     parser.add_argument("--mirror", type=Path, action="append", default=[], help="also keep results.json here ($OUT)")
@@ -932,10 +691,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--deadline", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.budget_s is None:
-        args.budget_s = 110.0 if args.tiny else (560.0 if args.plan in ("ti2v", "a14b-fit") else 480.0)
+        args.budget_s = 110.0 if args.tiny else PLANS[args.plan].budget_s
     if args.steps is None:
         # A14B at shift 12: 4 steps put steps 1-3 on the high-noise expert (2 timed), TI2V-5B: 4 timed of 5.
-        args.steps = 3 if args.tiny else (5 if args.plan == "ti2v" else 4)
+        args.steps = 3 if args.tiny else (5 if variant_name(args) == "ti2v-5b" else 4)
     return args
 
 
@@ -943,6 +702,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    args.results = harness.Results(args.out, args.mirror)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.report:
         report(args)

@@ -32,13 +32,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import hashlib
 import itertools
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,8 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-FACTORY = "benchmarks.gpu_models:build"
-PROMPT = "a red fox runs through fresh snow in a pine forest at dawn, cinematic, detailed fur"
+from benchmarks import harness  # noqa: E402
+from benchmarks.harness import cuda, gib, ms, sync, timed  # noqa: E402
+
 RANK = 64
 ESTIMATE_S = {"env": 5, "ti2v": 100, "a14b": 80}
 """Rough seconds per part on one H200 (random init, compile, LoRA files written, timings): what the budget checks."""
@@ -66,55 +64,20 @@ class Run:
         self.args = args
         self.out: Path = args.out
         self.out.mkdir(parents=True, exist_ok=True)
-        self.started = time.monotonic()
-        self.results: dict[str, Any] = {}
+        self.budget = harness.Budget(args.budget_s)
+        self.results = harness.Results(self.out, [Path(m) for m in args.mirror])
 
     def left(self) -> float:
-        return float(self.args.budget_s - (time.monotonic() - self.started))
+        return self.budget.left()
 
     def save(self, key: str, value: Any) -> None:
-        self.results[key] = value
-        text = json.dumps(self.results, indent=1, default=str)
-        (self.out / "results.json").write_text(text)
-        for folder in self.args.mirror:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            (Path(folder) / "results.json").write_text(text)
-        print(f"[result] {key}: {json.dumps(value, default=str)[:2000]}", flush=True)
-
-
-def cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def sync() -> None:
-    import torch
-
-    if cuda():
-        torch.cuda.synchronize()
+        self.results.save(key, value, show=2000)
 
 
 def graphs() -> int:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
-
-
-def ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
-
-
-def gib(n: float) -> float:
-    return round(n / 2**30, 2)
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    sync()
-    t0 = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t0
 
 
 def lora_file(
@@ -173,14 +136,6 @@ def drop_page_cache(path: Path) -> bool:
         return False
 
 
-def free_memory() -> None:
-    import torch
-
-    gc.collect()
-    if cuda():
-        torch.cuda.empty_cache()
-
-
 def tiny_compile_backend() -> None:
     """--tiny: compile with aot_eager (seconds on the CPU) instead of inductor (minutes)."""
     from diffusers.models.modeling_utils import ModelMixin
@@ -197,28 +152,8 @@ def tiny_compile_backend() -> None:
 
 
 def part_env(run: Run) -> None:
-    import diffusers
-    import peft
-    import torch
-
-    info: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join(sys.argv),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "peft": peft.__version__,
-        "cuda": torch.version.cuda,
-        "gpu": torch.cuda.get_device_name(0) if cuda() else "cpu",
-    }
-    if cuda():
-        info["gpu_memory_gib"] = gib(torch.cuda.get_device_properties(0).total_memory)
-        with contextlib.suppress(Exception):
-            info["nvidia_smi"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            ).stdout.strip()
+    info = harness.environment("diffusers", "peft")
+    info["gpu"] = info["gpus"][0]
     run.save("env", info)
 
 
@@ -226,10 +161,7 @@ def part_ti2v(run: Run) -> None:
     import torch
 
     from shared.errors import JobCanceled
-    from shared.schemas import GenerationSpec
     from shared.settings import EngineSettings, LoraSettings
-    from worker import export
-    from worker.startup import start_engine
 
     tiny = run.args.tiny
     cache = Path(tempfile.mkdtemp(prefix="wanq-lora-cache-", dir=run.out))
@@ -240,14 +172,7 @@ def part_ti2v(run: Run) -> None:
 
     # 1. The engine (random weights, built on the GPU), with its LoRA slots, compiled
     t0 = time.perf_counter()
-    engine = start_engine(
-        None,
-        settings,
-        model_id="wan2.2-ti2v-5b",
-        factory=FACTORY,
-        factory_kwargs={"variant": "ti2v-5b", "tiny": tiny},
-        loras=loras,
-    )
+    engine = harness.make_engine(settings, "ti2v-5b", tiny=tiny, loras=loras)
     result["engine_build_s"] = round(time.perf_counter() - t0, 2)
     assert engine.adapters is not None
     result["slot_bytes_gib"] = gib(engine.adapters.nbytes())
@@ -259,20 +184,7 @@ def part_ti2v(run: Run) -> None:
     c, c_path = lora_file(cache, "new", shapes, rank=rank, seed=3, original=True, device=device)
     result["lora_file_mib"] = round(a.size_bytes / 2**20, 1)
 
-    spec = GenerationSpec(
-        model="wan2.2-ti2v-5b",
-        prompt=PROMPT,
-        negative_prompt="",
-        width=width,
-        height=height,
-        num_frames=frames,
-        fps=24,
-        num_inference_steps=8,
-        guidance_scale=1.0,
-        guidance_scale_2=None,
-        flow_shift=5.0,
-        seed=7,
-    )
+    spec = harness.spec_for("ti2v-5b", (width, height, frames), 8, negative_prompt="", guidance_scale=1.0)
 
     def step_seconds(*job_loras: Any, steps: int = 4) -> list[float]:
         """Per-step seconds of steps 2..`steps` (the job is stopped there: no decode)."""
@@ -333,21 +245,10 @@ def part_ti2v(run: Run) -> None:
     # 5. End to end: a 4-step guidance-1 job with the LoRA (resident, as a worker serving it keeps it), then the export
     apply(a)
     job = spec.model_copy(update={"num_inference_steps": 4, "loras": (a,)})
-    t0 = time.perf_counter()
-    generation = engine.generate(job, on_step=lambda done, total: sync())
-    generate_s = time.perf_counter() - t0
-    folder = Path(tempfile.mkdtemp(dir=run.out))
+    generation, generate_s = harness.timed_job(engine, job)
+    exported = harness.export_all(generation.frames, job.fps, Path(tempfile.mkdtemp(dir=run.out)))
     stages = {k: round(v, 3) for k, v in generation.timings.items()}
-    stages["mp4"] = round(timed(lambda: export.write_mp4(generation.frames, job.fps, folder / "v.mp4")), 3)
-    stages["thumbnail_and_spritesheet"] = round(
-        timed(
-            lambda: (
-                export.write_thumbnail(generation.frames, folder / "t.webp"),
-                export.write_spritesheet(generation.frames, folder / "s.jpg"),
-            )
-        ),
-        3,
-    )
+    stages |= {"mp4": exported["mp4_s"], "thumbnail_and_spritesheet": exported["thumbnail_spritesheet_s"]}
     result["end_to_end"] = {
         "job": "TI2V-5B 1280x704x81, 4 steps, guidance 1, one rank-64 LoRA resident, compiled" if not tiny else "tiny",
         "generate_s": round(generate_s, 3),
@@ -370,8 +271,7 @@ def part_a14b(run: Run) -> None:
     from worker.lora_slots import LoraSlots
 
     tiny = run.args.tiny
-    device = torch.device("cuda" if cuda() else "cpu")
-    dtype = torch.bfloat16 if cuda() else torch.float32
+    device, dtype = harness.device_and_dtype()
     result: dict[str, Any] = {"what": "one T2V-A14B expert (the transformer alone), slots 2 x rank 64"}
 
     # 1. One expert of random weights, and the inputs of an 832x480x17 step (5 x 30 x 52 = 7,800 video tokens)
@@ -490,8 +390,8 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as exc:
             run.save(f"{name}_error", {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:]})
         run.save(f"{name}_wall_s", round(time.monotonic() - t0, 1))
-        free_memory()
-    run.save("total_wall_s", round(time.monotonic() - run.started, 1))
+        harness.free(dynamo=False)
+    run.save("total_wall_s", round(run.budget.spent(), 1))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ Ulysses, per-step time and output against the 1-GPU output), a14b-offload (T2V-A
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -41,123 +39,31 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-FACTORY = "benchmarks.gpu_models:build"
-PROMPT = "a red fox runs through fresh snow in a pine forest at dawn, cinematic, detailed fur"
-NEGATIVE = "blurry, low quality, static, overexposed, worst quality"
-
+from benchmarks import harness  # noqa: E402
+from benchmarks.harness import PROMPT, cuda, export_all, gib, median, reset_peak, sync, timed_job  # noqa: E402
+from benchmarks.harness import memory as peak  # noqa: E402
 
 # -- helpers ---------------------------------------------------------------------------------------
 
 
-def load(out: Path) -> dict[str, Any]:
-    path = out / "results.json"
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-MIRROR: list[Path] = []
-"""Folders that get a copy of results.json after every result (the device tool's $OUT)."""
-
-
-def save(out: Path, key: str, value: Any) -> None:
-    results = load(out)
-    results[key] = value
-    text = json.dumps(results, indent=1, default=str)
-    (out / "results.json").write_text(text)
-    for folder in MIRROR:
-        (folder / "results.json").write_text(text)
-    print(f"[result] {key}: {json.dumps(value, default=str)[:1500]}", flush=True)
-
-
-def cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def sync() -> None:
-    import torch
-
-    if cuda():
-        torch.cuda.synchronize()
-
-
-def gib(n: float) -> float:
-    return round(n / 2**30, 2)
-
-
-def reset_peak() -> None:
-    import torch
-
-    if cuda():
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak() -> dict[str, float]:
-    import torch
-
-    if not cuda():
-        return {}
-    return {
-        "peak_allocated_gib": gib(torch.cuda.max_memory_allocated()),
-        "peak_reserved_gib": gib(torch.cuda.max_memory_reserved()),
-    }
-
-
-def median(values: list[float]) -> float:
-    return round(statistics.median(values), 4) if values else float("nan")
-
-
 def spec_for(args: argparse.Namespace, **overrides: Any) -> Any:
-    from shared.schemas import GenerationSpec
-
-    a14b = args.variant != "ti2v-5b"
-    fields: dict[str, Any] = dict(
-        model=f"wan2.2-{args.variant}",
-        prompt=PROMPT,
-        negative_prompt=NEGATIVE,
-        width=args.width,
-        height=args.height,
-        num_frames=args.frames,
-        fps=24 if not a14b else 16,
-        num_inference_steps=args.steps,
-        guidance_scale=5.0 if not a14b else 4.0,
-        guidance_scale_2=3.0 if a14b else None,
-        flow_shift=5.0 if not a14b else 12.0,
-        seed=7,
-    )
     if args.flow_shift is not None:
-        fields["flow_shift"] = args.flow_shift
-    fields.update(overrides)
-    return GenerationSpec(**fields)
+        overrides = {"flow_shift": args.flow_shift, **overrides}
+    return harness.spec_for(args.variant, (args.width, args.height, args.frames), args.steps, **overrides)
 
 
 def engine_settings(args: argparse.Namespace, **overrides: Any) -> Any:
-    from shared.settings import EngineSettings
-
-    values: dict[str, Any] = {"device": "cpu" if args.tiny else "cuda"}
-    for item in args.engine:
-        key, _, raw = item.partition("=")
-        values[key] = raw
-    values.update(overrides)
-    return EngineSettings.model_validate(values)
+    return harness.engine_settings(overrides, tiny=args.tiny, command_line=args.engine)
 
 
 def make_engine(args: argparse.Namespace, settings: Any, **factory_kwargs: Any) -> Any:
-    from worker.startup import start_engine
-
-    if args.model_path:
-        return start_engine(args.model_path, settings, model_id=f"wan2.2-{args.variant}")
-    kwargs = {"variant": args.variant, "tiny": args.tiny, **factory_kwargs}
-    return start_engine(None, settings, model_id=f"wan2.2-{args.variant}", factory=FACTORY, factory_kwargs=kwargs)
+    return harness.make_engine(settings, args.variant, tiny=args.tiny, model_path=args.model_path, **factory_kwargs)
 
 
 def build_pipeline(args: argparse.Namespace, **kwargs: Any) -> Any:
-    import torch
-
     from benchmarks import gpu_models
 
-    device = torch.device("cuda" if cuda() else "cpu")
-    dtype = torch.bfloat16 if cuda() else torch.float32
+    device, dtype = harness.device_and_dtype()
     if args.model_path:
         from diffusers import DiffusionPipeline
 
@@ -170,158 +76,50 @@ def weight_checksum(pipe: Any) -> float:
     return float(sum(p.detach().double().sum().item() for p in block.parameters()))
 
 
-def timed_job(engine: Any, spec: Any, image: Any = None) -> tuple[Any, float]:
-    """One generate with a device sync after every step (exact per-step times)."""
-    started = time.perf_counter()
-    result = engine.generate(spec, image, on_step=lambda done, total: sync())
-    return result, time.perf_counter() - started
-
-
 def tokens_of(args: argparse.Namespace, spec: Any) -> int:
     from benchmarks import gpu_models
 
     return gpu_models.video_tokens(args.variant, spec.width, spec.height, spec.num_frames)
 
 
-def flop_view(args: argparse.Namespace, spec: Any, seconds_per_forward: float) -> dict[str, Any]:
+def flop_view(args: argparse.Namespace, spec: Any, seconds_per_forward: float | None) -> dict[str, Any]:
     """Seconds per forward against the FLOP floor at the card's measured matmul rate."""
-    from benchmarks import gpu_models
-
-    flops = gpu_models.forward_flops(args.variant, tokens_of(args, spec)) if not args.tiny else 0.0
-    rate = load(args.out).get("matmul", {}).get("tflops")
-    view: dict[str, Any] = {"s_per_forward": round(seconds_per_forward, 4), "tflop_per_forward": round(flops / 1e12, 1)}
-    if flops and seconds_per_forward > 0:
-        view["achieved_tflops"] = round(flops / seconds_per_forward / 1e12, 1)
-        if rate:
-            view["floor_s"] = round(flops / (rate * 1e12), 4)
-            view["share_of_matmul_rate"] = round(flops / seconds_per_forward / (rate * 1e12), 3)
-    return view
+    rate = args.results.load().get("matmul", {}).get("tflops")
+    return harness.flop_view(args.variant, spec, seconds_per_forward, rate, args.tiny)
 
 
 # -- parts -----------------------------------------------------------------------------------------
 
 
 def part_env(args: argparse.Namespace) -> None:
-    import diffusers
-    import torch
-
-    info: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "cuda": torch.version.cuda,
-        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda() else ["cpu"],
-    }
-    if cuda():
-        info["gpu_memory_gib"] = gib(torch.cuda.get_device_properties(0).total_memory)
-        with contextlib.suppress(Exception):
-            info["nvidia_smi"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=name,driver_version,clocks.max.sm,power.limit", "--format=csv,noheader"],
-                capture_output=True,
-                text=True,
-                timeout=20,
-            ).stdout.strip()
-        with contextlib.suppress(Exception):
-            info["topology"] = subprocess.run(["nvidia-smi", "topo", "-m"], capture_output=True, text=True, timeout=20).stdout
-    save(args.out, "env", info)
+    args.results.save("env", harness.environment("diffusers"))
 
 
 def part_matmul(args: argparse.Namespace) -> None:
     """bf16 8192^3 matmul on random data, median of CUDA-event timings."""
-    import torch
-
-    n = 8192 if cuda() else 512
-    dtype = torch.bfloat16 if cuda() else torch.float32
-    device = "cuda" if cuda() else "cpu"
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(10):
-        a @ b
-    sync()
-    times = []
-    for _ in range(30):
-        t0 = time.perf_counter()
-        if cuda():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(10):
-                a @ b
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000 / 10)
-        else:
-            a @ b
-            times.append(time.perf_counter() - t0)
-    seconds = statistics.median(times)
-    save(args.out, "matmul", {"n": n, "s": round(seconds, 6), "tflops": round(2 * n**3 / seconds / 1e12, 1)})
+    args.results.save("matmul", harness.matmul_rate())
 
 
 def part_baseline(args: argparse.Namespace) -> None:
     """Plain diffusers: `WanPipeline` with its defaults (eager, default attention), same card."""
-    import torch
-
     pipe = build_pipeline(args)
-    pipe.set_progress_bar_config(disable=True)
     spec = spec_for(args, num_inference_steps=args.baseline_steps)
-    step_times: list[float] = []
-    last = [0.0]
-
-    def on_step(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-        sync()
-        now = time.perf_counter()
-        step_times.append(now - last[0])
-        last[0] = now
-        return kwargs
-
     reset_peak()
-    with torch.no_grad():
-        sync()
-        last[0] = time.perf_counter()
-        pipe(
-            prompt=spec.prompt,
-            negative_prompt=spec.negative_prompt,
-            height=spec.height,
-            width=spec.width,
-            num_frames=spec.num_frames,
-            num_inference_steps=spec.num_inference_steps,
-            guidance_scale=spec.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(spec.seed),
-            output_type="latent",
-            callback_on_step_end=on_step,
-        )
-    steady = step_times[1:] or step_times
-    save(
-        args.out,
+    _, step_times = harness.plain_steps(pipe, spec)
+    step = median(step_times[1:] or step_times)
+    args.results.save(
         "baseline",
         {
             "what": "diffusers WanPipeline defaults, eager, native SDPA, everything on the GPU",
             "size": f"{spec.width}x{spec.height}x{spec.num_frames}",
             "tokens": tokens_of(args, spec),
             "step_times_s": [round(t, 4) for t in step_times],
-            "median_step_s": median(steady),
-            **flop_view(args, spec, median(steady) / 2),
+            "median_step_s": step,
+            **flop_view(args, spec, step / 2 if step else None),
             **peak(),
             "checksum": weight_checksum(pipe),
         },
     )
-
-
-def _forward_once(model: Any, inputs: dict[str, Any], reps: int) -> float:
-    import torch
-
-    times = []
-    for _ in range(reps):
-        if cuda():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            model(**inputs)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000)
-        else:
-            t0 = time.perf_counter()
-            model(**inputs)
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def part_forward(args: argparse.Namespace) -> None:
@@ -379,7 +177,7 @@ def part_forward(args: argparse.Namespace) -> None:
                 sync()
                 first = time.perf_counter() - t0
                 model(**inputs)
-                seconds = _forward_once(model, inputs, args.reps)
+                seconds = harness.event_seconds(lambda: model(**inputs), args.reps)  # noqa: B023 (called here)
             spec = spec_for(args, num_frames=frames)
             results[key] = {"backend": backend, "mode": mode, "first_call_s": round(first, 2), **flop_view(args, spec, seconds)}
             print(f"[forward] {key}: {results[key]}", flush=True)
@@ -389,12 +187,12 @@ def part_forward(args: argparse.Namespace) -> None:
         finally:
             if mode == "fused":
                 model.unfuse_qkv_projections()
-    save(args.out, "forward", results)
+    args.results.save("forward", results)
 
 
 def best_backend(args: argparse.Namespace) -> str:
     """The fastest compiled backend the forward part measured (native if none)."""
-    forward = load(args.out).get("forward", {})
+    forward = args.results.load().get("forward", {})
     frames = args.frames
     timed = [
         (v["s_per_forward"], v["backend"])
@@ -440,23 +238,6 @@ class UtilSampler:
         return round(sum(1 for u in window if u == 0) / len(window), 3) if window else None
 
 
-def export_all(frames: Any, fps: int, folder: Path) -> dict[str, float]:
-    from worker import export
-
-    folder.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    export.write_mp4(frames, fps, folder / "video.mp4")
-    t1 = time.perf_counter()
-    export.write_thumbnail(frames, folder / "thumbnail.webp")
-    export.write_spritesheet(frames, folder / "spritesheet.jpg")
-    t2 = time.perf_counter()
-    return {
-        "mp4_s": round(t1 - t0, 3),
-        "thumbnail_spritesheet_s": round(t2 - t1, 3),
-        "mp4_bytes": (folder / "video.mp4").stat().st_size,
-    }
-
-
 def part_engine(args: argparse.Namespace) -> None:
     """The compiled engine end to end, back-to-back jobs (issue 7) and out of memory (issue 8)."""
     import torch
@@ -477,29 +258,29 @@ def part_engine(args: argparse.Namespace) -> None:
     result, total = timed_job(engine, spec)
     torch.save(result.latents.float().cpu(), args.out / f"ref_latents_{args.variant}.pt")
     info["first_job_at_size"] = {"total_s": round(total, 2), "step_times_s": [round(t, 3) for t in result.step_times]}
-    save(args.out, "engine", info)
+    args.results.save("engine", info)
 
     # 2. End to end, 50 steps (new prompt: a real text encode)
     spec = spec_for(args, prompt=PROMPT + ", wide shot")
     reset_peak()
     result, total = timed_job(engine, spec)
     export = export_all(result.frames, spec.fps, args.out / "e2e")
-    steady = result.step_times[1:]
+    step = median(result.step_times[1:])
     e2e = {
         "size": f"{spec.width}x{spec.height}x{spec.num_frames}",
         "steps": spec.num_inference_steps,
         "stages_s": {k: round(v, 3) for k, v in result.timings.items()},
-        "median_step_s": median(steady),
+        "median_step_s": step,
         "step_times_s": [round(t, 3) for t in result.step_times],
         "generate_s": round(total, 2),
         "export": export,
         "upload_s": None,
         "upload_note": "no S3 endpoint on the GPU machine; upload is timed by the CPU stack tests against moto",
         "end_to_end_s": round(total + export["mp4_s"] + export["thumbnail_spritesheet_s"], 2),
-        **flop_view(args, spec, median(steady) / 2),
+        **flop_view(args, spec, step / 2 if step else None),
         **peak(),
     }
-    save(args.out, "e2e", e2e)
+    args.results.save("e2e", e2e)
 
     # 3. Issue 7: three back-to-back jobs, each export overlapped with the next job's generate
     jobs: list[dict[str, Any]] = []
@@ -519,8 +300,7 @@ def part_engine(args: argparse.Namespace) -> None:
         window_end = time.perf_counter()
     gaps = [jobs[i + 1]["generate_start"] - jobs[i]["generate_end"] for i in range(2)]
     busy_span = jobs[-1]["generate_end"] - jobs[0]["generate_start"]
-    save(
-        args.out,
+    args.results.save(
         "jobs",
         {
             "how": "3 jobs through WanEngine.generate; export (mp4+thumbnail+spritesheet) of job N in a thread while job N+1 "
@@ -572,7 +352,7 @@ def part_engine(args: argparse.Namespace) -> None:
         }
     except Exception as exc:
         oom["next_job"] = {"ok": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-    save(args.out, "oom", oom)
+    args.results.save("oom", oom)
 
 
 def part_multi(args: argparse.Namespace) -> None:
@@ -611,11 +391,9 @@ def part_multi(args: argparse.Namespace) -> None:
     }
     ref_path = args.out / f"ref_latents_{args.variant}.pt"
     if ref_path.exists():
-        ref = torch.load(ref_path)
-        mine = result.latents.float().cpu()
-        out["rel_error_vs_1gpu"] = float((mine - ref).norm() / ref.norm())
-        out["finite"] = bool(torch.isfinite(mine).all())
-    results = load(args.out)
+        out["rel_error_vs_1gpu"] = harness.rel_err(result.latents, torch.load(ref_path))
+        out["finite"] = bool(torch.isfinite(result.latents).all())
+    results = args.results.load()
     if args.variant == "ti2v-5b":
         single = results.get("engine", {}).get("first_job_at_size", {}).get("step_times_s", [])[1:] or []
         one_gpu = results.get("e2e", {}).get("median_step_s") or (median(single) if single else None)
@@ -631,7 +409,7 @@ def part_multi(args: argparse.Namespace) -> None:
         out["one_gpu_step_s"] = one_gpu
         out["speedup_vs_1gpu"] = round(one_gpu / out["median_step_s"], 3)
     engine.close()
-    save(args.out, f"multi_{mode}{'_eager' if args.eager else ''}", out)
+    args.results.save(f"multi_{mode}{'_eager' if args.eager else ''}", out)
 
 
 def part_a14b_offload(args: argparse.Namespace) -> None:
@@ -672,9 +450,9 @@ def part_a14b_offload(args: argparse.Namespace) -> None:
     except Exception as exc:
         record["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
         record.update(peak())
-    results = load(args.out).get("a14b_offload", {})
+    results = args.results.load().get("a14b_offload", {})
     results[mode] = record
-    save(args.out, "a14b_offload", results)
+    args.results.save("a14b_offload", results)
 
 
 def part_repeat(args: argparse.Namespace) -> None:
@@ -687,16 +465,12 @@ def part_repeat(args: argparse.Namespace) -> None:
     engine.warmup()
     result, _ = timed_job(engine, spec_for(args, num_inference_steps=args.ref_steps))
     ref = torch.load(args.out / f"ref_latents_{args.variant}.pt")
-    mine = result.latents.float().cpu()
-    save(
-        args.out,
-        "repeat_1gpu",
-        {"rel_error_vs_first_1gpu_run": float((mine - ref).norm() / ref.norm()), "checksum": weight_checksum(engine.pipe)},
-    )
+    error = harness.rel_err(result.latents, ref)
+    args.results.save("repeat_1gpu", {"rel_error_vs_first_1gpu_run": error, "checksum": weight_checksum(engine.pipe)})
 
 
 def part_report(args: argparse.Namespace) -> None:
-    print(json.dumps(load(args.out), indent=1, default=str)[:20000])
+    print(json.dumps(args.results.load(), indent=1, default=str)[:20000])
 
 
 PARTS = {
@@ -757,24 +531,21 @@ def run_plan(args: argparse.Namespace, argv: list[str]) -> None:
         # Results of an earlier call (matmul rate, baseline, best backend) for this call's comparisons
         (args.out / "results.json").write_text(Path(args.prior).read_text())
     base = [a for a in argv if a not in ("plan", args.plan_name)]
-    budget_end = time.monotonic() + args.budget_s
+    budget = harness.Budget(args.budget_s)
     for part, extra, timeout in plan:
         if "--if-missing" in extra:  # a fallback, run only when the entry it replaces produced nothing
             index = extra.index("--if-missing")
             wanted, extra = extra[index + 1], extra[:index] + extra[index + 2 :]
-            if wanted in load(args.out):
+            if wanted in args.results.load():
                 continue
-        left = budget_end - time.monotonic()
+        left = budget.left()
         if left < 20:
             print(f"[plan] skipping {part} {extra}: budget spent", flush=True)
             continue
-        command = [sys.executable, str(Path(__file__).resolve()), part, *base, *extra]
+        command = harness.child_command(__file__, part, *base, *extra)
         print(f"[plan] {' '.join(command[2:])} (timeout {min(timeout, int(left))} s)", flush=True)
         started = time.monotonic()
-        try:
-            code = subprocess.run(command, timeout=min(timeout, left)).returncode
-        except subprocess.TimeoutExpired:
-            code = "timeout"
+        code = harness.run_child(command, min(timeout, left))
         print(f"[plan] {part} {extra} -> {code} in {time.monotonic() - started:.0f} s", flush=True)
 
 
@@ -820,8 +591,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.mirror is not None:
-        MIRROR.append(args.mirror)
+    args.results = harness.Results(args.out, [args.mirror] if args.mirror is not None else [])
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.part == "plan":
         run_plan(args, argv)

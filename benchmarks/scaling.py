@@ -18,8 +18,6 @@ how a GPU cluster scales (there, each worker brings its own GPU).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -33,6 +31,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import harness  # noqa: E402
 from shared.queue import make_celery, queue_name  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.store import JobStore  # noqa: E402
@@ -80,16 +79,6 @@ def run_jobs(client: httpx.Client, model: str, count: int, fields: dict[str, obj
     return wall, latencies
 
 
-def machine() -> str:
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line), ""
-    )
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (
-        f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu}), load average at start {load}, Python {platform.python_version()}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", default="1,2,3", help="worker counts to measure, comma-separated")
@@ -105,7 +94,7 @@ def main() -> None:
     counts = [int(c) for c in args.workers.split(",")]
     fields = {"size": args.size, "num_frames": args.frames, "num_inference_steps": args.steps}
     command = "python benchmarks/scaling.py " + " ".join(sys.argv[1:])
-    header = machine()
+    header = harness.host_line()
     rows = []
     walls: dict[int, list[float]] = {count: [] for count in counts}
     latencies: dict[int, list[float]] = {count: [] for count in counts}

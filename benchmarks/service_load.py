@@ -32,13 +32,11 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import itertools
 
+from benchmarks import harness
 from shared.queue import make_celery
 from shared.settings import Settings
 from shared.store import JobStore
@@ -361,11 +360,7 @@ def main() -> None:
         }
     )
     stack.seed_admin_key()
-    results: dict[str, Any] = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-    }
+    results: dict[str, Any] = dict(harness.stack_head())
     try:
         stack.start_redis()
         stack.start_s3()
