@@ -103,9 +103,10 @@ def main() -> None:
         stack.start_redis()
         stack.start_s3()
         stack.build_tiny_models([args.model])
+        stack.seed_admin_key()  # the API refuses requests without a key
         stack.start_api()
         store = JobStore(redis.Redis.from_url(stack.redis_url))
-        client = httpx.Client(base_url=stack.api_url, timeout=30)
+        client = httpx.Client(base_url=stack.api_url, timeout=30, headers=stack.admin_headers())
         for n in range(max(counts)):
             threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
             stack.start_worker(args.model, name=f"bench-{n}", extra_env=threads)
