@@ -130,7 +130,7 @@ def engines(tiny: bool) -> dict[str, dict[str, Any]]:
     return {"compiled": compiled, "fa4": fa4, "fp8": fp8, "both": {**fa4, "quantization": "fp8"}}
 
 
-@plan_named("a14b-fit", model="t2v-a14b", budget_s=560)
+@plan_named("a14b-fit", model="t2v-a14b", budget_s=560.0)
 def plan_a14b_fit(tiny: bool) -> list[Variant]:
     # Issue 26: A14B in 48 GB (FP8 quantized as placed) and 24 GB (+ --offload model), against the unlimited step.
     e = engines(tiny)
@@ -156,7 +156,7 @@ def plan_a14b_fit(tiny: bool) -> list[Variant]:
     ]
 
 
-@plan_named("a14b", model="t2v-a14b", budget_s=480)
+@plan_named("a14b", model="t2v-a14b", budget_s=480.0)
 def plan_a14b(tiny: bool) -> list[Variant]:
     e = engines(tiny)
     return [
@@ -170,7 +170,7 @@ def plan_a14b(tiny: bool) -> list[Variant]:
     ]
 
 
-@plan_named("ti2v", model="ti2v-5b", budget_s=560)
+@plan_named("ti2v", model="ti2v-5b", budget_s=560.0)
 def plan_ti2v(tiny: bool) -> list[Variant]:
     e = engines(tiny)
     frames_long = 13 if tiny else 121
