@@ -224,8 +224,9 @@ def child_queue(results: Results, deadline: float, run: Callable[[str], dict[str
                 "wall_s": round(time.perf_counter() - started, 2),
             }
             results.save(name, error, status="error", show=600)
-        with contextlib.suppress(Exception):
-            free()  # the variant's engine and tensors are unreferenced by now (its frames and traceback gone)
+        if "torch" in sys.modules:
+            with contextlib.suppress(Exception):
+                free()  # the variant's engine and tensors are unreferenced by now (its frames and traceback gone)
         (out / "current.json").unlink(missing_ok=True)
 
 
