@@ -66,6 +66,7 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         self.budget = harness.Budget(args.budget_s)
         self.results = harness.Results(self.out, [Path(m) for m in args.mirror])
+        self.results.write({})  # each invocation's results alone, never merged with an earlier run's
 
     def left(self) -> float:
         return self.budget.left()
