@@ -41,6 +41,7 @@ from torch import nn
 
 __all__ = [
     "PUBLISHED",
+    "TINY_FILE",
     "Taehv",
     "TaehvConfig",
     "build_tiny_taehv",
@@ -73,6 +74,8 @@ PUBLISHED: Final = {
 }
 """The published checkpoints for Wan (madebyollin/taehv taew2_1.pth / taew2_2.pth, and their .safetensors)."""
 
+TINY_FILE: Final = "taehv.safetensors"
+"""The tiny random-weight TAEHV's file in a tiny model's directory (worker/tiny_model.py writes it)."""
 TINY_DECODER_WIDTHS: Final = (16, 16, 8, 8)
 TINY_ENCODER_WIDTH: Final = 8
 

@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from worker.engine import decode_latents
 from worker.taehv import (
     PUBLISHED,
+    TINY_FILE,
     Taehv,
     infer_config,
     load_taehv,
@@ -25,7 +27,7 @@ from worker.taehv import (
     save_taehv,
     tiny_taehv_for,
 )
-from worker.tiny_model import VARIANTS, build_tiny_pipeline
+from worker.tiny_model import VARIANTS, build_tiny_pipeline, write_tiny_model
 
 
 @functools.cache
@@ -163,3 +165,12 @@ def test_the_tiny_decoder_saves_and_loads_with_its_narrow_widths(tmp_path: Path)
 
     encoded = model.encode(torch.rand(5, 3, 32, 32))  # 5 frames, padded to 8: 2 latent frames
     assert encoded.shape == (48, 2, 2, 2)
+
+
+@pytest.mark.parametrize(("variant", "channels"), [("ti2v-5b", 48), ("i2v-a14b", 16)])
+def test_wanq_tiny_model_writes_a_tiny_decoder_beside_the_pipeline(variant: str, channels: int, tmp_path: Path) -> None:
+    path = write_tiny_model(tmp_path / variant, variant)
+    decoder = load_taehv(path / TINY_FILE, latent_channels=channels)
+    pipe = DiffusionPipeline.from_pretrained(path)  # the extra file does not disturb diffusers
+    assert pipe.vae.config.z_dim == decoder.latent_channels
+    torch.testing.assert_close(decoder.state_dict(), tiny_taehv_for(pipe.vae).state_dict(), rtol=0, atol=0)
