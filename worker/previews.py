@@ -66,12 +66,13 @@ def velocity_from_euler_step(
 
 def clean_after_step(scheduler: Any, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
     """The clean latents the step just taken implies, from the scheduler's state after `scheduler.step` and the
-    latents before (`before`, x_t) and after it (`after`). Float32, for a decoder of any dtype."""
+    latents before (`before`, x_t) and after it (`after`). A new float32 tensor: a snapshot that later steps do not
+    touch, so it can be decoded on another CUDA stream while the next step runs."""
     outputs = getattr(scheduler, "model_outputs", None)
     if outputs and outputs[-1] is not None and getattr(scheduler, "predict_x0", False):
         if scheduler.config.prediction_type != "flow_prediction":
             raise ValueError(f"previews need a flow-matching scheduler, not prediction_type={scheduler.config.prediction_type!r}")
-        return outputs[-1].float()  # type: ignore[no-any-return]  # UniPC's x0 = x_t - sigma_t v of this step
+        return outputs[-1].to(torch.float32, copy=True)  # type: ignore[no-any-return]  # UniPC's x0 = x_t - sigma_t v
     index = scheduler.step_index  # already advanced past the step taken
     sigma, sigma_next = scheduler.sigmas[index - 1], scheduler.sigmas[index]
     velocity = velocity_from_euler_step(before.float(), after.float(), float(sigma), float(sigma_next))
