@@ -17,10 +17,19 @@
    faster to encode than Pillow's WebP, every browser plays it muted and looping in a <video> element, and it
    is the content type a video's other variants already have. GIF's 256 colours band the gradients diffusion
    makes; animated WebP would only save the page a <video> tag.
+4. Off the denoising thread (`Previewer`): the estimate is snapshotted on the GPU thread (one elementwise copy),
+   then a single background thread decodes it on its own CUDA stream (so the decode's kernels overlap the next
+   step's instead of queueing in front of them), copies the frames to the CPU, encodes and publishes. At most one
+   preview is in flight: a preview step that finds the previous one unfinished is skipped, never queued, so the
+   previews cannot fall behind or hold the GPU thread. `close()` waits for the one in flight (a canceled job keeps
+   its last preview).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,6 +41,7 @@ from worker.taehv import TEMPORAL_UPSCALE, Taehv
 
 __all__ = [
     "PREVIEW_SPACE_UPSCALE",
+    "Previewer",
     "clean_after_step",
     "clean_from_velocity",
     "decode_preview",
@@ -44,6 +54,8 @@ __all__ = [
 PREVIEW_SPACE_UPSCALE: Final = (True, True, False)
 """The tiny decoder's last 2x upsampling is skipped: previews are half the video's width and height."""
 PREVIEW_CRF: Final = 28
+
+log = logging.getLogger("wanq.previews")
 
 
 def is_preview_step(done: int, total: int, every: int) -> bool:
@@ -92,3 +104,58 @@ def preview_fps(fps: int) -> int:
 def write_preview(frames: np.ndarray, fps: int, path: Path) -> Path:
     """The preview MP4 of `frames` (uint8 [T, H, W, 3], H and W even) for a video of `fps`."""
     return write_mp4(frames, preview_fps(fps), path, preset="veryfast", crf=PREVIEW_CRF)
+
+
+Publish = Callable[[int, Path], None]
+"""Called on the preview thread with (steps done, the preview MP4): upload it, announce it."""
+
+
+class Previewer:
+    """One job's previews: `after_step` from the step callback, `close` when the denoising ends (or is stopped)."""
+
+    def __init__(self, decoder: Taehv, *, every: int, total: int, fps: int, folder: Path, publish: Publish) -> None:
+        self.decoder, self.every, self.total, self.fps = decoder, every, total, fps
+        self.folder, self.publish = folder, publish
+        device = next(decoder.parameters()).device
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanq-preview")
+        self._pending: Future[None] | None = None
+        self.skipped: list[int] = []
+        """Preview steps dropped because the previous preview was still being made."""
+
+    @property
+    def busy(self) -> bool:
+        """A preview is being made."""
+        return self._pending is not None and not self._pending.done()
+
+    def after_step(self, scheduler: Any, before: torch.Tensor, after: torch.Tensor, done: int) -> bool:
+        """After step `done`: start a preview if one is due and none is in flight. True if one was started."""
+        if not is_preview_step(done, self.total, self.every):
+            return False
+        if self.busy:
+            self.skipped.append(done)
+            return False
+        clean = clean_after_step(scheduler, before, after)
+        ready = None
+        if self._stream is not None:
+            ready = torch.cuda.Event()
+            ready.record()  # on the denoising stream, after the snapshot
+        self._pending = self._thread.submit(self._make, done, clean, ready)
+        return True
+
+    def _make(self, done: int, clean: torch.Tensor, ready: torch.cuda.Event | None) -> None:
+        try:
+            if self._stream is not None and ready is not None:
+                with torch.cuda.stream(self._stream):
+                    self._stream.wait_event(ready)
+                    clean.record_stream(self._stream)  # the allocator must not reuse it before this stream is done
+                    frames = decode_preview(self.decoder, clean)  # ends with the copy to the CPU (waits for this stream only)
+            else:
+                frames = decode_preview(self.decoder, clean)
+            self.publish(done, write_preview(frames, self.fps, self.folder / f"preview-{done}.mp4"))
+        except Exception:  # a preview must never fail the job
+            log.exception("the preview after step %d failed", done)
+
+    def close(self) -> None:
+        """Waits for the preview in flight, then stops the thread."""
+        self._thread.shutdown(wait=True)

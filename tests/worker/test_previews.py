@@ -5,7 +5,10 @@ decodes back to the asserted frames, size and fps, also from inside a real tiny 
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +18,7 @@ from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepSchedu
 
 from worker.export import probe_mp4, read_frames
 from worker.previews import (
+    Previewer,
     clean_after_step,
     clean_from_velocity,
     decode_preview,
@@ -119,3 +123,35 @@ def test_previews_from_inside_a_real_denoising_loop(tmp_path: Path) -> None:
     for _, path in previews:
         decoded = list(read_frames(path))
         assert len(decoded) == 2 and decoded[0].shape == (32, 32, 3)
+
+
+def test_the_previewer_skips_while_busy_publishes_in_order_and_close_waits(tmp_path: Path) -> None:
+    """Previews every 2 of 9 steps: the first is held in its upload, so the ones due after steps 4 and 6 are
+    skipped (never queued); after step 8 the next is made; close() waits for it, as a canceled job would."""
+    decoder = tiny_taehv_for(tiny_pipeline("t2v-a14b").vae)
+    x0 = torch.randn(1, 16, 2, 8, 8, generator=torch.Generator().manual_seed(5))
+    scheduler = SimpleNamespace(model_outputs=[x0], predict_x0=True, config=SimpleNamespace(prediction_type="flow_prediction"))
+    release = threading.Event()
+    published: list[tuple[int, dict[str, object]]] = []
+
+    def publish(done: int, path: Path) -> None:
+        if not published:
+            assert release.wait(timeout=120)
+        published.append((done, probe_mp4(path)))
+
+    previewer = Previewer(decoder, every=2, total=9, fps=16, folder=tmp_path, publish=publish)
+    assert not previewer.after_step(scheduler, x0, x0, 1)
+    assert previewer.after_step(scheduler, x0, x0, 2)
+    assert not previewer.after_step(scheduler, x0, x0, 4)
+    assert not previewer.after_step(scheduler, x0, x0, 6)
+    release.set()
+    deadline = time.monotonic() + 120
+    while previewer.busy and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [done for done, _ in published] == [2]
+    assert previewer.after_step(scheduler, x0, x0, 8)
+    previewer.close()
+    assert previewer.skipped == [4, 6]
+    assert [done for done, _ in published] == [2, 8]
+    for _, probe in published:
+        assert (probe["frames"], probe["size"], probe["fps"]) == (2, (32, 32), 4.0)
