@@ -56,6 +56,8 @@ from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepSchedu
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from worker.taehv import TINY_FILE, save_taehv, tiny_taehv_for
+
 __all__ = ["VARIANTS", "build_tiny_pipeline", "write_tiny_model"]
 
 VARIANTS: Final = ("t2v-a14b", "i2v-a14b", "ti2v-5b")
@@ -232,9 +234,12 @@ def build_tiny_pipeline(variant: str, seed: int = 0) -> DiffusionPipeline:
 def write_tiny_model(path: str | Path, variant: str, seed: int = 0) -> Path:
     """Save the tiny `variant` pipeline to `path` (created if needed) and return it.
 
-    Reload with ``DiffusionPipeline.from_pretrained(path)``. The same seed gives the same weights.
+    Reload with ``DiffusionPipeline.from_pretrained(path)``. The same seed gives the same weights. Beside it,
+    ``taehv.safetensors``: a tiny random-weight TAEHV decoder for the pipeline's latents.
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    build_tiny_pipeline(variant, seed).save_pretrained(out)
+    pipe = build_tiny_pipeline(variant, seed)
+    pipe.save_pretrained(out)
+    save_taehv(tiny_taehv_for(pipe.vae, seed), out / TINY_FILE)  # the tiny preview/draft decoder (worker/taehv.py)
     return out
