@@ -30,7 +30,7 @@ from shared.fields import (
 )
 from shared.schemas import GenerationSpec
 from shared.settings import JobSettings
-from shared.specs import VideoRequest, resolve_spec
+from shared.specs import VideoRequest, parse_fields, resolve_spec
 
 _SAME_AS_VIDEOS = "as for POST /v1/videos"
 _IGNORED = "Accepted and ignored"
@@ -131,7 +131,7 @@ def resolve_images(
     fields = req.model_dump(include=set(VideoRequest.model_fields) & set(ImageRequest.model_fields), exclude_none=True)
     if fields.get("size") == "auto":
         del fields["size"]  # OpenAI's "the model chooses": the model's default size
-    first = resolve_spec(VideoRequest.model_validate(fields), catalog, default_model, limits, has_image=False, kind="image")
+    first = resolve_spec(parse_fields(VideoRequest, fields), catalog, default_model, limits, has_image=False, kind="image")
     seeds = (
         [random.randint(0, MAX_SEED) for _ in range(n)]
         if req.seed is None
