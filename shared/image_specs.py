@@ -15,13 +15,22 @@ from __future__ import annotations
 import random
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from shared.catalog import ModelSpec
 from shared.errors import InvalidRequest, ModelNotAvailable
+from shared.fields import (
+    FLOW_SHIFT,
+    GUIDANCE_SCALE,
+    GUIDANCE_SCALE_2,
+    MAX_SEED,
+    NUM_INFERENCE_STEPS,
+    SEED,
+    no_booleans,
+)
 from shared.schemas import GenerationSpec
 from shared.settings import JobSettings
-from shared.specs import MAX_SEED, VideoRequest, resolve_spec
+from shared.specs import VideoRequest, parse_fields, resolve_spec
 
 _SAME_AS_VIDEOS = "as for POST /v1/videos"
 _IGNORED = "Accepted and ignored"
@@ -84,23 +93,13 @@ class ImageRequest(BaseModel):
     frame_duration_ms: int | None = Field(default=None, description="For GIF output, which wanq does not make: refused.")
     svg: dict[str, Any] | None = Field(default=None, description="For SVG output, which wanq does not make: refused.")
     negative_prompt: str | None = Field(default=None, description=f"What to avoid; {_SAME_AS_VIDEOS}.")
-    num_inference_steps: int | None = Field(default=None, json_schema_extra={"minimum": 1}, description=_SAME_AS_VIDEOS)
-    guidance_scale: float | None = Field(
-        default=None, json_schema_extra={"minimum": 0, "maximum": 30}, description=_SAME_AS_VIDEOS
-    )
-    guidance_scale_2: float | None = Field(
-        default=None, json_schema_extra={"minimum": 0, "maximum": 30}, description=_SAME_AS_VIDEOS
-    )
-    seed: int | None = Field(
-        default=None,
-        json_schema_extra={"minimum": 0, "maximum": MAX_SEED},
-        description="Seed of the first image; image i gets seed + i. Default: random ones.",
-    )
-    flow_shift: float | None = Field(
-        default=None, json_schema_extra={"minimum": 0.01, "maximum": 100}, description=_SAME_AS_VIDEOS
-    )
+    num_inference_steps: int | None = NUM_INFERENCE_STEPS.request(_SAME_AS_VIDEOS)
+    guidance_scale: float | None = GUIDANCE_SCALE.request(_SAME_AS_VIDEOS)
+    guidance_scale_2: float | None = GUIDANCE_SCALE_2.request(_SAME_AS_VIDEOS)
+    seed: int | None = SEED.request("Seed of the first image; image i gets seed + i. Default: random ones.")
+    flow_shift: float | None = FLOW_SHIFT.request(_SAME_AS_VIDEOS)
 
-    @field_validator(
+    _numbers = no_booleans(
         "n",
         "num_inference_steps",
         "guidance_scale",
@@ -109,13 +108,7 @@ class ImageRequest(BaseModel):
         "flow_shift",
         "output_compression",
         "partial_images",
-        mode="before",
     )
-    @classmethod
-    def _not_a_boolean(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number, not true or false")
-        return value
 
 
 def resolve_images(
@@ -138,7 +131,7 @@ def resolve_images(
     fields = req.model_dump(include=set(VideoRequest.model_fields) & set(ImageRequest.model_fields), exclude_none=True)
     if fields.get("size") == "auto":
         del fields["size"]  # OpenAI's "the model chooses": the model's default size
-    first = resolve_spec(VideoRequest.model_validate(fields), catalog, default_model, limits, has_image=False, kind="image")
+    first = resolve_spec(parse_fields(VideoRequest, fields), catalog, default_model, limits, has_image=False, kind="image")
     seeds = (
         [random.randint(0, MAX_SEED) for _ in range(n)]
         if req.seed is None

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from shared.catalog import ModelSpec
 from shared.errors import InvalidRequest
+from shared.fields import FLOW_SHIFT, GUIDANCE_SCALE, GUIDANCE_SCALE_2, NUM_INFERENCE_STEPS, SAMPLING
 from shared.keys import Keys
 from shared.lora_files import LoraFileInfo, family_of
 from shared.schemas import Expert, JobLora
@@ -27,7 +28,8 @@ from shared.settings import LoraSettings
 SHARED_OWNER = "_shared"
 """Owner of the LoRAs published to every tenant (no tenant name starts with `_`)."""
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-DEFAULT_FIELDS = ("num_inference_steps", "guidance_scale", "guidance_scale_2", "flow_shift")
+DEFAULT_FIELDS = tuple(field.name for field in SAMPLING)
+"""The fields a LoRA may recommend (its `LoraDefaults`)."""
 
 
 class LoraDefaults(BaseModel):
@@ -35,10 +37,10 @@ class LoraDefaults(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    num_inference_steps: int | None = Field(default=None, ge=1, description="Recommended denoising steps.")
-    guidance_scale: float | None = Field(default=None, ge=0, le=30, description="Recommended guidance (1: no CFG).")
-    guidance_scale_2: float | None = Field(default=None, ge=0, le=30, description="Recommended low-noise guidance (A14B).")
-    flow_shift: float | None = Field(default=None, ge=0.01, le=100, description="Recommended flow shift.")
+    num_inference_steps: int | None = NUM_INFERENCE_STEPS.value("Recommended denoising steps.", optional=True)
+    guidance_scale: float | None = GUIDANCE_SCALE.value("Recommended guidance (1: no CFG).", optional=True)
+    guidance_scale_2: float | None = GUIDANCE_SCALE_2.value("Recommended low-noise guidance (A14B).", optional=True)
+    flow_shift: float | None = FLOW_SHIFT.value("Recommended flow shift.", optional=True)
     expert: Expert | None = Field(default=None, description="The expert a job puts it in when it names none (A14B).")
 
 

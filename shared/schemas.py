@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
@@ -16,6 +17,8 @@ from pydantic import (
     field_validator,
     model_serializer,
 )
+
+from shared.fields import no_booleans
 
 
 class JobStatus(StrEnum):
@@ -103,17 +106,31 @@ class CacheOptions(BaseModel):
     taylorseer: bool | None = Field(default=None, description="TaylorSeer: extrapolate the skipped blocks' residual.")
     ts_order: int | None = Field(default=None, ge=1, le=2, description="TaylorSeer order, 1 or 2.")
 
-    @field_validator("fn", "bn", "warmup", "rdt", "mc", "ts_order", mode="before")
-    @classmethod
-    def _not_a_boolean(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number, not true or false")
-        return value
+    _numbers = no_booleans("fn", "bn", "warmup", "rdt", "mc", "ts_order")
 
     @model_serializer(mode="wrap")
     def _given_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # What the job gave, the same everywhere (in Redis, and in every answer about it): unset means the worker's.
         return {key: value for key, value in handler(self).items() if value is not None}
+
+    def over(self, base: DBCacheSetting) -> DBCacheSetting:
+        """The setting a job runs with: the fields it gave over `base` (the worker's)."""
+        return base.model_copy(update=self.model_dump())
+
+
+class DBCacheSetting(BaseModel):
+    """A whole DBCache setting, what a job runs with: the worker's (WANQ_ENGINE_CACHE_*, whose defaults are these,
+    SGLang-diffusion's), with the job's `CacheOptions` over it (worker/cache.py `resolve`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fn: int = 1
+    bn: int = 0
+    warmup: int = 4
+    rdt: float = 0.24
+    mc: int = 3
+    taylorseer: bool = False
+    ts_order: int = 1
 
 
 class CacheStats(BaseModel):
@@ -127,10 +144,6 @@ class CacheStats(BaseModel):
     steps_reused: dict[str, int] = Field(
         description="Steps on which each expert skipped its middle blocks and reused their residual from an earlier step."
     )
-
-
-JobCache = CacheOptions | Literal[False] | None
-"""What a job says about caching: settings (`{}` = the worker's), False = none for this job, None = the worker's default."""
 
 
 def parse_job_cache(value: Any) -> CacheOptions | Literal[False] | None:
@@ -151,9 +164,17 @@ def parse_job_cache(value: Any) -> CacheOptions | Literal[False] | None:
     try:
         return CacheOptions.model_validate(value)
     except ValidationError as exc:
+        # Nested in the request's own error: "invalid 'cache' {...}: Value error, rdt -1: ..."
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise ValueError(f"{where} {err.get('input')!r}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+JobCache = Annotated[CacheOptions | Literal[False] | None, BeforeValidator(parse_job_cache)]
+"""What a job says about caching: settings (`{}` = the worker's), False = none for this job, None = the worker's
+default. Parsed (from JSON, a form field or a Redis record) by the type itself, wherever it is a field."""
+RequestCache = Annotated[CacheOptions | bool | None, BeforeValidator(parse_job_cache)]
+"""The request's `cache`: as JobCache (true becomes `{}`); typed with `bool` so that its schema says true is taken."""
 
 
 _ADDED_SINCE_RELEASE: dict[str, Any] = {"kind": "video", "extend_from": None, "source_frames": 0, "loras": [], "cache": None}
@@ -207,11 +228,6 @@ class GenerationSpec(BaseModel):
 
     cache: JobCache = None
     """cache-dit settings for this job; False = none; None = the worker's default (WANQ_ENGINE_CACHE)."""
-
-    @field_validator("cache", mode="before")
-    @classmethod
-    def _cache(cls, value: Any) -> Any:
-        return parse_job_cache(value)
 
     @property
     def size(self) -> str:

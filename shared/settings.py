@@ -17,6 +17,10 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.catalog import PRESETS, TINY_MODEL_IDS, ModelSpec
+from shared.schemas import DBCacheSetting
+
+_DBCACHE = DBCacheSetting()
+"""The WANQ_ENGINE_CACHE_* defaults: DBCacheSetting's own (SGLang-diffusion's)."""
 
 Offload = Literal["none", "model", "group", "sequential"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -144,19 +148,19 @@ class EngineSettings(BaseModel):
     cache: CacheKind = "none"
     """Worker default for jobs that do not say: none, or dbcache (cache-dit's DBCache, lossy: skips the middle
     blocks on steps whose first-block residual barely moved). A job's `cache` field overrides it."""
-    cache_fn: int = Field(default=1, ge=1)
+    cache_fn: int = Field(default=_DBCACHE.fn, ge=1)
     """dbcache: first blocks always computed (the residual probe). SGLang's SGLANG_CACHE_DIT_FN."""
-    cache_bn: int = Field(default=0, ge=0)
+    cache_bn: int = Field(default=_DBCACHE.bn, ge=0)
     """dbcache: last blocks always computed. SGLANG_CACHE_DIT_BN."""
-    cache_warmup: int = Field(default=4, ge=0)
+    cache_warmup: int = Field(default=_DBCACHE.warmup, ge=0)
     """dbcache: first steps of each expert always computed. SGLANG_CACHE_DIT_WARMUP."""
-    cache_rdt: float = Field(default=0.24, ge=0)
+    cache_rdt: float = Field(default=_DBCACHE.rdt, ge=0)
     """dbcache: residual-difference threshold; 0 never skips, >= 1 skips every step allowed. SGLANG_CACHE_DIT_RDT."""
-    cache_mc: int = Field(default=3, ge=-1)
+    cache_mc: int = Field(default=_DBCACHE.mc, ge=-1)
     """dbcache: most cached steps in a row (-1 = no limit). SGLANG_CACHE_DIT_MC."""
-    cache_taylorseer: bool = False
+    cache_taylorseer: bool = _DBCACHE.taylorseer
     """dbcache: TaylorSeer calibrator (extrapolates the skipped blocks' residual). SGLANG_CACHE_DIT_TAYLORSEER."""
-    cache_ts_order: int = Field(default=1, ge=1, le=2)
+    cache_ts_order: int = Field(default=_DBCACHE.ts_order, ge=1, le=2)
     """dbcache: TaylorSeer order (1 or 2). SGLANG_CACHE_DIT_TS_ORDER."""
     vae_path: str = ""
     """A VAE to use instead of the model's own: a diffusers directory (with config.json, or a `vae/` subfolder)

@@ -17,34 +17,37 @@ from __future__ import annotations
 
 import difflib
 import json
-import math
 import random
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 from shared.catalog import ModelSpec
 from shared.errors import Conflict, Forbidden, Gone, InvalidRequest, ModelNotAvailable, NotFound
+from shared.fields import (
+    FLOW_SHIFT,
+    FPS,
+    GUIDANCE_SCALE,
+    GUIDANCE_SCALE_2,
+    JOB_NUMBERS,
+    MAX_SEED,
+    NUM_FRAMES,
+    NUM_INFERENCE_STEPS,
+    SECONDS,
+    SEED,
+    Fields,
+    no_booleans,
+    parse,
+    short,
+)
 from shared.loras import LoraRecord, LoraRequest, resolve_job_loras
-from shared.schemas import CacheOptions, GenerationSpec, JobRecord, JobStatus, parse_job_cache
+from shared.schemas import CacheOptions, GenerationSpec, JobCache, JobRecord, JobStatus, RequestCache
 from shared.settings import JobSettings, LoraSettings
 
-MAX_SEED = 2**32 - 1
-
-
 # The request's numeric generation fields (each refuses a JSON boolean); `wanq generate` takes the same ones.
-NUMBER_FIELDS = (
-    "seconds",
-    "num_frames",
-    "fps",
-    "num_inference_steps",
-    "guidance_scale",
-    "guidance_scale_2",
-    "seed",
-    "flow_shift",
-)
+NUMBER_FIELDS = tuple(field.name for field in JOB_NUMBERS)
 
 
 class VideoRequest(BaseModel):
@@ -65,57 +68,22 @@ class VideoRequest(BaseModel):
         "(1280x1280) pixels; default: the model's (TI2V-5B 1280x704, A14B 1280x720).",
         examples=["1280x704"],
     )
-    seconds: float | None = Field(
-        default=None,
-        json_schema_extra={"exclusiveMinimum": 0},
-        description="Duration; becomes the 4k+1 frame count nearest to seconds x fps (4 s at 16 fps -> 65 frames). "
-        'num_frames wins if both are given. OpenAI\'s SDK types it as the string "4", "8" or "12"; any number is taken.',
-    )
+    seconds: float | None = SECONDS.request()
     negative_prompt: str | None = Field(default=None, description="What to avoid; default: the model's (Wan's own list).")
-    num_frames: int | None = Field(
-        default=None,
-        json_schema_extra={"minimum": 5},
-        description="Frames, 4k+1 (17, 49, 81, 121...), at most WANQ_JOBS_MAX_FRAMES (241); default: the model's "
-        "(A14B 81, TI2V-5B 121).",
-    )
-    fps: int | None = Field(
-        default=None,
-        json_schema_extra={"minimum": 1, "maximum": 60},
-        description="Frames per second; default: the model's (A14B 16, TI2V-5B 24).",
-    )
-    num_inference_steps: int | None = Field(
-        default=None,
-        json_schema_extra={"minimum": 1},
-        description="Denoising steps, at most WANQ_JOBS_MAX_STEPS (100); default: the model's (A14B 40, TI2V-5B 50).",
-    )
-    guidance_scale: float | None = Field(
-        default=None,
-        json_schema_extra={"minimum": 0, "maximum": 30},
-        description="Classifier-free guidance; 1 or less runs no unconditional branch (one forward per step); "
-        "default: the model's (T2V-A14B 4.0, I2V-A14B 3.5, TI2V-5B 5.0).",
-    )
-    guidance_scale_2: float | None = Field(
-        default=None,
-        json_schema_extra={"minimum": 0, "maximum": 30},
-        description="Guidance of the low-noise expert (A14B models only); default: the model's (T2V-A14B 3.0, I2V-A14B 3.5).",
-    )
-    seed: int | None = Field(
-        default=None,
-        json_schema_extra={"minimum": 0, "maximum": MAX_SEED},
-        description="Seed; default: a random one (the video object shows it).",
-    )
-    flow_shift: float | None = Field(
-        default=None,
-        json_schema_extra={"minimum": 0.01, "maximum": 100},
-        description="Shift of the flow-matching schedule; default: the model's (T2V-A14B 12.0, others 5.0).",
-    )
+    num_frames: int | None = NUM_FRAMES.request()
+    fps: int | None = FPS.request()
+    num_inference_steps: int | None = NUM_INFERENCE_STEPS.request()
+    guidance_scale: float | None = GUIDANCE_SCALE.request()
+    guidance_scale_2: float | None = GUIDANCE_SCALE_2.request()
+    seed: int | None = SEED.request()
+    flow_shift: float | None = FLOW_SHIFT.request()
     image_url: str | None = Field(
         default=None,
         description="https:// or data: URL of the first frame (image-to-video); or send the file as `input_reference` "
         "(multipart). Scaled to cover the size and centre-cropped.",
     )
     # bool, not Literal[False]: the schema says that true is taken (the validator makes it {}).
-    cache: CacheOptions | bool | None = Field(
+    cache: RequestCache = Field(
         default=None,
         description="Step cache for this job (cache-dit DBCache; lossy, faster): an object of settings, each optional "
         '(fn, bn, warmup, rdt, mc, taylorseer, ts_order; e.g. {"rdt": 0.3}; omitted ones are the worker\'s), '
@@ -156,18 +124,11 @@ class VideoRequest(BaseModel):
                 raise ValueError("must be a JSON list of {name, strength, expert} objects") from None
         return value
 
-    @field_validator(*NUMBER_FIELDS, mode="before")
-    @classmethod
-    def _not_a_boolean(cls, value: Any) -> Any:
-        # pydantic's lax mode reads true as 1; a boolean where a number belongs is a client bug worth naming.
-        if isinstance(value, bool):
-            raise ValueError("must be a number, not true or false")
-        return value
+    _numbers = no_booleans(*NUMBER_FIELDS)
 
-    @field_validator("cache", mode="before")
-    @classmethod
-    def _cache(cls, value: Any) -> Any:
-        return parse_job_cache(value)
+    def job_cache(self) -> JobCache:
+        """`cache` as the job keeps it: its type (RequestCache) has already made true `{}`."""
+        return CacheOptions() if self.cache is True else self.cache
 
 
 class VideoReference(BaseModel):
@@ -202,27 +163,15 @@ class RemixRequest(BaseModel):
     webhook_events: list[str] | None = Field(default=None, description="As for POST /v1/videos.")
 
 
-Fields = TypeVar("Fields", bound=BaseModel)
-
-
 def parse_request(data: dict[str, Any]) -> VideoRequest:
     """Validates types; the first problem becomes an InvalidRequest naming the field and value."""
     return parse_fields(VideoRequest, data)
 
 
 def parse_fields(model: type[Fields], data: dict[str, Any]) -> Fields:
-    """`data` as `model` (a request body); the first problem becomes an InvalidRequest naming the field and value."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "body"
-        if err["type"] == "extra_forbidden":
-            raise InvalidRequest(f"unknown field '{field}'{_did_you_mean(field)}", param=field) from None
-        if err["type"] == "missing":
-            raise InvalidRequest(f"'{field}' is required", param=field) from None
-        value = _short(err.get("input"))
-        raise InvalidRequest(f"invalid '{field}' {value}: {err['msg']}", param=field) from None
+    """`data` as `model` (a request body); the first problem becomes an InvalidRequest naming the field and value
+    (an unknown field with the likely one it meant)."""
+    return parse(model, data, did_you_mean=_did_you_mean)
 
 
 # Names people reach for, from other APIs and CLIs (diffusers' call arguments, `wanq submit`'s flags).
@@ -252,14 +201,9 @@ def _did_you_mean(field: str) -> str:
     return f"; did you mean '{guess}'?" if guess else ""
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _check(ok: bool, field: str, value: Any, why: str) -> None:
     if not ok:
-        raise InvalidRequest(f"invalid '{field}' {_short(value)}: {why}", param=field)
+        raise InvalidRequest(f"invalid '{field}' {short(value)}: {why}", param=field)
 
 
 def parse_size(size: str, multiple: int) -> tuple[int, int]:
@@ -342,9 +286,9 @@ def resolve_spec(
 
     # 4. Duration
     fps = model.fps if req.fps is None else req.fps
-    _check(1 <= fps <= 60, "fps", fps, "must be between 1 and 60")
+    FPS.check(fps)
     if req.seconds is not None:  # checked even where num_frames wins: an absurd value is a client bug
-        _check(math.isfinite(req.seconds) and req.seconds > 0, "seconds", req.seconds, "must be positive")
+        SECONDS.check(req.seconds)
     if kind == "image":
         frames = 1  # an image request has neither seconds nor num_frames
     elif req.num_frames is not None:
@@ -356,7 +300,7 @@ def resolve_spec(
     else:
         frames = model.num_frames
     if kind == "video":
-        _check(5 <= frames <= limits.max_frames, "num_frames", frames, f"must be between 5 and {limits.max_frames}")
+        NUM_FRAMES.check(frames, maximum=limits.max_frames)
 
     # 5. LoRAs: each resolved to its file; the fields the request leaves out take what they recommend
     job_loras, recommended = resolve_job_loras(req.loras or [], loras or {}, model, lora_limits or LoraSettings())
@@ -367,9 +311,8 @@ def resolve_spec(
 
     # 6. Sampling
     steps = given("num_inference_steps", model.num_inference_steps)
-    _check(1 <= steps <= limits.max_steps, "num_inference_steps", steps, f"must be between 1 and {limits.max_steps}")
-    guidance = given("guidance_scale", model.guidance_scale)
-    _check(math.isfinite(guidance) and 0 <= guidance <= 30, "guidance_scale", guidance, "must be between 0 and 30")
+    NUM_INFERENCE_STEPS.check(steps, maximum=limits.max_steps)
+    guidance = GUIDANCE_SCALE.check(given("guidance_scale", model.guidance_scale))
     if model.guidance_scale_2 is None and req.guidance_scale_2 is not None:
         raise InvalidRequest(
             f"invalid 'guidance_scale_2' {req.guidance_scale_2!r}: model {model.id!r} has a single expert",
@@ -379,8 +322,7 @@ def resolve_spec(
     if model.guidance_scale_2 is not None:
         # diffusers' Wan pipelines run classifier-free guidance for both experts or for neither, as guidance_scale
         # says: with it at 1 or less, guidance_scale_2 follows it unless given (and must then be <= 1 too).
-        guidance_2 = given("guidance_scale_2", guidance if guidance <= 1 else model.guidance_scale_2)
-        _check(math.isfinite(guidance_2) and 0 <= guidance_2 <= 30, "guidance_scale_2", guidance_2, "must be between 0 and 30")
+        guidance_2 = GUIDANCE_SCALE_2.check(given("guidance_scale_2", guidance if guidance <= 1 else model.guidance_scale_2))
         _check(
             guidance > 1 or guidance_2 <= 1,
             "guidance_scale_2",
@@ -388,10 +330,8 @@ def resolve_spec(
             f"guidance_scale {guidance:g} turns classifier-free guidance off for both experts (diffusers' Wan pipelines "
             "guide both or neither); set guidance_scale above 1, or guidance_scale_2 to 1 or less",
         )
-    shift = given("flow_shift", model.flow_shift)
-    _check(math.isfinite(shift) and 0.01 <= shift <= 100, "flow_shift", shift, "must be between 0.01 and 100")
-    seed = random.randint(0, MAX_SEED) if req.seed is None else req.seed
-    _check(0 <= seed <= MAX_SEED, "seed", seed, f"must be between 0 and {MAX_SEED}")
+    shift = FLOW_SHIFT.check(given("flow_shift", model.flow_shift))
+    seed = random.randint(0, MAX_SEED) if req.seed is None else SEED.check(req.seed)
 
     return GenerationSpec(
         model=model.id,
@@ -409,7 +349,7 @@ def resolve_spec(
         image_key=image_key,
         kind=kind,
         loras=job_loras,
-        cache=parse_job_cache(req.cache),
+        cache=req.job_cache(),
     )
 
 

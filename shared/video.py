@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.fields import FLOW_SHIFT, FPS, GUIDANCE_SCALE, GUIDANCE_SCALE_2, NUM_INFERENCE_STEPS, SEED
 from shared.schemas import CacheStats, Expert, JobCache, JobRecord, JobStatus, Stage
 
 
@@ -66,15 +67,15 @@ class Video(BaseModel):
         description="Frames of the delivered video: num_frames, or for an extension the whole video's, "
         "source_frames + num_frames - 1; seconds is total_frames / fps.",
     )
-    fps: int = Field(ge=1, le=60, description="Frames per second of the MP4.")
-    seed: int = Field(ge=0, le=2**32 - 1, description="The seed used: the same seed, prompt and parameters give the same video.")
+    fps: int = FPS.value("Frames per second of the MP4.")
+    seed: int = SEED.value("The seed used: the same seed, prompt and parameters give the same video.")
     negative_prompt: str = Field(description="What the video avoids (the model's default if none was given).")
-    num_inference_steps: int = Field(ge=1, description="Denoising steps.")
-    guidance_scale: float = Field(ge=0, le=30, description="Classifier-free guidance; 1 or less runs no unconditional branch.")
-    guidance_scale_2: float | None = Field(
-        default=None, ge=0, le=30, description="Guidance of the low-noise expert (A14B models); null for single-expert models."
+    num_inference_steps: int = NUM_INFERENCE_STEPS.value("Denoising steps.")
+    guidance_scale: float = GUIDANCE_SCALE.value("Classifier-free guidance; 1 or less runs no unconditional branch.")
+    guidance_scale_2: float | None = GUIDANCE_SCALE_2.value(
+        "Guidance of the low-noise expert (A14B models); null for single-expert models.", optional=True
     )
-    flow_shift: float = Field(ge=0.01, le=100, description="Shift of the flow-matching noise schedule.")
+    flow_shift: float = FLOW_SHIFT.value("Shift of the flow-matching noise schedule.")
     has_image: bool = Field(
         description="Whether it animates an input image (image-to-video; an extension animates its source's last frame)."
     )

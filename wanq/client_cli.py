@@ -55,11 +55,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--guidance-scale", type=float)
     p.add_argument(
         "--cache",
+        nargs="?",
+        const=True,
         type=_cache_arg,
         metavar="on|off|JSON",
-        help="the step cache for this job (lossy, faster): on (the worker's settings), off, or settings as JSON, "
-        "e.g. '{\"rdt\": 0.3}'; default: the worker's configured cache",
+        help="the step cache for this job (lossy, faster): --cache or on (the worker's settings), off, or settings "
+        "as JSON, e.g. '{\"fn\": 2, \"rdt\": 0.3}' (the others the worker's); default: the worker's configured cache",
     )
+    p.add_argument("--no-cache", dest="cache", action="store_const", const=False, help="no step cache for this job")
     p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the video")
     p.add_argument("-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4)")
     common(p)

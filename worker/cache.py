@@ -24,33 +24,21 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from shared.schemas import CacheOptions, CacheStats, JobCache
+from shared.schemas import CacheOptions, CacheStats, DBCacheSetting, JobCache
 from shared.settings import EngineSettings
 
 log = logging.getLogger("wanq.engine")
 
-
-@dataclass(frozen=True)
-class DBCacheSetting:
-    """One job's resolved DBCache setting, the same for every expert (each keeps its own context)."""
-
-    fn: int = 1
-    bn: int = 0
-    warmup: int = 4
-    rdt: float = 0.24
-    mc: int = 3
-    taylorseer: bool = False
-    ts_order: int = 1
+__all__ = ["DBCacheSetting", "StepCache", "check_fits", "expert_steps", "resolve", "summary"]
 
 
 def resolve(settings: EngineSettings, job: JobCache) -> DBCacheSetting | None:
     """The setting a job runs with: its own fields over the worker's; False = none; None = the worker's default."""
     if job is False or (job is None and settings.cache == "none"):
         return None
-    base = DBCacheSetting(
+    worker = DBCacheSetting(
         fn=settings.cache_fn,
         bn=settings.cache_bn,
         warmup=settings.cache_warmup,
@@ -59,9 +47,7 @@ def resolve(settings: EngineSettings, job: JobCache) -> DBCacheSetting | None:
         taylorseer=settings.cache_taylorseer,
         ts_order=settings.cache_ts_order,
     )
-    if isinstance(job, CacheOptions):
-        return DBCacheSetting(**{**asdict(base), **job.model_dump(exclude_none=True)})
-    return base
+    return job.over(worker) if isinstance(job, CacheOptions) else worker
 
 
 def expert_steps(pipe: Any, scheduler: Any, num_inference_steps: int) -> list[int]:
@@ -202,7 +188,7 @@ class StepCache:
             total += calls * blocks
             skipped += cached * skipped_per_call
         return {
-            "setting": asdict(self.setting) if self.setting else None,
+            "setting": self.setting.model_dump() if self.setting else None,
             "experts": experts,
             "blocks_skipped_share": round(skipped / total, 4) if total else 0.0,
         }

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from api.deps import Principal, PrincipalDep, ServicesDep
@@ -25,6 +25,7 @@ from api.services import Services
 from shared.catalog import ModelSpec
 from shared.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from shared.fetch import copy_hashed, fetch_to_file
+from shared.fields import FLOW_SHIFT, GUIDANCE_SCALE, GUIDANCE_SCALE_2, NUM_INFERENCE_STEPS, parse
 from shared.lora_files import family_of, inspect
 from shared.loras import NAME_PATTERN, SHARED_OWNER, LoraDefaults, LoraRecord, storage_key
 from shared.schemas import Expert
@@ -41,10 +42,10 @@ class LoraCreate(BaseModel):
     model: str = Field(description="A served model id, or a family: wan2.2-a14b (T2V- and I2V-A14B), wan2.2-ti2v-5b.")
     url: str | None = Field(default=None, description="JSON only: an https URL of the .safetensors file (redirects followed).")
     shared: bool = Field(default=False, description="Admins only: publish it to every tenant.")
-    num_inference_steps: int | None = Field(default=None, ge=1, description="Recommended steps (e.g. 4 for Lightning).")
-    guidance_scale: float | None = Field(default=None, ge=0, le=30, description="Recommended guidance (1: no CFG).")
-    guidance_scale_2: float | None = Field(default=None, ge=0, le=30, description="Recommended low-noise guidance (A14B).")
-    flow_shift: float | None = Field(default=None, ge=0.01, le=100, description="Recommended flow shift.")
+    num_inference_steps: int | None = NUM_INFERENCE_STEPS.value("Recommended steps (e.g. 4 for Lightning).", optional=True)
+    guidance_scale: float | None = GUIDANCE_SCALE.value("Recommended guidance (1: no CFG).", optional=True)
+    guidance_scale_2: float | None = GUIDANCE_SCALE_2.value("Recommended low-noise guidance (A14B).", optional=True)
+    flow_shift: float | None = FLOW_SHIFT.value("Recommended flow shift.", optional=True)
     expert: Expert | None = Field(default=None, description="A14B: the expert jobs put it in by default.")
 
 
@@ -66,19 +67,6 @@ _create_schema = {
         },
     }
 }
-
-
-def _parse(fields: dict[str, Any]) -> LoraCreate:
-    try:
-        return LoraCreate.model_validate(fields)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "body"
-        if err["type"] == "extra_forbidden":
-            raise InvalidRequest(f"unknown field '{field}'", param=field) from None
-        if err["type"] == "missing":
-            raise InvalidRequest(f"'{field}' is required", param=field) from None
-        raise InvalidRequest(f"invalid '{field}' {err.get('input')!r:.80}: {err['msg']}", param=field) from None
 
 
 def _target(services: Services, body: LoraCreate) -> ModelSpec:
@@ -179,7 +167,7 @@ async def create_lora(request: Request, services: ServicesDep, principal: Princi
     limits = settings.loras
     # 1. The fields: what it is for, its recommended defaults, who owns it
     fields, upload = await _read(request)
-    body = _parse(fields)
+    body = parse(LoraCreate, fields)
     model = _target(services, body)
     defaults = _check_defaults(services, body, model)
     owner = _owner(principal, body.shared)
