@@ -40,7 +40,6 @@ DEFAULT = Option(
     flag="--attention-backend (empty)",
     kind="attention",
     summary="diffusers' default: `native`, torch SDPA (cuDNN attention on Hopper)",
-    chosen=lambda s: s.attention_backend == "",
     names=("",),
     applied="nothing to set",
 )
@@ -49,7 +48,6 @@ DIFFUSERS = Option(
     flag="--attention-backend " + "|".join(CONTEXT_PARALLEL),
     kind="attention",
     summary="a diffusers backend with Ulysses / ring attention",
-    chosen=lambda s: s.attention_backend in CONTEXT_PARALLEL,
     names=CONTEXT_PARALLEL,
     applies_to="transformers",
     apply=set_backend,
@@ -60,7 +58,6 @@ OTHER = Option(
     flag="--attention-backend NAME",
     kind="attention",
     summary="any other backend diffusers knows (e.g. xformers): one GPU or --cfg-parallel only",
-    chosen=lambda s: s.attention_backend not in ("", "fa4", *CONTEXT_PARALLEL),
     needs=(
         rule(
             "a name diffusers knows",
@@ -98,7 +95,6 @@ FA4 = Option(
     flag="--attention-backend fa4",
     kind="attention",
     summary="FlashAttention-4 (flash-attn-4, local): exact, faster on Hopper/Blackwell; Ulysses and ring",
-    chosen=lambda s: s.attention_backend == "fa4",
     names=("fa4",),
     needs=(
         cuda("--attention-backend fa4 needs a CUDA GPU (Hopper or newer); on CPU leave --attention-backend empty"),

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.settings import EngineSettings
-from worker.options.option import Option, rule
+from worker.options.option import Apply, Option, Rule, rule
 
 
 def _tiling(vae: Any, _settings: EngineSettings, _device: Any) -> None:
@@ -37,56 +37,52 @@ def _compile_decoder(vae: Any, _settings: EngineSettings, _device: Any) -> None:
     vae.decoder.compile()
 
 
-TILING = Option(
-    flag="--vae-tiling",
-    name="tiling",
-    kind="decode",
-    summary="decode in tiles: bounded decode memory",
-    chosen=lambda s: s.vae_tiling,
-    applies_to="vae",
-    apply=_tiling,
-    applied="`vae.enable_tiling()`",
-)
+def _decode(flag: str, name: str, setting: str, summary: str, apply: Apply, applied: str, *conflicts: Rule) -> Option:
+    return Option(
+        flag=flag,
+        name=name,
+        kind="decode",
+        summary=summary,
+        chosen=lambda s: bool(getattr(s, setting)),
+        conflicts=conflicts,
+        applies_to="vae",
+        apply=apply,
+        applied=applied,
+    )
 
-CUDNN_BENCHMARK = Option(
-    flag="--cudnn-benchmark",
-    name="cudnn_benchmark",
-    kind="decode",
-    summary="cuDNN times its conv algorithms per shape and keeps the fastest",
-    chosen=lambda s: s.cudnn_benchmark,
-    applies_to="vae",
-    apply=_cudnn_benchmark,
-    applied="`torch.backends.cudnn.benchmark` (process-wide)",
-)
 
-CHANNELS_LAST = Option(
-    flag="--vae-channels-last",
-    name="channels_last",
-    kind="decode",
-    summary="channels-last VAE weights for cuDNN's NDHWC kernels",
-    chosen=lambda s: s.vae_channels_last,
-    applies_to="vae",
-    apply=_channels_last,
-    applied="the VAE's conv weights in channels-last memory format",
+TILING = _decode(
+    "--vae-tiling", "tiling", "vae_tiling", "decode in tiles: bounded decode memory", _tiling, "`vae.enable_tiling()`"
 )
-
-COMPILE_DECODER = Option(
-    flag="--vae-compile",
-    name="compiled_decoder",
-    kind="decode",
-    summary="torch.compile of the VAE decoder (a few graphs per video size)",
-    chosen=lambda s: s.vae_compile,
-    conflicts=(
-        rule(
-            "VAE offload hooks (--offload sequential/group, --vae-cpu-offload)",
-            lambda s, _e: s.offload in ("sequential", "group") or s.vae_cpu_offload,
-            "--vae-compile cannot be combined with offload hooks on the VAE (--offload sequential/group, "
-            "--vae-cpu-offload): they move its weights inside the compiled graph; drop one",
-        ),
+CUDNN_BENCHMARK = _decode(
+    "--cudnn-benchmark",
+    "cudnn_benchmark",
+    "cudnn_benchmark",
+    "cuDNN times its conv algorithms per shape and keeps the fastest",
+    _cudnn_benchmark,
+    "`torch.backends.cudnn.benchmark` (process-wide)",
+)
+CHANNELS_LAST = _decode(
+    "--vae-channels-last",
+    "channels_last",
+    "vae_channels_last",
+    "channels-last VAE weights for cuDNN's NDHWC kernels",
+    _channels_last,
+    "the VAE's conv weights in channels-last memory format",
+)
+COMPILE_DECODER = _decode(
+    "--vae-compile",
+    "compiled_decoder",
+    "vae_compile",
+    "torch.compile of the VAE decoder (a few graphs per video size)",
+    _compile_decoder,
+    "`vae.decoder.compile()`",
+    rule(
+        "VAE offload hooks (--offload sequential/group, --vae-cpu-offload)",
+        lambda s, _e: s.offload in ("sequential", "group") or s.vae_cpu_offload,
+        "--vae-compile cannot be combined with offload hooks on the VAE (--offload sequential/group, "
+        "--vae-cpu-offload): they move its weights inside the compiled graph; drop one",
     ),
-    applies_to="vae",
-    apply=_compile_decoder,
-    applied="`vae.decoder.compile()`",
 )
 
 VAE_PATH = Option(

@@ -31,6 +31,8 @@ class Environment:
 
 
 Check = Callable[[EngineSettings, Environment], bool]
+Apply = Callable[[Any, EngineSettings, Any], None]
+"""(the pipeline, its VAE or its transformers, per the option's `applies_to`; the settings; the torch device)."""
 Say = Callable[[EngineSettings, Environment], str]
 
 
@@ -84,7 +86,8 @@ class Option:
     """How it is asked for: "--attention-backend fa4", "--vae-tiling"."""
     kind: Kind
     summary: str
-    chosen: Callable[[EngineSettings], bool]
+    chosen: Callable[[EngineSettings], bool] | None = None
+    """Whether the settings ask for it; attention backends are chosen by `names` instead."""
     needs: tuple[Rule, ...] = ()
     conflicts: tuple[Rule, ...] = ()
     package: Callable[[], str | None] | None = None
@@ -96,16 +99,20 @@ class Option:
     context_parallel: bool = True
     """Attention backends: whether diffusers' Ulysses / ring attention runs on it."""
     applies_to: Applies = ""
-    apply: Callable[[Any, EngineSettings, Any], None] | None = None
-    """(the pipeline, its VAE or its transformers per `applies_to`; the settings; the torch device)."""
+    apply: Apply | None = None
     applied: str = ""
     """Where it takes effect, for the docs table."""
     place_transformer: Callable[[Any, Any, Any], Any] | None = None
     """Quantization: places one transformer on the device quantized block by block (transformer, device, park)."""
     names: tuple[str, ...] = field(default=())
-    """Attention backends: the names it answers to."""
+    """Attention backends: the --attention-backend names it answers to; none: every name no other backend takes."""
     name: str = ""
     """Its name in the engine's plan (decode options: "tiling", ...)."""
+
+    def is_chosen(self, settings: EngineSettings) -> bool:
+        if self.names:
+            return settings.attention_backend in self.names
+        return self.chosen is not None and self.chosen(settings)
 
     def problems(self, settings: EngineSettings, env: Environment) -> list[str]:
         """The needs and conflicts this configuration breaks, as sentences saying what to change."""

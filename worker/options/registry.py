@@ -61,7 +61,14 @@ class Problems:
 
 
 def chosen(settings: EngineSettings, kind: Kind | None = None) -> list[Option]:
-    return [o for o in OPTIONS if o.chosen(settings) and (kind is None or o.kind == kind)]
+    """The options the settings ask for, in the order they are applied; the attention backend no entry names
+    falls to the entry without names (a diffusers backend wanq has no entry for)."""
+    named = any(o.is_chosen(settings) for o in OPTIONS if o.kind == "attention")
+    return [
+        o
+        for o in OPTIONS
+        if (o.is_chosen(settings) or (o.kind == "attention" and not o.names and not named)) and (kind is None or o.kind == kind)
+    ]
 
 
 def one(settings: EngineSettings, kind: Kind) -> Option | None:
