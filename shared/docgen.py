@@ -1,5 +1,6 @@
 """The generated parts of the docs: docs/SETTINGS.md's settings table, docs/ARCHITECTURE.md's transition table and
-Redis key map (`make readme` runs `python -m shared.docgen`; tests check they are current)."""
+Redis key map, docs/ENGINE.md's table of engine options (`make readme` runs `python -m shared.docgen`; tests check
+they are current)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,16 @@ def fill(path: str, marker: str, table: str) -> bool:
     return new != text
 
 
-def update(settings: str = "docs/SETTINGS.md", architecture: str = "docs/ARCHITECTURE.md") -> bool:
+def update(
+    settings: str = "docs/SETTINGS.md", architecture: str = "docs/ARCHITECTURE.md", engine: str = "docs/ENGINE.md"
+) -> bool:
     """Every generated table; True if any changed."""
+    # The engine options' registry is the worker's (torch-free to import); only this dev tool reads it from shared/.
+    from worker.options.registry import option_table
+
     changed = fill(settings, "settings", settings_table())
     changed |= fill(architecture, "transitions", transition_table())
+    changed |= fill(engine, "options", option_table())
     return fill(architecture, "keys", key_table()) or changed
 
 

@@ -160,11 +160,10 @@ def cmd_worker(args: argparse.Namespace) -> None:
     model_path, _ = _pipeline_dir("worker", args.model_path, model)
     _configure_logging(args.loglevel, torch_side=True)  # torch and diffusers then say everything as JSON lines
 
-    from worker import accel, lora_slots
+    from worker import lora_slots
     from worker.service import run
 
-    try:
-        accel.validate(settings.engine)
+    try:  # the engine options were checked by _engine_problems (worker/probe.py)
         lora_slots.check_settings(settings.engine, settings.loras)
     except ValueError as exc:
         raise UsageError(f"wanq worker: {exc}") from None

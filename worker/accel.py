@@ -1,20 +1,19 @@
-"""Applies the engine options to a loaded pipeline, through diffusers' (and torch's, torchao's) own mechanisms.
+"""Applies the engine options to a loaded pipeline, through diffusers' (and torch's, torchao's) own mechanisms, in
+the order diffusers needs; each option's own part is its registry entry's (worker/options/).
 
-Attention backend (`set_attention_backend`, FA4 registered as the named backend "fa4" by
+Attention backend (the entry's `apply`: `set_attention_backend`, FA4 registered as the named backend "fa4" by
 worker/fa4.py), placement (device, `enable_model_cpu_offload`, `enable_sequential_cpu_offload`,
 `enable_group_offload` / `apply_group_offloading` with CUDA streams), context parallelism
 (`enable_parallelism` with a `ContextParallelConfig`, see worker/parallel/mesh.py), FP8 linears
 (torchao, worker/fp8.py), the VAE's decode options (tiling, channels-last, cuDNN autotuning, a compiled
 decoder) and regional compile (`compile_repeated_blocks`). The step cache (cache-dit) is the engine's,
-set per job (worker/cache.py). Impossible combinations are refused by `validate` before anything
-loads, and missing packages or GPU features by `environment_problems`, with a message that says what
-to change.
+set per job (worker/cache.py). `validate_before_loading` runs the registry's one check before anything loads
+(worker/startup.py): impossible combinations, missing packages and GPU features, each with what to change.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,27 +21,10 @@ from typing import Any
 import torch
 
 from shared.settings import EngineSettings
+from worker.options import registry
+from worker.options.option import Environment, Option, context_parallel
 from worker.parallel import mesh
-
-log = logging.getLogger("wanq.engine")
-
-# diffusers backends whose dispatch function implements Ulysses / ring attention (attention_dispatch.py,
-# `supports_context_parallel=True`). "" means diffusers' default, which is `native` (SDPA).
-CONTEXT_PARALLEL_BACKENDS = frozenset(
-    {
-        "",
-        "native",
-        "_native_cudnn",
-        "_native_flash",
-        "flash",
-        "flash_hub",
-        "flash_varlen_hub",
-        "_flash_3_hub",
-        "sage",
-        "sage_hub",
-        "fa4",
-    }
-)
+from worker.pipeline_dir import TRANSFORMERS, transformers_of
 
 
 @dataclass(frozen=True)
@@ -68,8 +50,24 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def uses_group_offload(settings: EngineSettings) -> bool:
-    return settings.offload == "group" or settings.text_encoder_cpu_offload or settings.vae_cpu_offload
+def environment(
+    settings: EngineSettings,
+    *,
+    num_heads: int | None = None,
+    device: torch.device | str | None = None,
+    gpu_count: int | None = None,
+    machine: bool = False,
+) -> Environment:
+    """What the options are checked against. With `machine`, a CUDA `device` is asked for its name and compute
+    capability (which initializes CUDA: a Celery parent must not, worker/probe.py)."""
+    if isinstance(device, torch.device):
+        name: str | None = device.type
+    else:
+        name = device or (settings.device if settings.device != "auto" else None)
+    gpu = None
+    if machine and isinstance(device, torch.device) and device.type == "cuda" and torch.cuda.is_available():
+        gpu = (torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device))
+    return Environment(device=name, num_heads=num_heads, gpu_count=gpu_count, gpu=gpu, machine=machine)
 
 
 def validate(
@@ -79,169 +77,42 @@ def validate(
     device: str | None = None,
     gpu_count: int | None = None,
 ) -> None:
-    """Refuses configurations that cannot work, with a message saying what to change.
-
-    `num_heads` (from the model's config), `device` (resolved) and `gpu_count` are checked when given.
+    """Refuses configurations that cannot work (the registry's rules, worker/options/), with a message saying
+    what to change. `num_heads` (from the model's config), `device` (resolved) and `gpu_count` are checked when given.
     """
-    problems: list[str] = []
-    cfg = 2 if settings.cfg_parallel else 1
-    groups = settings.ulysses_degree * settings.ring_degree * cfg
-    device = device or (settings.device if settings.device != "auto" else None)
-    on_cpu = device is not None and device.startswith("cpu")
-    if groups != settings.num_gpus:
-        problems.append(
-            f"ulysses_degree ({settings.ulysses_degree}) x ring_degree ({settings.ring_degree}) x cfg ({cfg}) = {groups} "
-            f"must equal num_gpus ({settings.num_gpus}): change --num-gpus or the degrees"
-        )
-    if num_heads is not None and num_heads % settings.ulysses_degree:
-        divisors = [d for d in range(1, num_heads + 1) if num_heads % d == 0 and d <= 8]
-        problems.append(
-            f"the transformer's {num_heads} attention heads are not divisible by --ulysses-degree "
-            f"{settings.ulysses_degree}: use one of {divisors}, or --ring-degree for the rest"
-        )
-    if settings.compile and settings.offload in ("sequential", "group"):
-        problems.append(
-            f"--compile cannot be combined with --offload {settings.offload} (its hooks move weights inside the compiled "
-            "blocks); use --offload model or none with --compile"
-        )
-    if settings.num_gpus > 1 and settings.offload != "none":
-        problems.append(
-            f"--offload {settings.offload} is single-GPU only; with --num-gpus > 1 use --offload none "
-            "(with --text-encoder-cpu-offload / --vae-cpu-offload if memory is short)"
-        )
-    if mesh.context_parallel(settings) and settings.cache != "none":
-        problems.append(
-            "--cache with --ulysses-degree / --ring-degree is not supported (every rank must skip the same blocks and "
-            "this is verified only for --cfg-parallel); use --cache none, or --cfg-parallel alone"
-        )
-    if settings.offload != "none" and (settings.text_encoder_cpu_offload or settings.vae_cpu_offload):
-        problems.append(
-            f"--offload {settings.offload} already offloads the text encoder and the VAE; "
-            "drop --text-encoder-cpu-offload / --vae-cpu-offload, or use --offload none"
-        )
-    if settings.pin_cpu_memory and not uses_group_offload(settings):
-        problems.append(
-            "--pin-cpu-memory applies to group offloading only; add --offload group (or --text-encoder-cpu-offload / "
-            "--vae-cpu-offload) or drop it"
-        )
-    if on_cpu and mesh.context_parallel(settings):
-        problems.append(
-            "--ulysses-degree / --ring-degree need CUDA GPUs (diffusers' context parallelism); use --cfg-parallel on CPU"
-        )
-    if on_cpu and settings.offload == "sequential":
-        problems.append("--offload sequential streams weights to a GPU layer by layer; on CPU use --offload none")
-    if on_cpu and settings.dtype == "fp16":
-        problems.append("--dtype fp16 is not supported on CPU; use bf16 or fp32")
-    if settings.num_gpus > 1 and device is not None and ":" in device:
-        problems.append(
-            f"--device {device} names one GPU but --num-gpus is {settings.num_gpus}: use --device cuda "
-            "(ranks take cuda:0..N-1; pick GPUs with CUDA_VISIBLE_DEVICES)"
-        )
-    if gpu_count is not None and not on_cpu and settings.num_gpus > gpu_count:
-        problems.append(f"--num-gpus {settings.num_gpus} but this machine has {gpu_count} visible GPU(s)")
-    if mesh.context_parallel(settings) and settings.attention_backend not in CONTEXT_PARALLEL_BACKENDS:
-        problems.append(
-            f"attention backend {settings.attention_backend!r} has no context-parallel support in diffusers; "
-            f"use one of {sorted(b for b in CONTEXT_PARALLEL_BACKENDS if b)}"
-        )
-    if settings.attention_backend:
-        known = _known_backends()
-        if known and settings.attention_backend not in known:
-            problems.append(f"unknown --attention-backend {settings.attention_backend!r}; diffusers knows {sorted(known)}")
-    problems.extend(_speed_option_problems(settings, on_cpu))
-    if problems:
-        raise ValueError("impossible engine configuration: " + "; ".join(problems))
-
-
-def _speed_option_problems(settings: EngineSettings, on_cpu: bool) -> list[str]:
-    """FA4, FP8 and the VAE options: what they cannot be combined with."""
-    problems: list[str] = []
-    fa4 = settings.attention_backend == "fa4"
-    fp8 = settings.quantization == "fp8"
-    if fa4 and on_cpu:
-        problems.append("--attention-backend fa4 needs a CUDA GPU (Hopper or newer); on CPU leave --attention-backend empty")
-    if fa4 and settings.dtype == "fp32":
-        problems.append("--attention-backend fa4 computes in bf16 or fp16; use --dtype bf16 (or auto) with it")
-    if fp8 and on_cpu:
-        problems.append("--quantization fp8 needs a CUDA GPU with FP8 tensor cores (Ada, Hopper or newer); on CPU use none")
-    if fp8 and settings.dtype not in ("auto", "bf16"):
-        problems.append(
-            f"--quantization fp8 quantizes bf16 weights (torchao's rowwise scales); use --dtype bf16, not {settings.dtype}"
-        )
-    if fp8 and settings.offload not in ("none", "model"):
-        problems.append(
-            f"--quantization fp8 quantizes whole transformers, which --offload {settings.offload} splits into groups; "
-            "use --offload none (with --text-encoder-cpu-offload if memory is short) or --offload model"
-        )
-    if settings.vae_compile and (settings.offload in ("sequential", "group") or settings.vae_cpu_offload):
-        problems.append(
-            "--vae-compile cannot be combined with offload hooks on the VAE (--offload sequential/group, "
-            "--vae-cpu-offload): they move its weights inside the compiled graph; drop one"
-        )
-    if settings.vae_path and not Path(settings.vae_path).exists():
-        problems.append(f"--vae-path {settings.vae_path} does not exist: give a diffusers VAE directory or a weights file")
-    return problems
+    problems = registry.validate(settings, environment(settings, num_heads=num_heads, device=device, gpu_count=gpu_count))
+    problems.machine.clear()
+    problems.raise_if_any()
 
 
 def environment_problems(settings: EngineSettings, device: torch.device | None = None) -> list[str]:
     """What this machine lacks for the options asked for: packages (flash-attn-4, torchao, cache-dit) and GPU
     features (FA4: sm90+, FP8: sm89+), each with what to install or change. Touches CUDA only where a CUDA
     device is given (a Celery parent must not: `wanq worker` runs this in a fresh interpreter, worker/probe.py)."""
-    from worker import fa4, fp8
-    from worker.packages import missing_packages
-
-    problems: list[str] = []
-    wants_fa4 = settings.attention_backend == "fa4"
-    wants_fp8 = settings.quantization == "fp8"
-    if wants_fa4 and (missing := fa4.missing_package()):
-        problems.append(missing)
-    if wants_fp8 and (missing := fp8.missing_package()):
-        problems.append(missing)
-    problems.extend(missing_packages(settings))
-    if device is not None and device.type == "cuda" and (wants_fa4 or wants_fp8) and torch.cuda.is_available():
-        name, capability = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
-        for problem in (
-            fa4.gpu_problem(name, capability) if wants_fa4 else None,
-            fp8.gpu_problem(name, capability) if wants_fp8 else None,
-        ):
-            if problem:
-                problems.append(problem)
-    return problems
+    return registry.validate(settings, environment(settings, device=device, machine=True)).machine
 
 
 def validate_before_loading(settings: EngineSettings, model_path: Path | None, device: torch.device) -> None:
-    """`validate` with what is known before the pipeline loads: the model directory's head count,
-    the device this rank computes on and how many GPUs the machine shows; then `environment_problems`."""
-    validate(
+    """The one check of an engine's options, before anything loads (worker/startup.py): the registry's rules with
+    the model directory's head count, the device this rank computes on, how many GPUs the machine shows, and the
+    packages and GPU features the options need."""
+    env = environment(
         settings,
         num_heads=num_heads_of(model_path) if model_path is not None else None,
-        device=device.type,
+        device=device,
         gpu_count=torch.cuda.device_count() if device.type == "cuda" else None,
+        machine=True,
     )
-    problems = environment_problems(settings, device)
-    if problems:
-        raise ValueError("engine options this machine cannot run: " + "; ".join(problems))
-
-
-def _known_backends() -> set[str]:
-    try:
-        from diffusers.models.attention_dispatch import AttentionBackendName
-    except ImportError:  # the API process has no diffusers; the worker checks again
-        return set()
-    return {b.value for b in AttentionBackendName} | {"fa4"}  # fa4 is registered by worker/fa4.py when used
+    registry.validate(settings, env).raise_if_any()
 
 
 def num_heads_of(model_path: Path) -> int | None:
     """The transformer's head count from its config.json, read before anything loads."""
-    for name in ("transformer", "transformer_2"):
+    for name in TRANSFORMERS:
         config = model_path / name / "config.json"
         if config.exists():
             return int(json.loads(config.read_text())["num_attention_heads"])
     return None
-
-
-def transformers_of(pipe: Any) -> list[Any]:
-    return [m for m in (getattr(pipe, "transformer", None), getattr(pipe, "transformer_2", None)) if m is not None]
 
 
 def module_device(module: Any) -> torch.device:
@@ -268,36 +139,26 @@ def apply(
     `sync_weights` copies rank 0's transformer weights to the others (random-weight pipelines).
     """
     transformers = transformers_of(pipe)
-    validate(
-        settings,
-        num_heads=transformers[0].config.num_attention_heads if transformers else None,
-        device=device.type,
-    )
 
     # 1. Attention backend (before parallelism, which checks it, and before compile, which bakes it in)
-    if settings.attention_backend == "fa4":
-        from worker import fa4
+    backend = registry.one(settings, "attention")
+    if backend is not None and backend.apply is not None:
+        backend.apply(transformers, settings, device)
 
-        fa4.register()
-    if settings.attention_backend:
-        for model in transformers:
-            model.set_attention_backend(settings.attention_backend)
-
-    # 2. Placement. With FP8 on one GPU each transformer is quantized block by block as it is placed (two bf16
-    # A14B experts never share the GPU); with --offload model each quantized expert is then parked on the CPU.
-    fp8_as_placed = settings.quantization == "fp8" and member is None
-    _place(pipe, settings, device, fp8_as_placed=fp8_as_placed)
+    # 2. Placement. A quantization that places (FP8 on one GPU) quantizes each transformer block by block as it is
+    # placed (two bf16 A14B experts never share the GPU); with --offload model each quantized expert is then parked
+    # on the CPU.
+    quantization = registry.one(settings, "quantization")
+    quantize_as_placed = quantization if quantization is not None and member is None else None
+    _place(pipe, settings, device, quantize_as_placed=quantize_as_placed)
 
     # 3. Several GPUs: context parallelism on every transformer, CFG branches on two rank groups
     if member is not None:
         mesh.enable(transformers, settings, member, sync_weights=sync_weights)
 
-    # 4. FP8 linears on several GPUs: after rank 0's weights reached every rank, before compile (which traces them)
-    if settings.quantization == "fp8" and not fp8_as_placed:
-        from worker import fp8
-
-        for model in transformers:
-            _log_fp8(fp8.quantize_blocks(model))
+    # 4. Quantization on several GPUs: after rank 0's weights reached every rank, before compile (which traces them)
+    if quantization is not None and quantize_as_placed is None and quantization.apply is not None:
+        quantization.apply(transformers, settings, device)
 
     # 5. The VAE's decode
     decode = _prepare_vae(pipe.vae, settings)
@@ -311,7 +172,7 @@ def apply(
             if hasattr(torch._dynamo.config, limit):
                 setattr(torch._dynamo.config, limit, max(64, getattr(torch._dynamo.config, limit)))
     if settings.compile:
-        fullgraph = not mesh.context_parallel(settings)
+        fullgraph = not context_parallel(settings)
         for model in transformers:
             model.compile_repeated_blocks(fullgraph=fullgraph)
 
@@ -332,19 +193,14 @@ def apply(
     )
 
 
-def _log_fp8(report: Any) -> None:
-    log.info("fp8 linears", extra={"quantized": len(report.quantized), "kept_bf16": len(report.skipped)})
-
-
-def _place(pipe: Any, settings: EngineSettings, device: torch.device, *, fp8_as_placed: bool = False) -> None:
+def _place(pipe: Any, settings: EngineSettings, device: torch.device, *, quantize_as_placed: Option | None = None) -> None:
     cuda = device.type == "cuda"
-    transformers = {name for name, module in pipe.components.items() if name.startswith("transformer") and module is not None}
-    if fp8_as_placed:
-        from worker import fp8
+    transformers = {name for name in TRANSFORMERS if pipe.components.get(name) is not None}
+    place = quantize_as_placed.place_transformer if quantize_as_placed is not None else None
     if settings.offload == "model":
-        if fp8_as_placed:
+        if place is not None:
             for name in sorted(transformers):
-                _log_fp8(fp8.place_quantized(pipe.components[name], device, park=torch.device("cpu")))
+                place(pipe.components[name], device, torch.device("cpu"))
         pipe.enable_model_cpu_offload(device=device)
     elif settings.offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
@@ -373,11 +229,11 @@ def _place(pipe: Any, settings: EngineSettings, device: torch.device, *, fp8_as_
                 (name == "text_encoder" and settings.text_encoder_cpu_offload) or (name == "vae" and settings.vae_cpu_offload)
             ):
                 _group_offload_leaves(component, device, settings)
-            elif not (fp8_as_placed and name in transformers):
+            elif not (place is not None and name in transformers):
                 component.to(device)
-        if fp8_as_placed:
+        if place is not None:
             for name in sorted(transformers):
-                _log_fp8(fp8.place_quantized(pipe.components[name], device))
+                place(pipe.components[name], device, None)
 
 
 def _group_offload_leaves(module: torch.nn.Module, device: torch.device, settings: EngineSettings) -> None:
@@ -404,28 +260,10 @@ def share_placement(source: Any, target: Any) -> None:
 
 
 def _prepare_vae(vae: Any, settings: EngineSettings) -> tuple[str, ...]:
-    """The decode options, in the order they must be applied; returns their names for the plan."""
+    """The decode options, in the registry's order; returns their names for the plan."""
     applied: list[str] = []
-    # Tiling bounds decode memory (it grows with frames x pixels).
-    if settings.vae_tiling:
-        vae.enable_tiling()
-        applied.append("tiling")
-    # cuDNN times its algorithms for each new conv shape and keeps the fastest (process-wide).
-    if settings.cudnn_benchmark:
-        torch.backends.cudnn.benchmark = True
-        applied.append("cudnn_benchmark")
-    # Channels-last weights (NDHWC for conv3d, NHWC for the 2D upsamplers' convs); decode's input follows.
-    if settings.vae_channels_last:
-        for module in vae.modules():
-            for param in module.parameters(recurse=False):
-                if param.dim() == 5:
-                    param.data = param.data.to(memory_format=torch.channels_last_3d)
-                elif param.dim() == 4:
-                    param.data = param.data.to(memory_format=torch.channels_last)
-        applied.append("channels_last")
-    # The decoder compiled in place (its module tree and state dict unchanged); diffusers calls it once per
-    # latent frame with its causal-conv cache, which gives a few graphs per video size (first, second, steady).
-    if settings.vae_compile:
-        vae.decoder.compile()
-        applied.append("compiled_decoder")
+    for option in registry.chosen(settings, "decode"):
+        if option.apply is not None:
+            option.apply(vae, settings, None)
+            applied.append(option.name)
     return tuple(applied)

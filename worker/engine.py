@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import importlib
-import json
 import logging
 import os
 import time
@@ -29,12 +28,14 @@ from PIL import Image
 from shared.errors import InvalidRequest, JobCanceled, OutOfMemory
 from shared.schemas import GenerationSpec, Stage
 from shared.settings import EngineSettings, LoraSettings
-from worker import accel, lora_slots
+from worker import accel, lora_slots, pipeline_dir
 from worker.cache import DBCacheSetting, StepCache, check_fits, resolve
 from worker.lora_cache import LoraCache
 from worker.lora_slots import LoraSlots
+from worker.options import cache as cache_options
 from worker.parallel import mesh
 from worker.parallel.messages import EXIT_BROKEN, Adapters, Job
+from worker.pipeline_dir import transformers_of
 
 log = logging.getLogger("wanq.engine")
 
@@ -56,24 +57,6 @@ class Generation:
     """The denoised latents (before decoding), for comparisons across configurations."""
     cache: dict[str, Any] | None = None
     """What the step cache did (its setting, per expert the calls and cached calls, the share of blocks skipped)."""
-
-
-def detect_variant(model_path: Path) -> str:
-    """t2v-a14b, i2v-a14b or ti2v-5b, from the model directory's model_index.json and configs."""
-    index = json.loads((model_path / "model_index.json").read_text())
-    if index.get("_class_name") == "WanImageToVideoPipeline":
-        return "i2v-a14b"
-    if index.get("expand_timesteps"):
-        return "ti2v-5b"
-    return "t2v-a14b"
-
-
-def variant_of(pipe: Any) -> str:
-    if isinstance(pipe, WanImageToVideoPipeline):
-        return "i2v-a14b"
-    if pipe.config.get("expand_timesteps"):
-        return "ti2v-5b"
-    return "t2v-a14b"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -206,9 +189,8 @@ class WanEngine:
             if settings.dtype != "auto"
             else (torch.float32 if self.device.type == "cpu" else torch.bfloat16)
         )
-        # 1. Refuse an impossible configuration before anything loads
+        # 1. Refuse an impossible configuration before anything loads (the engine options: worker/startup.py)
         lora_slots.check_settings(settings, loras)
-        accel.validate_before_loading(settings, self.model_path, self.device)
         if settings.num_gpus > 1 and member is None:
             raise ValueError(
                 f"num_gpus is {settings.num_gpus}: build the engine with worker.startup.start_engine, "
@@ -223,7 +205,11 @@ class WanEngine:
         # 2. Load the pipeline (followers skip the text encoder: rank 0 broadcasts the embeddings)
         self.pipe: Any = self._load(text_encoder=self.is_leader)
         self.pipe.set_progress_bar_config(disable=True)
-        self.variant = detect_variant(self.model_path) if self.model_path is not None else variant_of(self.pipe)
+        self.variant = (
+            pipeline_dir.variant_of(pipeline_dir.inspect(self.model_path), self.model_path)
+            if self.model_path is not None
+            else pipeline_dir.variant_of(pipeline_dir.shape_of(self.pipe), f"the pipeline {factory}() built")
+        )
         self.model_id = self.model_id or self.variant
         # TI2V-5B: one set of weights drives both text and image mode (expand_timesteps conditioning).
         self.image_pipe: Any = None
@@ -298,7 +284,7 @@ class WanEngine:
         setting = resolve(self.settings, spec.cache)
         if setting is None:
             return None
-        if mesh.context_parallel(self.settings):
+        if cache_options.refused_here(self.settings):
             raise InvalidRequest(
                 "this worker splits each video over several GPUs (--ulysses-degree / --ring-degree), where the step "
                 'cache is not supported: send "cache": false or omit it',
@@ -313,7 +299,7 @@ class WanEngine:
 
     @property
     def has_two_experts(self) -> bool:
-        return getattr(self.pipe, "transformer_2", None) is not None
+        return len(transformers_of(self.pipe)) == 2
 
     @property
     def execution_device(self) -> torch.device:
@@ -451,7 +437,7 @@ class WanEngine:
         if negative is not None:
             negative = self.member.broadcast(negative.to(self.device).contiguous())
         if self.settings.cfg_parallel:
-            mesh.set_cfg_active(accel.transformers_of(self.pipe), negative is not None)
+            mesh.set_cfg_active(transformers_of(self.pipe), negative is not None)
             if negative is not None and self.member.cfg_rank == 1:
                 return negative, prompt
         return prompt, negative

@@ -131,26 +131,12 @@ def _scale(query: torch.Tensor, scale: float | None) -> float:
 
 
 def _fa4_forward_op(
-    ctx: Any,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attn_mask: torch.Tensor | None = None,
-    dropout_p: float = 0.0,
-    is_causal: bool = False,
-    scale: float | None = None,
-    enable_gqa: bool = False,
-    return_lse: bool = False,
-    _save_ctx: bool = True,
-    _parallel_config: Any = None,
+    ctx: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args: Any, _save_ctx: bool = True, **kwargs: Any
 ) -> Any:
-    """The forward op of diffusers' context-parallel templates (the signature of `_flash_attention_forward_op`):
-    out (B, S, H, D) and, when asked, lse (B, S, H): what the ring merge (`sigmoid(lse - prev_lse)`) and the
-    Ulysses all-to-all take, and what the flash, cuDNN and FA3 ops return."""
-    _check_inputs(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, enable_gqa=enable_gqa)
-    out, lse = torch.ops.wanq.fa4_forward(query, key, value, _scale(query, scale), is_causal)
-    lse = lse.transpose(1, 2).contiguous()  # (B, H, S) -> diffusers' (B, S, H)
-    return (out, lse) if return_lse else out
+    """The forward op of diffusers' context-parallel templates (the signature of `_flash_attention_forward_op`: ctx,
+    then the backend's own arguments): out (B, S, H, D) and, when asked, lse (B, S, H): what the ring merge
+    (`sigmoid(lse - prev_lse)`) and the Ulysses all-to-all take, and what the flash, cuDNN and FA3 ops return."""
+    return _fa4_attention(query, key, value, *args, **{**kwargs, "_parallel_config": None})
 
 
 def _fa4_backward_op(ctx: Any, grad_out: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -173,7 +159,7 @@ def _fa4_attention(
     _check_inputs(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, enable_gqa=enable_gqa)
     if _parallel_config is None:
         out, lse = torch.ops.wanq.fa4_forward(query, key, value, _scale(query, scale), is_causal)
-        return (out, lse.transpose(1, 2)) if return_lse else out
+        return (out, lse.transpose(1, 2).contiguous()) if return_lse else out  # (B, H, S) -> diffusers' (B, S, H)
     from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
     return _templated_context_parallel_attention(
@@ -220,7 +206,7 @@ def _add_enum_member(enum_cls: Any, name: str, value: str) -> Any:
 
 def register() -> Any:
     """Registers the backend "fa4" with diffusers (once) and returns its enum member. Availability is checked
-    at start (worker/accel.py `validate`), not here: registering needs neither the package nor a GPU."""
+    at start (its registry entry, worker/options/attention.py), not here: registering needs neither the package nor a GPU."""
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, _check_device, _check_shape
 
     member = _add_enum_member(AttentionBackendName, "FA4", BACKEND)

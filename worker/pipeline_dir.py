@@ -31,6 +31,16 @@ _TINY_INNER_DIM = 1024
 """Transformers narrower than this (heads x head dim) are `wanq tiny-model`'s (2 x 12); the real ones are 3072 and 5120."""
 
 
+TRANSFORMERS = ("transformer", "transformer_2")
+"""A Wan2.2 pipeline's transformers as diffusers names them: the high-noise expert (the only one of TI2V-5B) and the
+low-noise expert of the A14B models."""
+
+
+def transformers_of(pipe: Any) -> list[Any]:
+    """The loaded pipeline's transformers, high-noise expert first."""
+    return [m for m in (getattr(pipe, name, None) for name in TRANSFORMERS) if m is not None]
+
+
 class PipelineDirError(ValueError):
     """What is wrong with a --model-path, in one line that says what to do."""
 
@@ -95,7 +105,7 @@ def _json(path: Path) -> dict[str, Any]:
 def inspect(path: Path) -> PipelineShape:
     """The shape of the pipeline in `path` (which has a model_index.json)."""
     index = _json(path / "model_index.json")
-    experts = [name for name in ("transformer", "transformer_2") if any(index.get(name) or [])]
+    experts = [name for name in TRANSFORMERS if any(index.get(name) or [])]
     transformer = _json(path / experts[0] / "config.json") if experts else {}
     vae = _json(path / "vae" / "config.json")
     inner = int(transformer.get("num_attention_heads") or 0) * int(transformer.get("attention_head_dim") or 0)
@@ -107,6 +117,28 @@ def inspect(path: Path) -> PipelineShape:
         latent_channels=vae.get("z_dim"),
         tiny=0 < inner < _TINY_INNER_DIM,
     )
+
+
+def shape_of(pipe: Any) -> PipelineShape:
+    """The shape of a loaded pipeline (one built by a factory, without a directory), read as `inspect` reads one."""
+    transformers = transformers_of(pipe)
+    vae = getattr(pipe, "vae", None)
+    return PipelineShape(
+        pipeline_class=type(pipe).__name__,
+        experts=len(transformers),
+        expand_timesteps=bool(pipe.config.get("expand_timesteps")),
+        in_channels=transformers[0].config.in_channels if transformers else None,
+        latent_channels=vae.config.z_dim if vae is not None else None,
+    )
+
+
+def variant_of(shape: PipelineShape, where: object) -> str:
+    """t2v-a14b, i2v-a14b or ti2v-5b; a ValueError naming what `where` holds for anything else."""
+    if shape.variant is None:
+        raise PipelineDirError(
+            f"{where} holds no Wan2.2 pipeline wanq knows ({shape.describe()}); wanq runs {', '.join(TITLES.values())}"
+        )
+    return shape.variant
 
 
 def model_ids(variant: str, *, tiny: bool) -> list[str]:

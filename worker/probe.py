@@ -1,4 +1,5 @@
-"""What this machine lacks for the engine options asked for, found in a fresh interpreter.
+"""The engine options checked for `wanq worker` and `wanq generate` before anything loads, in a fresh interpreter
+where the check needs the GPU.
 
 `wanq worker` refuses to start when, say, `--attention-backend fa4` is asked for and flash-attn-4 or a
 Hopper GPU is missing. It must not find that out itself: asking CUDA for a GPU's compute capability
@@ -13,17 +14,18 @@ import subprocess
 import sys
 
 from shared.settings import EngineSettings
-from worker.packages import missing_packages
+from worker.options import registry
+from worker.options.option import Environment
 
 
 def environment_problems_in_child(settings: EngineSettings, timeout_s: float = 300) -> list[str]:
-    """`accel.environment_problems` for the device the worker will use, and whether it shows the GPUs and degrees
-    asked for, run in a child interpreter; only when an option needs more than a package to be there (FA4, FP8,
-    several GPUs or parallel degrees). Otherwise checked here without importing torch, so that `wanq worker` and
-    `wanq generate` run it first of all."""
-    parallel = settings.num_gpus > 1 or settings.ulysses_degree > 1 or settings.ring_degree > 1 or settings.cfg_parallel
-    if settings.attention_backend != "fa4" and settings.quantization == "none" and not parallel:
-        return missing_packages(settings)
+    """Every problem of the engine options (worker/options/registry.py `validate`): impossible combinations, the
+    packages, and where an option needs the GPU (a compute capability, the GPU count for several GPUs) what the
+    device the worker will use offers, found in a child interpreter. Otherwise checked here without initializing
+    CUDA, so that `wanq worker` and `wanq generate` run it first of all."""
+    if not registry.needs_gpu_check(settings):
+        device = settings.device if settings.device != "auto" else None
+        return registry.validate(settings, Environment(device=device, machine=True)).all()
     done = subprocess.run(
         [sys.executable, "-m", "worker.probe"],
         input=settings.model_dump_json(),
@@ -44,14 +46,10 @@ def main() -> None:
 
     settings = EngineSettings.model_validate_json(sys.stdin.read())
     device = torch.device(accel.resolve_device(settings.device))
-    problems = []
-    try:
-        # Now that the device is known (fa4 / fp8 need CUDA), and how many GPUs this machine shows.
-        accel.validate(settings, device=device.type, gpu_count=torch.cuda.device_count() if device.type == "cuda" else None)
-    except ValueError as exc:
-        problems.append(str(exc).removeprefix("impossible engine configuration: "))
-    problems.extend(accel.environment_problems(settings, device))
-    print(json.dumps(problems))
+    # Now that the device is known (fa4 / fp8 need CUDA), and how many GPUs this machine shows.
+    gpu_count = torch.cuda.device_count() if device.type == "cuda" else None
+    env = accel.environment(settings, device=device, gpu_count=gpu_count, machine=True)
+    print(json.dumps(registry.validate(settings, env).all()))
 
 
 if __name__ == "__main__":

@@ -30,13 +30,14 @@ def start_engine(
     """The engine this process serves jobs with. The arguments are `WanEngine`'s; with several GPUs,
     each follower builds its engine with the same ones."""
     logs.route_third_party()  # diffusers, transformers and torch are imported by now: their output into our log lines
-    if settings.num_gpus == 1:
-        return WanEngine(model_path, settings, model_id=model_id, factory=factory, factory_kwargs=factory_kwargs, loras=loras)
     started = time.perf_counter()
     path = Path(model_path) if model_path is not None else None
 
-    # 1. Refuse an impossible configuration before any process starts
+    # 1. Refuse an impossible configuration before anything loads or any process starts: the one check of the
+    # engine options (worker/options/registry.py), on rank 0 only (the followers run what it accepted)
     accel.validate_before_loading(settings, path, rank_device(settings, 0))
+    if settings.num_gpus == 1:
+        return WanEngine(path, settings, model_id=model_id, factory=factory, factory_kwargs=factory_kwargs, loras=loras)
 
     # 2. Start the other ranks first, so that they load while we do, and join their group as rank 0
     group = Group(settings, model_path=path, model_id=model_id, factory=factory, factory_kwargs=factory_kwargs, loras=loras)

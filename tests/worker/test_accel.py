@@ -92,6 +92,7 @@ def test_fp8_places_each_transformer_quantized_and_leaves_the_rest_to_their_plac
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from worker import fp8
+    from worker.options.quantization import FP8
     from worker.tiny_model import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("t2v-a14b")
@@ -109,13 +110,13 @@ def test_fp8_places_each_transformer_quantized_and_leaves_the_rest_to_their_plac
             monkeypatch.setattr(module, "to", lambda *a, _name=name, **k: moved.append(_name))
     import torch
 
-    accel._place(pipe, EngineSettings(quantization="fp8"), torch.device("cpu"), fp8_as_placed=True)
+    accel._place(pipe, EngineSettings(quantization="fp8"), torch.device("cpu"), quantize_as_placed=FP8)
     assert placed == [("transformer", None), ("transformer_2", None)]
     assert moved == []  # never moved whole in bf16
 
     placed.clear()
     monkeypatch.setattr(pipe, "enable_model_cpu_offload", lambda device: placed.append(("hooks", None)))
-    accel._place(pipe, EngineSettings(quantization="fp8", offload="model"), torch.device("cpu"), fp8_as_placed=True)
+    accel._place(pipe, EngineSettings(quantization="fp8", offload="model"), torch.device("cpu"), quantize_as_placed=FP8)
     assert placed == [("transformer", "cpu"), ("transformer_2", "cpu"), ("hooks", None)]
 
 

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
 
 from shared.settings import EngineSettings
+from worker.options.option import context_parallel
 
 PROCESS_GROUP_TIMEOUT_S = 600
 """Backstop only: a collective that waits this long aborts the process (the watchdogs act first)."""
@@ -88,11 +89,6 @@ def join(rank: int, world_size: int, init_method: str, device: torch.device, set
 
 
 # -- Applying parallelism to a pipeline's transformers (from accel.apply, after placement). -------
-
-
-def context_parallel(settings: EngineSettings) -> bool:
-    """Whether the video tokens are split over ranks (Ulysses and/or ring attention)."""
-    return settings.ulysses_degree * settings.ring_degree > 1
 
 
 def enable(transformers: list[Any], settings: EngineSettings, member: Member, *, sync_weights: bool = False) -> None:

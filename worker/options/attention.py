@@ -1,0 +1,110 @@
+"""Attention backends: diffusers' own (`set_attention_backend`) and FlashAttention-4 (worker/fa4.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.settings import EngineSettings
+from worker.options.option import Option, cuda, dtype, rule
+
+# diffusers backends whose dispatch function implements Ulysses / ring attention (attention_dispatch.py,
+# `supports_context_parallel=True`).
+CONTEXT_PARALLEL = (
+    "native",
+    "_native_cudnn",
+    "_native_flash",
+    "flash",
+    "flash_hub",
+    "flash_varlen_hub",
+    "_flash_3_hub",
+    "sage",
+    "sage_hub",
+)
+
+
+def set_backend(transformers: list[Any], settings: EngineSettings, _device: Any) -> None:
+    for model in transformers:
+        model.set_attention_backend(settings.attention_backend)
+
+
+def known_backends() -> set[str]:
+    """Every name diffusers knows, and the registry's own (fa4); empty where diffusers is not installed."""
+    try:
+        from diffusers.models.attention_dispatch import AttentionBackendName
+    except ImportError:  # the API process has no diffusers; the worker checks again
+        return set()
+    return {b.value for b in AttentionBackendName} | {"fa4"}  # fa4 is registered by worker/fa4.py when used
+
+
+DEFAULT = Option(
+    flag="--attention-backend (empty)",
+    kind="attention",
+    summary="diffusers' default: `native`, torch SDPA (cuDNN attention on Hopper)",
+    names=("",),
+    applied="nothing to set",
+)
+
+DIFFUSERS = Option(
+    flag="--attention-backend " + "|".join(CONTEXT_PARALLEL),
+    kind="attention",
+    summary="a diffusers backend with Ulysses / ring attention",
+    names=CONTEXT_PARALLEL,
+    applies_to="transformers",
+    apply=set_backend,
+    applied="`set_attention_backend` on each transformer",
+)
+
+OTHER = Option(
+    flag="--attention-backend NAME",
+    kind="attention",
+    summary="any other backend diffusers knows (e.g. xformers): one GPU or --cfg-parallel only",
+    needs=(
+        rule(
+            "a name diffusers knows",
+            lambda s, _e: bool(known := known_backends()) and s.attention_backend not in known,
+            lambda s, _e: f"unknown --attention-backend {s.attention_backend!r}; diffusers knows {sorted(known_backends())}",
+        ),
+    ),
+    context_parallel=False,
+    applies_to="transformers",
+    apply=set_backend,
+    applied="`set_attention_backend` on each transformer",
+)
+
+
+def _fa4_missing() -> str | None:
+    from worker import fa4
+
+    return fa4.missing_package()
+
+
+def _fa4_gpu(name: str, capability: tuple[int, int]) -> str | None:
+    from worker import fa4
+
+    return fa4.gpu_problem(name, capability)
+
+
+def _fa4_apply(transformers: list[Any], settings: EngineSettings, device: Any) -> None:
+    from worker import fa4
+
+    fa4.register()
+    set_backend(transformers, settings, device)
+
+
+FA4 = Option(
+    flag="--attention-backend fa4",
+    kind="attention",
+    summary="FlashAttention-4 (flash-attn-4, local): exact, faster on Hopper/Blackwell; Ulysses and ring",
+    names=("fa4",),
+    needs=(
+        cuda("--attention-backend fa4 needs a CUDA GPU (Hopper or newer); on CPU leave --attention-backend empty"),
+        dtype(("auto", "bf16", "fp16"), "--attention-backend fa4 computes in bf16 or fp16; use --dtype bf16 (or auto) with it"),
+    ),
+    package=_fa4_missing,
+    package_doc="`pip install 'wanq[fa4]'`",
+    min_capability=(9, 0),
+    gpu=_fa4_gpu,
+    applies_to="transformers",
+    apply=_fa4_apply,
+    applied="registered as diffusers backend `fa4` (worker/fa4.py), then `set_attention_backend`",
+)
