@@ -5,10 +5,10 @@ circle from Python, not from the design), and so do imports under `if TYPE_CHECK
 names the deepest module of the package it reaches: `from worker.parallel import mesh` is an
 edge to `worker.parallel.mesh`, `from worker.engine import WanEngine` one to `worker.engine`.
 
-Nor between the parts of a package, a subpackage counted whole: `worker.parallel.follower` importing
+Nor between the parts of a package, a subpackage counted whole: a module of `worker.parallel` importing
 `worker.engine`, which imports `worker.parallel.messages`, is no circle of modules but one of parts
-(`worker.parallel` -> `worker.engine` -> `worker.parallel`): the subpackage cannot be read, tested or
-moved without the module that uses it.
+(`worker.parallel` -> `worker.engine` -> `worker.parallel`): the subpackage could not be read, tested or
+moved without the module that uses it (the follower rank's main is worker/follower.py for this reason).
 """
 
 from __future__ import annotations
