@@ -4,6 +4,11 @@ Every import statement counts, at module level or inside a function (a deferred 
 circle from Python, not from the design), and so do imports under `if TYPE_CHECKING:`. An import
 names the deepest module of the package it reaches: `from worker.parallel import mesh` is an
 edge to `worker.parallel.mesh`, `from worker.engine import WanEngine` one to `worker.engine`.
+
+Nor between the parts of a package, a subpackage counted whole: a module of `worker.parallel` importing
+`worker.engine`, which imports `worker.parallel.messages`, is no circle of modules but one of parts
+(`worker.parallel` -> `worker.engine` -> `worker.parallel`): the subpackage could not be read, tested or
+moved without the module that uses it (the follower rank's main is worker/follower.py for this reason).
 """
 
 from __future__ import annotations
@@ -106,6 +111,27 @@ def import_graph(package: str) -> dict[str, set[str]]:
     return {name: imports_of(name, path, modules) for name, path in modules.items()}
 
 
+def part_of(name: str, package: str) -> str:
+    """The part of `package` that module `name` belongs to: a module directly in it, or a whole subpackage."""
+    return ".".join(name.split(".")[: len(package.split(".")) + 1])
+
+
+def parts_graph(graph: dict[str, set[str]], package: str) -> dict[str, set[str]]:
+    """The import graph between the parts of `package` (its modules and subpackages, each subpackage one node);
+    the package's own `__init__` is left out, as an import of a part through it names the part."""
+    parts: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        if name == package:
+            continue
+        edges = parts.setdefault(part_of(name, package), set())
+        edges.update(part_of(t, package) for t in targets if t != package)
+    for part, edges in parts.items():
+        edges.discard(part)
+        for target in edges:
+            parts.setdefault(target, set())
+    return parts
+
+
 @pytest.mark.parametrize("package", PACKAGES)
 def test_no_import_circle_between_modules_of_a_package(package: str) -> None:
     graph = import_graph(package)
@@ -113,6 +139,33 @@ def test_no_import_circle_between_modules_of_a_package(package: str) -> None:
     assert not groups, "modules that import each other:\n" + "\n".join(
         f"{', '.join(group)}: {' -> '.join(circle_through(group, graph))}" for group in groups
     )
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_import_circle_between_the_parts_of_a_package(package: str) -> None:
+    graph = parts_graph(import_graph(package), package)
+    groups = circular_groups(graph)
+    assert not groups, "parts (modules, subpackages) that import each other:\n" + "\n".join(
+        f"{', '.join(group)}: {' -> '.join(circle_through(group, graph))}" for group in groups
+    )
+
+
+def test_the_checker_finds_a_circle_through_a_subpackage(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "leaf.py").write_text("X = 1\n")
+    (package / "sub" / "user.py").write_text("from pkg.engine import run\n")
+    (package / "engine.py").write_text("from pkg.sub.leaf import X\n")
+    (package / "other.py").write_text("import pkg\nfrom pkg.sub import leaf\n")
+    modules = modules_of("pkg", tmp_path)
+    graph = {name: imports_of(name, path, modules) for name, path in modules.items()}
+    assert circular_groups(graph) == []  # no circle of modules
+    parts = parts_graph(graph, "pkg")
+    assert parts == {"pkg.sub": {"pkg.engine"}, "pkg.engine": {"pkg.sub"}, "pkg.other": {"pkg.sub"}}
+    assert circular_groups(parts) == [["pkg.engine", "pkg.sub"]]
+    assert circle_through(["pkg.engine", "pkg.sub"], parts) == ["pkg.engine", "pkg.sub", "pkg.engine"]
 
 
 def test_the_checker_finds_a_circle_through_a_deferred_import(tmp_path: Path) -> None:

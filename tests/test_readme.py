@@ -31,8 +31,9 @@ import pytest
 
 from shared.catalog import PRESETS
 from shared.lora_files import family_of
+from tests.api_process import api_process
 from wanq.cli import build_parser
-from wanq.stack import Stack, free_port, wait_until
+from wanq.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -87,18 +88,8 @@ def test_every_relative_link_resolves() -> None:
 @pytest.fixture(scope="module")
 def open_api(stack: Stack) -> Iterator[str]:
     """An API process in open mode on the session's stack, as `wanq dev` runs its API."""
-    port = free_port()
-    api = stack.spawn(
-        f"api-readme-{port}",
-        [sys.executable, "-m", "wanq", "api", "--host", "127.0.0.1", "--port", str(port)],
-        {"WANQ_AUTH_OPEN": "true", "WANQ_DISPATCH_IN_API": "false"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: api.check_alive() and Stack._healthy(url), 60, "the README's open-mode API")
+    with api_process(stack, "api-readme", {"WANQ_AUTH_OPEN": "true", "WANQ_DISPATCH_IN_API": "false"}) as url:
         yield url
-    finally:
-        api.stop()
 
 
 @pytest.mark.parametrize(("line", "code", "skip"), PYTHON, ids=[line for line, _, _ in PYTHON])

@@ -30,11 +30,12 @@ from shared.schemas import GenerationSpec, Stage
 from shared.settings import EngineSettings, LoraSettings
 from worker import accel, lora_slots, pipeline_dir
 from worker.cache import DBCacheSetting, StepCache, check_fits, resolve
+from worker.exits import ExitStatus
 from worker.lora_cache import LoraCache
 from worker.lora_slots import LoraSlots
 from worker.options import cache as cache_options
 from worker.parallel import mesh
-from worker.parallel.messages import EXIT_BROKEN, Adapters, Job
+from worker.parallel.messages import Adapters, Job
 from worker.pipeline_dir import transformers_of
 
 log = logging.getLogger("wanq.engine")
@@ -318,7 +319,7 @@ class WanEngine:
             # The previous job failed while every rank was inside the same collectives.
             log.critical("several-GPU engine is broken since its last job failed mid-denoise: restarting the worker")
             logging.shutdown()
-            os._exit(EXIT_BROKEN)
+            os._exit(ExitStatus.BROKEN)
         on_stage = on_stage or (lambda stage: None)
         timings: dict[str, float] = {}
         step_times: list[float] = []

@@ -15,8 +15,10 @@ import io
 import logging
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,6 +45,62 @@ class Engine(Protocol):
     ) -> Any: ...
 
 
+class Outcome(StrEnum):
+    """How one delivery of a job ended on this worker: what `JobRunner.run` returns and `Ended` carries."""
+
+    skipped = "skipped"
+    """The message was dropped without a run: the job was not `queued` (a duplicate, deleted, canceled before it
+    started, its attempts used up)."""
+    finishing = "finishing"
+    """Generated; the export and upload go on in the background and the outcome comes later (`on_ended`)."""
+    completed = "completed"
+    failed = "failed"
+    """The job failed and its record says why (`Ended.code`)."""
+    canceled = "canceled"
+    deleted = "deleted"
+    """The record was deleted while the job ran: what the run stored is deleted too."""
+    superseded = "superseded"
+    """The job was requeued meanwhile (this worker was taken for dead): the run stopped, another has the job."""
+
+    @classmethod
+    def of_status(cls, status: JobStatus) -> Outcome:
+        """The outcome of a run whose job another party ended meanwhile, by the status it left (still `queued` or
+        `in_progress` under the same attempt: requeued, so superseded)."""
+        ended = {JobStatus.completed: cls.completed, JobStatus.failed: cls.failed, JobStatus.canceled: cls.canceled}
+        return ended.get(status, cls.superseded)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A delivery's outcome once it is recorded."""
+
+    job_id: str
+    outcome: Outcome
+    code: str | None = None
+    """A failed run's error code (`out_of_memory`, `timeout`, ...), which its record holds too."""
+
+    @property
+    def label(self) -> str:
+        """The outcome as the run journal and `wanq_worker_jobs_total` name it: a failed run by its error code."""
+        return self.code if self.outcome is Outcome.failed and self.code else self.outcome.value
+
+
+OnEnded = Callable[[Ended], None]
+
+
+def _ignore(ended: Ended) -> None:
+    pass
+
+
+@dataclass
+class Generated:
+    """What the GPU part of a run hands to its export: the engine's result, the stage timings so far, its start."""
+
+    result: Any
+    timings: dict[str, float]
+    started: float
+
+
 class JobVanished(Exception):
     """The record was deleted while the job ran (DELETE /v1/videos/{id})."""
 
@@ -67,40 +125,46 @@ class JobRunner:
         self.current_job: str | None = None
         self._finishing: str | None = None
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wanq-finish")
-        self._pending: Future[str] | None = None
+        self._pending: Future[Outcome] | None = None
         self.journal = RunJournal(settings.worker.run_log, worker_id)
         self.lora_files = LoraCache.from_settings(settings.loras, download=storage.download)
 
     # -----------------------------------------------------------------------------------------
-    def run(self, job_id: str, *, wait: bool = False) -> str:
+    def run(self, job_id: str, *, wait: bool = False, on_ended: OnEnded | None = None) -> Outcome:
         """Runs the job if this message should. The GPU part runs here; the export and upload run
         on a background thread so that the next job can take the GPU meanwhile (at most one job is
-        finishing at a time). Returns what happened, or "finishing" while the upload goes on."""
+        finishing at a time). Returns what happened, or `finishing` while the upload goes on.
+
+        `on_ended` is called once with the recorded outcome: on this thread, or on the background one once the
+        upload is recorded; not at all if this call raises before the outcome is known."""
+        report = on_ended or _ignore
         claim = self.claim(job_id)
         if claim is None:
-            return "skipped"
+            report(Ended(job_id, Outcome.skipped))
+            return Outcome.skipped
         self.current_job = job_id
         try:
-            outcome, generation, timings, started = self._generate(claim)
-            if generation is None:
-                self.journal.write("ended", job_id, attempt=claim.attempt, outcome=outcome)
-                return outcome
+            generated = self._generate(claim)
+            if isinstance(generated, Ended):
+                self.journal.write("ended", job_id, attempt=claim.attempt, outcome=generated.label)
+                report(generated)
+                return generated.outcome
             self.wait_pending()
             # Marked as finishing before it stops being current: the heartbeat always names it (see busy_with).
             self._finishing = job_id
-            self._pending = self._finisher.submit(self._finalize, claim, generation, timings, started)
+            self._pending = self._finisher.submit(self._finalize, claim, generated, report)
         finally:
             self.current_job = None
         if wait or not self.settings.worker.overlap_export:
             return self._pending.result()
-        return "finishing"
+        return Outcome.finishing
 
     def busy_with(self) -> list[str]:
         """The jobs this worker is running or finishing, for its heartbeat: a job in progress under this worker's
         name that the heartbeat does not list has lost its attempt (e.g. Redis was away too long) and is requeued."""
         return [j for j in (self.current_job, self._finishing) if j]
 
-    def wait_pending(self) -> str | None:
+    def wait_pending(self) -> Outcome | None:
         """Blocks until the job being exported and uploaded (if any) is recorded."""
         pending, self._pending = self._pending, None
         return pending.result() if pending is not None else None
@@ -134,8 +198,8 @@ class JobRunner:
         log.info("message dropped: %s", why, extra={"job_id": job_id, "worker": self.worker_id})
 
     # -----------------------------------------------------------------------------------------
-    def _generate(self, claim: Claim) -> tuple[str, Any, dict[str, float], float]:
-        """Encode -> denoise -> decode on the GPU. Returns (outcome, generation or None, timings, start)."""
+    def _generate(self, claim: Claim) -> Generated | Ended:
+        """Encode -> denoise -> decode on the GPU. Returns what the export needs, or how the run ended early."""
         record, attempt = claim.record, claim.attempt
         spec = record.spec
         timings: dict[str, float] = {}
@@ -186,10 +250,10 @@ class JobRunner:
                 generated_at=time.time(),
                 cache_stats=stats.model_dump() if stats else None,
             )
-            return "generated", result, timings, started
+            return Generated(result, timings, started)
         except Exception as exc:
             self._release(claim)
-            return self._fail(record, attempt, exc, timings), None, timings, started
+            return self._fail(record, attempt, exc, timings)
 
     @staticmethod
     def _release(claim: Claim) -> None:
@@ -197,21 +261,24 @@ class JobRunner:
             claim.source.close()
             claim.source = None
 
-    def _finalize(self, claim: Claim, generation: Any, timings: dict[str, float], started: float) -> str:
+    def _finalize(self, claim: Claim, generated: Generated, report: OnEnded) -> Outcome:
         """Export -> upload -> record the outcome; runs while the next job is on the GPU."""
+        ended = Ended(claim.record.id, Outcome.failed, WanqError.code)  # unless it is recorded below
         try:
-            outcome = self._export_and_record(claim, generation, timings, started)
-            self.journal.write("ended", claim.record.id, attempt=claim.attempt, outcome=outcome)
-            return outcome
+            recorded = self._export_and_record(claim, generated)
+            self.journal.write("ended", claim.record.id, attempt=claim.attempt, outcome=recorded.label)
+            ended = recorded
+            return ended.outcome
         finally:
             self._release(claim)
             self._finishing = None
+            report(ended)
 
-    def _export_and_record(self, claim: Claim, generation: Any, timings: dict[str, float], started: float) -> str:
+    def _export_and_record(self, claim: Claim, generated: Generated) -> Ended:
         record, attempt = claim.record, claim.attempt
-        spec = record.spec
+        spec, timings, started = record.spec, generated.timings, generated.started
         try:
-            outputs = self._export_and_upload(record, attempt, generation.frames, timings, claim.source)
+            outputs = self._export_and_upload(record, attempt, generated.result.frames, timings, claim.source)
         except Exception as exc:
             return self._fail(record, attempt, exc, timings)
         timings["total"] = time.perf_counter() - started
@@ -220,16 +287,16 @@ class JobRunner:
         )
         if done.record is None:
             self.storage.delete_prefix(self.storage.job_prefix(record.id))
-            return "deleted"
+            return Ended(record.id, Outcome.deleted)
         if not done.ok:
             # Requeued or canceled meanwhile: what this run stored is nobody's output.
             self.storage.delete_prefix(self.storage.attempt_prefix(record.id, attempt))
             if done.record.attempts != attempt:
-                return "superseded"
+                return Ended(record.id, Outcome.superseded)
             if done.record.status is JobStatus.in_progress and done.record.cancel_requested:
                 jobstate.cancel_running(self.store, done.record, attempt, timings)
-                return "canceled"
-            return done.record.status.value
+                return Ended(record.id, Outcome.canceled)
+            return Ended(record.id, Outcome.of_status(done.record.status))
         self._forget_other_runs(record, attempt)
         self.store.record_duration(spec.model, timings["total"])
         if claim.clock is not None:
@@ -241,7 +308,7 @@ class JobRunner:
             "job completed",
             extra={"job_id": record.id, "model": spec.model, "tenant": record.tenant, "total_s": round(timings["total"], 3)},
         )
-        return "completed"
+        return Ended(record.id, Outcome.completed)
 
     def _forget_other_runs(self, record: JobRecord, attempt: int) -> None:
         """Deletes what interrupted runs of the job left in storage (a run killed mid-upload)."""
@@ -253,28 +320,28 @@ class JobRunner:
         for key in stale:
             self.storage.delete(key)
 
-    def _fail(self, record: JobRecord, attempt: int, exc: Exception, timings: dict[str, float]) -> str:
+    def _fail(self, record: JobRecord, attempt: int, exc: Exception, timings: dict[str, float]) -> Ended:
         """Records why the job ended early and returns the outcome."""
         if isinstance(exc, JobCanceled):
             jobstate.cancel_running(self.store, record, attempt, timings)
-            return "canceled"
+            return Ended(record.id, Outcome.canceled)
         if isinstance(exc, JobVanished):
             self.storage.delete_prefix(self.storage.job_prefix(record.id))
-            return "deleted"
+            return Ended(record.id, Outcome.deleted)
         if isinstance(exc, ClaimLost):
             log.warning(
                 "run stopped: its job was requeued and another run took it over",
                 extra={"job_id": record.id, "attempt": attempt, "worker": self.worker_id},
             )
             self.storage.delete_prefix(self.storage.attempt_prefix(record.id, attempt))
-            return "superseded"
+            return Ended(record.id, Outcome.superseded)
         if type(exc).__name__ == "SoftTimeLimitExceeded":
             exc = JobTimeout(timeout_message(record))
         if not isinstance(exc, WanqError):
             log.exception("job failed", extra={"job_id": record.id, "model": record.spec.model, "tenant": record.tenant})
             exc = WanqError(f"{type(exc).__name__}: {exc}")
         jobstate.fail(self.store, record, attempt, exc, timings)
-        return exc.code
+        return Ended(record.id, Outcome.failed, exc.code)
 
     def _load_image(self, spec: GenerationSpec) -> Image.Image | None:
         if spec.image_key is None:

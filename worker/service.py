@@ -29,11 +29,10 @@ from shared.settings import Settings
 from shared.storage import Storage
 from shared.store import JobStore
 from worker import metrics
+from worker.exits import ExitStatus
+from worker.runner import Ended, JobRunner, Outcome
 
 log = logging.getLogger("wanq.worker")
-
-EXIT_LOAD_FAILED = 3
-"""The exit status of `wanq worker` when its model could not be loaded (the log says why)."""
 
 
 class WorkerProcess:
@@ -43,7 +42,9 @@ class WorkerProcess:
         self.settings = settings
         self.model_id = model_id
         self.model_path = model_path
-        self.runner: Any = None
+        self.runner: JobRunner | None = None
+        self.engine: Any = None
+        """The engine the runner drives (its `close` and `broken` are read here)."""
         self.worker_id = ""
         self.node = ""
         """The Celery node name (`wanq worker-drain` finds it in the heartbeat)."""
@@ -54,7 +55,6 @@ class WorkerProcess:
         self.load_failed = multiprocessing.get_context("fork").Value("b", 0)
 
     def load(self) -> None:
-        from worker.runner import JobRunner
         from worker.startup import start_engine  # torch is imported here, in the child
 
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -79,6 +79,7 @@ class WorkerProcess:
         if self.settings.engine.warmup:
             self._info["state"] = "warming_up"
             self._info["warmup_s"] = round(engine.warmup(), 3)
+        self.engine = engine
         self.runner = JobRunner(self.settings, store, storage, metrics.MeteredEngine(engine, self.model_id), self.worker_id)
         self._info["state"] = "ready"
         log.info("worker ready", extra={"model": self.model_id, "worker": self.worker_id, **self._info})
@@ -114,7 +115,7 @@ class WorkerProcess:
     def shutdown(self) -> None:
         if self.runner is not None:
             self.runner.wait_pending()  # a warm shutdown finishes the upload in flight
-            close = getattr(self.runner.engine, "close", None)
+            close = getattr(self.engine, "close", None)
             if close is not None:
                 close()  # stops follower ranks of a several-GPU engine
         self._stop.set()
@@ -125,21 +126,25 @@ class WorkerProcess:
                 pass
 
     def run_job(self, job_id: str) -> str:
+        """Runs one delivery; returns its outcome's label (`finishing` while the upload goes on)."""
         if self.runner is None:
             raise RuntimeError("worker process has no engine loaded")
         metrics.IN_FLIGHT.labels(self.model_id).inc()
+        ended: list[Ended] = []
+
+        def on_ended(outcome: Ended) -> None:
+            # With the export overlapped, the outcome is known once the background upload is recorded.
+            ended.append(outcome)
+            self._job_ended(outcome)
+
         try:
-            outcome = str(self.runner.run(job_id))
+            outcome = self.runner.run(job_id, on_ended=on_ended)
         except BaseException:
-            self._job_ended(job_id, WanqError.code)
+            if not ended:
+                self._job_ended(Ended(job_id, Outcome.failed, WanqError.code))
             raise
-        # With the export overlapped, the outcome is known once the background upload is recorded.
-        finishing = getattr(self.runner, "_pending", None) if outcome == "finishing" else None
-        if finishing is None:
-            self._job_ended(job_id, outcome)
-        else:
-            finishing.add_done_callback(lambda f: self._job_ended(job_id, WanqError.code if f.exception() else f.result()))
-        if getattr(self.runner.engine, "broken", False):
+        label = ended[0].label if ended and outcome is not Outcome.finishing else outcome.value
+        if getattr(self.engine, "broken", False):
             # A several-GPU job failed mid-denoise and took its follower ranks down: this child can't
             # run another job. Finish the upload in flight, then exit; Celery starts a fresh child.
             log.critical(
@@ -148,16 +153,16 @@ class WorkerProcess:
                 extra={"job_id": job_id, "model": self.model_id},
             )
             self.runner.wait_pending()
-            os._exit(70)
-        return outcome
+            os._exit(ExitStatus.BROKEN)
+        return label
 
-    def _job_ended(self, job_id: str, outcome: str) -> None:
+    def _job_ended(self, ended: Ended) -> None:
         metrics.IN_FLIGHT.labels(self.model_id).dec()
         try:
-            record = self._store.get(job_id) if outcome != "skipped" else None
+            record = self._store.get(ended.job_id) if ended.outcome is not Outcome.skipped else None
         except Exception:
             record = None
-        metrics.job_ended(self.model_id, outcome, record)
+        metrics.job_ended(self.model_id, ended.label, record)
 
     # Log context: Celery's lines about the task (its "succeeded" line included) and ours carry the job.
     def enter_job(self, job_id: str) -> Any:
@@ -184,7 +189,7 @@ def build_app(settings: Settings, model_id: str, model_path: Path) -> tuple[Cele
             process.load_failed.value = 1
             process.shutdown()  # its heartbeat goes: no "loading" worker is left counted as live
             os.kill(os.getppid(), signal.SIGTERM)
-            os._exit(EXIT_LOAD_FAILED)
+            os._exit(ExitStatus.LOAD_FAILED)
 
     @worker_process_shutdown.connect(weak=False)
     def _shutdown(**_: Any) -> None:

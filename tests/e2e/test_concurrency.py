@@ -8,38 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from benchmarks.service_load import UNSERVED, mixed_burst
+from tests.api_process import api_process
 from tests.conftest import LATE
 from tests.private_stack import ADMIN_UNLIMITED
 from tests.reliability_report import record
 from tests.tenants import TINY_JOB
-from wanq.stack import Stack, free_port, wait_until
+from wanq.stack import Stack
 
 
-@contextmanager
-def api_process(stack: Stack, env: dict[str, str]) -> Iterator[str]:
+def pool_api(stack: Stack, env: dict[str, str]) -> AbstractContextManager[str]:
     """One more API process of `stack`, with `env` on top of the stack's."""
-    port = free_port()
-    process = stack.spawn(
-        f"api-pool-{port}",
-        [sys.executable, "-m", "wanq", "api", "--host", "127.0.0.1", "--port", str(port)],
-        {"WANQ_MAINTENANCE_ENABLED": "false", **env},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: process.check_alive() and stack._healthy(url), 60, "the API with a small Redis pool")
-        yield url
-    finally:
-        process.stop()
-        stack.processes.remove(process)
+    return api_process(stack, "api-pool", {"WANQ_MAINTENANCE_ENABLED": "false", **env})
 
 
 @pytest.fixture
@@ -55,7 +42,7 @@ def test_a_burst_over_a_small_pool_waits_for_connections_with_streams_open(stack
     # 200 requests and 30 open streams over 10 connections: the old pool answered 503 past its 100th. Were a
     # stream to hold a pooled connection, ten of them would hold all ten until the end, and the GETs would wait
     # out the pool timeout into 503s.
-    with api_process(stack, {"WANQ_REDIS_MAX_CONNECTIONS": "10"}) as url:
+    with pool_api(stack, {"WANQ_REDIS_MAX_CONNECTIONS": "10"}) as url:
         burst = asyncio.run(mixed_burst(url, stack.admin_headers(), gets=200, posts=0, streams=30, video_id=queued_video))
     assert burst["status_counts"] == {"200": 230}, burst
 
@@ -66,7 +53,7 @@ def test_a_pool_wait_that_runs_out_is_a_503_naming_the_settings(stack: Stack, qu
             answers = await asyncio.gather(*(client.get("/v1/videos") for _ in range(100)))
             return answers, await client.get("/v1/videos")
 
-    with api_process(stack, {"WANQ_REDIS_MAX_CONNECTIONS": "1", "WANQ_REDIS_POOL_TIMEOUT_S": "0.001"}) as url:
+    with pool_api(stack, {"WANQ_REDIS_MAX_CONNECTIONS": "1", "WANQ_REDIS_POOL_TIMEOUT_S": "0.001"}) as url:
         answers, alone = asyncio.run(burst(url))
     assert alone.status_code == 200, alone.text  # one at a time, the one connection serves
     refused = [a for a in answers if a.status_code != 200]

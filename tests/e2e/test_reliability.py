@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import socket
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,9 +21,10 @@ from shared.storage import Storage
 from shared.store import JobStore
 from tests.conftest import wait_for_status
 from tests.faulty import TerminalLog, Workers, pid_of, processes_of, running_process, submit
+from tests.proxy import Proxy
 from tests.reliability_report import record as record_figures
 from tests.runs import tally
-from wanq.stack import Stack, free_port
+from wanq.stack import Stack
 from worker import journal
 
 
@@ -203,48 +203,18 @@ def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(
     )
 
 
-class FlakyProxy:
+class FlakyProxy(Proxy):
     """A TCP proxy in front of the S3 endpoint that can refuse connections (storage outage)."""
 
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
         self.up = True
-        self._server = socket.create_server(("127.0.0.1", self.port))
-        self._server.settimeout(0.2)
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                client, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            if not self.up:
-                client.close()
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop = True
-        self._server.close()
+    def intercept(self, client: socket.socket) -> bool:
+        if self.up:
+            return False
+        client.close()
+        return True
 
 
 @pytest.mark.slow

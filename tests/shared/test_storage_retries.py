@@ -13,39 +13,28 @@ import pytest
 from shared.errors import StorageUnavailable
 from shared.settings import S3Settings
 from shared.storage import Storage
-from wanq.stack import Stack, free_port
+from tests.proxy import Proxy
+from wanq.stack import Stack
 
 ATTEMPTS = 3
 
 
-class ErrorProxy:
+class ErrorProxy(Proxy):
     """A TCP proxy to the S3 endpoint; the next `failures` connections get an S3 error answer instead."""
 
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
         self.failures = 0
         self.failed = 0
         self.answer = (503, "SlowDown")
-        self._server = socket.create_server(("127.0.0.1", self.port))
-        self._server.settimeout(0.2)
-        self._stop = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
-    def _accept(self) -> None:
-        while not self._stop:
-            try:
-                client, _ = self._server.accept()
-            except (TimeoutError, OSError):
-                continue
-            if self.failures > 0:
-                self.failures -= 1
-                self.failed += 1
-                threading.Thread(target=self._refuse, args=(client,), daemon=True).start()
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+    def intercept(self, client: socket.socket) -> bool:
+        if self.failures <= 0:
+            return False
+        self.failures -= 1
+        self.failed += 1
+        threading.Thread(target=self._refuse, args=(client,), daemon=True).start()
+        return True
 
     def _refuse(self, client: socket.socket) -> None:
         status, code = self.answer
@@ -67,24 +56,6 @@ class ErrorProxy:
             pass
         finally:
             client.close()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop = True
-        self._server.close()
 
 
 @pytest.fixture(scope="module")

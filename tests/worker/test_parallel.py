@@ -20,7 +20,8 @@ import pytest
 
 from shared.schemas import GenerationSpec
 from worker.cache import DBCacheSetting
-from worker.parallel.messages import EXIT_RANK_DIED, Failed, Job, Stop, receive, send
+from worker.exits import ExitStatus
+from worker.parallel.messages import Failed, Job, Stop, receive, send
 from worker.tiny_model import write_tiny_model
 
 RANK0 = r"""
@@ -147,7 +148,7 @@ def test_cfg_parallel_cancel_and_a_dead_rank(tiny_a14b: Path, tmp_path: Path) ->
     assert float(lines["CACHED_REL"][0]) < 1e-5
     # A dead follower takes rank 0 down promptly (its job would be redelivered), never a hang
     assert "NOT" not in lines
-    assert code == EXIT_RANK_DIED
+    assert code == ExitStatus.RANK_DIED
     assert time.monotonic() - killed_at < 20
 
 

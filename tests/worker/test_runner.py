@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from shared import jobstate
+from shared.errors import OutOfMemory
 from shared.schemas import GenerationSpec, JobRecord, JobStatus
 from shared.settings import EngineSettings, Settings
 from shared.storage import Storage
@@ -22,7 +23,7 @@ from shared.store import JobStore
 from tests.records import rewrite, store_job
 from wanq.stack import Stack
 from worker.engine import PromptCache, WanEngine
-from worker.runner import JobRunner
+from worker.runner import Ended, JobRunner, Outcome
 
 
 class SlowUploads(Storage):
@@ -215,3 +216,47 @@ def test_the_attempt_cap_fails_only_a_queued_job(
     assert run.wait_pending() == "completed"
     done = store.get(last)
     assert done is not None and done.status is JobStatus.completed and done.attempts == settings.jobs.max_attempts
+
+
+def test_each_delivery_reports_its_outcome_once_a_failed_one_by_its_error_code(
+    settings: Settings, store: JobStore, runner: tuple[JobRunner, SlowUploads], engine: WanEngine
+) -> None:
+    job_runner, storage = runner
+    reports: list[tuple[Ended, str]] = []
+
+    def on_ended(ended: Ended) -> None:
+        reports.append((ended, threading.current_thread().name))
+
+    job = make_job(store, "reported when its upload is recorded")
+    assert job_runner.run(job, on_ended=on_ended) is Outcome.finishing
+    assert storage.started.wait(10)
+    assert reports == []  # not before the outcome is recorded
+    assert job_runner.run(job, on_ended=on_ended) is Outcome.skipped  # the duplicate: reported at once
+    assert [(e.outcome, e.label, thread) for e, thread in reports] == [(Outcome.skipped, "skipped", "MainThread")]
+    storage.release.set()
+    assert job_runner.wait_pending() is Outcome.completed
+    (completed, thread) = reports[1]
+    assert (completed.job_id, completed.outcome, completed.code) == (job, Outcome.completed, None)
+    assert thread.startswith("wanq-finish") and len(reports) == 2
+
+    class OutOfMemoryAtStepOne:
+        def generate(self, spec, image=None, *, on_stage=None, on_step=None):  # type: ignore[no-untyped-def]
+            def step(done: int, total: int) -> None:
+                raise OutOfMemory("CUDA out of memory (at step one)")
+
+            return engine.generate(spec, image, on_stage=on_stage, on_step=step)
+
+    failing = JobRunner(settings, store, storage, OutOfMemoryAtStepOne(), worker_id=f"test-runner-5:{time.time_ns()}")
+    doomed = make_job(store, "out of memory")
+    assert failing.run(doomed, on_ended=on_ended) is Outcome.failed
+    assert reports[2][0] == Ended(doomed, Outcome.failed, "out_of_memory") and reports[2][0].label == "out_of_memory"
+    record = store.get(doomed)
+    assert record is not None and record.status is JobStatus.failed and record.error is not None
+    assert record.error.code == "out_of_memory" and len(reports) == 3
+
+
+def test_a_run_that_another_party_ended_names_the_outcome_it_left() -> None:
+    ended = {status: Outcome.of_status(status) for status in JobStatus}
+    assert ended[JobStatus.failed] is Outcome.failed and ended[JobStatus.canceled] is Outcome.canceled
+    assert ended[JobStatus.queued] is Outcome.superseded  # requeued under the same attempt, not yet claimed again
+    assert Ended("video_x", Outcome.superseded, "ignored").label == "superseded"  # only a failure is named by its code

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from shared.settings import EngineSettings, LoraSettings
+from worker.exits import ExitStatus
 from worker.parallel.mesh import Member, device_for, join
-from worker.parallel.messages import EXIT_RANK_DIED, Failed, Job, Launch, Ready, Stop, receive, send
+from worker.parallel.messages import Failed, Job, Launch, Ready, Stop, receive, send
 
 log = logging.getLogger("wanq.parallel")
 
@@ -72,7 +73,7 @@ class Group:
         for rank in range(1, self.world_size):
             read_fd, write_fd = os.pipe()
             process = subprocess.Popen(
-                [sys.executable, "-m", "worker.parallel.follower", str(write_fd)],
+                [sys.executable, "-m", "worker.follower", str(write_fd)],
                 stdin=subprocess.PIPE,
                 pass_fds=(write_fd,),
                 env=env,
@@ -109,7 +110,7 @@ class Group:
             time.sleep(0.2)
 
     def exit_if_one_died(self, within_s: float = 0.0) -> None:
-        """A dead follower takes rank 0 down (EXIT_RANK_DIED), whoever notices first: the watchdog, or a collective
+        """A dead follower takes rank 0 down (ExitStatus.RANK_DIED), whoever notices first: the watchdog, or a collective
         that failed because its peer went away (`within_s`: how long to wait for the kernel to report the death)."""
         deadline = time.monotonic() + within_s
         while True:
@@ -124,7 +125,7 @@ class Group:
                     )
                     self.kill()
                     logging.shutdown()
-                    os._exit(EXIT_RANK_DIED)
+                    os._exit(ExitStatus.RANK_DIED)
             if time.monotonic() >= deadline:
                 return
             time.sleep(0.05)

@@ -1,4 +1,5 @@
-"""What crosses between the processes of a several-GPU worker: the messages on its pipes and its exit statuses.
+"""What crosses between the processes of a several-GPU worker: the messages on its pipes (their exit statuses are
+in worker/exits.py).
 
 Rank 0 writes `Launch` once, then one `Job` per generation, then `Stop`, down each follower's stdin;
 a follower answers `Ready` or `Failed` on its report pipe. On the wire each message is an 8-byte
@@ -24,11 +25,6 @@ from worker.cache import DBCacheSetting
 if TYPE_CHECKING:
     import torch
     from PIL import Image
-
-EXIT_RANK_DIED = 70
-"""Exit status of rank 0 when a follower died (the worker restarts; the job is redelivered)."""
-EXIT_BROKEN = 71
-"""Exit status of rank 0 when a job failed mid-denoise and the ranks can no longer agree."""
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""A follower rank (`python -m worker.parallel.follower REPORT_FD`): it joins the group, builds its
-engine, then denoises each job that rank 0 sends, step for step with it, until told to stop."""
+"""A follower rank (`python -m worker.follower REPORT_FD`): it joins the group, builds its engine, then denoises
+each job that rank 0 sends, step for step with it, until told to stop. Outside worker/parallel/, like
+worker/startup.py on rank 0: it composes that package with the engine, which itself uses the package."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import torch.distributed as dist
 
 from shared.errors import JobCanceled
 from worker.engine import WanEngine
+from worker.exits import ExitStatus
 from worker.parallel.mesh import device_for, join
-from worker.parallel.messages import EXIT_RANK_DIED, Failed, Job, Launch, Ready, receive, send
+from worker.parallel.messages import Failed, Job, Launch, Ready, receive, send
 
 log = logging.getLogger("wanq.parallel")
 
@@ -23,7 +25,7 @@ def _watch_parent(parent_pid: int) -> None:
     """Rank 0 may die without closing our stdin (SIGKILL of a process group member): poll too."""
     while True:
         if os.getppid() != parent_pid:
-            os._exit(EXIT_RANK_DIED)
+            os._exit(ExitStatus.RANK_DIED)
         time.sleep(0.5)
 
 
