@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,10 @@ def timings(fn: Any, reps: int) -> dict[str, Any]:
 
 
 def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
-    import numpy as np
     import torch
     from diffusers.video_processor import VideoProcessor
 
-    from worker import accel, previews
+    from worker import accel
     from worker.engine import decode_latents
 
     width, height, frames, fps, step_s, step_source = MODELS[model]
@@ -92,66 +92,56 @@ def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
     reps = 1 if args.tiny else 2
 
     # 1. The full VAE, as the engine decodes (stock, then channels-last)
-    full: np.ndarray | None = None
-
-    def full_decode() -> None:
-        nonlocal full
-        full = decode_latents(vae, processor, latents)
-
-    record["full_vae"] = timings(full_decode, reps)
-    assert full is not None
+    full = decode_latents(vae, processor, latents)
+    record["full_vae"] = timings(partial(decode_latents, vae, processor, latents), reps)
     record["full_vae"]["frames"] = list(full.shape)
     if not args.tiny:
         accel._prepare_vae(vae, harness.engine_settings({"vae_channels_last": True}, tiny=args.tiny))
-        record["full_vae_channels_last"] = timings(full_decode, reps)
-    del vae
+        record["full_vae_channels_last"] = timings(partial(decode_latents, vae, processor, latents), reps)
+    vae = full_vae(model, True) if args.tiny else _config_only(model)  # the full one's memory goes back
     harness.free()
 
-    # 2. The tiny decoder, the whole video, in each dtype
-    base = full_vae(model, True) if args.tiny else None
-    for label, tdtype in ([("fp32", torch.float32)] if args.tiny else [("fp16", torch.float16), ("bf16", torch.bfloat16)]):
-        decoder = tiny_decoder(base if args.tiny else _config_only(model), args.tiny, tdtype, device)
-        out: dict[str, Any] = {}
-
-        def tiny_decode() -> None:
-            out["frames"] = decoder.decode_frames(latents)
-
-        entry = timings(tiny_decode, reps + 1)
-        entry["frames"] = list(out["frames"].shape)
-        entry["same_shape_as_full"] = tuple(out["frames"].shape) == tuple(full.shape)
+    # 2. The tiny decoder, the whole video, in each dtype; 3. the preview with the first dtype
+    dtypes = [("fp32", torch.float32)] if args.tiny else [("fp16", torch.float16), ("bf16", torch.bfloat16)]
+    for label, tdtype in dtypes:
+        decoder = tiny_decoder(vae, args.tiny, tdtype, device)
+        entry = timings(partial(decoder.decode_frames, latents), reps + 1)
+        frames = decoder.decode_frames(latents)
+        entry["frames"] = list(frames.shape)
+        entry["same_shape_as_full"] = tuple(frames.shape) == tuple(full.shape)
         entry["speedup_vs_full"] = round(record["full_vae"]["median_s"] / entry["median_s"], 2)
         record[f"tiny_{label}"] = entry
-
-        # 3. The preview: the clean-latent snapshot, the reduced decode, the MP4 encode (CPU)
-        if label in ("fp16", "fp32"):
-            sample = latents.to(device=device, dtype=dtype)
-            velocity = torch.randn_like(sample)
-            snap: dict[str, Any] = {}
-
-            def clean() -> None:
-                snap["x0"] = previews.clean_from_velocity(sample, velocity, 0.5)
-
-            record["preview_snapshot"] = timings(clean, reps + 2)
-
-            def preview_decode() -> None:
-                snap["frames"] = previews.decode_preview(decoder, snap["x0"])
-
-            record["preview_decode"] = timings(preview_decode, reps + 2)
-            record["preview_decode"]["frames"] = list(snap["frames"].shape)
-            with tempfile.TemporaryDirectory() as folder:
-                t0 = time.perf_counter()
-                path = previews.write_preview(snap["frames"], fps, Path(folder) / "preview.mp4")
-                record["preview_mp4"] = {"encode_s_cpu": round(time.perf_counter() - t0, 4), "bytes": path.stat().st_size}
-            gpu_s = record["preview_snapshot"]["median_s"] + record["preview_decode"]["median_s"]
-            record["preview_share_of_step"] = {
-                "step_s": step_s,
-                "step_source": step_source,
-                "gpu_s_per_preview": round(gpu_s, 4),
-                "every_5_steps_share": round(gpu_s / (5 * step_s), 4),
-                "note": "a sum of measured stages: the snapshot and decode serialized on the GPU, the MP4 off it",
-            }
+        if label == dtypes[0][0]:
+            record.update(preview(decoder, latents.to(device=device, dtype=dtype), fps, step_s, step_source, reps))
         del decoder
         harness.free()
+    return record
+
+
+def preview(decoder: Any, sample: Any, fps: int, step_s: float, step_source: str, reps: int) -> dict[str, Any]:
+    """The preview's costs: the clean-latent snapshot and the reduced decode on the GPU, the MP4 on the CPU."""
+    import torch
+
+    from worker import previews
+
+    velocity = torch.randn_like(sample)
+    record: dict[str, Any] = {"preview_snapshot": timings(partial(previews.clean_from_velocity, sample, velocity, 0.5), reps + 2)}
+    clean = previews.clean_from_velocity(sample, velocity, 0.5)
+    record["preview_decode"] = timings(partial(previews.decode_preview, decoder, clean), reps + 2)
+    frames = previews.decode_preview(decoder, clean)
+    record["preview_decode"]["frames"] = list(frames.shape)
+    with tempfile.TemporaryDirectory() as folder:
+        t0 = time.perf_counter()
+        path = previews.write_preview(frames, fps, Path(folder) / "preview.mp4")
+        record["preview_mp4"] = {"encode_s_cpu": round(time.perf_counter() - t0, 4), "bytes": path.stat().st_size}
+    gpu_s = record["preview_snapshot"]["median_s"] + record["preview_decode"]["median_s"]
+    record["preview_share_of_step"] = {
+        "step_s": step_s,
+        "step_source": step_source,
+        "gpu_s_per_preview": round(gpu_s, 4),
+        "every_5_steps_share": round(gpu_s / (5 * step_s), 4),
+        "note": "a sum of measured stages: the snapshot and decode serialized on the GPU, the MP4 off it",
+    }
     return record
 
 
