@@ -71,8 +71,14 @@ async def read_job_body(request: Request, file_field: str = "input_reference") -
     """A job's fields and its uploaded file (`file_field`: the image), from JSON or a form."""
     kind = content_type(request)
     if kind in FORMS:
-        fields, form, upload = await read_form(request, file_field=file_field, max_fields=64, repeated=("webhook_events",))
+        fields, form, upload = await read_form(
+            request, file_field=file_field, max_fields=64, repeated=("webhook_events", "seeds[]")
+        )
         _gather_form_loras(fields, form)
+        if "seeds[]" in fields:  # the openai SDK's form of extra_body={"seeds": [...]}
+            if "seeds" in fields:
+                raise InvalidRequest("send 'seeds' once: as one JSON field or as seeds[] fields", param="seeds")
+            fields["seeds"] = fields.pop("seeds[]")
         return fields, None if upload is None else await upload.read()
     if kind in JSON_TYPES:
         data = await read_json(request)

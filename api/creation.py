@@ -73,8 +73,8 @@ class Idempotency:
     key: str
     print_: str
 
-    def completion(self, services: Services, job_id: str) -> IdempotentCreate:
-        return services.idempotency.completion(self.tenant, self.key, self.print_, job_id)
+    def completion(self, services: Services, job_ids: Sequence[str]) -> IdempotentCreate:
+        return services.idempotency.completion(self.tenant, self.key, self.print_, job_ids)
 
 
 Make = Callable[[Idempotency | None], Awaitable[Response]]
@@ -102,7 +102,8 @@ async def create_once(
     if claim.outcome == "replay" and claim.job_id:
         record = await asyncio.to_thread(services.store.get, claim.job_id)
         if record is not None:
-            return created(await jobs.avideo_object(services, record), replayed=True)
+            video = await jobs.avideo_object(services, record, **_with_ids(claim.job_ids))
+            return created(video, replayed=True)
     try:
         # The jobs' creation also writes the key's entry, in the same step (shared/idempotency.py).
         return await make(Idempotency(tenant, idempotency_key, print_))
@@ -116,32 +117,45 @@ async def create_once(
 
 
 def created(video: Video, *, replayed: bool = False) -> Response:
-    """The 202 of a create: the first job's video object, `Location` naming it."""
+    """The 202 of a create: the first job's video object (with `video_ids` if there are more), `Location` naming it."""
     headers = {"Location": f"/v1/videos/{video.id}", "openai-poll-after-ms": POLL_AFTER_MS}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return Response(content=json.dumps(video.dump()), status_code=202, media_type="application/json", headers=headers)
 
 
-async def admit(services: Services, records: Sequence[JobRecord], idempotency: Idempotency | None = None) -> Response:
-    """The records and their queue entries, atomically (their images, if any, are stored already); the answer."""
-    first = records[0]
-    completion = None if idempotency is None else idempotency.completion(services, first.id)
+def _with_ids(ids: Sequence[str]) -> dict[str, Any]:
+    """`video_ids` for the answer of a request of more than one job."""
+    return {"video_ids": list(ids)} if len(ids) > 1 else {}
+
+
+async def place(services: Services, records: Sequence[JobRecord], idempotency: Idempotency | None = None) -> Placement | None:
+    """The records and their queue entries, all or none in one script (their images, if any, are stored already);
+    the first one's place in line, or None where the answer was lost but the jobs were created."""
+    ids = [record.id for record in records]
+    completion = None if idempotency is None else idempotency.completion(services, ids)
     try:
-        # Into the tenant's queue; the dispatcher moves it to the model's worker queue (shared/fairqueue.py).
-        placement: Placement = await services.fairq.acreate(first, completion)
+        # Into the tenant's queue; the dispatcher moves them to the model's worker queue (shared/fairqueue.py).
+        placements = await services.fairq.acreate_many(records, completion)
     except RateLimited:
-        # The tenant's queue filled up since the early check: the job never existed.
+        # The tenant's queue filled up since the early check: the jobs never existed.
         await forget_images(services, records)
         raise
     except (redis.RedisError, OSError):
         # The answer may have been lost after Redis ran the script: look before saying the create failed.
         if not await _landed(services, records):
             raise
-        return created(Video.of(first))
-    return created(
-        Video.of(first, queue_position=placement.position, estimated_start_at=placement.estimated_start_at(time.time()))
-    )
+        return None
+    return placements[0]
+
+
+async def admit(services: Services, records: Sequence[JobRecord], idempotency: Idempotency | None = None) -> Response:
+    """`place`, answered with the first job's video object (its place in line, `video_ids` for more than one)."""
+    placement = await place(services, records, idempotency)
+    extra = _with_ids([record.id for record in records])
+    if placement is not None:
+        extra.update(queue_position=placement.position, estimated_start_at=placement.estimated_start_at(time.time()))
+    return created(Video.of(records[0], **extra))
 
 
 async def _landed(services: Services, records: Sequence[JobRecord]) -> bool:

@@ -21,6 +21,7 @@ from shared.loras import resolve_job_loras
 from shared.schemas import GenerationSpec, JobRecord
 from shared.settings import Settings
 from shared.specs import (
+    MAX_SEED,
     RemixRequest,
     VideoRequest,
     check_source,
@@ -75,7 +76,8 @@ async def create_videos(
         lora_records = await asyncio.to_thread(services.loras.visible, principal.tenant, [r.name for r in named])
 
     # Resolve against the model's defaults and limits (an extension: and its source's parameters)
-    job_id = new_job_id()
+    n = request_size(req, settings.videos.max_n)
+    ids = [new_job_id() for _ in range(n)]
     spec: GenerationSpec
     if source is not None:
         spec = resolve_extension(
@@ -84,12 +86,12 @@ async def create_videos(
             settings.catalog(),
             settings.default_model,
             settings.jobs,
-            image_key=services.storage.key(job_id, "image"),
+            image_key=services.storage.key(ids[0], "image"),
             loras=lora_records,
             lora_limits=settings.loras,
         )
     else:
-        image_key = services.storage.key(job_id, "image") if image_data is not None else None
+        image_key = services.storage.key(ids[0], "image") if image_data is not None else None
         spec = resolve_spec(
             req,
             settings.catalog(),
@@ -100,16 +102,53 @@ async def create_videos(
             loras=lora_records,
             lora_limits=settings.loras,
         )
-    services.quotas.check_size(principal.tenant, spec)
+    specs = [_nth(services, spec, job_id, seed) for job_id, seed in zip(ids, seeds_of(req, spec.seed, n), strict=True)]
+    services.quotas.check_sizes(principal.tenant, specs)
 
-    # Store the fitted image beside the job (after an early look for room in the tenant's queue, so that
-    # a full queue refuses before the upload), then the record and its queue entry, atomically.
+    # Store the fitted image beside each job (after an early look for room in the tenant's queue, so that
+    # a full queue refuses before the upload), then the records and their queue entries, atomically.
     if image_data is not None and spec.image_key is not None:
-        await asyncio.to_thread(services.quotas.check_room, principal.tenant, spec)
+        await asyncio.to_thread(services.quotas.check_room, principal.tenant, spec, n)
         png = await asyncio.to_thread(_fit_image, image_data, spec.width, spec.height, settings)
-        await asyncio.to_thread(services.storage.put_bytes, png, spec.image_key, CONTENT_TYPES["image"])
-    record = new_record(job_id, principal.tenant, spec, webhook_url=req.webhook_url, webhook_events=req.webhook_events)
-    return await admit(services, [record], idempotency)
+        for each in specs:
+            assert each.image_key is not None
+            await asyncio.to_thread(services.storage.put_bytes, png, each.image_key, CONTENT_TYPES["image"])
+    records = [
+        new_record(job_id, principal.tenant, each, webhook_url=req.webhook_url, webhook_events=req.webhook_events)
+        for job_id, each in zip(ids, specs, strict=True)
+    ]
+    return await admit(services, records, idempotency)
+
+
+def request_size(req: VideoRequest, max_n: int) -> int:
+    """How many videos the request makes: `n`, else as many as `seeds` names, else 1."""
+    n = req.n if req.n is not None else len(req.seeds) if req.seeds else 1
+    if not 1 <= n <= max_n:
+        param = "n" if req.n is not None else "seeds"
+        raise InvalidRequest(f"invalid '{param}' {n}: must make between 1 and {max_n} videos (WANQ_VIDEOS_MAX_N)", param=param)
+    return n
+
+
+def seeds_of(req: VideoRequest, first: int, n: int) -> list[int]:
+    """The n seeds in order: `seeds` as given, else first, first+1, ... (wrapping within the seed range)."""
+    if req.seeds is None:
+        return [(first + i) % (MAX_SEED + 1) for i in range(n)]
+    if len(req.seeds) != n:
+        raise InvalidRequest(f"invalid 'seeds': {len(req.seeds)} seeds for n={n}; send one per video", param="seeds")
+    for seed in req.seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise InvalidRequest(f"invalid 'seeds': {seed} must be between 0 and {MAX_SEED}", param="seeds")
+    if req.seed is not None and req.seed != req.seeds[0]:
+        raise InvalidRequest(
+            f"invalid 'seeds': its first seed {req.seeds[0]} contradicts 'seed' {req.seed}; send one of the two", param="seeds"
+        )
+    return list(req.seeds)
+
+
+def _nth(services: Services, spec: GenerationSpec, job_id: str, seed: int) -> GenerationSpec:
+    """The spec of one of the request's videos: its seed, and its own image (stored under its own job)."""
+    image_key = None if spec.image_key is None else services.storage.key(job_id, "image")
+    return spec.model_copy(update={"seed": seed, "image_key": image_key})
 
 
 async def remix(services: Services, principal: Principal, parent_record: JobRecord, req: RemixRequest) -> Response:

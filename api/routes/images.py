@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import time
 
-import redis
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from PIL import Image
 
 from api.bodies import json_body_schema, read_job_body
-from api.creation import new_job_id, new_record
+from api.creation import new_job_id, new_record, place
 from api.deps import PrincipalDep, ServicesDep
 from api.openapi import IMAGES, GeneratedImage, ImagesPending, ImagesResponse
 from api.services import Services
-from shared import jobstate
 from shared.errors import Conflict, InvalidRequest, WanqError
 from shared.image_specs import ImageFormat, ImageRequest, image_format, resolve_images
 from shared.schemas import JobRecord, JobStatus
@@ -47,23 +44,11 @@ async def generate_images(request: Request, services: ServicesDep, principal: Pr
     fields, _ = await read_job_body(request, file_field="")
     req = parse_fields(ImageRequest, fields)
     specs = resolve_images(req, settings.catalog(), settings.default_model, settings.jobs, max_n=settings.images.max_n)
-    for spec in specs:
-        services.quotas.check_size(principal.tenant, spec)
+    services.quotas.check_sizes(principal.tenant, specs)
 
-    # 2. One job each, into the tenant's queue; if one is refused (a full queue), none stays
+    # 2. One job each, into the tenant's queue, all or none (api/creation.py)
     records = [new_record(new_job_id(), principal.tenant, spec) for spec in specs]
-    created: list[JobRecord] = []
-    try:
-        for record in records:
-            await services.fairq.acreate(record)
-            created.append(record)
-    except BaseException:
-        for record in created:
-            with contextlib.suppress(redis.RedisError, OSError):
-                await asyncio.to_thread(
-                    jobstate.cancel_queued, services.store, record, "another image of its request was refused"
-                )
-        raise
+    await place(services, records)
 
     # 3. Wait for them, up to the limit
     finals = await _wait(services, [r.id for r in records], settings.images.wait_s)
