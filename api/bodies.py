@@ -71,20 +71,29 @@ async def read_job_body(request: Request, file_field: str = "input_reference") -
     """A job's fields and its uploaded file (`file_field`: the image), from JSON or a form."""
     kind = content_type(request)
     if kind in FORMS:
-        fields, form, upload = await read_form(
-            request, file_field=file_field, max_fields=64, repeated=("webhook_events", "seeds[]")
-        )
+        fields, form, upload = await read_form(request, file_field=file_field, max_fields=64, repeated=("webhook_events", *SEEDS))
         _gather_form_loras(fields, form)
-        if "seeds[]" in fields:  # the openai SDK's form of extra_body={"seeds": [...]}
-            if "seeds" in fields:
-                raise InvalidRequest("send 'seeds' once: as one JSON field or as seeds[] fields", param="seeds")
-            fields["seeds"] = fields.pop("seeds[]")
+        _gather_form_seeds(fields)
         return fields, None if upload is None else await upload.read()
     if kind in JSON_TYPES:
         data = await read_json(request)
         _unwrap_input_reference(data)
         return data, None
     raise unsupported(kind, "JSON or multipart/form-data")
+
+
+SEEDS = ("seeds", "seeds[]")
+
+
+def _gather_form_seeds(fields: dict[str, Any]) -> None:
+    """`seeds` in a form: one field holding the list as JSON text, the field repeated (wanq's client), or the
+    openai SDK's `seeds[]` fields (its form of extra_body={"seeds": [...]})."""
+    given = [key for key in SEEDS if key in fields]
+    if len(given) > 1:
+        raise InvalidRequest("send 'seeds' once: as seeds fields or as seeds[] fields", param="seeds")
+    if given:
+        values = fields.pop(given[0])
+        fields["seeds"] = values[0] if len(values) == 1 and given[0] == "seeds" else values
 
 
 def _unwrap_input_reference(data: dict[str, Any]) -> None:

@@ -197,6 +197,7 @@ class VideoRequest(BaseModel):
                 value = json.loads(value)
             except ValueError:
                 raise ValueError("must be a JSON list of integer seeds") from None
+            value = [value] if isinstance(value, int) else value
         if isinstance(value, list) and any(isinstance(v, bool) for v in value):
             raise ValueError("must be integer seeds, not true or false")
         return value

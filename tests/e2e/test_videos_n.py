@@ -68,6 +68,10 @@ def test_n_and_seeds_refusals_name_the_field(api: httpx.Client, store: JobStore)
         assert answer.status_code == 400, (extra, answer.text)
         error = answer.json()["error"]
         assert error["param"] == param and words in error["message"], (extra, error)
+    # In a form, seeds may also be one field holding the list as JSON text.
+    form = {"prompt": "x", "model": MODEL, "n": "2", "seeds": "[1, 2, 3]"}
+    answer = api.post("/v1/videos", files=[(k, (None, v)) for k, v in form.items()])
+    assert answer.status_code == 400 and "3 seeds for n=2" in answer.json()["error"]["message"], answer.text
     assert _job_keys(store) == before
 
 
@@ -104,10 +108,11 @@ def test_seeds_follow_in_order_with_the_same_frames_as_single_jobs_and_a_cancel_
 
 def test_n_image_to_video_jobs_each_keep_their_own_image(api: httpx.Client) -> None:
     fields = {"prompt": "the square spins", "model": "tiny-i2v-a14b", "size": "64x64", "num_frames": "5", "n": "2"}
-    fields |= {"num_inference_steps": "1", "seeds": "[1, 2]"}  # seeds as one field holding the list as JSON text
+    fields |= {"num_inference_steps": "1", "seeds": ["1", "2"]}  # the field repeated, as wanq's client sends it
     made = api.post("/v1/videos", data=fields, files={"input_reference": ("red.png", png_bytes(), "image/png")})
     assert made.status_code == 202, made.text
     first, second = made.json()["video_ids"]
+    assert api.get(f"/v1/videos/{second}").json()["seed"] == 2
     # Deleting the first leaves the second's stored image: it still runs to the end.
     assert api.delete(f"/v1/videos/{first}").status_code == 200
     assert wait_for_status(api, second, {"completed", "failed"})["status"] == "completed"
