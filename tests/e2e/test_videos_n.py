@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 
 from shared.store import JobStore
-from tests.clips import SOURCE, frames_of
+from tests.clips import SOURCE, extend, frames_of, make_video
 from tests.conftest import png_bytes, wait_for_status
 from tests.tenants import SMALL, TENANT_QUOTAS, TINY_JOB, client, make_key
 from wanq.stack import Stack
@@ -116,3 +116,14 @@ def test_n_image_to_video_jobs_each_keep_their_own_image(api: httpx.Client) -> N
     # Deleting the first leaves the second's stored image: it still runs to the end.
     assert api.delete(f"/v1/videos/{first}").status_code == 200
     assert wait_for_status(api, second, {"completed", "failed"})["status"] == "completed"
+
+
+def test_an_extension_with_n_continues_the_source_n_times(api: httpx.Client) -> None:
+    source = make_video(api)
+    assert source["status"] == "completed", source
+    made = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5, n=2)
+    assert made.status_code == 202, made.text
+    done = [wait_for_status(api, i, {"completed", "failed"}) for i in made.json()["video_ids"]]
+    assert [v["status"] for v in done] == ["completed", "completed"], done
+    assert [v["seed"] for v in done] == [SOURCE["seed"] + 1, SOURCE["seed"] + 2]  # the source's + 1, then + 1 more
+    assert all(v["extended_from_video_id"] == source["id"] for v in done)
