@@ -45,12 +45,12 @@ def video_object(services: Services, record: JobRecord, **extra: Any) -> Video:
     return Video.of(record, **extra)
 
 
-async def avideo_object(services: Services, record: JobRecord) -> Video:
+async def avideo_object(services: Services, record: JobRecord, **extra: Any) -> Video:
     """`video_object` on the event loop (what clients poll)."""
     if record.status is JobStatus.queued:
         place = await services.fairq.aplace(record)
-        return Video.of(record, queue_position=place.position, estimated_start_at=place.estimated_start_at(time.time()))
-    return Video.of(record)
+        extra.update(queue_position=place.position, estimated_start_at=place.estimated_start_at(time.time()))
+    return Video.of(record, **extra)
 
 
 def video_page(

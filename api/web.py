@@ -57,22 +57,20 @@ def install(app: FastAPI) -> None:
             headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
         )
 
-    openapi_url = app.openapi_url or "/openapi.json"
+    url, icon = app.openapi_url or "/openapi.json", f"{DOCS_ASSETS}/favicon-32x32.png"
+    js, css = f"{DOCS_ASSETS}/swagger-ui-bundle.js", f"{DOCS_ASSETS}/swagger-ui.css"
     swagger = _page(
         get_swagger_ui_html(
-            openapi_url=openapi_url,
-            title=f"{app.title} — API docs",
-            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            openapi_url=url, title=f"{app.title} — API docs", swagger_js_url=js, swagger_css_url=css, swagger_favicon_url=icon
         )
     )
+    redoc_js = f"{DOCS_ASSETS}/redoc.standalone.js"
     redoc = _page(
         get_redoc_html(
-            openapi_url=openapi_url,
+            openapi_url=url,
             title=f"{app.title} — API reference",
-            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            redoc_js_url=redoc_js,
+            redoc_favicon_url=icon,
             with_google_fonts=False,
         )
     )

@@ -117,71 +117,91 @@ class FairQueue:
         self._rings: dict[str, list[str]] = {}
         """The ring's tenants per model as last seen: the first guess of scripts that visit them."""
 
-    # Creating a job ------------------------------------------------------------------------------
+    # Creating jobs ------------------------------------------------------------------------------
     def create(self, record: JobRecord, idempotency: IdempotentCreate | None = None) -> Placement:
         """Stores a new job and puts it in its tenant's queue, atomically; raises RateLimited if that queue
         is full (then nothing was stored). Sent again after a lost answer, it changes nothing."""
-        admitted, waiting = self._scripts["create"](
-            keys=self._create_keys(record, idempotency), args=self._create_args(record, idempotency)
-        )
-        self._refuse_if_full(record, int(admitted), int(waiting))
-        return self._placement(record, lambda keys, args: self._scripts["position"](keys=keys, args=args), waiting=int(waiting))
+        return self.create_many([record], idempotency)[0]
 
     async def acreate(self, record: JobRecord, idempotency: IdempotentCreate | None = None) -> Placement:
-        """`create` through redis.asyncio, on the API's event loop (needs `aclient`): the create and the place
-        in line go in one round trip (a pipeline), unless a tenant joined the ring unseen."""
+        """`create` through redis.asyncio, on the API's event loop (needs `aclient`)."""
+        return (await self.acreate_many([record], idempotency))[0]
+
+    def create_many(self, records: Sequence[JobRecord], idempotency: IdempotentCreate | None = None) -> list[Placement]:
+        """The n jobs of one request (one tenant, one model), all or none in one script: raises RateLimited if the
+        tenant's queue has no room for all n (then nothing was stored). Their places in line, in `records`' order."""
+        keys, args = self._create_call(records, idempotency)
+        admitted, waiting = self._scripts["create"](keys=keys, args=args)
+        self._refuse_if_full(records, int(admitted), int(waiting))
+        return [self._placement(record, self._position, waiting=int(waiting)) for record in records]
+
+    async def acreate_many(self, records: Sequence[JobRecord], idempotency: IdempotentCreate | None = None) -> list[Placement]:
+        """`create_many` through redis.asyncio (needs `aclient`): the create and the n places in line go in one
+        round trip (a pipeline), unless a tenant joined the ring unseen."""
         assert self._aclient is not None, "FairQueue was built without an asyncio client"
+        keys, args = self._create_call(records, idempotency)
         pipe = self._aclient.pipeline(transaction=False)
-        await self._ascripts["create"](
-            keys=self._create_keys(record, idempotency), args=self._create_args(record, idempotency), client=pipe
+        await self._ascripts["create"](keys=keys, args=args, client=pipe)
+        tenants = self._guess(records[0])
+        for record in records:
+            await self._ascripts["position"](*self._position_call(record, tenants), client=pipe)
+        (admitted, waiting), *replies = await pipe.execute()
+        self._refuse_if_full(records, int(admitted), int(waiting))
+        placements = []
+        for record, reply in zip(records, replies, strict=True):
+            while reply and reply[0] == RETRY:
+                reply = await self._ascripts["position"](*self._position_call(record, self._seen(record.spec.model, reply)))
+            placements.append(Placement.from_script(reply, waiting=int(waiting)))
+        return placements
+
+    def _create_call(self, records: Sequence[JobRecord], idempotency: IdempotentCreate | None) -> tuple[list[str], list[str]]:
+        if not records:
+            raise ValueError("create_many needs at least one record")
+        first = records[0]
+        keys, model, tenant = self.keys, first.spec.model, first.tenant
+        if any(r.tenant != tenant or r.spec.model != model for r in records):
+            raise ValueError("the jobs of one create_many share their tenant and model")
+        return (
+            [
+                keys.tenant_jobs(tenant),
+                keys.all_jobs,
+                keys.queued(model),
+                keys.pending(model, tenant),
+                keys.ring(model),
+                keys.passes(model),
+                keys.vtime(model),
+                keys.tenants,
+                idempotency.key if idempotency else keys.idempotency(tenant, "-"),
+                *(keys.job(r.id) for r in records),
+                *(keys.pending(m, tenant) for m in self.models),
+            ],
+            lua.argv(
+                ids=[r.id for r in records],
+                records=[r.model_dump_json() for r in records],
+                created_at=[r.created_at for r in records],
+                tenant=tenant,
+                max_waiting=self.quotas.for_tenant(tenant).max_queued_jobs,
+                idempotency=idempotency.entry if idempotency else False,
+                idempotency_ttl=idempotency.ttl_s if idempotency else 0,
+                wake=self.keys.wake,
+                model=model,
+            ),
         )
-        keys, args = self._position_call(record, self._guess(record))
-        await self._ascripts["position"](keys=keys, args=args, client=pipe)
-        (admitted, waiting), reply = await pipe.execute()
-        self._refuse_if_full(record, int(admitted), int(waiting))
-        while reply and reply[0] == RETRY:
-            reply = await self._ascripts["position"](*self._position_call(record, self._seen(record.spec.model, reply)))
-        return Placement.from_script(reply, waiting=int(waiting))
 
-    def _create_keys(self, record: JobRecord, idempotency: IdempotentCreate | None) -> list[str]:
-        keys, model, tenant = self.keys, record.spec.model, record.tenant
-        return [
-            keys.job(record.id),
-            keys.tenant_jobs(tenant),
-            keys.all_jobs,
-            keys.queued(model),
-            keys.pending(model, tenant),
-            keys.ring(model),
-            keys.passes(model),
-            keys.vtime(model),
-            keys.tenants,
-            idempotency.key if idempotency else keys.idempotency(tenant, "-"),
-            *(keys.pending(m, tenant) for m in self.models),
-        ]
-
-    def _create_args(self, record: JobRecord, idempotency: IdempotentCreate | None) -> list[str]:
-        return lua.argv(
-            id=record.id,
-            tenant=record.tenant,
-            record=record.model_dump_json(),
-            created_at=record.created_at,
-            max_waiting=self.quotas.for_tenant(record.tenant).max_queued_jobs,
-            idempotency=idempotency.entry if idempotency else False,
-            idempotency_ttl=idempotency.ttl_s if idempotency else 0,
-            wake=self.keys.wake,
-            model=record.spec.model,
-        )
-
-    def _refuse_if_full(self, record: JobRecord, admitted: int, waiting: int) -> None:
+    def _refuse_if_full(self, records: Sequence[JobRecord], admitted: int, waiting: int) -> None:
         if not admitted:
-            limit = self.quotas.for_tenant(record.tenant).max_queued_jobs
-            raise queue_full(record.tenant, waiting, limit, self.retry_hint(record.spec.model))
+            tenant, model = records[0].tenant, records[0].spec.model
+            limit = self.quotas.for_tenant(tenant).max_queued_jobs
+            raise queue_full(tenant, waiting, limit, self.retry_hint(model), n=len(records))
 
     # A queued job's place in line ----------------------------------------------------------------
     def place(self, record: JobRecord) -> Placement:
         """Its 0-based place in the model's dispatch order (if nobody else submits and no cap intervenes), with the
         live workers and mean duration for the start estimate."""
-        return self._placement(record, lambda keys, args: self._scripts["position"](keys=keys, args=args))
+        return self._placement(record, self._position)
+
+    def _position(self, keys: list[str], args: list[str]) -> Any:
+        return self._scripts["position"](keys=keys, args=args)
 
     async def aplace(self, record: JobRecord) -> Placement:
         """A queued job's place in line, live workers and mean duration, usually in one round trip (needs `aclient`)."""
@@ -366,10 +386,14 @@ class FairQueue:
         }
 
 
-def queue_full(tenant: str, waiting: int, limit: int, retry_after_s: int) -> RateLimited:
-    return RateLimited(
-        f"tenant {tenant!r} has {waiting} jobs waiting, the limit of its queue (quota max_queued_jobs = {limit}); "
-        "retry when some have started or cancel some",
-        retry_after_s=retry_after_s,
-        param="max_queued_jobs",
-    )
+def queue_full(tenant: str, waiting: int, limit: int, retry_after_s: int, *, n: int = 1) -> RateLimited:
+    """The refusal of a request of `n` jobs that the tenant's queue has no room for (all or none)."""
+    if n == 1:
+        message = f"tenant {tenant!r} has {waiting} jobs waiting, the limit of its queue (quota max_queued_jobs = {limit})"
+    else:
+        message = (
+            f"tenant {tenant!r} has {waiting} jobs waiting: {n} more would pass the limit of its queue "
+            f"(quota max_queued_jobs = {limit}); none of the {n} was created"
+        )
+    hint = "retry when some have started or cancel some" if n == 1 or n <= limit else f"ask for at most {limit} at once"
+    return RateLimited(f"{message}; {hint}", retry_after_s=retry_after_s, param="max_queued_jobs")

@@ -4,16 +4,20 @@ Same key and same request -> the first job; same key, other request -> 422; a re
 first request is still being handled -> 409. Keys are scoped to the tenant and expire after
 `jobs.idempotency_ttl_s` (24 h by default), counted from the job's creation.
 
-The key's entry gets its job id in the same atomic step that creates the job (shared/lua/create.lua), so
-"the job exists" and "the key names it" never disagree: a retry after an answer lost on the way
-replays that job. A first request that never got as far holds its key for at most `IN_FLIGHT_S`.
+The key's entry gets its job ids in the same atomic step that creates the jobs (shared/lua/create.lua), so
+"the jobs exist" and "the key names them" never disagree: a retry after an answer lost on the way
+replays those jobs. A first request that never got as far holds its key for at most `IN_FLIGHT_S`.
+
+A request of `n` videos names all n ids, in seed order: the entry is `{"fp", "job_id", "job_ids"}` with
+`job_id` the first (what entries written before `n` carry alone, and still read: they replay one job).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import redis
@@ -44,6 +48,21 @@ class IdempotentCreate:
 class Claim:
     outcome: Outcome
     job_id: str | None = None
+    """The first job the key names (a replay or a mismatch of a completed key)."""
+    job_ids: tuple[str, ...] = field(default=())
+    """All the jobs the key names, in the order they were created (seed order)."""
+
+    @classmethod
+    def of(cls, outcome: Outcome, entry: dict[str, Any]) -> Claim:
+        ids = _ids(entry)
+        return cls(outcome, ids[0] if ids else None, ids)
+
+
+def _ids(entry: dict[str, Any]) -> tuple[str, ...]:
+    """The entry's job ids: `job_ids`, or the one `job_id` of an entry written before `n`; () while in flight."""
+    if entry.get("job_ids"):
+        return tuple(entry["job_ids"])
+    return (entry["job_id"],) if entry.get("job_id") else ()
 
 
 class IdempotencyKeys:
@@ -64,19 +83,29 @@ class IdempotencyKeys:
             return self.begin(tenant, key, print_)
         entry = json.loads(raw)
         if entry["fp"] != print_:
-            return Claim("mismatch", entry.get("job_id"))
-        if entry.get("job_id") is None:
+            return Claim.of("mismatch", entry)
+        if not _ids(entry):
             return Claim("in_flight")
-        return Claim("replay", entry["job_id"])
+        return Claim.of("replay", entry)
 
-    def completion(self, tenant: str, key: str, print_: str, job_id: str) -> IdempotentCreate:
-        """What the job's creation writes to the key: its fingerprint and the job, for `ttl_s`."""
-        return IdempotentCreate(self._key(tenant, key), json.dumps({"fp": print_, "job_id": job_id}), self.ttl_s)
+    def completion(self, tenant: str, key: str, print_: str, job_ids: str | Sequence[str]) -> IdempotentCreate:
+        """What the jobs' creation writes to the key: its fingerprint and the jobs (one id, or the n of a request
+        in seed order), for `ttl_s`."""
+        ids = [job_ids] if isinstance(job_ids, str) else list(job_ids)
+        if not ids:
+            raise ValueError("an Idempotency-Key completes with at least one job id")
+        entry = {"fp": print_, "job_id": ids[0], "job_ids": ids}
+        return IdempotentCreate(self._key(tenant, key), json.dumps(entry), self.ttl_s)
 
     def job_of(self, tenant: str, key: str) -> str | None:
-        """The job the key names, once created."""
+        """The (first) job the key names, once created."""
+        ids = self.jobs_of(tenant, key)
+        return ids[0] if ids else None
+
+    def jobs_of(self, tenant: str, key: str) -> tuple[str, ...]:
+        """All the jobs the key names, in seed order, once created; () before."""
         raw = self.redis.get(self._key(tenant, key))
-        return json.loads(raw).get("job_id") if raw else None
+        return _ids(json.loads(raw)) if raw else ()
 
     def abandon(self, tenant: str, key: str) -> None:
         self.redis.delete(self._key(tenant, key))

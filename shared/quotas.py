@@ -2,6 +2,9 @@
 the tenant's queue. (`max_running_jobs` is not refused at the door: the dispatcher holds a tenant's
 extra jobs back until its running ones end; see shared/fairqueue.py.)
 
+A request of `n` videos is checked as a whole: each of its jobs against the per-job size, and all n
+against the room in the tenant's queue (`FairQueue.create_many` admits all n or none).
+
 Requests per minute use the `limits` library's sliding-window counter in Redis, shared by every API
 process. Every refusal is a RateLimited (HTTP 429) with Retry-After and a message naming the limit.
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 from limits import RateLimitItemPerMinute
@@ -66,10 +70,15 @@ class Quotas:
                 param="max_pixel_frames",
             )
 
-    def check_room(self, tenant: str, spec: GenerationSpec) -> None:
-        """An early answer, before an upload, when the tenant's queue is full; `FairQueue.create` checks
-        again atomically."""
+    def check_sizes(self, tenant: str, specs: Sequence[GenerationSpec]) -> None:
+        """`check_size` for each job of a request (its n videos, or images)."""
+        for spec in specs:
+            self.check_size(tenant, spec)
+
+    def check_room(self, tenant: str, spec: GenerationSpec, n: int = 1) -> None:
+        """An early answer, before an upload, when the tenant's queue has no room for the request's `n` jobs;
+        `FairQueue.create_many` checks again atomically."""
         policy = self.policy(tenant)
         waiting = self.fairq.waiting_count(tenant)
-        if waiting >= policy.max_queued_jobs:
-            raise queue_full(tenant, waiting, policy.max_queued_jobs, self.fairq.retry_hint(spec.model))
+        if waiting + n > policy.max_queued_jobs:
+            raise queue_full(tenant, waiting, policy.max_queued_jobs, self.fairq.retry_hint(spec.model), n=n)

@@ -282,6 +282,15 @@ class ApiSettings(BaseModel):
         return value.upper() if isinstance(value, str) else value
 
 
+class VideoSettings(BaseModel):
+    """`POST /v1/videos`."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    max_n: int = Field(default=4, ge=1, le=64)
+    """Most videos one request may make (`n`), created in one atomic step."""
+
+
 class ImageSettings(BaseModel):
     """POST /v1/images/generations: single frames made on the video models' queues and workers."""
 
@@ -467,6 +476,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     webhooks: WebhookSettings = WebhookSettings()
+    videos: VideoSettings = VideoSettings()
     images: ImageSettings = ImageSettings()
     auth: AuthSettings = AuthSettings()
     quotas: QuotaSettings = QuotaSettings()

@@ -105,6 +105,18 @@ class VideoRequest(BaseModel):
         "`seconds`/`num_frames` are the new part's; size, fps and, with the same model, the other parameters are "
         "the source's unless given; the seed is the source's + 1 unless given. Needs an image-to-video model.",
     )
+    n: int | None = Field(
+        default=None,
+        json_schema_extra={"minimum": 1},
+        description="wanq's extension (OpenAI's videos API has no n): make n videos, at most WANQ_VIDEOS_MAX_N (4), in "
+        "one atomic step (all or none). Each is an ordinary video; their seeds are seed, seed+1, ... (or `seeds`); "
+        "the answer is the first one's object with `video_ids`, all n ids in seed order. Default: 1, or len(seeds).",
+    )
+    seeds: list[int] | None = Field(
+        default=None,
+        description="wanq's extension: the seed of each of the n videos, in order (its length is n); instead of "
+        "seed, seed+1, ... In a multipart form: the list as JSON text, or repeated seeds[] fields.",
+    )
     loras: list[LoraRequest] | None = Field(
         default=None,
         description="Adapters from your LoRA library (GET /v1/loras), at most WANQ_LORAS_MAX_PER_JOB (4): "
@@ -129,6 +141,27 @@ class VideoRequest(BaseModel):
     def job_cache(self) -> JobCache:
         """`cache` as the job keeps it: its type (RequestCache) has already made true `{}`."""
         return CacheOptions() if self.cache is True else self.cache
+
+    @field_validator("n", mode="before")
+    @classmethod
+    def _n_not_a_boolean(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not true or false")
+        return value
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value: Any) -> Any:
+        # A multipart form field is text: the list as JSON.
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError("must be a JSON list of integer seeds") from None
+            value = [value] if isinstance(value, int) else value
+        if isinstance(value, list) and any(isinstance(v, bool) for v in value):
+            raise ValueError("must be integer seeds, not true or false")
+        return value
 
 
 class VideoReference(BaseModel):

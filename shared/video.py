@@ -119,6 +119,11 @@ class Video(BaseModel):
         "nothing to go by (the first run at a size has no estimate before it ends).",
     )
     tenant: str | None = Field(default=None, description="Admin listings only: whose job it is.")
+    video_ids: list[str] | None = Field(
+        default=None,
+        description="Only in the answer to a create with n > 1 (wanq's extension): all n ids, in seed order; this "
+        "object is the first's.",
+    )
 
     @classmethod
     def of(cls, record: JobRecord, **extra: Any) -> Video:

@@ -9,6 +9,10 @@ list, delete; and images.
             print(event["status"], event["stage"], event["progress"])
         client.download(video["id"], "fox.mp4")
 
+        three = client.submit("a red fox in the snow", n=3)  # 3 jobs, seeds seed, seed+1, seed+2 (or seeds=[...])
+        for final in client.wait_all(video_ids(three)):
+            client.download(final["id"], f"{final['id']}.mp4")
+
 Every failure is a `WanqClientError`: `ServerUnreachable` when nothing answers at the URL, `APIError` (with the HTTP
 status and the server's OpenAI-style `code`, `param` and `message`) when the server refuses.
 """
@@ -19,7 +23,7 @@ import builtins
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
@@ -137,14 +141,21 @@ class Client:
         seed: int | None = None,
         image: str | Path | None = None,
         idempotency_key: str | None = None,
+        n: int | None = None,
+        seeds: Sequence[int] | None = None,
         **fields: Any,
     ) -> Video:
         """Creates a job and returns it (status "queued").
 
+        `n` (a wanq extension; OpenAI's videos API has none): n jobs in one atomic step, all or none, with seeds `seed,
+        seed+1, ...` or the explicit `seeds` (n of them). The answer is then the first job's video object plus
+        `video_ids`, all n ids in seed order (`video_ids(answer)`); `wait_all` follows them.
+
         `fields` are the other create fields: num_frames, num_inference_steps, fps, negative_prompt, guidance_scale,
         webhook_url, loras=[{"name": ..., "strength": ..., "expert": ...}], ... (None values are dropped, so the
         model's defaults apply). `image` is a file sent as the first frame (`input_reference`, multipart)."""
-        given = {"model": model, "size": size, "seconds": seconds, "seed": seed, **fields}
+        seed_list = None if seeds is None else [int(s) for s in seeds]
+        given = {"model": model, "size": size, "seconds": seconds, "seed": seed, "n": n, "seeds": seed_list, **fields}
         body = {"prompt": prompt, **{k: v for k, v in given.items() if v is not None}}
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         if image is None:
@@ -288,6 +299,16 @@ class Client:
             final = event
         return final
 
+    def wait_all(self, video_ids: Sequence[str], *, timeout: float | None = None) -> builtins.list[Video]:
+        """`wait` for each of several jobs (the `video_ids` of a request with `n`); their final video objects in the
+        same order. `timeout` bounds the whole wait."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        finals = []
+        for video_id in video_ids:
+            left = None if deadline is None else max(0.1, deadline - time.monotonic())
+            finals.append(self.wait(video_id, timeout=left))
+        return finals
+
     def content(self, video_id: str, *, variant: Variant = "video") -> bytes:
         """The MP4 (or the thumbnail, the spritesheet, an image job's PNG) in memory; see `download` for large files."""
         try:
@@ -371,6 +392,12 @@ class Client:
     def webhook_deliveries(self, video_id: str) -> dict[str, Any]:
         """`{"object": "list", "data": [...]}`: each delivery with its attempts and next retry."""
         return self._check(self._http.get(f"/v1/videos/{_segment(video_id)}/webhook_deliveries")).json()  # type: ignore[no-any-return]
+
+
+def video_ids(video: Video) -> builtins.list[str]:
+    """The ids of the jobs a create made, in seed order: its `video_ids` (a request with `n`), else its own id."""
+    ids = video.get("video_ids")
+    return [str(i) for i in ids] if ids else [str(video["id"])]
 
 
 def _segment(value: str) -> str:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 from urllib.parse import urlsplit
 
-from wanq.client import TERMINAL, APIError, Client, ServerUnreachable, Variant, Video, WanqClientError
+from wanq.client import TERMINAL, APIError, Client, ServerUnreachable, Variant, Video, WanqClientError, video_ids
 from wanq.config import DEFAULT_URL, UsageError, load_client_settings
 
 T = TypeVar("T")
@@ -42,6 +42,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--negative-prompt")
     p.add_argument("--image", help="first frame (image-to-video models)")
     p.add_argument("--seed", type=int)
+    p.add_argument("-n", "--n", dest="n", type=int, help="how many videos, each a job (seeds SEED, SEED+1, ...); default 1")
+    p.add_argument("--seeds", type=_seeds_arg, metavar="S1,S2,...", help="one seed per video (sets -n to their count)")
     p.add_argument("--webhook-url", help="POST signed events about this job here")
     p.add_argument("--webhook-event", dest="webhook_events", action="append", help="an event to send (repeat for several)")
     p.add_argument(
@@ -64,7 +66,9 @@ def add_commands(sub: Any) -> None:
     )
     p.add_argument("--no-cache", dest="cache", action="store_const", const=False, help="no step cache for this job")
     p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the video")
-    p.add_argument("-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4)")
+    p.add_argument(
+        "-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4; with -n: NAME-1.mp4, NAME-2.mp4...)"
+    )
     common(p)
     p.set_defaults(func=cmd_submit)
 
@@ -178,6 +182,14 @@ def _lora_arg(text: str) -> dict[str, Any]:
     return entry
 
 
+def _seeds_arg(text: str) -> list[int]:
+    """S1,S2,... -> the `seeds` field."""
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: say the seeds as whole numbers separated by commas, e.g. 1,2,3") from None
+
+
 def _cache_arg(text: str) -> dict[str, Any] | bool:
     """on / off / a JSON object -> the `cache` field (true, false or settings)."""
     if text in ("on", "off"):
@@ -202,7 +214,18 @@ SUBMIT_FLAGS = {
     "n": "-n",
     **{
         name: "--" + name.replace("_", "-")
-        for name in ("model", "size", "seconds", "num_frames", "fps", "negative_prompt", "seed", "webhook_url", "guidance_scale")
+        for name in (
+            "model",
+            "size",
+            "seconds",
+            "num_frames",
+            "fps",
+            "negative_prompt",
+            "seed",
+            "seeds",
+            "webhook_url",
+            "guidance_scale",
+        )
     },
 }
 """The flag of each API field in `wanq submit`, `extend` and `image`, so that a refusal names what the person typed."""
@@ -364,12 +387,19 @@ def _detail(video: Video, step: int, total: int) -> str:
 
 def cmd_submit(args: argparse.Namespace) -> None:
     names = ("model", "size", "seconds", "num_frames", "num_inference_steps", "fps", "negative_prompt", "seed", "guidance_scale")
-    fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events", "loras", "cache")}
+    fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events", "loras", "cache", "n", "seeds")}
     if args.image and not Path(args.image).is_file():
         raise UsageError(f"wanq submit: --image {args.image!r}: no such file")
+    if args.seeds is not None and args.n is not None and args.n != len(args.seeds):
+        raise UsageError(f"wanq submit: -n {args.n} and --seeds with {len(args.seeds)} seeds: give one seed per video")
 
     def action(client: Client) -> None:
-        _follow(client, client.submit(args.prompt, image=args.image, **fields), args)
+        answer = client.submit(args.prompt, image=args.image, **fields)
+        ids = video_ids(answer)
+        if len(ids) == 1:
+            _follow(client, answer, args)
+            return
+        _follow_all(client, ids, args)
 
     call(args, action, flags=True)
 
@@ -399,6 +429,39 @@ def _follow(client: Client, video: Video, args: argparse.Namespace) -> None:
     out = Path(args.output or f"{video['id']}.{EXTENSIONS[variant]}")
     out.parent.mkdir(parents=True, exist_ok=True)
     print(client.download(video["id"], out, variant=variant).resolve())
+
+
+def _follow_all(client: Client, ids: list[str], args: argparse.Namespace) -> None:
+    """The n jobs of one submit: prints their ids (seed order); with --wait or -o, follows each in turn and downloads
+    every one that completed (-o fox.mp4: fox-1.mp4, fox-2.mp4...), then fails if any did not."""
+    print("\n".join(ids), flush=True)
+    if not (args.wait or args.output):
+        return
+    failed = []
+    for number, video_id in enumerate(ids, start=1):
+        bar = ProgressBar()
+        video: Video = {"id": video_id, "status": "queued"}
+        try:
+            for event in client.events(video_id):
+                bar.update(event)
+                video = event
+        except KeyboardInterrupt:
+            bar.close()
+            rest = " ".join(ids[number - 1 :])
+            raise SystemExit(f"wanq: stopped following; the jobs go on (`wanq cancel ID` stops one): {rest}") from None
+        bar.close()
+        if video["status"] != "completed":
+            error = video.get("error") or {}
+            failed.append(f"job {video_id} {video['status']}: {error.get('message', 'no reason given')}")
+            continue
+        out = Path(f"{video_id}.mp4")
+        if args.output:
+            named = Path(args.output)
+            out = named.with_name(f"{named.stem}-{number}{named.suffix or '.mp4'}")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        print(client.download(video_id, out).resolve(), flush=True)
+    if failed:
+        raise SystemExit("wanq: " + "; ".join(failed))
 
 
 def cmd_extend(args: argparse.Namespace) -> None:

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import io
 import time
-import uuid
 
-import redis
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from PIL import Image
 
+from api.bodies import json_body_schema, read_job_body
+from api.creation import new_job_id, new_record, place
 from api.deps import PrincipalDep, ServicesDep
-from api.openapi import IMAGES, GeneratedImage, ImagesPending, ImagesResponse, body_schema
-from api.routes.videos import _read_body as read_body
+from api.openapi import IMAGES, GeneratedImage, ImagesPending, ImagesResponse
 from api.services import Services
-from shared import jobstate
 from shared.errors import Conflict, InvalidRequest, WanqError
 from shared.image_specs import ImageFormat, ImageRequest, image_format, resolve_images
 from shared.schemas import JobRecord, JobStatus
@@ -32,7 +29,7 @@ from shared.specs import parse_fields
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
 POLL_S = 0.2
-_schema = {"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema(ImageRequest)}}}}
+_schema = json_body_schema(ImageRequest)
 
 
 @router.post(
@@ -44,29 +41,14 @@ _schema = {"requestBody": {"required": True, "content": {"application/json": {"s
 async def generate_images(request: Request, services: ServicesDep, principal: PrincipalDep) -> Response:
     settings = services.settings
     # 1. Read and check the request; one spec per image
-    fields, _ = await read_body(request, settings.api.max_body_bytes, file_field="")
+    fields, _ = await read_job_body(request, file_field="")
     req = parse_fields(ImageRequest, fields)
     specs = resolve_images(req, settings.catalog(), settings.default_model, settings.jobs, max_n=settings.images.max_n)
-    for spec in specs:
-        services.quotas.check_size(principal.tenant, spec)
+    services.quotas.check_sizes(principal.tenant, specs)
 
-    # 2. One job each, into the tenant's queue; if one is refused (a full queue), none stays
-    records = [
-        JobRecord(id=f"video_{uuid.uuid4().hex}", tenant=principal.tenant, spec=spec, total_steps=spec.num_inference_steps)
-        for spec in specs
-    ]
-    created: list[JobRecord] = []
-    try:
-        for record in records:
-            await services.fairq.acreate(record)
-            created.append(record)
-    except BaseException:
-        for record in created:
-            with contextlib.suppress(redis.RedisError, OSError):
-                await asyncio.to_thread(
-                    jobstate.cancel_queued, services.store, record, "another image of its request was refused"
-                )
-        raise
+    # 2. One job each, into the tenant's queue, all or none (api/creation.py)
+    records = [new_record(new_job_id(), principal.tenant, spec) for spec in specs]
+    await place(services, records)
 
     # 3. Wait for them, up to the limit
     finals = await _wait(services, [r.id for r in records], settings.images.wait_s)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import tempfile
 import uuid
 from pathlib import Path
@@ -19,6 +18,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from api.bodies import JSON_TYPES, MULTIPART, content_type, read_form, read_json, unsupported
 from api.deps import Principal, PrincipalDep, ServicesDep
 from api.openapi import Lora, LoraDeleted, LoraList
 from api.services import Services
@@ -113,37 +113,22 @@ def _check_defaults(services: Services, body: LoraCreate, model: ModelSpec) -> L
 
 
 async def _read(request: Request) -> tuple[dict[str, Any], UploadFile | None]:
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=16)
-        fields: dict[str, Any] = {}
-        upload = None
-        for key in set(form.keys()):
-            value = form.getlist(key)[0]
-            if isinstance(value, UploadFile):
-                if key != "file":
-                    raise InvalidRequest(f"field '{key}' must not be a file; send the LoRA as 'file'", param=key)
-                upload = value
-            else:
-                fields[key] = value
+    kind = content_type(request)
+    if kind == MULTIPART:
+        fields, _, upload = await read_form(request, file_field="file", max_fields=16, file_hint="; send the LoRA as 'file'")
         if "url" in fields:
             raise InvalidRequest("send the LoRA as 'file' in a multipart form, or as 'url' in a JSON body", param="url")
         if upload is None:
             raise InvalidRequest("'file' is required: one .safetensors file", param="file")
         return fields, upload
-    if content_type in ("application/json", ""):
-        try:
-            data = json.loads(await request.body() or b"null")
-        except (ValueError, RecursionError):
-            raise InvalidRequest("body is not valid JSON", param="body") from None
-        if not isinstance(data, dict):
-            raise InvalidRequest("body must be a JSON object", param="body")
+    if kind in JSON_TYPES:
+        data = await read_json(request)
         if not isinstance(data.get("url"), str):
             raise InvalidRequest(
                 "'url' is required in a JSON body (or upload the file as 'file' in a multipart form)", param="url"
             )
         return data, None
-    raise InvalidRequest(f"unsupported content type {content_type!r}; send multipart/form-data or JSON", param="content-type")
+    raise unsupported(kind, "multipart/form-data or JSON")
 
 
 def _owner(principal: Principal, shared: bool) -> str:

@@ -486,6 +486,9 @@ async function submitJob(event) {
     const value = form.elements[name].value;
     if (value !== "") fields[name] = Number(value);
   }
+  // n videos in one request (a wanq extension of OpenAI's create): n = 1 sends nothing, as before.
+  const n = form.elements.n.value;
+  if (n !== "" && Number(n) !== 1) fields.n = Number(n);
   const file = $("#image").disabled ? null : $("#image").files[0];
   const button = $("#submit-button");
   button.disabled = true;
@@ -501,8 +504,12 @@ async function submitJob(event) {
       response = await api("/v1/videos", { method: "POST", json: fields });
     }
     const video = await response.json();
-    addJob(video, { prepend: true });
-    say(`Submitted ${video.id}.`);
+    const ids = video.video_ids || [video.id];
+    // The answer is the first job; the others are ordinary videos: fetch them, then show all n, newest on top as
+    // the list orders them.
+    const others = await Promise.all(ids.slice(1).map(async (id) => (await api(`/v1/videos/${id}`)).json()));
+    for (const each of [video, ...others]) addJob(each, { prepend: true });
+    say(ids.length > 1 ? `Submitted ${ids.length} videos: ${ids.join(", ")}.` : `Submitted ${video.id}.`);
   } catch (err) {
     say(explain(err), true);
   } finally {

@@ -244,6 +244,44 @@ def test_extend_remix_and_an_image_in_chromium(
     page.close()
 
 
+@needs_chromium
+def test_n_videos_from_one_submit_in_chromium(
+    stack: Stack, api: httpx.Client, browser: Any, artifacts: Path, api_key_for_page: str | None
+) -> None:
+    page = browser.new_page(viewport={"width": 1000, "height": 1300})
+    page.set_default_timeout(60_000)
+    script_errors: list[str] = []
+    page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+    if api_key_for_page:
+        page.add_init_script(f"localStorage.setItem('wanq.apiKey', {json.dumps(api_key_for_page)})")
+    page.goto(f"{stack.api_url}/")
+    page.wait_for_selector('#model option[value="tiny-t2v-a14b"]', state="attached")
+    known = set(page.eval_on_selector_all("#jobs li.job", "items => items.map(li => li.dataset.id)"))
+    assert page.input_value("#n") == "1" and page.get_attribute("#n", "min") == "1"
+
+    # Three videos, one request: three cards, seeds 11, 12, 13, each an ordinary job that completes.
+    _fill_tiny_job(page, "three paper boats", steps=2)
+    page.fill("#n", "3")
+    page.click("#submit-button")
+    page.wait_for_function(
+        "known => [...document.querySelectorAll('#jobs li.job')].filter(li => !known.includes(li.dataset.id)).length === 3",
+        arg=sorted(known),
+    )
+    new = [i for i in page.eval_on_selector_all("#jobs li.job", "items => items.map(li => li.dataset.id)") if i not in known]
+    assert page.inner_text("#message").startswith("Submitted 3 videos:")
+    seeds = {i: api.get(f"/v1/videos/{i}").json()["seed"] for i in new}
+    assert sorted(seeds.values()) == [11, 12, 13], seeds
+    # Named in seed order in the message, as the answer's video_ids gave them.
+    assert page.inner_text("#message") == "Submitted 3 videos: " + ", ".join(sorted(new, key=seeds.__getitem__)) + "."
+    for video_id in new:
+        page.wait_for_function(
+            "sel => document.querySelector(sel).dataset.status === 'completed'", arg=f'li[data-id="{video_id}"]', timeout=120_000
+        )
+    page.screenshot(path=str(artifacts / "web-page-n.png"), full_page=True)
+    assert script_errors == []
+    page.close()
+
+
 def _submit_followup(page: Any, card: str, known: set[str]) -> str:
     page.click(f"{card} .followup button[type=submit]")
     page.wait_for_function(

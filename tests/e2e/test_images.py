@@ -16,6 +16,8 @@ from PIL import Image
 from shared.store import JobStore
 from tests.conftest import IMAGES_WAIT_S, LATE
 from tests.records import rewrite
+from tests.tenants import SMALL, TENANT_QUOTAS, client, make_key
+from wanq.stack import Stack
 
 TINY = {"size": "64x64", "num_inference_steps": 2}
 
@@ -113,3 +115,18 @@ def test_bad_image_requests_are_refused_naming_the_field(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == param and says in error["message"], error
+
+
+def test_images_over_the_queue_limit_are_refused_whole_and_nothing_is_created(
+    stack: Stack, api: httpx.Client, store: JobStore
+) -> None:
+    limit = int(TENANT_QUOTAS[SMALL]["max_queued_jobs"])
+    with client(stack, make_key(api, SMALL)) as tenant:
+        listed = len(tenant.get("/v1/videos", params={"limit": 100}).json()["data"])
+        before = sum(1 for _ in store.redis.scan_iter(match=store.keys.job("*"), count=1000))
+        refused = tenant.post(
+            "/v1/images/generations", json={"prompt": "three kites", "model": "tiny-ti2v-5b", **TINY, "n": limit + 1}
+        )
+        assert refused.status_code == 429 and refused.json()["error"]["param"] == "max_queued_jobs", refused.text
+        assert sum(1 for _ in store.redis.scan_iter(match=store.keys.job("*"), count=1000)) == before
+        assert len(tenant.get("/v1/videos", params={"limit": 100}).json()["data"]) == listed  # not even canceled ones

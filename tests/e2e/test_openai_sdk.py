@@ -57,6 +57,26 @@ def test_image_to_video_with_input_reference_file(client: openai.OpenAI) -> None
     assert video.status == "completed", video
 
 
+def test_n_videos_through_extra_body_in_json_and_multipart(client: openai.OpenAI) -> None:
+    """`n` and `seeds` are wanq's extension: the SDK sends them from extra_body (JSON, or form fields with a file)."""
+    video = client.videos.create(prompt="two boats", model="tiny-t2v-a14b", size="64x64", extra_body={**WAN, "n": 2})
+    ids = video.model_extra["video_ids"] if video.model_extra else None
+    assert ids is not None and len(ids) == 2 and ids[0] == video.id, video
+    assert [client.videos.retrieve(i).model_extra["seed"] for i in ids] == [WAN["seed"], WAN["seed"] + 1]  # type: ignore[index]
+    framed = client.videos.create(
+        prompt="two squares",
+        model="tiny-i2v-a14b",
+        size="64x64",
+        input_reference=("first.png", png_bytes(), "image/png"),
+        extra_body={"num_frames": 9, "num_inference_steps": 2, "seeds": [7, 3]},  # a form: seeds[]=7, seeds[]=3
+    )
+    framed_ids = framed.model_extra["video_ids"] if framed.model_extra else None
+    assert framed_ids is not None and len(framed_ids) == 2, framed
+    for video_id in [*ids, *framed_ids]:
+        assert client.videos.poll(video_id, poll_interval_ms=200).status == "completed"
+    assert [client.videos.retrieve(i).model_extra["seed"] for i in framed_ids] == [7, 3]  # type: ignore[index]
+
+
 def test_list_auto_paginates_and_delete(client: openai.OpenAI) -> None:
     ids = [client.videos.create(prompt=f"page {n}", model="tiny-t2v-a14b", size="64x64", extra_body=WAN).id for n in range(3)]
     listed = [v.id for v in client.videos.list(limit=1)]

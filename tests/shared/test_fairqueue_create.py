@@ -98,5 +98,5 @@ def test_the_same_create_sent_again_changes_nothing_and_completes_its_idempotenc
     assert fairq.waiting_count(tenant) == 1 and store.redis.zcard(store.keys.tenant_jobs(tenant)) == 1
     # The job and the key's entry were written in the same step: a retry of the request replays this job.
     assert keys.job_of(tenant, "retry-me") == record.id
-    assert keys.begin(tenant, "retry-me", "fp") == Claim("replay", record.id)
+    assert keys.begin(tenant, "retry-me", "fp") == Claim("replay", record.id, (record.id,))
     assert store.redis.ttl(keys._key(tenant, "retry-me")) > IN_FLIGHT_S

@@ -1,4 +1,4 @@
-"""shared/lua/create.lua: a new job is admitted and stored together, or not at all."""
+"""shared/lua/create.lua: a request's new jobs (one, or n) are admitted and stored together, or not at all."""
 
 from __future__ import annotations
 
@@ -12,16 +12,14 @@ from tests.lua_scripts import Run, job
 def create(
     client: redis.Redis,
     keys: Keys,
-    record: JobRecord,
-    *,
+    *records: JobRecord,
     limit: int = 10,
     models: tuple[str, ...] = ("m",),
     idem: str | bool = False,
 ) -> list:  # type: ignore[type-arg]
-    model, tenant = record.spec.model, record.tenant
+    model, tenant = records[0].spec.model, records[0].tenant
     return Run(client, "create")(  # type: ignore[no-any-return]
         [
-            keys.job(record.id),
             keys.tenant_jobs(tenant),
             keys.all_jobs,
             keys.queued(model),
@@ -31,12 +29,13 @@ def create(
             keys.vtime(model),
             keys.tenants,
             keys.idempotency(tenant, "k"),
+            *(keys.job(r.id) for r in records),
             *(keys.pending(m, tenant) for m in models),
         ],
-        id=record.id,
+        ids=[r.id for r in records],
+        records=[r.model_dump_json() for r in records],
+        created_at=[r.created_at for r in records],
         tenant=tenant,
-        record=record.model_dump_json(),
-        created_at=record.created_at,
         max_waiting=limit,
         idempotency=idem,
         idempotency_ttl=60,
@@ -95,3 +94,30 @@ def test_a_tenant_joins_the_ring_at_the_virtual_time_or_its_saved_pass(lua_redis
     lua_redis.zadd(keys.ring("m"), {"a": 4})
     create(lua_redis, keys, job(tenant="a"))  # already in the ring: stays where it is
     assert lua_redis.zscore(keys.ring("m"), "a") == 4
+
+
+def test_n_jobs_are_all_stored_indexed_and_queued_in_their_order(lua_redis: redis.Redis, keys: Keys) -> None:
+    records = [job(created_at=100.0 + i) for i in range(3)]
+    assert create(lua_redis, keys, *records, idem='{"job_ids": ["a"]}') == [1, 3]
+    for record in records:
+        assert JobRecord.model_validate_json(lua_redis.get(keys.job(record.id)) or b"") == record
+        for zset in (keys.tenant_jobs("t"), keys.all_jobs, keys.queued("m")):
+            assert lua_redis.zscore(zset, record.id) == record.created_at, zset
+    assert [i.decode() for i in lua_redis.zrange(keys.pending("m", "t"), 0, -1)] == [r.id for r in records]
+    assert lua_redis.exists(keys.idempotency("t", "k"))
+
+
+def test_n_jobs_that_would_pass_the_limit_are_all_refused_and_nothing_changes(lua_redis: redis.Redis, keys: Keys) -> None:
+    assert create(lua_redis, keys, job(), limit=4)[0] == 1
+    before = {k: lua_redis.dump(k) for k in lua_redis.keys(f"{keys.prefix}*")}
+    records = [job() for _ in range(4)]  # 1 waiting + 4 > 4: refused whole, though 3 would fit
+    assert create(lua_redis, keys, *records, limit=4, idem='{"job_ids": ["a"]}') == [0, 1]
+    assert {k: lua_redis.dump(k) for k in lua_redis.keys(f"{keys.prefix}*")} == before
+    assert create(lua_redis, keys, *records[:3], limit=4) == [1, 4]  # exactly the room left: admitted
+
+
+def test_n_jobs_sent_again_answer_created_and_change_nothing(lua_redis: redis.Redis, keys: Keys) -> None:
+    records = [job() for _ in range(2)]
+    assert create(lua_redis, keys, *records) == [1, 2]
+    assert create(lua_redis, keys, *records) == [1, -1]
+    assert lua_redis.zcard(keys.pending("m", "t")) == 2 and lua_redis.zcard(keys.all_jobs) == 2
