@@ -58,7 +58,8 @@ class Number:
         """`value`, or an InvalidRequest naming the field, the value and the range (`maximum`: the deployment's)."""
         high = self.maximum if maximum is None else maximum
         low_ok = value > self.minimum if self.exclusive_minimum else value >= self.minimum
-        if not (math.isfinite(value) and low_ok and (high is None or value <= high)):
+        finite = not isinstance(value, float) or math.isfinite(value)  # isfinite overflows on a huge int
+        if not (finite and low_ok and (high is None or value <= high)):
             if high is None:
                 why = "must be positive" if self.exclusive_minimum and self.minimum == 0 else f"must be at least {self.minimum}"
             else:

@@ -136,18 +136,11 @@ class VideoRequest(BaseModel):
                 raise ValueError("must be a JSON list of {name, strength, expert} objects") from None
         return value
 
-    _numbers = no_booleans(*NUMBER_FIELDS)
+    _numbers = no_booleans(*NUMBER_FIELDS, "n")
 
     def job_cache(self) -> JobCache:
         """`cache` as the job keeps it: its type (RequestCache) has already made true `{}`."""
         return CacheOptions() if self.cache is True else self.cache
-
-    @field_validator("n", mode="before")
-    @classmethod
-    def _n_not_a_boolean(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number, not true or false")
-        return value
 
     @field_validator("seeds", mode="before")
     @classmethod
