@@ -17,6 +17,7 @@ from api.services import Services
 from api.webhook_checks import check_job_webhook
 from shared import images
 from shared.errors import Forbidden, Gone, InvalidRequest, NotFound
+from shared.fields import seeds_from
 from shared.loras import resolve_job_loras
 from shared.schemas import GenerationSpec, JobRecord
 from shared.settings import Settings
@@ -137,7 +138,7 @@ def request_size(req: VideoRequest, max_n: int) -> int:
 def seeds_of(req: VideoRequest, first: int, n: int) -> list[int]:
     """The n seeds in order: `seeds` as given, else first, first+1, ... (wrapping within the seed range)."""
     if req.seeds is None:
-        return [(first + i) % (MAX_SEED + 1) for i in range(n)]
+        return seeds_from(first, n)
     return check_seeds(req, n)
 
 

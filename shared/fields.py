@@ -24,6 +24,12 @@ from shared.errors import InvalidRequest
 
 MAX_SEED = 2**32 - 1
 
+
+def seeds_from(first: int, n: int) -> list[int]:
+    """The seeds of a request's n outputs: first, first+1, ..., wrapping within 0..MAX_SEED."""
+    return [(first + i) % (MAX_SEED + 1) for i in range(n)]
+
+
 Num = TypeVar("Num", int, float)
 
 

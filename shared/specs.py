@@ -40,6 +40,7 @@ from shared.fields import (
     Fields,
     no_booleans,
     parse,
+    seeds_from,
     short,
 )
 from shared.loras import LoraRecord, LoraRequest, resolve_job_loras
@@ -447,7 +448,7 @@ def resolve_extension(
         "size": base.size,
         "fps": base.fps,
         "negative_prompt": base.negative_prompt,
-        "seed": (base.seed + 1) % (MAX_SEED + 1),
+        "seed": seeds_from(base.seed, 2)[1],
     }
     if extension_inherits_loras(req, base):
         # Sampling parameters are tuned per model and per LoRA (a step-distilled one above all): taken over, with the
