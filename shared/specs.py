@@ -9,7 +9,9 @@ Rules, applied in this order:
 - An extension (`resolve_extension`) takes its source's size, fps, negative prompt and, with the same model and no
   `loras` of its own, its LoRAs and sampling parameters; its seed, unless given, is the source's + 1; its duration is
   the new part's.
-- A remix (`remix_spec`) is its parent's spec with a new prompt.
+- A remix (`remix_spec`) is its parent's spec with a new prompt (and its post-processing, unless the remix says).
+- Post-processing (`interpolate`, `upscale`): the delivered MP4's width x height x frames at most
+  WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES; not on extensions yet (refused, as is extending a post-processed video).
 - An image (`kind="image"`) is one frame; only images may have fewer than 5 frames.
 """
 
@@ -31,12 +33,14 @@ from shared.fields import (
     FPS,
     GUIDANCE_SCALE,
     GUIDANCE_SCALE_2,
+    INTERPOLATE,
     JOB_NUMBERS,
     MAX_SEED,
     NUM_FRAMES,
     NUM_INFERENCE_STEPS,
     SECONDS,
     SEED,
+    UPSCALE,
     Fields,
     no_booleans,
     parse,
@@ -47,7 +51,7 @@ from shared.schemas import CacheOptions, GenerationSpec, JobCache, JobRecord, Jo
 from shared.settings import JobSettings, LoraSettings
 
 # The request's numeric generation fields (each refuses a JSON boolean); `wanq generate` takes the same ones.
-NUMBER_FIELDS = tuple(field.name for field in JOB_NUMBERS)
+NUMBER_FIELDS = (*(field.name for field in JOB_NUMBERS), INTERPOLATE.name, UPSCALE.name)
 
 
 class VideoRequest(BaseModel):
@@ -77,6 +81,8 @@ class VideoRequest(BaseModel):
     guidance_scale_2: float | None = GUIDANCE_SCALE_2.request()
     seed: int | None = SEED.request()
     flow_shift: float | None = FLOW_SHIFT.request()
+    interpolate: int | None = INTERPOLATE.request()
+    upscale: int | None = UPSCALE.request()
     image_url: str | None = Field(
         default=None,
         description="https:// or data: URL of the first frame (image-to-video); or send the file as `input_reference` "
@@ -194,6 +200,14 @@ class RemixRequest(BaseModel):
     prompt: str = Field(description="What the remix shows (at most WANQ_JOBS_MAX_PROMPT_CHARS, 4000, characters).")
     webhook_url: str | None = Field(default=None, description="As for POST /v1/videos.")
     webhook_events: list[str] | None = Field(default=None, description="As for POST /v1/videos.")
+    interpolate: int | None = Field(
+        default=None, json_schema_extra={"enum": list(INTERPOLATE.choices)}, description="Default: the video's."
+    )
+    upscale: int | None = Field(
+        default=None, json_schema_extra={"enum": list(UPSCALE.choices)}, description="Default: the video's."
+    )
+
+    _numbers = no_booleans(INTERPOLATE.name, UPSCALE.name)
 
 
 def parse_request(data: dict[str, Any]) -> VideoRequest:
@@ -366,7 +380,7 @@ def resolve_spec(
     shift = FLOW_SHIFT.check(given("flow_shift", model.flow_shift))
     seed = random.randint(0, MAX_SEED) if req.seed is None else SEED.check(req.seed)
 
-    return GenerationSpec(
+    spec = GenerationSpec(
         model=model.id,
         prompt=req.prompt,
         negative_prompt=negative,
@@ -384,6 +398,27 @@ def resolve_spec(
         loras=job_loras,
         cache=req.job_cache(),
     )
+    return post_processed(spec, req.interpolate, req.upscale, limits)
+
+
+def post_processed(spec: GenerationSpec, interpolate: int | None, upscale: int | None, limits: JobSettings) -> GenerationSpec:
+    """`spec` with the factors given (None: kept), checked against WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES."""
+    update: dict[str, int] = {}
+    if interpolate is not None:
+        update["interpolate"] = INTERPOLATE.check(interpolate)
+    if upscale is not None:
+        update["upscale"] = UPSCALE.check(upscale)
+    if not update:
+        return spec
+    done = spec.model_copy(update=update)
+    if done.output_pixel_frames > limits.max_output_pixel_frames:
+        field = UPSCALE.name if done.upscale > 1 else INTERPOLATE.name
+        raise InvalidRequest(
+            f"invalid '{field}' {getattr(done, field)}: the video would be {done.output_size} x {done.output_frames} "
+            f"frames, over {limits.max_output_pixel_frames} pixels x frames (WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES)",
+            param=field,
+        )
+    return done
 
 
 # Extensions and remixes ------------------------------------------------------------------------------
@@ -441,6 +476,7 @@ def resolve_extension(
         )
     if req.image_url is not None:
         raise InvalidRequest("an extension continues from its source's last frame: drop 'image_url'", param="image_url")
+    refuse_post_processing_of_extension(req.interpolate, req.upscale, base, source.id)
     if req.size is not None and req.size.lower() != base.size:
         raise InvalidRequest(
             f"invalid 'size' {req.size!r}: an extension keeps its source's size ({base.size}); leave it out", param="size"
@@ -483,6 +519,21 @@ def resolve_extension(
     return spec.model_copy(update={"extend_from": source.id, "source_frames": base.total_frames})
 
 
+def refuse_post_processing_of_extension(
+    interpolate: int | None, upscale: int | None, base: GenerationSpec, source_id: str, *, param: str = "video"
+) -> None:
+    """Extensions and post-processing do not combine yet: an extension joins MP4s of one fps and size, and continues
+    from its source's last generated frame, which an interpolated or upscaled MP4 does not hold as such."""
+    for field, value in ((INTERPOLATE.name, interpolate), (UPSCALE.name, upscale)):
+        if value is not None and value != 1:
+            raise InvalidRequest(f"invalid '{field}' {value!r}: extensions take no post-processing yet", param=field)
+    if base.interpolate != 1 or base.upscale != 1:
+        raise InvalidRequest(
+            f"video {source_id} is interpolated or upscaled and cannot be extended yet; extend a video without post-processing",
+            param=param,
+        )
+
+
 def extension_inherits_loras(req: VideoRequest, base: GenerationSpec) -> bool:
     """An extension runs with its source's LoRAs (and sampling) unless it names a model or LoRAs of its own."""
     return req.loras is None and (req.model or base.model) == base.model
@@ -494,7 +545,14 @@ def inherited_loras(base: GenerationSpec) -> list[LoraRequest]:
 
 
 def remix_spec(
-    parent: GenerationSpec, prompt: str, catalog: dict[str, ModelSpec], limits: JobSettings, *, image_key: str | None
+    parent: GenerationSpec,
+    prompt: str,
+    catalog: dict[str, ModelSpec],
+    limits: JobSettings,
+    *,
+    image_key: str | None,
+    interpolate: int | None = None,
+    upscale: int | None = None,
 ) -> GenerationSpec:
     """A remix: the parent's parameters and seed with a new prompt; `image_key` is the remix's own copy of the
     parent's stored image (or the key where an extension's worker stores the frame it continues from)."""
@@ -510,4 +568,6 @@ def remix_spec(
         f"<{len(prompt)} characters>",
         f"at most {limits.max_prompt_chars} characters",
     )
-    return parent.model_copy(update={"prompt": prompt, "image_key": image_key})
+    if parent.extend_from is not None:
+        refuse_post_processing_of_extension(interpolate, upscale, parent, parent.extend_from, param="video_id")
+    return post_processed(parent.model_copy(update={"prompt": prompt, "image_key": image_key}), interpolate, upscale, limits)

@@ -35,6 +35,7 @@ from shared.timeouts import deadline, timeout_message
 from worker import cache, export, extension, faults
 from worker.journal import RunJournal
 from worker.lora_cache import LoraCache
+from worker.postprocess import PostProcessors
 
 log = logging.getLogger("wanq.worker")
 
@@ -116,7 +117,18 @@ class Claim:
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, store: JobStore, storage: Storage, engine: Engine, worker_id: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        storage: Storage,
+        engine: Engine,
+        worker_id: str,
+        *,
+        post: PostProcessors | None = None,
+    ) -> None:
+        self.post = post or PostProcessors()
+        """Interpolation and upscaling between the decode and the MP4 (worker/postprocess.py)."""
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -367,7 +379,10 @@ class JobRunner:
                 if source is not None:
                     video, whole = extension.write_video(source, frames, spec.fps, folder)
                 else:
-                    video = export.write_mp4(frames, spec.fps, folder / "video.mp4")
+                    # decode -> interpolate -> upscale -> MP4; thumbnail and spritesheet from the final frames
+                    whole = frames = self.post.apply(frames, spec, timings)
+                    t0 = time.perf_counter()
+                    video = export.write_mp4(frames, spec.output_fps, folder / "video.mp4")
                 files = {
                     "video": video,
                     "thumbnail": export.write_thumbnail(whole, folder / "thumbnail.webp"),
