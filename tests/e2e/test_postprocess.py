@@ -1,0 +1,106 @@
+"""Post-processing through the real stack: `interpolate` and `upscale` on POST /v1/videos, run by the tiny models'
+workers with the tiny RIFE and compact x2 upscaler `wanq tiny-model` writes beside each pipeline (no flags).
+
+The generated frames sit at positions i x k of an interpolated MP4. Both MP4s are H.264 (crf 18) encodes, and
+x264 codes a frame differently among other neighbours, so "unchanged" is checked up to the encode's tolerance:
+a mean absolute difference of at most MEAN_TOLERANCE 8-bit levels per frame against the same job without
+interpolation (measured: 1.9 to 6.7; the tiny models' random-weight frames are noise, x264's worst case), while
+every interpolated frame between differs from its neighbours by more. Bit-exactness before the encode is
+tested on the frames themselves (tests/worker/test_postprocess.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.clips import SOURCE, extend, frames_of, make_video
+from tests.conftest import wait_for_status
+from worker import export
+
+MEAN_TOLERANCE = 8.0
+
+
+def _mp4(api: httpx.Client, video: dict[str, Any], tmp_path: Path) -> dict[str, object]:
+    response = api.get(f"/v1/videos/{video['id']}/content")
+    assert response.status_code == 200, response.text
+    path = tmp_path / f"{video['id']}.mp4"
+    path.write_bytes(response.content)
+    return export.probe_mp4(path)
+
+
+@pytest.mark.parametrize(("interpolate", "upscale"), [(2, 1), (1, 2), (2, 2), (4, 1)])
+def test_frames_fps_and_size_of_each_combination(
+    api: httpx.Client, tmp_path: Path, interpolate: int, upscale: int
+) -> None:
+    video = make_video(api, interpolate=interpolate, upscale=upscale)
+    assert video["status"] == "completed", video
+    frames, fps, side = (SOURCE["num_frames"] - 1) * interpolate + 1, SOURCE["fps"] * interpolate, 64 * upscale
+    probe = _mp4(api, video, tmp_path)
+    assert (probe["frames"], probe["fps"], probe["size"]) == (frames, fps, (side, side))
+    assert video["interpolate"] == interpolate and video["upscale"] == upscale
+    assert (video["total_frames"], video["fps"], video["size"]) == (frames, fps, f"{side}x{side}")
+    assert video["num_frames"] == SOURCE["num_frames"]  # the generated ones
+    for stage, factor in (("interpolating", interpolate), ("upscaling", upscale)):
+        assert (stage in video["timings"]) == (factor > 1), video["timings"]
+
+
+def test_generated_frames_are_kept_at_i_times_k(api: httpx.Client, tmp_path: Path) -> None:
+    plain = make_video(api)
+    smooth = make_video(api, interpolate=2)
+    assert plain["status"] == smooth["status"] == "completed"
+    base = frames_of(api, plain["id"], tmp_path).astype(np.float64)
+    both = frames_of(api, smooth["id"], tmp_path).astype(np.float64)
+    assert len(both) == (len(base) - 1) * 2 + 1
+    kept = np.abs(both[::2] - base).mean(axis=(1, 2, 3))
+    assert kept.max() <= MEAN_TOLERANCE, kept
+    between = np.abs(both[1::2] - base[:-1]).mean(axis=(1, 2, 3))
+    assert between.min() > kept.max(), (between, kept)
+
+
+def test_remix_keeps_the_post_processing_unless_it_says(api: httpx.Client, tmp_path: Path) -> None:
+    parent = make_video(api, interpolate=2, upscale=2)
+    assert parent["status"] == "completed", parent
+    same = api.post(f"/v1/videos/{parent['id']}/remix", json={"prompt": "a boat"})
+    plain = api.post(f"/v1/videos/{parent['id']}/remix", json={"prompt": "a boat", "interpolate": 1})
+    assert same.status_code == plain.status_code == 202, (same.text, plain.text)
+    same_done = wait_for_status(api, same.json()["id"], {"completed", "failed"})
+    plain_done = wait_for_status(api, plain.json()["id"], {"completed", "failed"})
+    assert (same_done["interpolate"], same_done["upscale"], same_done["size"]) == (2, 2, "128x128")
+    assert (plain_done["interpolate"], plain_done["upscale"]) == (1, 2)
+    assert _mp4(api, plain_done, tmp_path)["frames"] == SOURCE["num_frames"]
+
+
+def test_multipart_takes_the_fields(api: httpx.Client) -> None:
+    fields = {"prompt": "a kite", "model": "tiny-t2v-a14b", **{k: str(v) for k, v in SOURCE.items()}}
+    response = api.post("/v1/videos", data=fields | {"interpolate": "2"})
+    assert response.status_code == 202, response.text
+    assert response.json()["interpolate"] == 2 and response.json()["fps"] == SOURCE["fps"] * 2
+
+
+def test_refusals(api: httpx.Client) -> None:
+    def refused(body: dict[str, Any], param: str, words: str) -> None:
+        response = api.post("/v1/videos", json={"prompt": "x", "model": "tiny-t2v-a14b", **SOURCE, **body})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == param and words in error["message"], error
+
+    refused({"interpolate": 3}, "interpolate", "must be one of 1, 2, 4")
+    refused({"upscale": True}, "upscale", "not true or false")
+    # The tiny workers' upscaler is x2: no live worker can upscale by 4
+    refused({"upscale": 4}, "upscale", "no live worker of model 'tiny-t2v-a14b' can upscale by 4")
+    # Over WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES (2560 x 1440 x 241): 2560x2560 x 481 frames
+    big = {"size": "1280x1280", "num_frames": 241, "interpolate": 2, "upscale": 2}
+    refused(big, "upscale", "WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES")
+
+
+def test_extensions_refuse_post_processing_for_now(api: httpx.Client) -> None:
+    source = make_video(api)
+    post = make_video(api, interpolate=2)
+    asked = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5, interpolate=2)
+    assert asked.status_code == 400 and asked.json()["error"]["param"] == "interpolate", asked.text
+    of_post = extend(api, post["id"], model="tiny-ti2v-5b", num_frames=5)
+    assert of_post.status_code == 400 and "cannot be extended yet" in of_post.json()["error"]["message"], of_post.text
