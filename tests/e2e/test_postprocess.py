@@ -33,9 +33,7 @@ def _mp4(api: httpx.Client, video: dict[str, Any], tmp_path: Path) -> dict[str, 
 
 
 @pytest.mark.parametrize(("interpolate", "upscale"), [(2, 1), (1, 2), (2, 2), (4, 1)])
-def test_frames_fps_and_size_of_each_combination(
-    api: httpx.Client, tmp_path: Path, interpolate: int, upscale: int
-) -> None:
+def test_frames_fps_and_size_of_each_combination(api: httpx.Client, tmp_path: Path, interpolate: int, upscale: int) -> None:
     video = make_video(api, interpolate=interpolate, upscale=upscale)
     assert video["status"] == "completed", video
     frames, fps, side = (SOURCE["num_frames"] - 1) * interpolate + 1, SOURCE["fps"] * interpolate, 64 * upscale
