@@ -10,15 +10,18 @@ tested on the frames themselves (tests/worker/test_postprocess.py)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import openai
 import pytest
 
 from tests.clips import SOURCE, extend, frames_of, make_video
 from tests.conftest import wait_for_status
+from wanq.stack import Stack
 from worker import export
 
 MEAN_TOLERANCE = 8.0
@@ -77,6 +80,21 @@ def test_multipart_takes_the_fields(api: httpx.Client) -> None:
     response = api.post("/v1/videos", data=fields | {"interpolate": "2"})
     assert response.status_code == 202, response.text
     assert response.json()["interpolate"] == 2 and response.json()["fps"] == SOURCE["fps"] * 2
+
+
+def test_the_openai_sdk_sends_them_in_extra_body(stack: Stack, tmp_path: Path) -> None:
+    key = stack.env.get("WANQ_DEV_ADMIN_KEY", "unused-key")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=key, max_retries=0)
+    extra = {"num_frames": 9, "num_inference_steps": 2, "interpolate": 2, "upscale": 2}
+    video = client.videos.create_and_poll(
+        prompt="a boat", model="tiny-t2v-a14b", size="64x64", poll_interval_ms=200, extra_body=extra
+    )
+    assert video.status == "completed" and video.size == "128x128", video
+    path = tmp_path / "sdk.mp4"
+    client.videos.download_content(video.id).write_to_file(path)
+    assert export.probe_mp4(path)["frames"] == 17
 
 
 def test_refusals(api: httpx.Client) -> None:

@@ -107,3 +107,17 @@ def test_remix_keeps_the_factors_unless_given() -> None:
     assert (kept.interpolate, kept.upscale) == (2, 2)
     changed = remix_spec(parent, "q", catalog, JobSettings(), image_key=None, upscale=1)
     assert (changed.interpolate, changed.upscale) == (2, 1)
+
+
+def test_the_registry_refuses_a_missing_file_before_anything_loads(tmp_path: Path) -> None:
+    from worker.options import registry
+    from worker.options.option import Environment
+
+    missing = tmp_path / "none.safetensors"
+    problems = registry.validate(EngineSettings(interpolator_path=str(missing), upscaler_path=str(missing)), Environment())
+    assert problems.configuration == [
+        f"--interpolator-path {missing} does not exist or is not a file",
+        f"--upscaler-path {missing} does not exist or is not a file",
+    ]
+    write_tiny_interpolator(missing)
+    assert not registry.validate(EngineSettings(interpolator_path=str(missing)), Environment())
