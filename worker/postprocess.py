@@ -35,6 +35,14 @@ class PostProcessors:
             "upscale": [1, self.upscaler.scale] if self.upscaler is not None else [1],
         }
 
+    def check(self, spec: GenerationSpec) -> None:
+        """Raises InvalidRequest (one sentence, naming the field) if `spec` asks for a factor this worker lacks."""
+        can = self.capabilities()
+        for field in ("interpolate", "upscale"):
+            factor = getattr(spec, field)
+            if factor not in can[field]:
+                raise InvalidRequest(f"invalid '{field}' {factor}: this worker can {field} by {can[field]} only", param=field)
+
     def apply(self, frames: np.ndarray, spec: GenerationSpec, timings: dict[str, float]) -> np.ndarray:
         """frames [F, H, W, 3] -> the delivered ones: interpolated, then upscaled, each stage timed in `timings`
         (`interpolating`, `upscaling`). A factor this worker cannot run fails the job in one sentence."""

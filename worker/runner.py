@@ -220,6 +220,7 @@ class JobRunner:
             spec.num_inference_steps, self.store.run_times(spec.model, video_tokens(spec)), started=time.time()
         )
         try:
+            self.post.check(spec)  # a stage this worker lacks fails the job now, before any GPU work
             if spec.extend_from is not None:
                 t0 = time.perf_counter()
                 claim.source = extension.fetch_source(self.store, self.storage, record)
