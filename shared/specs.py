@@ -11,7 +11,8 @@ Rules, applied in this order:
   the new part's.
 - A remix (`remix_spec`) is its parent's spec with a new prompt (and its post-processing, unless the remix says).
 - Post-processing (`interpolate`, `upscale`): the delivered MP4's width x height x frames at most
-  WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES; not on extensions yet (refused, as is extending a post-processed video).
+  WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES. An extension keeps its source's `interpolate` (one fps for the joined
+  parts); `upscale` is refused on extensions for now (as is extending an upscaled video).
 - An image (`kind="image"`) is one frame; only images may have fewer than 5 frames.
 """
 
@@ -476,7 +477,7 @@ def resolve_extension(
         )
     if req.image_url is not None:
         raise InvalidRequest("an extension continues from its source's last frame: drop 'image_url'", param="image_url")
-    refuse_post_processing_of_extension(req.interpolate, req.upscale, base, source.id)
+    interpolate = extension_post_processing(req.interpolate, req.upscale, base, source.id)
     if req.size is not None and req.size.lower() != base.size:
         raise InvalidRequest(
             f"invalid 'size' {req.size!r}: an extension keeps its source's size ({base.size}); leave it out", param="size"
@@ -516,22 +517,29 @@ def resolve_extension(
             "to extend it without them",
             param="loras",
         ) from None
-    return spec.model_copy(update={"extend_from": source.id, "source_frames": base.total_frames})
+    whole = spec.model_copy(update={"extend_from": source.id, "source_frames": base.total_frames})
+    return post_processed(whole, interpolate if interpolate != 1 else None, None, limits)
 
 
-def refuse_post_processing_of_extension(
+def extension_post_processing(
     interpolate: int | None, upscale: int | None, base: GenerationSpec, source_id: str, *, param: str = "video"
-) -> None:
-    """Extensions and post-processing do not combine yet: an extension joins MP4s of one fps and size, and continues
-    from its source's last generated frame, which an interpolated or upscaled MP4 does not hold as such."""
-    for field, value in ((INTERPOLATE.name, interpolate), (UPSCALE.name, upscale)):
-        if value is not None and value != 1:
-            raise InvalidRequest(f"invalid '{field}' {value!r}: extensions take no post-processing yet", param=field)
-    if base.interpolate != 1 or base.upscale != 1:
+) -> int:
+    """An extension's `interpolate`: its source's, since the parts join at one fps (the source's MP4 ends on its
+    last generated frame, at (F-1) x k, which the extension continues from). `upscale` is refused for now: the frame
+    to continue from would be an upscaled one, not the generated one."""
+    if upscale is not None and upscale != 1:
+        raise InvalidRequest(f"invalid 'upscale' {upscale!r}: extensions take no upscaling yet", param="upscale")
+    if base.upscale != 1:
         raise InvalidRequest(
-            f"video {source_id} is interpolated or upscaled and cannot be extended yet; extend a video without post-processing",
-            param=param,
+            f"video {source_id} is upscaled and cannot be extended yet; extend a video without upscaling", param=param
         )
+    if interpolate is not None and interpolate != base.interpolate:
+        raise InvalidRequest(
+            f"invalid 'interpolate' {interpolate!r}: an extension keeps its source's interpolate "
+            f"({base.interpolate}), so that its parts join at one fps; leave it out",
+            param="interpolate",
+        )
+    return base.interpolate
 
 
 def extension_inherits_loras(req: VideoRequest, base: GenerationSpec) -> bool:
@@ -569,5 +577,5 @@ def remix_spec(
         f"at most {limits.max_prompt_chars} characters",
     )
     if parent.extend_from is not None:
-        refuse_post_processing_of_extension(interpolate, upscale, parent, parent.extend_from, param="video_id")
+        extension_post_processing(interpolate, upscale, parent, parent.extend_from, param="video_id")
     return post_processed(parent.model_copy(update={"prompt": prompt, "image_key": image_key}), interpolate, upscale, limits)

@@ -376,13 +376,13 @@ class JobRunner:
                     "thumbnail": export.write_thumbnail(frames, folder / "thumbnail.webp"),
                 }
             else:
-                whole: export.Frames = frames
+                # decode -> interpolate -> upscale -> MP4; thumbnail and spritesheet from the final frames
+                whole: export.Frames = (frames := self.post.apply(frames, spec, timings))
+                t0 = time.perf_counter()
                 if source is not None:
-                    video, whole = extension.write_video(source, frames, spec.fps, folder)
+                    # the new part's first frame (the source's last, generated) is left out; both at output_fps
+                    video, whole = extension.write_video(source, frames, spec.output_fps, folder)
                 else:
-                    # decode -> interpolate -> upscale -> MP4; thumbnail and spritesheet from the final frames
-                    whole = frames = self.post.apply(frames, spec, timings)
-                    t0 = time.perf_counter()
                     video = export.write_mp4(frames, spec.output_fps, folder / "video.mp4")
                 files = {
                     "video": video,

@@ -113,10 +113,28 @@ def test_refusals(api: httpx.Client) -> None:
     refused(big, "upscale", "WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES")
 
 
-def test_extensions_refuse_post_processing_for_now(api: httpx.Client) -> None:
-    source = make_video(api)
-    post = make_video(api, interpolate=2)
-    asked = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5, interpolate=2)
-    assert asked.status_code == 400 and asked.json()["error"]["param"] == "interpolate", asked.text
-    of_post = extend(api, post["id"], model="tiny-ti2v-5b", num_frames=5)
-    assert of_post.status_code == 400 and "cannot be extended yet" in of_post.json()["error"]["message"], of_post.text
+def test_an_extension_keeps_its_sources_interpolation_and_joins_at_its_fps(api: httpx.Client, tmp_path: Path) -> None:
+    source = make_video(api, interpolate=2)
+    assert source["status"] == "completed", source
+    created = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5)
+    assert created.status_code == 202, created.text
+    ext = wait_for_status(api, created.json()["id"], {"completed", "failed"})
+    assert ext["status"] == "completed", ext
+    generated = SOURCE["num_frames"] + 5 - 1
+    assert (ext["interpolate"], ext["fps"], ext["total_frames"]) == (2, SOURCE["fps"] * 2, (generated - 1) * 2 + 1)
+    assert ext["timings"]["interpolating"] > 0
+    probe = _mp4(api, ext, tmp_path)
+    assert (probe["frames"], probe["fps"]) == ((generated - 1) * 2 + 1, SOURCE["fps"] * 2)
+    whole, first = frames_of(api, ext["id"], tmp_path), frames_of(api, source["id"], tmp_path)
+    assert np.array_equal(whole[: len(first)], first)  # the source's stream, copied
+
+
+def test_extensions_refuse_other_post_processing(api: httpx.Client) -> None:
+    source = make_video(api, interpolate=2)
+    upscaled = make_video(api, upscale=2)
+    other = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5, interpolate=4)
+    assert other.status_code == 400 and other.json()["error"]["param"] == "interpolate", other.text
+    bigger = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5, upscale=2)
+    assert bigger.status_code == 400 and bigger.json()["error"]["param"] == "upscale", bigger.text
+    of_upscaled = extend(api, upscaled["id"], model="tiny-ti2v-5b", num_frames=5)
+    assert of_upscaled.status_code == 400 and "is upscaled" in of_upscaled.json()["error"]["message"], of_upscaled.text
