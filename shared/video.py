@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.fields import FLOW_SHIFT, GUIDANCE_SCALE, GUIDANCE_SCALE_2, INTERPOLATE, NUM_INFERENCE_STEPS, SEED, UPSCALE
+from shared.fields import FLOW_SHIFT, FPS, GUIDANCE_SCALE, GUIDANCE_SCALE_2, INTERPOLATE, NUM_INFERENCE_STEPS, SEED, UPSCALE
 from shared.schemas import CacheStats, Expert, JobCache, JobRecord, JobStatus, Stage
 
 
@@ -69,7 +69,11 @@ class Video(BaseModel):
         description="Frames of the delivered video: num_frames, or for an extension the whole video's, "
         "source_frames + num_frames - 1; with `interpolate` k, (that - 1) x k + 1; seconds is total_frames / fps.",
     )
-    fps: int = Field(ge=1, description="Frames per second of the MP4: the generated fps times `interpolate`.")
+    fps: int = Field(
+        ge=FPS.minimum,
+        le=(FPS.maximum or 60) * max(INTERPOLATE.choices),
+        description="Frames per second of the MP4: the generated fps times `interpolate`.",
+    )
     seed: int = SEED.value("The seed used: the same seed, prompt and parameters give the same video.")
     negative_prompt: str = Field(description="What the video avoids (the model's default if none was given).")
     num_inference_steps: int = NUM_INFERENCE_STEPS.value("Denoising steps.")
