@@ -17,7 +17,7 @@ from api.services import Services
 from api.webhook_checks import check_job_webhook
 from shared import images
 from shared.errors import Forbidden, Gone, InvalidRequest, NotFound
-from shared.fields import seeds_from
+from shared.fields import POST_PROCESSING, seeds_from
 from shared.loras import resolve_job_loras
 from shared.schemas import GenerationSpec, JobRecord
 from shared.settings import Settings
@@ -104,6 +104,7 @@ async def create_videos(
             loras=lora_records,
             lora_limits=settings.loras,
         )
+    await check_capabilities(services, spec)
     specs = [_nth(services, spec, job_id, seed) for job_id, seed in zip(ids, seeds_of(req, spec.seed, n), strict=True)]
     services.quotas.check_sizes(principal.tenant, specs)
 
@@ -124,6 +125,25 @@ async def create_videos(
             await forget_images(services, records)  # no record will ever name them: none is left behind
             raise
     return await admit(services, records, idempotency)
+
+
+async def check_capabilities(services: Services, spec: GenerationSpec) -> None:
+    """Refuses post-processing that no live worker of the model can run (their heartbeats list the factors they
+    can; a worker of a release without post-processing, none). With no live worker at all the job is accepted and
+    waits: a worker that starts without the stage fails it with the same sentence (worker/postprocess.py)."""
+    wanted = [(f.name, getattr(spec, f.name)) for f in POST_PROCESSING if getattr(spec, f.name) != 1]
+    if not wanted:
+        return
+    workers = await asyncio.to_thread(services.store.live_workers, spec.model)
+    if not workers:
+        return
+    for field, factor in wanted:
+        if not any(factor in w.get(field, [1]) for w in workers):
+            raise InvalidRequest(
+                f"invalid '{field}' {factor}: no live worker of model {spec.model!r} can {field} by {factor} "
+                f"(they can: {sorted({x for w in workers for x in w.get(field, [1])})})",
+                param=field,
+            )
 
 
 def request_size(req: VideoRequest, max_n: int) -> int:
@@ -182,7 +202,16 @@ async def remix(services: Services, principal: Principal, parent_record: JobReco
         image_key = services.storage.key(job_id, "image")
     elif parent.image_key is not None:
         image_key, copy_from = services.storage.key(job_id, "image"), parent.image_key
-    spec = remix_spec(parent, req.prompt, settings.catalog(), settings.jobs, image_key=image_key)
+    spec = remix_spec(
+        parent,
+        req.prompt,
+        settings.catalog(),
+        settings.jobs,
+        image_key=image_key,
+        interpolate=req.interpolate,
+        upscale=req.upscale,
+    )
+    await check_capabilities(services, spec)
     if parent.loras:
         await _check_remix_loras(services, principal, parent_record)
     services.quotas.check_size(principal.tenant, spec)

@@ -117,6 +117,42 @@ FLOW_SHIFT = Number(
     "flow_shift", 0.01, 100, "Shift of the flow-matching schedule; default: the model's (T2V-A14B 12.0, others 5.0)."
 )
 
+
+@dataclass(frozen=True)
+class Factor:
+    """One post-processing factor of a job (1, 2 or 4; 1 = the stage does not run)."""
+
+    name: str
+    description: str
+    choices: tuple[int, ...] = (1, 2, 4)
+
+    def request(self) -> Any:
+        """An optional request field (omitted: 1, or a remix's source's); `check` refuses any other value."""
+        return Field(default=None, json_schema_extra={"enum": list(self.choices)}, description=self.description)
+
+    def value(self, description: str) -> Any:
+        return Field(default=1, json_schema_extra={"enum": list(self.choices)}, description=description)
+
+    def check(self, value: int) -> int:
+        if value not in self.choices:
+            allowed = ", ".join(map(str, self.choices))
+            raise InvalidRequest(f"invalid '{self.name}' {short(value)}: must be one of {allowed}", param=self.name)
+        return value
+
+
+INTERPOLATE = Factor(
+    "interpolate",
+    "Frame interpolation (RIFE) after the decode: the MP4 has (F-1) x k + 1 frames at fps x k, the generated frames "
+    "kept exactly at positions i x k; 1 (default) = none. Needs a worker with an interpolator (--interpolator-path).",
+)
+UPSCALE = Factor(
+    "upscale",
+    "Upscaling (Real-ESRGAN class) after the interpolation: width and height times k; 1 (default) = none. Needs a "
+    "worker whose upscaler (--upscaler-path) enlarges by k.",
+)
+POST_PROCESSING = (INTERPOLATE, UPSCALE)
+"""A job's post-processing factors, in the order the export applies them."""
+
 JOB_NUMBERS = (SECONDS, NUM_FRAMES, FPS, NUM_INFERENCE_STEPS, GUIDANCE_SCALE, GUIDANCE_SCALE_2, SEED, FLOW_SHIFT)
 """A video request's numeric fields, in the order `wanq generate` and the request schema list them."""
 SAMPLING = (NUM_INFERENCE_STEPS, GUIDANCE_SCALE, GUIDANCE_SCALE_2, FLOW_SHIFT)

@@ -177,7 +177,15 @@ RequestCache = Annotated[CacheOptions | bool | None, BeforeValidator(parse_job_c
 """The request's `cache`: as JobCache (true becomes `{}`); typed with `bool` so that its schema says true is taken."""
 
 
-_ADDED_SINCE_RELEASE: dict[str, Any] = {"kind": "video", "extend_from": None, "source_frames": 0, "loras": [], "cache": None}
+_ADDED_SINCE_RELEASE: dict[str, Any] = {
+    "kind": "video",
+    "extend_from": None,
+    "source_frames": 0,
+    "loras": [],
+    "cache": None,
+    "interpolate": 1,
+    "upscale": 1,
+}
 """Spec fields a previous release's worker does not know, with the value that means "not used": left out when so."""
 
 
@@ -228,10 +236,34 @@ class GenerationSpec(BaseModel):
 
     cache: JobCache = None
     """cache-dit settings for this job; False = none; None = the worker's default (WANQ_ENGINE_CACHE)."""
+    interpolate: Literal[1, 2, 4] = 1
+    """Frame interpolation after the decode: (F-1) x k + 1 frames at fps x k, the generated ones at i x k."""
+    upscale: Literal[1, 2, 4] = 1
+    """Upscaling after the interpolation: width and height times k."""
 
     @property
     def size(self) -> str:
         return f"{self.width}x{self.height}"
+
+    @property
+    def output_size(self) -> str:
+        """`WIDTHxHEIGHT` of the delivered MP4 (after `upscale`)."""
+        return f"{self.width * self.upscale}x{self.height * self.upscale}"
+
+    @property
+    def output_fps(self) -> int:
+        """Frames per second of the delivered MP4 (after `interpolate`)."""
+        return self.fps * self.interpolate
+
+    @property
+    def output_frames(self) -> int:
+        """Frames of the delivered MP4: total_frames after `interpolate`, (total_frames - 1) x k + 1."""
+        return (self.total_frames - 1) * self.interpolate + 1
+
+    @property
+    def output_pixel_frames(self) -> int:
+        """width x height x frames of the delivered MP4 (WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES bounds it)."""
+        return self.width * self.height * self.upscale**2 * self.output_frames
 
     @property
     def total_frames(self) -> int:
@@ -242,7 +274,7 @@ class GenerationSpec(BaseModel):
     @property
     def seconds(self) -> str:
         """Duration of the delivered video (an extension's: the whole video, its source's frames included)."""
-        value = self.total_frames / self.fps
+        value = self.output_frames / self.output_fps
         return f"{value:g}" if value != int(value) else str(int(value))
 
 

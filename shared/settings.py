@@ -80,6 +80,8 @@ class JobSettings(BaseModel):
     """Largest width x height a job may ask for."""
     max_steps: int = Field(default=100, ge=1)
     """Most denoising steps a job may ask for."""
+    max_output_pixel_frames: int = Field(default=2560 * 1440 * 241, ge=64)
+    """Largest delivered video after post-processing (`interpolate`, `upscale`): width x height x frames of the MP4."""
     max_image_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     """Largest input image, in bytes."""
     max_image_pixels: int = Field(default=40_000_000, ge=1024)
@@ -165,6 +167,12 @@ class EngineSettings(BaseModel):
     vae_path: str = ""
     """A VAE to use instead of the model's own: a diffusers directory (with config.json, or a `vae/` subfolder)
     or a single .safetensors/.pth file. Its latent channels must match the transformer's."""
+    interpolator_path: str = ""
+    """A RIFE IFNet v4.x state dict (.safetensors, or a plain PyTorch file read with weights_only=True): jobs may ask
+    for `interpolate` 2 or 4. Empty: none (a tiny model's own, written beside it by `wanq tiny-model`, if any)."""
+    upscaler_path: str = ""
+    """An upscaler (compact Real-ESRGAN built in; other Real-ESRGAN-class files through spandrel): jobs may ask for
+    `upscale` equal to its scale, read from the file. Empty: none (a tiny model's own x2, if any)."""
     vae_compile: bool = False
     """torch.compile the VAE decoder (one graph per video size; the first decode at a size pays for it)."""
     vae_channels_last: bool = False

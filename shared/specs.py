@@ -9,7 +9,10 @@ Rules, applied in this order:
 - An extension (`resolve_extension`) takes its source's size, fps, negative prompt and, with the same model and no
   `loras` of its own, its LoRAs and sampling parameters; its seed, unless given, is the source's + 1; its duration is
   the new part's.
-- A remix (`remix_spec`) is its parent's spec with a new prompt.
+- A remix (`remix_spec`) is its parent's spec with a new prompt (and its post-processing, unless the remix says).
+- Post-processing (`interpolate`, `upscale`): the delivered MP4's width x height x frames at most
+  WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES. An extension keeps its source's `interpolate` (one fps for the joined
+  parts); `upscale` is refused on extensions for now (as is extending an upscaled video).
 - An image (`kind="image"`) is one frame; only images may have fewer than 5 frames.
 """
 
@@ -31,12 +34,14 @@ from shared.fields import (
     FPS,
     GUIDANCE_SCALE,
     GUIDANCE_SCALE_2,
+    INTERPOLATE,
     JOB_NUMBERS,
     MAX_SEED,
     NUM_FRAMES,
     NUM_INFERENCE_STEPS,
     SECONDS,
     SEED,
+    UPSCALE,
     Fields,
     no_booleans,
     parse,
@@ -48,7 +53,7 @@ from shared.schemas import CacheOptions, GenerationSpec, JobCache, JobRecord, Jo
 from shared.settings import JobSettings, LoraSettings
 
 # The request's numeric generation fields (each refuses a JSON boolean); `wanq generate` takes the same ones.
-NUMBER_FIELDS = tuple(field.name for field in JOB_NUMBERS)
+NUMBER_FIELDS = (*(field.name for field in JOB_NUMBERS), INTERPOLATE.name, UPSCALE.name)
 
 
 class VideoRequest(BaseModel):
@@ -78,6 +83,8 @@ class VideoRequest(BaseModel):
     guidance_scale_2: float | None = GUIDANCE_SCALE_2.request()
     seed: int | None = SEED.request()
     flow_shift: float | None = FLOW_SHIFT.request()
+    interpolate: int | None = INTERPOLATE.request()
+    upscale: int | None = UPSCALE.request()
     image_url: str | None = Field(
         default=None,
         description="https:// or data: URL of the first frame (image-to-video); or send the file as `input_reference` "
@@ -188,6 +195,14 @@ class RemixRequest(BaseModel):
     prompt: str = Field(description="What the remix shows (at most WANQ_JOBS_MAX_PROMPT_CHARS, 4000, characters).")
     webhook_url: str | None = Field(default=None, description="As for POST /v1/videos.")
     webhook_events: list[str] | None = Field(default=None, description="As for POST /v1/videos.")
+    interpolate: int | None = Field(
+        default=None, json_schema_extra={"enum": list(INTERPOLATE.choices)}, description="Default: the video's."
+    )
+    upscale: int | None = Field(
+        default=None, json_schema_extra={"enum": list(UPSCALE.choices)}, description="Default: the video's."
+    )
+
+    _numbers = no_booleans(INTERPOLATE.name, UPSCALE.name)
 
 
 def parse_request(data: dict[str, Any]) -> VideoRequest:
@@ -360,7 +375,7 @@ def resolve_spec(
     shift = FLOW_SHIFT.check(given("flow_shift", model.flow_shift))
     seed = random.randint(0, MAX_SEED) if req.seed is None else SEED.check(req.seed)
 
-    return GenerationSpec(
+    spec = GenerationSpec(
         model=model.id,
         prompt=req.prompt,
         negative_prompt=negative,
@@ -378,6 +393,27 @@ def resolve_spec(
         loras=job_loras,
         cache=req.job_cache(),
     )
+    return post_processed(spec, req.interpolate, req.upscale, limits)
+
+
+def post_processed(spec: GenerationSpec, interpolate: int | None, upscale: int | None, limits: JobSettings) -> GenerationSpec:
+    """`spec` with the factors given (None: kept), checked against WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES."""
+    update: dict[str, int] = {}
+    if interpolate is not None:
+        update["interpolate"] = INTERPOLATE.check(interpolate)
+    if upscale is not None:
+        update["upscale"] = UPSCALE.check(upscale)
+    if not update:
+        return spec
+    done = spec.model_copy(update=update)
+    if done.output_pixel_frames > limits.max_output_pixel_frames:
+        field = UPSCALE.name if done.upscale > 1 else INTERPOLATE.name
+        raise InvalidRequest(
+            f"invalid '{field}' {getattr(done, field)}: the video would be {done.output_size} x {done.output_frames} "
+            f"frames, over {limits.max_output_pixel_frames} pixels x frames (WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES)",
+            param=field,
+        )
+    return done
 
 
 # Extensions and remixes ------------------------------------------------------------------------------
@@ -435,6 +471,7 @@ def resolve_extension(
         )
     if req.image_url is not None:
         raise InvalidRequest("an extension continues from its source's last frame: drop 'image_url'", param="image_url")
+    interpolate = extension_post_processing(req.interpolate, req.upscale, base, source.id)
     if req.size is not None and req.size.lower() != base.size:
         raise InvalidRequest(
             f"invalid 'size' {req.size!r}: an extension keeps its source's size ({base.size}); leave it out", param="size"
@@ -474,7 +511,29 @@ def resolve_extension(
             "to extend it without them",
             param="loras",
         ) from None
-    return spec.model_copy(update={"extend_from": source.id, "source_frames": base.total_frames})
+    whole = spec.model_copy(update={"extend_from": source.id, "source_frames": base.total_frames})
+    return post_processed(whole, interpolate if interpolate != 1 else None, None, limits)
+
+
+def extension_post_processing(
+    interpolate: int | None, upscale: int | None, base: GenerationSpec, source_id: str, *, param: str = "video"
+) -> int:
+    """An extension's `interpolate`: its source's, since the parts join at one fps (the source's MP4 ends on its
+    last generated frame, at (F-1) x k, which the extension continues from). `upscale` is refused for now: the frame
+    to continue from would be an upscaled one, not the generated one."""
+    if upscale is not None and upscale != 1:
+        raise InvalidRequest(f"invalid 'upscale' {upscale!r}: extensions take no upscaling yet", param="upscale")
+    if base.upscale != 1:
+        raise InvalidRequest(
+            f"video {source_id} is upscaled and cannot be extended yet; extend a video without upscaling", param=param
+        )
+    if interpolate is not None and interpolate != base.interpolate:
+        raise InvalidRequest(
+            f"invalid 'interpolate' {interpolate!r}: an extension keeps its source's interpolate "
+            f"({base.interpolate}), so that its parts join at one fps; leave it out",
+            param="interpolate",
+        )
+    return base.interpolate
 
 
 def extension_inherits_loras(req: VideoRequest, base: GenerationSpec) -> bool:
@@ -488,7 +547,14 @@ def inherited_loras(base: GenerationSpec) -> list[LoraRequest]:
 
 
 def remix_spec(
-    parent: GenerationSpec, prompt: str, catalog: dict[str, ModelSpec], limits: JobSettings, *, image_key: str | None
+    parent: GenerationSpec,
+    prompt: str,
+    catalog: dict[str, ModelSpec],
+    limits: JobSettings,
+    *,
+    image_key: str | None,
+    interpolate: int | None = None,
+    upscale: int | None = None,
 ) -> GenerationSpec:
     """A remix: the parent's parameters and seed with a new prompt; `image_key` is the remix's own copy of the
     parent's stored image (or the key where an extension's worker stores the frame it continues from)."""
@@ -504,4 +570,6 @@ def remix_spec(
         f"<{len(prompt)} characters>",
         f"at most {limits.max_prompt_chars} characters",
     )
-    return parent.model_copy(update={"prompt": prompt, "image_key": image_key})
+    if parent.extend_from is not None:
+        extension_post_processing(interpolate, upscale, parent, parent.extend_from, param="video_id")
+    return post_processed(parent.model_copy(update={"prompt": prompt, "image_key": image_key}), interpolate, upscale, limits)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.fields import FLOW_SHIFT, FPS, GUIDANCE_SCALE, GUIDANCE_SCALE_2, NUM_INFERENCE_STEPS, SEED
+from shared.fields import FLOW_SHIFT, FPS, GUIDANCE_SCALE, GUIDANCE_SCALE_2, INTERPOLATE, NUM_INFERENCE_STEPS, SEED, UPSCALE
 from shared.schemas import CacheStats, Expert, JobCache, JobRecord, JobStatus, Stage
 
 
@@ -49,7 +49,9 @@ class Video(BaseModel):
         "extension, the whole video's.",
         examples=["5"],
     )
-    size: str = Field(description="`WIDTHxHEIGHT`.", examples=["1280x704"])
+    size: str = Field(
+        description="`WIDTHxHEIGHT` of the delivered MP4: the generated size times `upscale`.", examples=["1280x704"]
+    )
     prompt: str = Field(description="What the video shows.")
     remixed_from_video_id: str | None = Field(default=None, description="The job this one remixes, if any.")
     stage: Stage = Field(
@@ -65,9 +67,13 @@ class Video(BaseModel):
     total_frames: int = Field(
         ge=1,
         description="Frames of the delivered video: num_frames, or for an extension the whole video's, "
-        "source_frames + num_frames - 1; seconds is total_frames / fps.",
+        "source_frames + num_frames - 1; with `interpolate` k, (that - 1) x k + 1; seconds is total_frames / fps.",
     )
-    fps: int = FPS.value("Frames per second of the MP4.")
+    fps: int = Field(
+        ge=FPS.minimum,
+        le=(FPS.maximum or 60) * max(INTERPOLATE.choices),
+        description="Frames per second of the MP4: the generated fps times `interpolate`.",
+    )
     seed: int = SEED.value("The seed used: the same seed, prompt and parameters give the same video.")
     negative_prompt: str = Field(description="What the video avoids (the model's default if none was given).")
     num_inference_steps: int = NUM_INFERENCE_STEPS.value("Denoising steps.")
@@ -92,6 +98,10 @@ class Video(BaseModel):
         "num_frames - 1 (the new part's first frame repeats the source's last and is left out).",
     )
     loras: list[VideoLora] = Field(default_factory=list, description="The LoRAs it runs with, in the order named.")
+    interpolate: int = INTERPOLATE.value(
+        "Frame interpolation factor k (1: none): the generated frames are at positions i x k of the MP4."
+    )
+    upscale: int = UPSCALE.value("Upscaling factor (1: none): size is the generated size times it.")
     cache: JobCache = Field(
         default=None,
         description="The step cache the job asked for (cache-dit DBCache settings), false for none, "
@@ -140,15 +150,15 @@ class Video(BaseModel):
             expires_at=int(record.expires_at) if record.expires_at else None,
             error=VideoError(code=record.error.code, message=record.error.message) if record.error else None,
             seconds=spec.seconds,
-            size=spec.size,
+            size=spec.output_size,
             prompt=spec.prompt,
             remixed_from_video_id=record.remixed_from,
             stage=record.stage,
             step=record.step,
             total_steps=record.total_steps or spec.num_inference_steps,
             num_frames=spec.num_frames,
-            total_frames=spec.total_frames,
-            fps=spec.fps,
+            total_frames=spec.output_frames,
+            fps=spec.output_fps,
             seed=spec.seed,
             negative_prompt=spec.negative_prompt,
             num_inference_steps=spec.num_inference_steps,
@@ -161,6 +171,8 @@ class Video(BaseModel):
             source_frames=spec.source_frames if spec.extend_from else None,
             loras=[VideoLora(name=x.name, sha256=x.sha256, strength=x.strength, expert=x.expert) for x in spec.loras],
             cache=spec.cache,
+            interpolate=spec.interpolate,
+            upscale=spec.upscale,
             cache_stats=record.cache_stats,
             started_at=int(record.started_at) if record.started_at else None,
             timings=record.timings,

@@ -65,6 +65,10 @@ def add_commands(sub: Any) -> None:
         "as JSON, e.g. '{\"fn\": 2, \"rdt\": 0.3}' (the others the worker's); default: the worker's configured cache",
     )
     p.add_argument("--no-cache", dest="cache", action="store_const", const=False, help="no step cache for this job")
+    p.add_argument(
+        "--interpolate", type=int, choices=[1, 2, 4], help="frame interpolation: fps and frames times k (default 1, none)"
+    )
+    p.add_argument("--upscale", type=int, choices=[1, 2, 4], help="upscaling: width and height times k (default 1, none)")
     p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the video")
     p.add_argument(
         "-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4; with -n: NAME-1.mp4, NAME-2.mp4...)"
@@ -387,7 +391,8 @@ def _detail(video: Video, step: int, total: int) -> str:
 
 def cmd_submit(args: argparse.Namespace) -> None:
     names = ("model", "size", "seconds", "num_frames", "num_inference_steps", "fps", "negative_prompt", "seed", "guidance_scale")
-    fields = {k: getattr(args, k) for k in (*names, "webhook_url", "webhook_events", "loras", "cache", "n", "seeds")}
+    extras = ("webhook_url", "webhook_events", "loras", "cache", "n", "seeds", "interpolate", "upscale")
+    fields = {k: getattr(args, k) for k in (*names, *extras)}
     if args.image and not Path(args.image).is_file():
         raise UsageError(f"wanq submit: --image {args.image!r}: no such file")
     if args.seeds is not None and args.n is not None and args.n != len(args.seeds):

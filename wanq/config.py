@@ -152,6 +152,8 @@ ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--pin-cpu-memory", dict(action="store_true", default=None)),
     ("--vae-tiling", dict(action="store_true", default=None)),
     ("--vae-path", dict(help="a VAE used instead of the model's: a diffusers directory or a weights file")),
+    ("--interpolator-path", dict(help="RIFE IFNet v4.x weights: jobs may ask for interpolate 2 or 4")),
+    ("--upscaler-path", dict(help="Real-ESRGAN-class weights: jobs may ask for upscale by its scale")),
     ("--vae-compile", dict(action="store_true", default=None, help="torch.compile the VAE decoder")),
     ("--vae-channels-last", dict(action="store_true", default=None, help="channels-last VAE weights (cuDNN conv3d)")),
     ("--cudnn-benchmark", dict(action="store_true", default=None, help="let cuDNN time its conv algorithms per shape")),

@@ -85,8 +85,9 @@ def fetch_source(store: JobStore, storage: Storage, record: JobRecord) -> Source
                 f"the source video {source_id} was deleted (or expired) since this extension was created", param="video"
             ) from None
         # 1. Decode it, holding only the frames the whole video's previews show, and the last.
-        total = spec.total_frames
-        wanted = {export.thumbnail_index(total), *export.sprite_picks(total), spec.source_frames - 1}
+        # The MP4s' frame counts: after the interpolation, which source and extension share (shared/specs.py).
+        total, source_frames = spec.output_frames, (spec.source_frames - 1) * spec.interpolate + 1
+        wanted = {export.thumbnail_index(total), *export.sprite_picks(total), source_frames - 1}
         held: dict[int, np.ndarray] = {}
         count = 0
         for index, frame in enumerate(export.read_frames(path)):
@@ -95,9 +96,9 @@ def fetch_source(store: JobStore, storage: Storage, record: JobRecord) -> Source
             if index in wanted:
                 held[index] = frame
             count += 1
-        if count != spec.source_frames:
+        if count != source_frames:
             raise InvalidRequest(
-                f"the source video {source_id} has {count} frames, not the {spec.source_frames} this extension was made for"
+                f"the source video {source_id} has {count} frames, not the {source_frames} this extension was made for"
             )
         # 2. The frame to continue from: kept beside the job as the image it was conditioned on.
         last = held[count - 1]

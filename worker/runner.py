@@ -35,6 +35,7 @@ from shared.timeouts import deadline, timeout_message
 from worker import cache, export, extension, faults
 from worker.journal import RunJournal
 from worker.lora_cache import LoraCache
+from worker.postprocess import PostProcessors
 
 log = logging.getLogger("wanq.worker")
 
@@ -116,7 +117,18 @@ class Claim:
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, store: JobStore, storage: Storage, engine: Engine, worker_id: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        storage: Storage,
+        engine: Engine,
+        worker_id: str,
+        *,
+        post: PostProcessors | None = None,
+    ) -> None:
+        self.post = post or PostProcessors()
+        """Interpolation and upscaling between the decode and the MP4 (worker/postprocess.py)."""
         self.settings = settings
         self.store = store
         self.storage = storage
@@ -208,6 +220,7 @@ class JobRunner:
             spec.num_inference_steps, self.store.run_times(spec.model, video_tokens(spec)), started=time.time()
         )
         try:
+            self.post.check(spec)  # a stage this worker lacks fails the job now, before any GPU work
             if spec.extend_from is not None:
                 t0 = time.perf_counter()
                 claim.source = extension.fetch_source(self.store, self.storage, record)
@@ -362,11 +375,14 @@ class JobRunner:
                     "thumbnail": export.write_thumbnail(frames, folder / "thumbnail.webp"),
                 }
             else:
-                whole: export.Frames = frames
+                # decode -> interpolate -> upscale -> MP4; thumbnail and spritesheet from the final frames
+                whole: export.Frames = (frames := self.post.apply(frames, spec, timings))
+                t0 = time.perf_counter()
                 if source is not None:
-                    video, whole = extension.write_video(source, frames, spec.fps, folder)
+                    # the new part's first frame (the source's last, generated) is left out; both at output_fps
+                    video, whole = extension.write_video(source, frames, spec.output_fps, folder)
                 else:
-                    video = export.write_mp4(frames, spec.fps, folder / "video.mp4")
+                    video = export.write_mp4(frames, spec.output_fps, folder / "video.mp4")
                 files = {
                     "video": video,
                     "thumbnail": export.write_thumbnail(whole, folder / "thumbnail.webp"),

@@ -55,6 +55,8 @@ class WorkerProcess:
         self.load_failed = multiprocessing.get_context("fork").Value("b", 0)
 
     def load(self) -> None:
+        from worker.engine import rank_device
+        from worker.postprocess import load_post_processors
         from worker.startup import start_engine  # torch is imported here, in the child
 
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -69,6 +71,10 @@ class WorkerProcess:
             "state": "loading",
             "started_at": time.time(),
         }
+        # Post-processing first (a bad file refuses the start at once), so the heartbeat says what this worker can
+        # do from its first beat, while it loads (the API checks jobs against it).
+        post = load_post_processors(self.settings.engine, self.model_path, rank_device(self.settings.engine, 0))
+        self._info.update(post.capabilities())
         self._start_heartbeat(
             store, Deployment(store.redis, store.keys, storage, fresh_start=self.settings.maintenance.fresh_start)
         )
@@ -80,7 +86,9 @@ class WorkerProcess:
             self._info["state"] = "warming_up"
             self._info["warmup_s"] = round(engine.warmup(), 3)
         self.engine = engine
-        self.runner = JobRunner(self.settings, store, storage, metrics.MeteredEngine(engine, self.model_id), self.worker_id)
+        self.runner = JobRunner(
+            self.settings, store, storage, metrics.MeteredEngine(engine, self.model_id), self.worker_id, post=post
+        )
         self._info["state"] = "ready"
         log.info("worker ready", extra={"model": self.model_id, "worker": self.worker_id, **self._info})
 

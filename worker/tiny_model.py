@@ -56,7 +56,10 @@ from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepSchedu
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
+from worker.interpolate import write_tiny_interpolator
+from worker.postprocess import TINY_INTERPOLATOR, TINY_UPSCALER
 from worker.taehv import TINY_FILE, save_taehv, tiny_taehv_for
+from worker.upscale import write_tiny_upscaler
 
 __all__ = ["VARIANTS", "build_tiny_pipeline", "write_tiny_model"]
 
@@ -235,11 +238,15 @@ def write_tiny_model(path: str | Path, variant: str, seed: int = 0) -> Path:
     """Save the tiny `variant` pipeline to `path` (created if needed) and return it.
 
     Reload with ``DiffusionPipeline.from_pretrained(path)``. The same seed gives the same weights. Beside it,
-    ``taehv.safetensors``: a tiny random-weight TAEHV decoder for the pipeline's latents.
+    ``taehv.safetensors``: a tiny random-weight TAEHV decoder for the pipeline's latents, and a tiny RIFE and
+    compact x2 upscaler (worker/postprocess.py's TINY_INTERPOLATOR, TINY_UPSCALER).
     """
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
     pipe = build_tiny_pipeline(variant, seed)
     pipe.save_pretrained(out)
     save_taehv(tiny_taehv_for(pipe.vae, seed), out / TINY_FILE)  # the tiny preview/draft decoder (worker/taehv.py)
+    # The tiny post-processors (worker/postprocess.py), which a worker on this model uses without flags
+    write_tiny_interpolator(out / TINY_INTERPOLATOR, seed=seed)
+    write_tiny_upscaler(out / TINY_UPSCALER, scale=2, seed=seed)
     return out

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -55,7 +56,7 @@ def runner(settings: Settings, store: JobStore, engine: WanEngine) -> Iterator[t
     storage.release.set()
 
 
-def make_job(store: JobStore, prompt: str) -> str:
+def make_job(store: JobStore, prompt: str, **fields: Any) -> str:
     spec = GenerationSpec(
         model="tiny-runner",
         prompt=prompt,
@@ -69,6 +70,7 @@ def make_job(store: JobStore, prompt: str) -> str:
         guidance_scale_2=2.0,
         flow_shift=5.0,
         seed=1,
+        **fields,
     )
     record = JobRecord(id=f"video_runner_{time.time_ns()}", tenant="runner-test", spec=spec)
     store_job(store, record)
@@ -260,3 +262,18 @@ def test_a_run_that_another_party_ended_names_the_outcome_it_left() -> None:
     assert ended[JobStatus.failed] is Outcome.failed and ended[JobStatus.canceled] is Outcome.canceled
     assert ended[JobStatus.queued] is Outcome.superseded  # requeued under the same attempt, not yet claimed again
     assert Ended("video_x", Outcome.superseded, "ignored").label == "superseded"  # only a failure is named by its code
+
+
+def test_a_stage_this_worker_lacks_fails_the_job_before_any_gpu_work(
+    settings: Settings, store: JobStore, engine: WanEngine
+) -> None:
+    class Untouched:
+        def generate(self, spec, image=None, *, on_stage=None, on_step=None):  # type: ignore[no-untyped-def]
+            raise AssertionError("the engine ran for a job this worker cannot post-process")
+
+    plain = JobRunner(settings, store, SlowUploads(settings), Untouched(), worker_id=f"test-runner-6:{time.time_ns()}")
+    job_id = make_job(store, "smoother", interpolate=2)
+    assert plain.run(job_id, wait=True) is Outcome.failed
+    failed = store.get(job_id)
+    assert failed is not None and failed.error is not None and failed.error.code == "invalid_request"
+    assert failed.error.message == "invalid 'interpolate' 2: this worker can interpolate by [1] only"

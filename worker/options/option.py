@@ -9,7 +9,9 @@ from typing import Any, Literal
 
 from shared.settings import EngineSettings
 
-Kind = Literal["attention", "quantization", "decode", "offload", "parallel", "compile", "cache", "precision", "vae"]
+Kind = Literal[
+    "attention", "quantization", "decode", "offload", "parallel", "compile", "cache", "precision", "vae", "postprocess"
+]
 Applies = Literal["pipe", "vae", "transformers", ""]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.settings import EngineSettings
-from worker.options import attention, cache, decode, parallel, placement, quantization
+from worker.options import attention, cache, decode, parallel, placement, postprocess, quantization
 from worker.options.option import Environment, Kind, Option, context_parallel
 
 OPTIONS: tuple[Option, ...] = (
@@ -37,6 +37,9 @@ OPTIONS: tuple[Option, ...] = (
     # 6. Compile, last; the step cache is set per job
     placement.COMPILE,
     cache.DBCACHE,
+    # 7. Post-processing after the decode, loaded by the worker beside the engine (worker/postprocess.py)
+    postprocess.INTERPOLATOR,
+    postprocess.UPSCALER,
 )
 
 

@@ -1,0 +1,140 @@
+"""Post-processing through the real stack: `interpolate` and `upscale` on POST /v1/videos, run by the tiny models'
+workers with the tiny RIFE and compact x2 upscaler `wanq tiny-model` writes beside each pipeline (no flags).
+
+The generated frames sit at positions i x k of an interpolated MP4. Both MP4s are H.264 (crf 18) encodes, and
+x264 codes a frame differently among other neighbours, so "unchanged" is checked up to the encode's tolerance:
+a mean absolute difference of at most MEAN_TOLERANCE 8-bit levels per frame against the same job without
+interpolation (measured: 1.9 to 6.7; the tiny models' random-weight frames are noise, x264's worst case), while
+every interpolated frame between differs from its neighbours by more. Bit-exactness before the encode is
+tested on the frames themselves (tests/worker/test_postprocess.py)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from tests.clips import SOURCE, extend, frames_of, make_video
+from tests.conftest import wait_for_status
+from wanq.stack import Stack
+from worker import export
+
+MEAN_TOLERANCE = 8.0
+
+
+def _mp4(api: httpx.Client, video: dict[str, Any], tmp_path: Path) -> dict[str, object]:
+    response = api.get(f"/v1/videos/{video['id']}/content")
+    assert response.status_code == 200, response.text
+    path = tmp_path / f"{video['id']}.mp4"
+    path.write_bytes(response.content)
+    return export.probe_mp4(path)
+
+
+@pytest.mark.parametrize(("interpolate", "upscale"), [(2, 1), (1, 2), (2, 2), (4, 1)])
+def test_frames_fps_and_size_of_each_combination(api: httpx.Client, tmp_path: Path, interpolate: int, upscale: int) -> None:
+    video = make_video(api, interpolate=interpolate, upscale=upscale)
+    assert video["status"] == "completed", video
+    frames, fps, side = (SOURCE["num_frames"] - 1) * interpolate + 1, SOURCE["fps"] * interpolate, 64 * upscale
+    probe = _mp4(api, video, tmp_path)
+    assert (probe["frames"], probe["fps"], probe["size"]) == (frames, fps, (side, side))
+    assert video["interpolate"] == interpolate and video["upscale"] == upscale
+    assert (video["total_frames"], video["fps"], video["size"]) == (frames, fps, f"{side}x{side}")
+    assert video["num_frames"] == SOURCE["num_frames"]  # the generated ones
+    for stage, factor in (("interpolating", interpolate), ("upscaling", upscale)):
+        assert (stage in video["timings"]) == (factor > 1), video["timings"]
+
+
+def test_generated_frames_are_kept_at_i_times_k(api: httpx.Client, tmp_path: Path) -> None:
+    plain = make_video(api)
+    smooth = make_video(api, interpolate=2)
+    assert plain["status"] == smooth["status"] == "completed"
+    base = frames_of(api, plain["id"], tmp_path).astype(np.float64)
+    both = frames_of(api, smooth["id"], tmp_path).astype(np.float64)
+    assert len(both) == (len(base) - 1) * 2 + 1
+    kept = np.abs(both[::2] - base).mean(axis=(1, 2, 3))
+    assert kept.max() <= MEAN_TOLERANCE, kept
+    between = np.abs(both[1::2] - base[:-1]).mean(axis=(1, 2, 3))
+    assert between.min() > kept.max(), (between, kept)
+
+
+def test_remix_keeps_the_post_processing_unless_it_says(api: httpx.Client, tmp_path: Path) -> None:
+    parent = make_video(api, interpolate=2, upscale=2)
+    assert parent["status"] == "completed", parent
+    same = api.post(f"/v1/videos/{parent['id']}/remix", json={"prompt": "a boat"})
+    plain = api.post(f"/v1/videos/{parent['id']}/remix", json={"prompt": "a boat", "interpolate": 1})
+    assert same.status_code == plain.status_code == 202, (same.text, plain.text)
+    same_done = wait_for_status(api, same.json()["id"], {"completed", "failed"})
+    plain_done = wait_for_status(api, plain.json()["id"], {"completed", "failed"})
+    assert (same_done["interpolate"], same_done["upscale"], same_done["size"]) == (2, 2, "128x128")
+    assert (plain_done["interpolate"], plain_done["upscale"]) == (1, 2)
+    assert _mp4(api, plain_done, tmp_path)["frames"] == SOURCE["num_frames"]
+
+
+def test_multipart_takes_the_fields(api: httpx.Client) -> None:
+    fields = {"prompt": "a kite", "model": "tiny-t2v-a14b", **{k: str(v) for k, v in SOURCE.items()}}
+    response = api.post("/v1/videos", data=fields | {"interpolate": "2"})
+    assert response.status_code == 202, response.text
+    assert response.json()["interpolate"] == 2 and response.json()["fps"] == SOURCE["fps"] * 2
+
+
+def test_the_openai_sdk_sends_them_in_extra_body(stack: Stack, tmp_path: Path) -> None:
+    key = stack.env.get("WANQ_DEV_ADMIN_KEY", "unused-key")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        client = openai.OpenAI(base_url=f"{stack.api_url}/v1", api_key=key, max_retries=0)
+    extra = {"num_frames": 9, "num_inference_steps": 2, "interpolate": 2, "upscale": 2}
+    video = client.videos.create_and_poll(
+        prompt="a boat", model="tiny-t2v-a14b", size="64x64", poll_interval_ms=200, extra_body=extra
+    )
+    assert video.status == "completed" and video.size == "128x128", video
+    path = tmp_path / "sdk.mp4"
+    client.videos.download_content(video.id).write_to_file(path)
+    assert export.probe_mp4(path)["frames"] == 17
+
+
+def test_refusals(api: httpx.Client) -> None:
+    def refused(body: dict[str, Any], param: str, words: str) -> None:
+        response = api.post("/v1/videos", json={"prompt": "x", "model": "tiny-t2v-a14b", **SOURCE, **body})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == param and words in error["message"], error
+
+    refused({"interpolate": 3}, "interpolate", "must be one of 1, 2, 4")
+    refused({"upscale": True}, "upscale", "not true or false")
+    # The tiny workers' upscaler is x2: no live worker can upscale by 4
+    refused({"upscale": 4}, "upscale", "no live worker of model 'tiny-t2v-a14b' can upscale by 4")
+    # Over WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES (2560 x 1440 x 241): 2560x2560 x 481 frames
+    big = {"size": "1280x1280", "num_frames": 241, "interpolate": 2, "upscale": 2}
+    refused(big, "upscale", "WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES")
+
+
+def test_an_extension_keeps_its_sources_interpolation_and_joins_at_its_fps(api: httpx.Client, tmp_path: Path) -> None:
+    source = make_video(api, interpolate=2)
+    assert source["status"] == "completed", source
+    created = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5)
+    assert created.status_code == 202, created.text
+    ext = wait_for_status(api, created.json()["id"], {"completed", "failed"})
+    assert ext["status"] == "completed", ext
+    generated = SOURCE["num_frames"] + 5 - 1
+    assert (ext["interpolate"], ext["fps"], ext["total_frames"]) == (2, SOURCE["fps"] * 2, (generated - 1) * 2 + 1)
+    assert ext["timings"]["interpolating"] > 0
+    probe = _mp4(api, ext, tmp_path)
+    assert (probe["frames"], probe["fps"]) == ((generated - 1) * 2 + 1, SOURCE["fps"] * 2)
+    whole, first = frames_of(api, ext["id"], tmp_path), frames_of(api, source["id"], tmp_path)
+    assert np.array_equal(whole[: len(first)], first)  # the source's stream, copied
+
+
+def test_extensions_refuse_other_post_processing(api: httpx.Client) -> None:
+    source = make_video(api, interpolate=2)
+    upscaled = make_video(api, upscale=2)
+    other = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5, interpolate=4)
+    assert other.status_code == 400 and other.json()["error"]["param"] == "interpolate", other.text
+    bigger = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5, upscale=2)
+    assert bigger.status_code == 400 and bigger.json()["error"]["param"] == "upscale", bigger.text
+    of_upscaled = extend(api, upscaled["id"], model="tiny-ti2v-5b", num_frames=5)
+    assert of_upscaled.status_code == 400 and "is upscaled" in of_upscaled.json()["error"]["message"], of_upscaled.text
