@@ -18,7 +18,7 @@ from pydantic import (
     model_serializer,
 )
 
-from shared.fields import no_booleans
+from shared.fields import Decoder, no_booleans
 
 
 class JobStatus(StrEnum):
@@ -177,7 +177,15 @@ RequestCache = Annotated[CacheOptions | bool | None, BeforeValidator(parse_job_c
 """The request's `cache`: as JobCache (true becomes `{}`); typed with `bool` so that its schema says true is taken."""
 
 
-_ADDED_SINCE_RELEASE: dict[str, Any] = {"kind": "video", "extend_from": None, "source_frames": 0, "loras": [], "cache": None}
+_ADDED_SINCE_RELEASE: dict[str, Any] = {
+    "kind": "video",
+    "extend_from": None,
+    "source_frames": 0,
+    "loras": [],
+    "cache": None,
+    "preview_every": None,
+    "decoder": "full",
+}
 """Spec fields a previous release's worker does not know, with the value that means "not used": left out when so."""
 
 
@@ -228,6 +236,10 @@ class GenerationSpec(BaseModel):
 
     cache: JobCache = None
     """cache-dit settings for this job; False = none; None = the worker's default (WANQ_ENGINE_CACHE)."""
+    preview_every: int | None = None
+    """A preview every this many steps (0: none); None = the worker's default (WANQ_ENGINE_PREVIEW_EVERY)."""
+    decoder: Decoder = "full"
+    """`tiny`: the final latents decoded by the worker's TAEHV decoder (a draft) instead of the model's VAE."""
 
     @property
     def size(self) -> str:
@@ -287,6 +299,8 @@ class JobRecord(BaseModel):
     cache_stats: CacheStats | None = None
     """What the step cache skipped in the latest run (None: it ran without one, or has not denoised yet)."""
     estimated_completed_at: float | None = None
+    preview_step: int | None = None
+    """Steps done at the latest preview (`outputs["preview"]`); None: none made yet."""
     """The running attempt's estimate of when it completes (shared/estimate.py); None: nothing to go by yet."""
 
     # Redis' Lua cjson turns empty JSON objects into empty arrays; read them back as objects.

@@ -27,6 +27,7 @@ from pydantic.json_schema import SkipJsonSchema
 from shared.catalog import ModelSpec
 from shared.errors import Conflict, Forbidden, Gone, InvalidRequest, ModelNotAvailable, NotFound
 from shared.fields import (
+    DECODER_DESCRIPTION,
     FLOW_SHIFT,
     FPS,
     GUIDANCE_SCALE,
@@ -35,8 +36,10 @@ from shared.fields import (
     MAX_SEED,
     NUM_FRAMES,
     NUM_INFERENCE_STEPS,
+    PREVIEW_EVERY,
     SECONDS,
     SEED,
+    Decoder,
     Fields,
     no_booleans,
     parse,
@@ -90,6 +93,8 @@ class VideoRequest(BaseModel):
         "true for the worker's settings (the same as {}), or false for none; default: the worker's configured cache "
         "(WANQ_ENGINE_CACHE, none unless set).",
     )
+    preview_every: int | None = PREVIEW_EVERY.request()
+    decoder: Decoder | None = Field(default=None, description=DECODER_DESCRIPTION)
     webhook_url: str | None = Field(
         default=None, description="http(s) URL told of this job's events, signed with the tenant's webhook secret."
     )
@@ -136,7 +141,7 @@ class VideoRequest(BaseModel):
                 raise ValueError("must be a JSON list of {name, strength, expert} objects") from None
         return value
 
-    _numbers = no_booleans(*NUMBER_FIELDS)
+    _numbers = no_booleans(*NUMBER_FIELDS, PREVIEW_EVERY.name)
 
     def job_cache(self) -> JobCache:
         """`cache` as the job keeps it: its type (RequestCache) has already made true `{}`."""
@@ -365,6 +370,7 @@ def resolve_spec(
         )
     shift = FLOW_SHIFT.check(given("flow_shift", model.flow_shift))
     seed = random.randint(0, MAX_SEED) if req.seed is None else SEED.check(req.seed)
+    preview_every = None if req.preview_every is None else PREVIEW_EVERY.check(req.preview_every, maximum=steps)
 
     return GenerationSpec(
         model=model.id,
@@ -383,6 +389,8 @@ def resolve_spec(
         kind=kind,
         loras=job_loras,
         cache=req.job_cache(),
+        preview_every=preview_every,
+        decoder=req.decoder or "full",
     )
 
 
