@@ -146,3 +146,25 @@ def test_a_preview_vae_of_other_latent_channels_is_refused_at_start_in_one_sente
     # The right one by flag loads (the A14B model's own file, given explicitly)
     flagged = WanEngine(models["t2v-a14b"], EngineSettings(device="cpu", preview_vae_path=str(wrong)))
     assert flagged.preview_decoder is not None and flagged.preview_decoder.latent_channels == 16
+
+
+def test_wanq_generate_refuses_a_wrong_preview_vae_in_one_line(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from wanq.cli import main
+    from wanq.config import UsageError
+
+    base = ["generate", "--model-path", str(models["ti2v-5b"]), "--tiny", "--prompt", "a cat", "--device", "cpu"]
+    wrong = models["t2v-a14b"] / TINY_FILE
+    with pytest.raises(UsageError) as refused:
+        main([*base, "--preview-vae-path", str(wrong), "-o", str(tmp_path / "a.mp4")])
+    assert refused.value.message == (
+        f"wanq generate: preview VAE {wrong} has 16 latent channels but the model's latents have 48: "
+        "TI2V-5B needs taew2_2 (48), the A14B models taew2_1 (16)"
+    )
+    # A file that is not there: refused by the option's check, before anything loads
+    with pytest.raises(UsageError) as missing:
+        main([*base, "--preview-vae-path", str(tmp_path / "nope.pth"), "-o", str(tmp_path / "b.mp4")])
+    assert f"--preview-vae-path {tmp_path / 'nope.pth'} is not a file" in missing.value.message
+    assert "\n" not in missing.value.message
+    assert not (tmp_path / "a.mp4").exists() and not (tmp_path / "b.mp4").exists()
