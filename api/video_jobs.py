@@ -169,7 +169,15 @@ async def remix(services: Services, principal: Principal, parent_record: JobReco
         image_key = services.storage.key(job_id, "image")
     elif parent.image_key is not None:
         image_key, copy_from = services.storage.key(job_id, "image"), parent.image_key
-    spec = remix_spec(parent, req.prompt, settings.catalog(), settings.jobs, image_key=image_key)
+    spec = remix_spec(
+        parent,
+        req.prompt,
+        settings.catalog(),
+        settings.jobs,
+        image_key=image_key,
+        decoder=req.decoder,
+        preview_every=req.preview_every,
+    )
     if parent.loras:
         await _check_remix_loras(services, principal, parent_record)
     services.quotas.check_size(principal.tenant, spec)

@@ -199,6 +199,12 @@ class RemixRequest(BaseModel):
     prompt: str = Field(description="What the remix shows (at most WANQ_JOBS_MAX_PROMPT_CHARS, 4000, characters).")
     webhook_url: str | None = Field(default=None, description="As for POST /v1/videos.")
     webhook_events: list[str] | None = Field(default=None, description="As for POST /v1/videos.")
+    decoder: Decoder | None = Field(
+        default=None, description='As for POST /v1/videos; default: the remixed video\'s (a draft may ask for "full").'
+    )
+    preview_every: int | None = PREVIEW_EVERY.request("As for POST /v1/videos; default: the remixed video's.")
+
+    _numbers = no_booleans(PREVIEW_EVERY.name)
 
 
 def parse_request(data: dict[str, Any]) -> VideoRequest:
@@ -502,10 +508,18 @@ def inherited_loras(base: GenerationSpec) -> list[LoraRequest]:
 
 
 def remix_spec(
-    parent: GenerationSpec, prompt: str, catalog: dict[str, ModelSpec], limits: JobSettings, *, image_key: str | None
+    parent: GenerationSpec,
+    prompt: str,
+    catalog: dict[str, ModelSpec],
+    limits: JobSettings,
+    *,
+    image_key: str | None,
+    decoder: Decoder | None = None,
+    preview_every: int | None = None,
 ) -> GenerationSpec:
     """A remix: the parent's parameters and seed with a new prompt; `image_key` is the remix's own copy of the
-    parent's stored image (or the key where an extension's worker stores the frame it continues from)."""
+    parent's stored image (or the key where an extension's worker stores the frame it continues from). `decoder`
+    and `preview_every`, when given, replace the parent's (a remix of a draft may ask for the full decoder)."""
     if parent.model not in catalog:
         raise ModelNotAvailable(
             f"model {parent.model!r} of the remixed video is no longer served here; available: {', '.join(catalog)}",
@@ -518,4 +532,9 @@ def remix_spec(
         f"<{len(prompt)} characters>",
         f"at most {limits.max_prompt_chars} characters",
     )
-    return parent.model_copy(update={"prompt": prompt, "image_key": image_key})
+    update: dict[str, Any] = {"prompt": prompt, "image_key": image_key}
+    if decoder is not None:
+        update["decoder"] = decoder
+    if preview_every is not None:
+        update["preview_every"] = PREVIEW_EVERY.check(preview_every, maximum=parent.num_inference_steps)
+    return parent.model_copy(update=update)

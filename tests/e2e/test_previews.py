@@ -116,3 +116,21 @@ def test_preview_every_and_decoder_are_checked_at_the_api(api: httpx.Client) -> 
     unknown = api.post("/v1/videos", json={**TINY_JOB, "prompt": "x", "decoder": "medium"})
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "decoder"
     assert "'medium'" in unknown.json()["error"]["message"]
+
+
+def test_a_remix_keeps_the_draft_decoder_unless_it_asks_for_full(api: httpx.Client, tmp_path: Path) -> None:
+    body = {"model": "tiny-ti2v-5b", "size": "64x64", "num_frames": 9, "num_inference_steps": 2, "seed": 4}
+    draft = api.post("/v1/videos", json={**body, "prompt": "a draft", "decoder": "tiny"}).json()
+    assert wait_for_status(api, draft["id"], {"completed", "failed"})["status"] == "completed"
+    again = api.post(f"/v1/videos/{draft['id']}/remix", json={"prompt": "a draft"}).json()
+    full = api.post(f"/v1/videos/{draft['id']}/remix", json={"prompt": "a draft", "decoder": "full"}).json()
+    assert again["decoder"] == "tiny" and full["decoder"] == "full"
+    for video in (again, full):
+        done = wait_for_status(api, video["id"], {"completed", "failed"})
+        assert done["status"] == "completed" and done["seed"] == 4, done
+        assert probe(api, video["id"], "video", tmp_path)["frames"] == 9
+    # The same latents, the same decoder: the same MP4; the full decoder makes another one.
+    files = {v: api.get(f"/v1/videos/{v}/content").content for v in (draft["id"], again["id"], full["id"])}
+    assert files[draft["id"]] == files[again["id"]] and files[full["id"]] != files[draft["id"]]
+    bad = api.post(f"/v1/videos/{draft['id']}/remix", json={"prompt": "x", "preview_every": 3})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "preview_every"
