@@ -100,10 +100,13 @@ async def create_once(
     if claim.outcome == "in_flight":
         raise Conflict("a request with this Idempotency-Key is still being processed; retry shortly", param="Idempotency-Key")
     if claim.outcome == "replay" and claim.job_id:
-        record = await asyncio.to_thread(services.store.get, claim.job_id)
-        if record is not None:
-            video = await jobs.avideo_object(services, record, **_with_ids(claim.job_ids))
-            return created(video, replayed=True)
+        # The first of the request's jobs that still exists (a deleted first one must not make the retry create
+        # the whole request again while the others stand).
+        for job_id in claim.job_ids or [claim.job_id]:
+            record = await asyncio.to_thread(services.store.get, job_id)
+            if record is not None:
+                video = await jobs.avideo_object(services, record, **_with_ids(claim.job_ids))
+                return created(video, replayed=True)
     try:
         # The jobs' creation also writes the key's entry, in the same step (shared/idempotency.py).
         return await make(Idempotency(tenant, idempotency_key, print_))

@@ -11,12 +11,13 @@ from typing import Any
 
 from fastapi import Response
 
-from api.creation import Idempotency, admit, new_job_id, new_record
+from api.creation import Idempotency, admit, forget_images, new_job_id, new_record
 from api.deps import Principal
 from api.services import Services
 from api.webhook_checks import check_job_webhook
 from shared import images
 from shared.errors import Forbidden, Gone, InvalidRequest, NotFound
+from shared.fields import seeds_from
 from shared.loras import resolve_job_loras
 from shared.schemas import GenerationSpec, JobRecord
 from shared.settings import Settings
@@ -55,6 +56,8 @@ async def create_videos(
     and one atomic script (FairQueue.acreate), all on the event loop through redis.asyncio."""
     settings = services.settings
     req = parse_request(fields)
+    n = request_size(req, settings.videos.max_n)  # before any I/O: a bad n or seeds costs nothing
+    check_seeds(req, n)
     await check_webhook(services, principal, req.webhook_url, req.webhook_events)
     if req.extend_video_id is not None and (upload is not None or req.image_url is not None):
         param = "image_url" if req.image_url is not None else "input_reference"
@@ -76,7 +79,6 @@ async def create_videos(
         lora_records = await asyncio.to_thread(services.loras.visible, principal.tenant, [r.name for r in named])
 
     # Resolve against the model's defaults and limits (an extension: and its source's parameters)
-    n = request_size(req, settings.videos.max_n)
     ids = [new_job_id() for _ in range(n)]
     spec: GenerationSpec
     if source is not None:
@@ -107,22 +109,26 @@ async def create_videos(
 
     # Store the fitted image beside each job (after an early look for room in the tenant's queue, so that
     # a full queue refuses before the upload), then the records and their queue entries, atomically.
-    if image_data is not None and spec.image_key is not None:
-        await asyncio.to_thread(services.quotas.check_room, principal.tenant, spec, n)
-        png = await asyncio.to_thread(_fit_image, image_data, spec.width, spec.height, settings)
-        for each in specs:
-            assert each.image_key is not None
-            await asyncio.to_thread(services.storage.put_bytes, png, each.image_key, CONTENT_TYPES["image"])
     records = [
         new_record(job_id, principal.tenant, each, webhook_url=req.webhook_url, webhook_events=req.webhook_events)
         for job_id, each in zip(ids, specs, strict=True)
     ]
+    if image_data is not None and spec.image_key is not None:
+        await asyncio.to_thread(services.quotas.check_room, principal.tenant, spec, n)
+        png = await asyncio.to_thread(_fit_image, image_data, spec.width, spec.height, settings)
+        try:
+            for each in specs:
+                assert each.image_key is not None
+                await asyncio.to_thread(services.storage.put_bytes, png, each.image_key, CONTENT_TYPES["image"])
+        except BaseException:
+            await forget_images(services, records)  # no record will ever name them: none is left behind
+            raise
     return await admit(services, records, idempotency)
 
 
 def request_size(req: VideoRequest, max_n: int) -> int:
     """How many videos the request makes: `n`, else as many as `seeds` names, else 1."""
-    n = req.n if req.n is not None else len(req.seeds) if req.seeds else 1
+    n = req.n if req.n is not None else len(req.seeds) if req.seeds is not None else 1
     if not 1 <= n <= max_n:
         param = "n" if req.n is not None else "seeds"
         raise InvalidRequest(f"invalid '{param}' {n}: must make between 1 and {max_n} videos (WANQ_VIDEOS_MAX_N)", param=param)
@@ -132,7 +138,14 @@ def request_size(req: VideoRequest, max_n: int) -> int:
 def seeds_of(req: VideoRequest, first: int, n: int) -> list[int]:
     """The n seeds in order: `seeds` as given, else first, first+1, ... (wrapping within the seed range)."""
     if req.seeds is None:
-        return [(first + i) % (MAX_SEED + 1) for i in range(n)]
+        return seeds_from(first, n)
+    return check_seeds(req, n)
+
+
+def check_seeds(req: VideoRequest, n: int) -> list[int]:
+    """`seeds` as given, refused with a 400 naming it unless it has n seeds in range that agree with `seed`."""
+    if req.seeds is None:
+        return []
     if len(req.seeds) != n:
         raise InvalidRequest(f"invalid 'seeds': {len(req.seeds)} seeds for n={n}; send one per video", param="seeds")
     for seed in req.seeds:

@@ -447,23 +447,14 @@ def run_cache(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
 
 
 def build_vae(args: argparse.Namespace) -> Any:
-    import torch
-
     from benchmarks import gpu_models
 
-    if args.tiny:
-        from worker.tiny_model import build_tiny_pipeline
-
-        return build_tiny_pipeline(variant_name(args)).vae.eval()
-    from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
-
-    config = gpu_models.WAN22_VAE if variant_name(args) == "ti2v-5b" else gpu_models.WAN21_VAE
-    return gpu_models._make(lambda: AutoencoderKLWan(**config), torch.device("cuda"), torch.bfloat16, 3)
+    return gpu_models.full_vae(variant_name(args), tiny=args.tiny)
 
 
 @runs("decode")
 def run_decode(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
-    """VAE decode alone, per option (worker/accel.py `_prepare_vae`, the engine's code path), on one set of random
+    """VAE decode alone, per option (worker/accel.py `prepare_vae`, the engine's code path), on one set of random
     latents; frames compared with stock's (uint8, 0..255). Then the MP4 export of stock's frames."""
     import numpy as np
     import torch
@@ -501,7 +492,7 @@ def run_decode(args: argparse.Namespace, variant: Variant) -> dict[str, Any]:
             torch.backends.cudnn.benchmark = False
             free()
             vae = build_vae(args)
-            applied = accel._prepare_vae(vae, engine_settings(args, extra))
+            applied = accel.prepare_vae(vae, engine_settings(args, extra))
             reset_peak()
             t0 = time.perf_counter()
             out = decode_latents(vae, processor, latents)  # the first decode carries compile / cuDNN's search

@@ -282,7 +282,7 @@ def part_a14b(run: Run) -> None:
         latent, text_dim = (1, 16, 2, 8, 8), 32
     else:
         config = gpu_models.transformer_config("t2v-a14b")
-        model = gpu_models._make(lambda: WanTransformer3DModel(**config), device, dtype, seed=2)
+        model = gpu_models.make_component(lambda: WanTransformer3DModel(**config), device, dtype, seed=2)
         latent, text_dim = (1, 16, 5, 60, 104), 4096
     result["build_s"] = round(time.perf_counter() - t0, 2)
     generator = torch.Generator(device=device).manual_seed(0)

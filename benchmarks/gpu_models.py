@@ -77,7 +77,7 @@ WAN21_VAE: dict[str, Any] = {}  # AutoencoderKLWan's defaults are the Wan2.1 VAE
 FLOW_SHIFT = {"ti2v-5b": 5.0, "t2v-a14b": 12.0}
 
 
-def _make(factory: Callable[[], M], device: torch.device, dtype: torch.dtype, seed: int) -> M:
+def make_component(factory: Callable[[], M], device: torch.device, dtype: torch.dtype, seed: int) -> M:
     """Initialises directly on `device` in `dtype` (fp32 on the CPU first would take minutes)."""
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
@@ -119,13 +119,13 @@ def build(
     park = torch.device("cpu") if place == "cpu" else device
 
     def made(factory: Callable[[], M], offset: int) -> M:
-        return _make(factory, build_on, dtype, seed + offset).to(park)
+        return make_component(factory, build_on, dtype, seed + offset).to(park)
 
     config = {**TRANSFORMER_COMMON, **TRANSFORMER[variant]}
     components: dict[str, Any] = {
-        "tokenizer": tiny_model._tokenizer(),
+        "tokenizer": tiny_model.tiny_tokenizer(),
         "text_encoder": made(lambda: UMT5EncoderModel(UMT5Config(**UMT5_XXL)), 1) if text_encoder else None,
-        "scheduler": tiny_model._scheduler(FLOW_SHIFT[variant]),
+        "scheduler": tiny_model.flow_scheduler(FLOW_SHIFT[variant]),
         "transformer": made(lambda: WanTransformer3DModel(**config), 2),
     }
     if variant == "ti2v-5b":
@@ -162,3 +162,11 @@ def forward_flops(variant: str, tokens: int, text_tokens: int = 512) -> float:
 def video_tokens(variant: str, width: int, height: int, frames: int) -> int:
     spatial = 32 if variant == "ti2v-5b" else 16  # VAE x patch
     return ((frames - 1) // 4 + 1) * (height // spatial) * (width // spatial)
+
+
+def full_vae(variant: str, *, tiny: bool) -> Any:
+    """The model's full Wan VAE: the tiny pipeline's on the CPU (`tiny`), else the real-size one in bf16 on the GPU."""
+    if tiny:
+        return tiny_model.build_tiny_pipeline(variant).vae.eval()
+    config = WAN22_VAE if variant == "ti2v-5b" else WAN21_VAE
+    return make_component(lambda: AutoencoderKLWan(**config), torch.device("cuda"), torch.bfloat16, 3)

@@ -135,7 +135,7 @@ def part_forward(args: argparse.Namespace) -> None:
         text_dim = model.config.text_dim
     else:
         device = torch.device("cuda")
-        model = gpu_models._make(
+        model = gpu_models.make_component(
             lambda: gpu_models.WanTransformer3DModel(**gpu_models.transformer_config(args.variant)), device, torch.bfloat16, 2
         )
         text_dim = 4096

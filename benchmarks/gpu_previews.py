@@ -42,18 +42,9 @@ MODELS = {
 
 
 def full_vae(model: str, tiny: bool) -> Any:
-    import torch
-
-    if tiny:
-        from worker.tiny_model import build_tiny_pipeline
-
-        return build_tiny_pipeline(model).vae.eval()
-    from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
-
     from benchmarks import gpu_models
 
-    config = gpu_models.WAN22_VAE if model == "ti2v-5b" else gpu_models.WAN21_VAE
-    return gpu_models._make(lambda: AutoencoderKLWan(**config), torch.device("cuda"), torch.bfloat16, 3)
+    return gpu_models.full_vae(model, tiny=tiny)
 
 
 def tiny_decoder(vae: Any, tiny: bool, dtype: Any, device: Any) -> Any:
@@ -96,7 +87,7 @@ def measure(model: str, args: argparse.Namespace) -> dict[str, Any]:
     record["full_vae"] = timings(partial(decode_latents, vae, processor, latents), reps)
     record["full_vae"]["frames"] = list(full.shape)
     if not args.tiny:
-        accel._prepare_vae(vae, harness.engine_settings({"vae_channels_last": True}, tiny=args.tiny))
+        accel.prepare_vae(vae, harness.engine_settings({"vae_channels_last": True}, tiny=args.tiny))
         record["full_vae_channels_last"] = timings(partial(decode_latents, vae, processor, latents), reps)
     vae = full_vae(model, True) if args.tiny else _config_only(model)  # the full one's memory goes back
     harness.free()

@@ -24,6 +24,12 @@ from shared.errors import InvalidRequest
 
 MAX_SEED = 2**32 - 1
 
+
+def seeds_from(first: int, n: int) -> list[int]:
+    """The seeds of a request's n outputs: first, first+1, ..., wrapping within 0..MAX_SEED."""
+    return [(first + i) % (MAX_SEED + 1) for i in range(n)]
+
+
 Num = TypeVar("Num", int, float)
 
 
@@ -58,7 +64,8 @@ class Number:
         """`value`, or an InvalidRequest naming the field, the value and the range (`maximum`: the deployment's)."""
         high = self.maximum if maximum is None else maximum
         low_ok = value > self.minimum if self.exclusive_minimum else value >= self.minimum
-        if not (math.isfinite(value) and low_ok and (high is None or value <= high)):
+        finite = not isinstance(value, float) or math.isfinite(value)  # isfinite overflows on a huge int
+        if not (finite and low_ok and (high is None or value <= high)):
             if high is None:
                 why = "must be positive" if self.exclusive_minimum and self.minimum == 0 else f"must be at least {self.minimum}"
             else:

@@ -27,6 +27,7 @@ from shared.fields import (
     NUM_INFERENCE_STEPS,
     SEED,
     no_booleans,
+    seeds_from,
 )
 from shared.schemas import GenerationSpec
 from shared.settings import JobSettings
@@ -132,11 +133,7 @@ def resolve_images(
     if fields.get("size") == "auto":
         del fields["size"]  # OpenAI's "the model chooses": the model's default size
     first = resolve_spec(parse_fields(VideoRequest, fields), catalog, default_model, limits, has_image=False, kind="image")
-    seeds = (
-        [random.randint(0, MAX_SEED) for _ in range(n)]
-        if req.seed is None
-        else [(req.seed + i) % (MAX_SEED + 1) for i in range(n)]
-    )
+    seeds = [random.randint(0, MAX_SEED) for _ in range(n)] if req.seed is None else seeds_from(req.seed, n)
     return [first.model_copy(update={"seed": seed}) for seed in seeds]
 
 

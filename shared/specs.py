@@ -43,6 +43,7 @@ from shared.fields import (
     Fields,
     no_booleans,
     parse,
+    seeds_from,
     short,
 )
 from shared.loras import LoraRecord, LoraRequest, resolve_job_loras
@@ -141,18 +142,11 @@ class VideoRequest(BaseModel):
                 raise ValueError("must be a JSON list of {name, strength, expert} objects") from None
         return value
 
-    _numbers = no_booleans(*NUMBER_FIELDS, PREVIEW_EVERY.name)
+    _numbers = no_booleans(*NUMBER_FIELDS, "n", PREVIEW_EVERY.name)
 
     def job_cache(self) -> JobCache:
         """`cache` as the job keeps it: its type (RequestCache) has already made true `{}`."""
         return CacheOptions() if self.cache is True else self.cache
-
-    @field_validator("n", mode="before")
-    @classmethod
-    def _n_not_a_boolean(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("must be a number, not true or false")
-        return value
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -468,7 +462,7 @@ def resolve_extension(
         "size": base.size,
         "fps": base.fps,
         "negative_prompt": base.negative_prompt,
-        "seed": (base.seed + 1) % (MAX_SEED + 1),
+        "seed": seeds_from(base.seed, 2)[1],
     }
     if extension_inherits_loras(req, base):
         # Sampling parameters are tuned per model and per LoRA (a step-distilled one above all): taken over, with the

@@ -63,15 +63,12 @@ def _pipeline_dir(command: str, path: str, model: str | None = None) -> tuple[Pa
     """The pipeline directory --model-path names (a directory, or a Hugging Face repository id resolved through its
     cache) and its shape, checked to be a Wan2.2 pipeline, the one `model` means, from its configs alone before a
     repository's weights are fetched (worker/pipeline_dir.py; no torch yet)."""
-    from worker.pipeline_dir import TITLES, PipelineDirError, check, configs, inspect, resolve
+    from worker.pipeline_dir import PipelineDirError, check, configs, inspect, resolve, variant_of
 
     try:
         described = configs(path)
         shape = check(model, described) if model is not None else inspect(described)
-        if shape.variant is None:
-            raise PipelineDirError(
-                f"{described} holds no Wan2.2 pipeline wanq knows ({shape.describe()}); wanq runs {', '.join(TITLES.values())}"
-            )
+        variant_of(shape, described)
         directory = resolve(path, say=lambda line: print(f"wanq {command}: {line}", file=sys.stderr))
     except PipelineDirError as exc:
         raise UsageError(f"wanq {command}: {exc}") from None

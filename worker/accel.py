@@ -161,7 +161,7 @@ def apply(
         quantization.apply(transformers, settings, device)
 
     # 5. The VAE's decode
-    decode = _prepare_vae(pipe.vae, settings)
+    decode = prepare_vae(pipe.vae, settings)
 
     # 6. Regional compile of the repeated transformer blocks. fullgraph where nothing in the block
     # breaks the graph; context parallelism's collectives run inside attention, so it is left to dynamo.
@@ -259,7 +259,7 @@ def share_placement(source: Any, target: Any) -> None:
         target._all_hooks = source._all_hooks
 
 
-def _prepare_vae(vae: Any, settings: EngineSettings) -> tuple[str, ...]:
+def prepare_vae(vae: Any, settings: EngineSettings) -> tuple[str, ...]:
     """The decode options, in the registry's order; returns their names for the plan."""
     applied: list[str] = []
     for option in registry.chosen(settings, "decode"):

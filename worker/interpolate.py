@@ -14,7 +14,6 @@ carry the `module.` prefix of the DataParallel they were trained in; they are re
 
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, overload
@@ -22,9 +21,10 @@ from typing import Final, overload
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from torch import nn
+
+from worker import weights
 
 __all__ = [
     "FACTORS",
@@ -176,27 +176,7 @@ class IFNet(nn.Module):
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors by key from .safetensors, or from a plain PyTorch state dict (.pkl/.pth/.pt) read with
     weights_only=True; the DataParallel `module.` prefix of the published files is removed."""
-    if not path.is_file():
-        raise InterpolatorFileError(f"interpolator weights {path} do not exist or are not a file")
-    if path.suffix == ".safetensors":
-        try:
-            state: object = load_safetensors(str(path))
-        except Exception as exc:
-            raise InterpolatorFileError(f"interpolator weights {path} are not a readable safetensors file: {exc}") from exc
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            # weights_only refuses any global outside tensors and plain containers: nothing in the file is run.
-            raise InterpolatorFileError(
-                f"interpolator weights {path} hold objects other than tensors and are refused "
-                "(only a plain state dict is read, with weights_only=True)"
-            ) from exc
-        except Exception as exc:
-            raise InterpolatorFileError(f"interpolator weights {path} are not a readable PyTorch file: {exc}") from exc
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise InterpolatorFileError(f"interpolator weights {path} are not a state dict of tensors by name")
-    return {key.removeprefix("module."): value for key, value in state.items()}
+    return weights.read_state_dict(path, "interpolator weights", InterpolatorFileError)
 
 
 def config_from_state_dict(state: dict[str, torch.Tensor]) -> IFNetConfig:

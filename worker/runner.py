@@ -280,9 +280,8 @@ class JobRunner:
         """Export -> upload -> record the outcome; runs while the next job is on the GPU."""
         ended = Ended(claim.record.id, Outcome.failed, WanqError.code)  # unless it is recorded below
         try:
-            recorded = self._export_and_record(claim, generated)
-            self.journal.write("ended", claim.record.id, attempt=claim.attempt, outcome=recorded.label)
-            ended = recorded
+            ended = self._export_and_record(claim, generated)  # the recorded outcome, whatever the journal does
+            self.journal.write("ended", claim.record.id, attempt=claim.attempt, outcome=ended.label)
             return ended.outcome
         finally:
             self._release(claim)

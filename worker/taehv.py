@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from worker import weights
+
 __all__ = [
     "PUBLISHED",
     "TINY_FILE",
@@ -332,15 +334,7 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> TaehvConfig:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A .safetensors file, or a plain state dict saved by torch.save (read with weights_only=True: no pickle code)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} is not a plain state dict of tensors")
-    return state
+    return weights.read_state_dict(path, "preview VAE")
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:

@@ -93,7 +93,7 @@ _WAN22_LATENTS_STD: Final = [
 ]  # fmt: skip
 
 
-def _tokenizer() -> PreTrainedTokenizerFast:
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A T5-like WordPiece tokenizer: ids pad 0, eos 1, unk 2; ``</s>`` appended.
 
     The vocabulary is derived from `_CORPUS` directly (sorted words, plus single characters and
@@ -187,7 +187,7 @@ def _wan22_vae(seed: int) -> AutoencoderKLWan:
     )
 
 
-def _scheduler(flow_shift: float) -> UniPCMultistepScheduler:
+def flow_scheduler(flow_shift: float) -> UniPCMultistepScheduler:
     return UniPCMultistepScheduler(
         prediction_type="flow_prediction",
         use_flow_sigmas=True,
@@ -200,14 +200,14 @@ def build_tiny_pipeline(variant: str, seed: int = 0) -> DiffusionPipeline:
     """Build (without saving) the tiny pipeline for `variant`; see the module docstring."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-    tokenizer = _tokenizer()
+    tokenizer = tiny_tokenizer()
     # A plain dict: diffusers annotates `scheduler` as FlowMatchEulerDiscreteScheduler and the CLIP
     # components as non-optional, although the real Wan2.2 checkpoints ship UniPC and no CLIP.
     components: dict[str, Any] = {"tokenizer": tokenizer, "text_encoder": _text_encoder(len(tokenizer), seed)}
     if variant == "t2v-a14b":
         components |= {
             "vae": _wan21_vae(seed + 1),
-            "scheduler": _scheduler(12.0),
+            "scheduler": flow_scheduler(12.0),
             "transformer": _transformer(16, 16, seed + 2),
             "transformer_2": _transformer(16, 16, seed + 3),
         }
@@ -215,7 +215,7 @@ def build_tiny_pipeline(variant: str, seed: int = 0) -> DiffusionPipeline:
     if variant == "i2v-a14b":
         components |= {
             "vae": _wan21_vae(seed + 1),
-            "scheduler": _scheduler(5.0),
+            "scheduler": flow_scheduler(5.0),
             "transformer": _transformer(36, 16, seed + 2),
             "transformer_2": _transformer(36, 16, seed + 3),
             "image_encoder": None,
@@ -224,7 +224,7 @@ def build_tiny_pipeline(variant: str, seed: int = 0) -> DiffusionPipeline:
         return WanImageToVideoPipeline(**components, boundary_ratio=0.9)
     components |= {
         "vae": _wan22_vae(seed + 1),
-        "scheduler": _scheduler(5.0),
+        "scheduler": flow_scheduler(5.0),
         "transformer": _transformer(48, 48, seed + 2),
         "transformer_2": None,
     }

@@ -13,7 +13,6 @@ then break diffusers' and transformers' imports too, so it cannot be a dependenc
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +21,10 @@ from typing import Final, overload
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 from torch import nn
+
+from worker import weights
 
 __all__ = [
     "SCALES",
@@ -104,29 +104,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors by key from .safetensors, or from a plain PyTorch file read with weights_only=True; the
     {"params_ema": ...} / {"params": ...} wrapping of Real-ESRGAN's published .pth files and a DataParallel
     `module.` prefix are removed."""
-    if path.suffix == ".safetensors":
-        try:
-            state: object = load_safetensors(str(path))
-        except Exception as exc:
-            raise UpscalerFileError(f"upscaler weights {path} are not a readable safetensors file: {exc}") from exc
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            # weights_only refuses any global outside tensors and plain containers: nothing in the file is run.
-            raise UpscalerFileError(
-                f"upscaler weights {path} hold objects other than tensors and are refused "
-                "(only a plain state dict is read, with weights_only=True)"
-            ) from exc
-        except Exception as exc:
-            raise UpscalerFileError(f"upscaler weights {path} are not a readable PyTorch file: {exc}") from exc
-    for wrapper in ("params_ema", "params"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-            break
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise UpscalerFileError(f"upscaler weights {path} are not a state dict of tensors by name")
-    return {key.removeprefix("module."): value for key, value in state.items()}
+    return weights.read_state_dict(path, "upscaler weights", UpscalerFileError, wrappers=("params_ema", "params"))
 
 
 def load_upscaler(path: Path, *, scale: int, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Upscaler:

@@ -62,6 +62,10 @@ def test_n_and_seeds_refusals_name_the_field(api: httpx.Client, store: JobStore)
         ({"n": 2, "seeds": [1, 2**32]}, "seeds", str(2**32)),
         ({"n": 2, "seeds": [1, 2], "seed": 9}, "seeds", "contradicts 'seed' 9"),
         ({"seeds": "not json"}, "seeds", "JSON list"),
+        ({"seeds": []}, "seeds", "between 1 and 4"),
+        # n is checked before any I/O: the image URL (refused or unreachable otherwise) is never looked at.
+        ({"n": 9, "image_url": "http://127.0.0.1:9/never-fetched.png"}, "n", "between 1 and 4"),
+        ({"num_inference_steps": 10**400}, "num_inference_steps", "invalid 'num_inference_steps'"),
     ]
     for extra, param, words in cases:
         answer = api.post("/v1/videos", json={**body, **extra})

@@ -38,6 +38,10 @@ def test_check_names_the_field_the_value_and_the_range() -> None:
         SEED.check(2**32)
     with pytest.raises(InvalidRequest, match="invalid 'seconds' 0: must be positive"):
         SECONDS.check(0)
+    # An integer too large for a float (JSON allows 4,300 digits) is a 400 too, not an OverflowError (a 500).
+    with pytest.raises(InvalidRequest, match="invalid 'seed'") as huge:
+        SEED.check(10**400)
+    assert huge.value.param == "seed"
 
 
 def test_stored_and_public_objects_enforce_the_range() -> None:

@@ -95,7 +95,7 @@ def test_decode_options_apply_in_the_registrys_order() -> None:
                 calls.append("compiled_decoder")
 
     settings = EngineSettings(vae_compile=True, vae_channels_last=True, vae_tiling=True)
-    assert accel._prepare_vae(Vae(), settings) == ("tiling", "channels_last", "compiled_decoder")
+    assert accel.prepare_vae(Vae(), settings) == ("tiling", "channels_last", "compiled_decoder")
     assert calls == ["tiling", "channels_last", "compiled_decoder"]
 
 
