@@ -299,7 +299,8 @@ IMAGES: dict[int | str, dict[str, Any]] = {
 
 EVENTS: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "Server-Sent Events: `event: video` with the Video object as `data`, until it ends. "
+        "description": "Server-Sent Events: `event: video` with the Video object as `data`, until it ends; the change "
+        "that brings a new preview (its `preview_step`) comes as `event: video.preview` instead, with the same data. "
         "If the server must end the stream early (its job store became unreachable), the last event is "
         '`event: interrupted` with an OpenAI-style `{"error": {...}}` as `data` and a `retry` hint: '
         "reconnect, and the stream starts again from the current state.",
@@ -311,7 +312,7 @@ EVENTS: dict[int | str, dict[str, Any]] = {
                     "(or, last, `event: interrupted`, `data`: an error object).",
                     "required": ["event", "data"],
                     "properties": {
-                        "event": {"enum": ["video", "interrupted"]},
+                        "event": {"enum": ["video", "video.preview", "interrupted"]},
                         "id": {"type": "string"},
                         "data": {"type": "string", "contentMediaType": "application/json"},
                     },

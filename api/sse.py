@@ -34,6 +34,7 @@ async def video_events(record: JobRecord, request: Request, services: Services) 
             yield first
             # Messages published between the subscribe and the read above are older than what was sent.
             sent_version = current.version
+            preview_step = current.preview_step
             if current.status.is_terminal():
                 return
             idle = 0.0
@@ -56,7 +57,12 @@ async def video_events(record: JobRecord, request: Request, services: Services) 
                 if update.version <= sent_version:
                     continue
                 sent_version = update.version
-                yield _sse(Video.of(update))
+                video = Video.of(update)
+                if update.preview_step is not None and update.preview_step != preview_step:
+                    preview_step = update.preview_step
+                    yield _sse(video, event="video.preview")
+                else:
+                    yield _sse(video)
                 if update.status.is_terminal():
                     return
         finally:
@@ -76,5 +82,8 @@ def _sse_interrupted(code: str, message: str) -> bytes:
     return f"retry: 2000\nevent: interrupted\ndata: {body}\n\n".encode()
 
 
-def _sse(video: Video) -> bytes:
-    return f"event: video\nid: {video.status.value}-{video.progress}-{video.step}\ndata: {json.dumps(video.dump())}\n\n".encode()
+def _sse(video: Video, *, event: str = "video") -> bytes:
+    """One event: `video` for every change of the job, `video.preview` for the change that brought a new preview
+    (the same video object, its preview_step the new preview's)."""
+    ident = f"{video.status.value}-{video.progress}-{video.step}" + (f"-p{video.preview_step}" if event != "video" else "")
+    return f"event: {event}\nid: {ident}\ndata: {json.dumps(video.dump())}\n\n".encode()

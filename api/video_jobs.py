@@ -210,6 +210,8 @@ async def remix(services: Services, principal: Principal, parent_record: JobReco
         image_key=image_key,
         interpolate=req.interpolate,
         upscale=req.upscale,
+        decoder=req.decoder,
+        preview_every=req.preview_every,
     )
     await check_capabilities(services, spec)
     if parent.loras:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic.config import JsonDict
@@ -152,6 +152,23 @@ UPSCALE = Factor(
 )
 POST_PROCESSING = (INTERPOLATE, UPSCALE)
 """A job's post-processing factors, in the order the export applies them."""
+
+
+PREVIEW_EVERY = Number(
+    "preview_every",
+    0,
+    None,
+    "A preview of the video every this many denoising steps (0: none), at most num_inference_steps: a short MP4 at "
+    "half the size and one frame per 4, the content variant `preview`, replaced each time and kept after the job "
+    "ends; default: the worker's (WANQ_ENGINE_PREVIEW_EVERY, 0 unless set). Needs a worker with a tiny decoder.",
+)
+
+Decoder = Literal["full", "tiny"]
+"""Which VAE decodes a job's final latents: the model's own (full), or the tiny TAEHV decoder (a fast draft)."""
+DECODER_DESCRIPTION = (
+    'Which decoder makes the video: "full" (the model\'s VAE) or "tiny" (the worker\'s TAEHV decoder: a draft, '
+    'about 10x faster to decode, softer); default "full". Needs a worker with a tiny decoder.'
+)
 
 JOB_NUMBERS = (SECONDS, NUM_FRAMES, FPS, NUM_INFERENCE_STEPS, GUIDANCE_SCALE, GUIDANCE_SCALE_2, SEED, FLOW_SHIFT)
 """A video request's numeric fields, in the order `wanq generate` and the request schema list them."""

@@ -14,7 +14,7 @@ the dispatch journal in step, publishes the new state and the webhook event.
                   +--- cancel_queued ----------------------------------> canceled
                   +--- give_up (attempts used up) ---------------------> failed
 
-`progress` and `request_cancel` keep a running job running. Dispatch (moving a queued job from its
+`progress`, `preview` and `request_cancel` keep a running job running. Dispatch (moving a queued job from its
 tenant's queue to the worker queue) is not a status change: shared/fairqueue.py does it.
 """
 
@@ -40,6 +40,7 @@ class Transition(NamedTuple):
 TRANSITIONS: dict[str, Transition] = {
     "claim": Transition(frozenset({queued}), in_progress),
     "progress": Transition(frozenset({in_progress}), None),
+    "preview": Transition(frozenset({in_progress}), None),
     "request_cancel": Transition(frozenset({in_progress}), None),
     "complete": Transition(frozenset({in_progress}), completed),
     "fail": Transition(frozenset({in_progress}), failed),
@@ -102,6 +103,12 @@ def progress(
     """The run's stage and step; refused once the run no longer holds the job (requeued, ended, deleted)."""
     patch = {"stage": stage.value, "step": step, "progress": progress_for(stage, step, total), "timings": rounded(timings)}
     return _apply(store, "progress", record, {**patch, **extra}, attempts=attempt)
+
+
+def preview(store: JobStore, record: JobRecord, attempt: int, step: int, key: str) -> TransitionResult:
+    """The run stored a new preview (after `step` steps) at `key`: the record's `preview_step` and its `preview`
+    output (the only output before the job completes); refused once the run no longer holds the job."""
+    return _apply(store, "preview", record, {"preview_step": step, "outputs": {"preview": key}}, attempts=attempt)
 
 
 def complete(

@@ -18,7 +18,7 @@ from pydantic import (
     model_serializer,
 )
 
-from shared.fields import no_booleans
+from shared.fields import Decoder, no_booleans
 
 
 class JobStatus(StrEnum):
@@ -185,6 +185,8 @@ _ADDED_SINCE_RELEASE: dict[str, Any] = {
     "cache": None,
     "interpolate": 1,
     "upscale": 1,
+    "preview_every": None,
+    "decoder": "full",
 }
 """Spec fields a previous release's worker does not know, with the value that means "not used": left out when so."""
 
@@ -240,6 +242,10 @@ class GenerationSpec(BaseModel):
     """Frame interpolation after the decode: (F-1) x k + 1 frames at fps x k, the generated ones at i x k."""
     upscale: Literal[1, 2, 4] = 1
     """Upscaling after the interpolation: width and height times k."""
+    preview_every: int | None = None
+    """A preview every this many steps (0: none); None = the worker's default (WANQ_ENGINE_PREVIEW_EVERY)."""
+    decoder: Decoder = "full"
+    """`tiny`: the final latents decoded by the worker's TAEHV decoder (a draft) instead of the model's VAE."""
 
     @property
     def size(self) -> str:
@@ -319,6 +325,8 @@ class JobRecord(BaseModel):
     cache_stats: CacheStats | None = None
     """What the step cache skipped in the latest run (None: it ran without one, or has not denoised yet)."""
     estimated_completed_at: float | None = None
+    preview_step: int | None = None
+    """Steps done at the latest preview (`outputs["preview"]`); None: none made yet."""
     """The running attempt's estimate of when it completes (shared/estimate.py); None: nothing to go by yet."""
 
     # Redis' Lua cjson turns empty JSON objects into empty arrays; read them back as objects.

@@ -181,6 +181,13 @@ class EngineSettings(BaseModel):
     """torch.backends.cudnn.benchmark: cuDNN times its conv algorithms per new shape (the VAE's conv3d) and keeps
     the fastest; process-wide; the first decode at a size pays for the search."""
 
+    preview_vae_path: str = ""
+    """A TAEHV checkpoint (taew2_1 for the A14B models, taew2_2 for TI2V-5B; .safetensors or a plain state dict):
+    the tiny decoder of previews and of `decoder: "tiny"` jobs. Empty: a tiny model's own (taehv.safetensors
+    beside it), else none. Refused at start if its latent channels are not the model's."""
+    preview_every: int = Field(default=0, ge=0)
+    """Default of jobs that do not say: a preview every this many denoising steps (0: none)."""
+
     prompt_cache_size: int = Field(default=64, ge=0)
     """Prompt embeddings kept per worker (LRU, keyed by prompt, negative prompt and model)."""
     fault_injection: bool = False

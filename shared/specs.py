@@ -30,6 +30,7 @@ from pydantic.json_schema import SkipJsonSchema
 from shared.catalog import ModelSpec
 from shared.errors import Conflict, Forbidden, Gone, InvalidRequest, ModelNotAvailable, NotFound
 from shared.fields import (
+    DECODER_DESCRIPTION,
     FLOW_SHIFT,
     FPS,
     GUIDANCE_SCALE,
@@ -39,9 +40,11 @@ from shared.fields import (
     MAX_SEED,
     NUM_FRAMES,
     NUM_INFERENCE_STEPS,
+    PREVIEW_EVERY,
     SECONDS,
     SEED,
     UPSCALE,
+    Decoder,
     Fields,
     no_booleans,
     parse,
@@ -98,6 +101,8 @@ class VideoRequest(BaseModel):
         "true for the worker's settings (the same as {}), or false for none; default: the worker's configured cache "
         "(WANQ_ENGINE_CACHE, none unless set).",
     )
+    preview_every: int | None = PREVIEW_EVERY.request()
+    decoder: Decoder | None = Field(default=None, description=DECODER_DESCRIPTION)
     webhook_url: str | None = Field(
         default=None, description="http(s) URL told of this job's events, signed with the tenant's webhook secret."
     )
@@ -144,7 +149,7 @@ class VideoRequest(BaseModel):
                 raise ValueError("must be a JSON list of {name, strength, expert} objects") from None
         return value
 
-    _numbers = no_booleans(*NUMBER_FIELDS, "n")
+    _numbers = no_booleans(*NUMBER_FIELDS, "n", PREVIEW_EVERY.name)
 
     def job_cache(self) -> JobCache:
         """`cache` as the job keeps it: its type (RequestCache) has already made true `{}`."""
@@ -202,7 +207,12 @@ class RemixRequest(BaseModel):
         default=None, json_schema_extra={"enum": list(UPSCALE.choices)}, description="Default: the video's."
     )
 
-    _numbers = no_booleans(INTERPOLATE.name, UPSCALE.name)
+    decoder: Decoder | None = Field(
+        default=None, description='As for POST /v1/videos; default: the remixed video\'s (a draft may ask for "full").'
+    )
+    preview_every: int | None = PREVIEW_EVERY.request("As for POST /v1/videos; default: the remixed video's.")
+
+    _numbers = no_booleans(INTERPOLATE.name, UPSCALE.name, PREVIEW_EVERY.name)
 
 
 def parse_request(data: dict[str, Any]) -> VideoRequest:
@@ -374,6 +384,7 @@ def resolve_spec(
         )
     shift = FLOW_SHIFT.check(given("flow_shift", model.flow_shift))
     seed = random.randint(0, MAX_SEED) if req.seed is None else SEED.check(req.seed)
+    preview_every = None if req.preview_every is None else PREVIEW_EVERY.check(req.preview_every, maximum=steps)
 
     spec = GenerationSpec(
         model=model.id,
@@ -392,6 +403,8 @@ def resolve_spec(
         kind=kind,
         loras=job_loras,
         cache=req.job_cache(),
+        preview_every=preview_every,
+        decoder=req.decoder or "full",
     )
     return post_processed(spec, req.interpolate, req.upscale, limits)
 
@@ -555,9 +568,12 @@ def remix_spec(
     image_key: str | None,
     interpolate: int | None = None,
     upscale: int | None = None,
+    decoder: Decoder | None = None,
+    preview_every: int | None = None,
 ) -> GenerationSpec:
     """A remix: the parent's parameters and seed with a new prompt; `image_key` is the remix's own copy of the
-    parent's stored image (or the key where an extension's worker stores the frame it continues from)."""
+    parent's stored image (or the key where an extension's worker stores the frame it continues from). `decoder`
+    and `preview_every`, when given, replace the parent's (a remix of a draft may ask for the full decoder)."""
     if parent.model not in catalog:
         raise ModelNotAvailable(
             f"model {parent.model!r} of the remixed video is no longer served here; available: {', '.join(catalog)}",
@@ -570,6 +586,11 @@ def remix_spec(
         f"<{len(prompt)} characters>",
         f"at most {limits.max_prompt_chars} characters",
     )
+    update: dict[str, Any] = {"prompt": prompt, "image_key": image_key}
+    if decoder is not None:
+        update["decoder"] = decoder
+    if preview_every is not None:
+        update["preview_every"] = PREVIEW_EVERY.check(preview_every, maximum=parent.num_inference_steps)
     if parent.extend_from is not None:
         extension_post_processing(interpolate, upscale, parent, parent.extend_from, param="video_id")
-    return post_processed(parent.model_copy(update={"prompt": prompt, "image_key": image_key}), interpolate, upscale, limits)
+    return post_processed(parent.model_copy(update=update), interpolate, upscale, limits)

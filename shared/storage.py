@@ -25,8 +25,20 @@ from shared.settings import S3Settings
 T = TypeVar("T")
 log = logging.getLogger("wanq.storage")
 
-CONTENT_TYPES = {"video": "video/mp4", "thumbnail": "image/webp", "spritesheet": "image/jpeg", "image": "image/png"}
-FILE_NAMES = {"video": "video.mp4", "thumbnail": "thumbnail.webp", "spritesheet": "spritesheet.jpg", "image": "input.png"}
+CONTENT_TYPES = {
+    "video": "video/mp4",
+    "thumbnail": "image/webp",
+    "spritesheet": "image/jpeg",
+    "image": "image/png",
+    "preview": "video/mp4",
+}
+FILE_NAMES = {
+    "video": "video.mp4",
+    "thumbnail": "thumbnail.webp",
+    "spritesheet": "spritesheet.jpg",
+    "image": "input.png",
+    "preview": "preview.mp4",
+}
 # S3's answers that a later try may not get: throttling (SlowDown and its AWS-wide names) and a request that timed out.
 RETRYABLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"})
 # An output named like an input: an image job's PNG is its `image` variant, beside (not over) an input image.

@@ -9,7 +9,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.fields import FLOW_SHIFT, FPS, GUIDANCE_SCALE, GUIDANCE_SCALE_2, INTERPOLATE, NUM_INFERENCE_STEPS, SEED, UPSCALE
+from shared.fields import (
+    DECODER_DESCRIPTION,
+    FLOW_SHIFT,
+    FPS,
+    GUIDANCE_SCALE,
+    GUIDANCE_SCALE_2,
+    INTERPOLATE,
+    NUM_INFERENCE_STEPS,
+    PREVIEW_EVERY,
+    SEED,
+    UPSCALE,
+    Decoder,
+)
 from shared.schemas import CacheStats, Expert, JobCache, JobRecord, JobStatus, Stage
 
 
@@ -111,6 +123,16 @@ class Video(BaseModel):
         default=None,
         description="What the step cache skipped in its latest run, once denoised; null when it ran without one.",
     )
+    preview_every: int | None = PREVIEW_EVERY.value(
+        "A preview every this many steps, as the job asked (0: none); null: the worker's default.", optional=True
+    )
+    preview_step: int | None = Field(
+        default=None,
+        ge=0,
+        description="Steps done at the latest preview (GET /v1/videos/{id}/content?variant=preview, an MP4 at half the "
+        "size, one frame per latent frame); null until one is made. Each new one is a `video.preview` SSE event.",
+    )
+    decoder: Decoder = Field(default="full", description=DECODER_DESCRIPTION)
     started_at: int | None = Field(default=None, description="Unix seconds: when its first run started.")
     timings: dict[str, float] = Field(default_factory=dict, description="Seconds per stage of the latest run.")
     attempts: int = Field(ge=0, description="Runs that started (a worker that died mid-job makes one more).")
@@ -174,6 +196,9 @@ class Video(BaseModel):
             interpolate=spec.interpolate,
             upscale=spec.upscale,
             cache_stats=record.cache_stats,
+            preview_every=spec.preview_every,
+            preview_step=record.preview_step,
+            decoder=spec.decoder,
             started_at=int(record.started_at) if record.started_at else None,
             timings=record.timings,
             attempts=record.attempts,

@@ -157,6 +157,8 @@ ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--vae-compile", dict(action="store_true", default=None, help="torch.compile the VAE decoder")),
     ("--vae-channels-last", dict(action="store_true", default=None, help="channels-last VAE weights (cuDNN conv3d)")),
     ("--cudnn-benchmark", dict(action="store_true", default=None, help="let cuDNN time its conv algorithms per shape")),
+    ("--preview-vae-path", dict(help="a TAEHV checkpoint: the tiny decoder of previews and draft decodes")),
+    ("--preview-every", dict(type=int, help="a preview every N steps for jobs that do not say (0: none)")),
     ("--num-gpus", dict(type=int)),
     ("--ulysses-degree", dict(type=int)),
     ("--ring-degree", dict(type=int)),

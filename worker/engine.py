@@ -13,6 +13,8 @@ import gc
 import importlib
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,6 +39,8 @@ from worker.options import cache as cache_options
 from worker.parallel import mesh
 from worker.parallel.messages import Adapters, Job
 from worker.pipeline_dir import transformers_of
+from worker.previews import Previewer, Publish
+from worker.taehv import TINY_FILE, Taehv, load_taehv
 
 log = logging.getLogger("wanq.engine")
 
@@ -212,6 +216,8 @@ class WanEngine:
             else pipeline_dir.variant_of(pipeline_dir.shape_of(self.pipe), f"the pipeline {factory}() built")
         )
         self.model_id = self.model_id or self.variant
+        # The tiny decoder of previews and draft decodes (rank 0 only): --preview-vae-path, else a tiny model's own
+        self.preview_decoder: Taehv | None = self._preview_decoder() if self.is_leader else None
         # TI2V-5B: one set of weights drives both text and image mode (expand_timesteps conditioning).
         self.image_pipe: Any = None
         if self.variant == "ti2v-5b":
@@ -275,6 +281,34 @@ class WanEngine:
             check_vae(pipe.vae, pipe.transformer, self.settings.vae_path)
         return pipe
 
+    def _preview_decoder(self) -> Taehv | None:
+        """The TAEHV checkpoint of --preview-vae-path (a ValueError in one sentence if its latent channels are not
+        the model's), else the tiny random-weight one beside a tiny model (worker/tiny_model.py), else none."""
+        path = self.settings.preview_vae_path
+        if not path:
+            beside = self.model_path / TINY_FILE if self.model_path is not None else None
+            if beside is None or not beside.is_file():
+                return None
+            path = str(beside)
+        elif not Path(path).is_file():
+            raise ValueError(f"--preview-vae-path {path} is not a file: give a TAEHV checkpoint (taew2_1 or taew2_2)")
+        try:
+            return load_taehv(path, latent_channels=int(self.pipe.vae.config.z_dim), device=self.device)
+        except ValueError:
+            raise
+        except Exception as exc:  # a corrupt or foreign file: still one sentence, at start
+            raise ValueError(f"--preview-vae-path {path} is not a TAEHV checkpoint: {exc}") from None
+
+    def preview_every(self, spec: GenerationSpec) -> int:
+        """Steps between a job's previews: its own `preview_every`, else the worker's (0: none)."""
+        return self.settings.preview_every if spec.preview_every is None else spec.preview_every
+
+    def _check_decoder(self, spec: GenerationSpec) -> None:
+        if spec.decoder == "tiny" and self.preview_decoder is None:
+            raise InvalidRequest(
+                'this worker has no tiny decoder (--preview-vae-path): send "decoder": "full" or omit it', param="decoder"
+            )
+
     def _step_cache(self) -> StepCache:
         if self.step_cache is None:
             self.step_cache = StepCache(self.pipe, cfg_parallel=self.settings.cfg_parallel)
@@ -314,7 +348,10 @@ class WanEngine:
         *,
         on_stage: StageCallback | None = None,
         on_step: StepCallback | None = None,
+        on_preview: Publish | None = None,
     ) -> Generation:
+        """`on_preview(steps done, MP4 path)`: called on the preview thread with each preview (worker/previews.py),
+        when the job asks for previews (`preview_every`) and this worker has a tiny decoder."""
         if self.broken:
             # The previous job failed while every rank was inside the same collectives.
             log.critical("several-GPU engine is broken since its last job failed mid-denoise: restarting the worker")
@@ -327,6 +364,8 @@ class WanEngine:
         self._check_spec(pipe, spec)
         adapters = self._adapter_plan(spec)
         cache = self.cache_for(spec)
+        self._check_decoder(spec)
+        previewer = self._previewer(spec, on_preview)
         in_group = False
         out_of_memory = ""
         try:
@@ -353,9 +392,13 @@ class WanEngine:
                 embeds = [e for e in (prompt_embeds, negative_embeds) if e is not None]
                 self.followers.send_job(Job.of(spec, image, embeds, adapters, cache=cache))
                 prompt_embeds, negative_embeds = self._share_embeds(prompt_embeds, negative_embeds)
-            latents = self._denoise(
-                pipe, spec, image, prompt_embeds, negative_embeds, self._leader_callback(on_step, step_times, spec), cache
-            )
+            callback = self._leader_callback(on_step, step_times, spec, previewer)
+            try:
+                latents = self._denoise(pipe, spec, image, prompt_embeds, negative_embeds, callback, cache)
+            finally:
+                if previewer is not None:
+                    previewer.close()  # waits for the preview in flight: a canceled job keeps its last one
+                    shutil.rmtree(previewer.folder, ignore_errors=True)
             self._sync()
             in_group = False
             timings["denoising"] = time.perf_counter() - t0
@@ -364,7 +407,11 @@ class WanEngine:
             # 4. Decode (rank 0 only)
             on_stage(Stage.decoding)
             t0 = time.perf_counter()
-            frames = self.decode(pipe, latents)
+            if spec.decoder == "tiny":
+                assert self.preview_decoder is not None  # _check_decoder
+                frames = self.preview_decoder.decode_frames(latents)  # the draft: normalized latents in, frames out
+            else:
+                frames = self.decode(pipe, latents)
             timings["decoding"] = time.perf_counter() - t0
         except torch.OutOfMemoryError as exc:
             out_of_memory = str(exc).splitlines()[0]
@@ -443,15 +490,43 @@ class WanEngine:
                 return negative, prompt
         return prompt, negative
 
-    def _leader_callback(self, on_step: StepCallback | None, step_times: list[float], spec: GenerationSpec) -> Callable[..., Any]:
+    def _previewer(self, spec: GenerationSpec, publish: Publish | None) -> Previewer | None:
+        every = self.preview_every(spec)
+        if every <= 0 or publish is None or self.preview_decoder is None or spec.kind == "image":
+            return None
+        folder = Path(tempfile.mkdtemp(prefix="wanq-previews-"))
+
+        def publish_and_forget(done: int, path: Path) -> None:
+            try:
+                publish(done, path)
+            finally:
+                path.unlink(missing_ok=True)
+
+        return Previewer(
+            self.preview_decoder,
+            every=every,
+            total=spec.num_inference_steps,
+            fps=spec.fps,
+            folder=folder,
+            publish=publish_and_forget,
+        )
+
+    def _leader_callback(
+        self, on_step: StepCallback | None, step_times: list[float], spec: GenerationSpec, previewer: Previewer | None = None
+    ) -> Callable[..., Any]:
         total = spec.num_inference_steps
         last = [time.perf_counter()]
         member = self.member
+        before: list[torch.Tensor | None] = [None]  # the latents before the step (those after the previous one)
 
-        def callback(_pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        def callback(pipe: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
             now = time.perf_counter()
             step_times.append(now - last[0])
             last[0] = now
+            if previewer is not None:
+                latents = kwargs["latents"]
+                previewer.after_step(pipe.scheduler, before[0] if before[0] is not None else latents, latents, index + 1)
+                before[0] = latents
             stop: BaseException | None = None
             if on_step is not None:
                 try:

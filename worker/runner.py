@@ -42,7 +42,13 @@ log = logging.getLogger("wanq.worker")
 
 class Engine(Protocol):
     def generate(
-        self, spec: GenerationSpec, image: Image.Image | None = None, *, on_stage: Any = None, on_step: Any = None
+        self,
+        spec: GenerationSpec,
+        image: Image.Image | None = None,
+        *,
+        on_stage: Any = None,
+        on_step: Any = None,
+        on_preview: Any = None,
     ) -> Any: ...
 
 
@@ -114,6 +120,8 @@ class Claim:
     """An extension's source, fetched when it starts, read again by its export."""
     clock: RunClock | None = None
     """The run's times and its estimate of when it completes."""
+    preview_key: str | None = None
+    """Where this run's latest preview is stored (the `preview` output, kept when the job completes)."""
 
 
 class JobRunner:
@@ -250,7 +258,14 @@ class JobRunner:
                 if self.settings.engine.fault_injection:
                     faults.inject(spec, done)
 
-            result = self.engine.generate(spec, image, on_stage=on_stage, on_step=on_step)
+            def on_preview(done: int, path: Path) -> None:
+                # On the engine's preview thread: replaces the run's preview, then says so (an SSE `video.preview`).
+                key = self.storage.output_key(record.id, attempt, "preview")
+                self.storage.upload_file(path, key, CONTENT_TYPES["preview"])
+                if jobstate.preview(self.store, record, attempt, done, key).ok:
+                    claim.preview_key = key
+
+            result = self.engine.generate(spec, image, on_stage=on_stage, on_step=on_step, on_preview=on_preview)
             timings.update(result.timings)
             stats = cache.summary(result.cache)
             self._progress(
@@ -293,6 +308,8 @@ class JobRunner:
             outputs = self._export_and_upload(record, attempt, generated.result.frames, timings, claim.source)
         except Exception as exc:
             return self._fail(record, attempt, exc, timings)
+        if claim.preview_key is not None:
+            outputs["preview"] = claim.preview_key  # kept after the job ends
         timings["total"] = time.perf_counter() - started
         done = jobstate.complete(
             self.store, record, attempt, outputs=outputs, timings=timings, retention_s=self.settings.jobs.retention_s

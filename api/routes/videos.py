@@ -27,7 +27,7 @@ from shared.video import Video, VideoDeleted, VideoList
 
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
-Variant = Literal["video", "thumbnail", "spritesheet", "image"]
+Variant = Literal["video", "thumbnail", "spritesheet", "image", "preview"]
 
 _create_schema = job_body_schema(
     VideoRequest,
@@ -146,7 +146,9 @@ def delete_video(record: JobDep, services: ServicesDep) -> VideoDeleted:
 
 
 @router.get(
-    "/{video_id}/content", responses=CONTENT, summary="Download the MP4, its thumbnail or its spritesheet (an image: its PNG)"
+    "/{video_id}/content",
+    responses=CONTENT,
+    summary="Download the MP4, its thumbnail, spritesheet or latest preview (an image: its PNG)",
 )
 def download_content(
     video_id: str,
@@ -155,14 +157,15 @@ def download_content(
     variant: Annotated[
         Variant | None,
         Query(
-            description="video (MP4), thumbnail (WebP), spritesheet (JPEG), image (PNG, image jobs); default: video, an image job's image."
+            description="video (MP4), thumbnail (WebP), spritesheet (JPEG), image (PNG, image jobs), preview (the latest "
+            "preview MP4, while the job runs and after it ends: see preview_step); default: video, an image job's image."
         ),
     ] = None,
 ) -> Response:
     record = jobs.load_job(services, principal, video_id)  # after the query is checked: a bad variant is a 400
     if variant is None:
         variant = "image" if record.spec.kind == "image" else "video"
-    if record.status is not JobStatus.completed:
+    if record.status is not JobStatus.completed and not (variant == "preview" and "preview" in record.outputs):
         raise Conflict(f"video {video_id} is {record.status.value}; content exists once it is completed", param="video_id")
     if record.expires_at is not None and record.expires_at <= time.time():
         raise Gone(f"the outputs of video {video_id} expired at {int(record.expires_at)}", param="video_id")

@@ -184,7 +184,7 @@ def test_a_run_whose_job_was_requeued_stops_at_its_next_step(
     job = make_job(store, "requeued mid-denoise")
 
     class RequeuedAfterStepOne:
-        def generate(self, spec, image=None, *, on_stage=None, on_step=None):  # type: ignore[no-untyped-def]
+        def generate(self, spec, image=None, *, on_stage=None, on_step=None, on_preview=None):  # type: ignore[no-untyped-def]
             def step(done: int, total: int) -> None:
                 if done == 1:
                     requeue_as_upkeep_does(store, job, attempts=1)
@@ -242,7 +242,7 @@ def test_each_delivery_reports_its_outcome_once_a_failed_one_by_its_error_code(
     assert thread.startswith("wanq-finish") and len(reports) == 2
 
     class OutOfMemoryAtStepOne:
-        def generate(self, spec, image=None, *, on_stage=None, on_step=None):  # type: ignore[no-untyped-def]
+        def generate(self, spec, image=None, *, on_stage=None, on_step=None, on_preview=None):  # type: ignore[no-untyped-def]
             def step(done: int, total: int) -> None:
                 raise OutOfMemory("CUDA out of memory (at step one)")
 

@@ -99,3 +99,22 @@ VAE_PATH = Option(
     ),
     applied="loaded in place of the model's VAE (worker/engine.py)",
 )
+
+PREVIEW_VAE_PATH = Option(
+    flag="--preview-vae-path FILE",
+    kind="vae",
+    summary="the tiny TAEHV decoder of previews (`preview_every`) and draft decodes (`decoder: tiny`); a tiny model's "
+    "own without the flag",
+    chosen=lambda s: bool(s.preview_vae_path),
+    needs=(
+        rule(
+            "an existing file",
+            lambda s, _e: not Path(s.preview_vae_path).is_file(),
+            lambda s, _e: (
+                f"--preview-vae-path {s.preview_vae_path} is not a file: give a TAEHV checkpoint "
+                "(taew2_1 for the A14B models, taew2_2 for TI2V-5B; .safetensors or .pth)"
+            ),
+        ),
+    ),
+    applied="loaded beside the VAE on rank 0, its latent channels checked (worker/engine.py)",
+)

@@ -30,6 +30,7 @@ OPTIONS: tuple[Option, ...] = (
     quantization.FP8,
     # 5. The VAE and its decode, in this order
     decode.VAE_PATH,
+    decode.PREVIEW_VAE_PATH,
     decode.TILING,
     decode.CUDNN_BENCHMARK,
     decode.CHANNELS_LAST,
