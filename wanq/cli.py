@@ -199,7 +199,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     model_id = args.model or model_ids(shape.variant, tiny=args.tiny or shape.tiny)[0]
     catalog = {model_id: PRESETS[model_id]}
     image = Image.open(args.image).convert("RGB") if args.image else None
-    fields = {k: getattr(args, k) for k in ("size", *NUMBER_FIELDS, "negative_prompt") if getattr(args, k) is not None}
+    fields = {k: getattr(args, k, None) for k in ("size", *NUMBER_FIELDS, "negative_prompt")}
+    fields = {k: v for k, v in fields.items() if v is not None}  # fields `wanq generate` has no flag for are absent
     try:
         spec = resolve_spec(
             VideoRequest(prompt=args.prompt, model=model_id, **fields),
