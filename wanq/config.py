@@ -155,7 +155,14 @@ ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--interpolator-path", dict(help="RIFE IFNet v4.x weights: jobs may ask for interpolate 2 or 4")),
     ("--upscaler-path", dict(help="Real-ESRGAN-class weights: jobs may ask for upscale by its scale")),
     ("--vae-compile", dict(action="store_true", default=None, help="torch.compile the VAE decoder")),
-    ("--vae-channels-last", dict(action="store_true", default=None, help="channels-last VAE weights (cuDNN conv3d)")),
+    (
+        "--vae-channels-last",
+        dict(
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="channels-last VAE weights for cuDNN's conv3d (default: on a GPU)",
+        ),
+    ),
     ("--cudnn-benchmark", dict(action="store_true", default=None, help="let cuDNN time its conv algorithms per shape")),
     ("--preview-vae-path", dict(help="a TAEHV checkpoint: the tiny decoder of previews and draft decodes")),
     ("--preview-every", dict(type=int, help="a preview every N steps for jobs that do not say (0: none)")),
@@ -163,6 +170,7 @@ ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--ulysses-degree", dict(type=int)),
     ("--ring-degree", dict(type=int)),
     ("--cfg-parallel", dict(action="store_true", default=None)),
+    ("--cfg-batch", dict(action="store_true", default=None, help="one GPU: both CFG branches as one batch-2 forward")),
     ("--cache", dict(choices=["none", "dbcache"], help="default step cache of jobs that do not say (cache-dit; lossy)")),
     ("--cache-fn", dict(type=int, help="dbcache: first blocks always computed (1)")),
     ("--cache-bn", dict(type=int, help="dbcache: last blocks always computed (0)")),

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from shared.settings import EngineSettings
-from worker.options import registry
+from worker.options import parallel, registry
 from worker.options.option import Environment, Option, context_parallel
 from worker.parallel import mesh
 from worker.pipeline_dir import TRANSFORMERS, transformers_of
@@ -155,6 +155,9 @@ def apply(
     # 3. Several GPUs: context parallelism on every transformer, CFG branches on two rank groups
     if member is not None:
         mesh.enable(transformers, settings, member, sync_weights=sync_weights)
+
+    if parallel.CFG_BATCH.is_chosen(settings) and parallel.CFG_BATCH.apply is not None:
+        parallel.CFG_BATCH.apply(transformers, settings, device)  # both CFG branches as one forward, on one GPU
 
     # 4. Quantization on several GPUs: after rank 0's weights reached every rank, before compile (which traces them)
     if quantization is not None and quantize_as_placed is None and quantization.apply is not None:

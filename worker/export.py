@@ -4,10 +4,12 @@ image job); and back: an MP4's frames, and several MP4s of the same settings joi
 from __future__ import annotations
 
 import math
+import queue
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import imageio_ffmpeg
 import numpy as np
@@ -20,9 +22,18 @@ SPRITE_TILE_WIDTH = 160
 def write_mp4(frames: np.ndarray, fps: int, path: Path, *, preset: str = "veryfast", crf: int = 18) -> Path:
     """Writes exactly len(frames) frames at `fps`. frames: uint8 [F, H, W, 3], H and W even."""
     _, height, width, _ = frames.shape
+    writer = _x264(path, (width, height), fps, preset, crf)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+    return path
+
+
+def _x264(path: Path, size: tuple[int, int], fps: int, preset: str, crf: int) -> Any:
+    """An ffmpeg process writing H.264 (libx264, yuv420p, +faststart) at `path`, fed rgb24 frames by `.send`."""
     writer = imageio_ffmpeg.write_frames(
         str(path),
-        (width, height),
+        size,
         fps=fps,
         codec="libx264",
         pix_fmt_in="rgb24",
@@ -33,10 +44,74 @@ def write_mp4(frames: np.ndarray, fps: int, path: Path, *, preset: str = "veryfa
         ffmpeg_log_level="error",
     )
     writer.send(None)
-    for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    writer.close()
-    return path
+    return writer
+
+
+class Mp4Stream:
+    """write_mp4 fed while the frames are still being made: `send` hands a chunk of frames [n, H, W, 3] to a thread
+    that pipes them to x264 (a separate process), so the encode runs beside the VAE's decode and only its tail is
+    left when the decode ends. The same encoder settings as write_mp4, so the file is the one write_mp4 would write.
+    `close()` waits for the tail and returns the path; `abort()` stops and deletes it. Both are idempotent."""
+
+    _END = None
+
+    def __init__(self, path: Path, fps: int, *, preset: str = "veryfast", crf: int = 18) -> None:
+        self.path = path
+        self.fps = fps
+        self.preset = preset
+        self.crf = crf
+        self.frames = 0
+        self._queue: queue.Queue[np.ndarray | None] = queue.Queue()
+        self._error: BaseException | None = None
+        self._aborted = False
+        self._thread = threading.Thread(target=self._encode, name="wanq-mp4", daemon=True)
+        self._thread.start()
+
+    def send(self, frames: np.ndarray) -> None:
+        """Queues uint8 [n, H, W, 3] frames (the array is not copied: the caller must not reuse it)."""
+        if self._error is not None:
+            raise RuntimeError(f"the MP4 encoder stopped: {self._error}")
+        self.frames += len(frames)
+        self._queue.put(frames)
+
+    def close(self) -> Path:
+        self._queue.put(self._END)
+        self._thread.join()
+        if self._error is not None:
+            raise RuntimeError(f"the MP4 encoder failed: {self._error}") from self._error
+        if self.frames == 0:
+            raise RuntimeError("no frames were sent to the MP4 encoder")
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            raise RuntimeError(f"the MP4 encoder wrote nothing to {self.path.name}")
+        return self.path
+
+    def abort(self) -> None:
+        self._aborted = True
+        self._queue.put(self._END)
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def _encode(self) -> None:
+        writer = None
+        try:
+            while (chunk := self._queue.get()) is not None:
+                if self._aborted:
+                    continue
+                if writer is None:
+                    height, width = chunk.shape[1:3]
+                    writer = _x264(self.path, (width, height), self.fps, self.preset, self.crf)
+                for frame in chunk:
+                    writer.send(np.ascontiguousarray(frame))
+        except BaseException as exc:  # kept for close(); the rest of the queue is drained by the loop's end
+            self._error = exc
+            while self._queue.get() is not None:
+                pass
+        finally:
+            if writer is not None:
+                try:
+                    writer.close()
+                except BaseException as exc:
+                    self._error = self._error or exc
 
 
 class Frames(Protocol):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ class Engine(Protocol):
         on_stage: Any = None,
         on_step: Any = None,
         on_preview: Any = None,
+        on_frames: Any = None,
     ) -> Any: ...
 
 
@@ -106,6 +108,8 @@ class Generated:
     result: Any
     timings: dict[str, float]
     started: float
+    stream: export.Mp4Stream | None = None
+    """The MP4 encoder the decode fed (`_mp4_stream`): the export waits for its tail and adds the stills."""
 
 
 class JobVanished(Exception):
@@ -227,6 +231,7 @@ class JobRunner:
         clock = claim.clock = RunClock(
             spec.num_inference_steps, self.store.run_times(spec.model, video_tokens(spec)), started=time.time()
         )
+        stream: export.Mp4Stream | None = None
         try:
             self.post.check(spec)  # a stage this worker lacks fails the job now, before any GPU work
             if spec.extend_from is not None:
@@ -265,7 +270,15 @@ class JobRunner:
                 if jobstate.preview(self.store, record, attempt, done, key).ok:
                     claim.preview_key = key
 
-            result = self.engine.generate(spec, image, on_stage=on_stage, on_step=on_step, on_preview=on_preview)
+            stream = self._mp4_stream(spec)
+            result = self.engine.generate(
+                spec,
+                image,
+                on_stage=on_stage,
+                on_step=on_step,
+                on_preview=on_preview,
+                **({"on_frames": stream.send} if stream is not None else {}),
+            )
             timings.update(result.timings)
             stats = cache.summary(result.cache)
             self._progress(
@@ -278,10 +291,34 @@ class JobRunner:
                 generated_at=time.time(),
                 cache_stats=stats.model_dump() if stats else None,
             )
-            return Generated(result, timings, started)
+            return Generated(result, timings, started, stream)
         except Exception as exc:
+            self._close_stream(stream, None)
             self._release(claim)
             return self._fail(record, attempt, exc, timings)
+
+    @staticmethod
+    def _mp4_stream(spec: GenerationSpec) -> export.Mp4Stream | None:
+        """An MP4 encoder fed by the decode, for a video whose frames go to the MP4 as decoded: no post-processing
+        and no source to join (those need every frame first). Its folder is removed by `_close_stream` or the export."""
+        if spec.kind == "image" or spec.extend_from is not None or spec.interpolate != 1 or spec.upscale != 1:
+            return None
+        return export.Mp4Stream(Path(tempfile.mkdtemp(prefix="wanq-mp4-")) / "video.mp4", spec.output_fps)
+
+    @staticmethod
+    def _close_stream(stream: export.Mp4Stream | None, frames: int | None) -> Path | None:
+        """The streamed MP4 if it holds all `frames` (None: the run failed); else it is dropped, and the export
+        encodes the frames itself (an engine that did not feed it, or fed it only part)."""
+        if stream is None:
+            return None
+        if frames is not None and stream.frames == frames:
+            try:
+                return stream.close()
+            except RuntimeError:
+                log.exception("the MP4 encoded beside the decode failed: encoding it again from the frames")
+        stream.abort()
+        shutil.rmtree(stream.path.parent, ignore_errors=True)
+        return None
 
     @staticmethod
     def _release(claim: Claim) -> None:
@@ -304,10 +341,15 @@ class JobRunner:
     def _export_and_record(self, claim: Claim, generated: Generated) -> Ended:
         record, attempt = claim.record, claim.attempt
         spec, timings, started = record.spec, generated.timings, generated.started
+        stream = generated.stream
         try:
-            outputs = self._export_and_upload(record, attempt, generated.result.frames, timings, claim.source)
+            video = self._close_stream(stream, len(generated.result.frames))
+            outputs = self._export_and_upload(record, attempt, generated.result.frames, timings, claim.source, video=video)
         except Exception as exc:
             return self._fail(record, attempt, exc, timings)
+        finally:
+            if stream is not None:
+                shutil.rmtree(stream.path.parent, ignore_errors=True)
         if claim.preview_key is not None:
             outputs["preview"] = claim.preview_key  # kept after the job ends
         timings["total"] = time.perf_counter() - started
@@ -378,8 +420,17 @@ class JobRunner:
         return Image.open(io.BytesIO(self.storage.get_bytes(spec.image_key))).convert("RGB")
 
     def _export_and_upload(
-        self, record: JobRecord, attempt: int, frames: Any, timings: dict[str, float], source: extension.Source | None = None
+        self,
+        record: JobRecord,
+        attempt: int,
+        frames: Any,
+        timings: dict[str, float],
+        source: extension.Source | None = None,
+        *,
+        video: Path | None = None,
     ) -> dict[str, str]:
+        """`video`: the MP4 already encoded beside the decode (`_mp4_stream`); `encoding_video` then times only the
+        stills (the encode's tail after the decode is waited for before)."""
         spec = record.spec
         with tempfile.TemporaryDirectory(prefix="wanq-") as tmp:
             folder = Path(tmp)
@@ -398,7 +449,7 @@ class JobRunner:
                 if source is not None:
                     # the new part's first frame (the source's last, generated) is left out; both at output_fps
                     video, whole = extension.write_video(source, frames, spec.output_fps, folder)
-                else:
+                elif video is None:
                     video = export.write_mp4(frames, spec.output_fps, folder / "video.mp4")
                 files = {
                     "video": video,

@@ -196,3 +196,39 @@ def test_vae_path_replaces_the_models_own_vae(models: dict[str, Path], tmp_path:
     # A VAE whose latents are not the transformer's is refused at start, saying which one fits
     with pytest.raises(ValueError, match=r"has 16 latent channels but the transformer makes 48: TI2V-5B needs a Wan2\.2 VAE"):
         WanEngine(models["ti2v-5b"], EngineSettings(device="cpu", vae_path=str(models["t2v-a14b"] / "vae")))
+
+
+@pytest.mark.parametrize("variant", ["ti2v-5b", "t2v-a14b"])
+def test_both_cfg_branches_as_one_batch_compute_the_same_video(models: dict[str, Path], variant: str) -> None:
+    """--cfg-batch: the "cond" call runs the prompt and the negative prompt as one batch-2 forward and the "uncond"
+    call is answered from it; the latents are those of the two separate forwards. A job without guidance, or with
+    the step cache, runs unbatched."""
+    from worker import cfg_batch
+    from worker.pipeline_dir import transformers_of
+
+    job = spec(steps=3, guidance_scale_2=3.0 if variant == "t2v-a14b" else None)
+    reference = WanEngine(models[variant], EngineSettings(device="cpu")).generate(job)
+    engine = WanEngine(models[variant], EngineSettings(device="cpu", cfg_batch=True))
+    hooks = cfg_batch.hooks(transformers_of(engine.pipe))
+    assert len(hooks) == (2 if variant == "t2v-a14b" else 1)
+    seen: list[int] = []
+
+    def on_step(done: int, total: int) -> None:
+        seen.append(sum(h.batched for h in hooks))
+
+    result = engine.generate(job, on_step=on_step)
+    assert seen == [1, 2, 3]  # one batched forward per step, across the experts
+    torch.testing.assert_close(result.latents, reference.latents, rtol=1e-4, atol=1e-4)
+    assert all(h.negative is None for h in hooks)  # off between jobs
+    unguided = engine.generate(spec(steps=2, guidance_scale=1.0), on_step=on_step)
+    assert seen[-2:] == [0, 0] and unguided.frames.shape == (5, 64, 64, 3)
+    cached = engine.generate(job.model_copy(update={"cache": {"rdt": 0.5}}), on_step=on_step)
+    assert seen[-3:] == [0, 0, 0] and cached.frames.shape == (5, 64, 64, 3)
+
+
+def test_cfg_batch_is_refused_with_several_gpus_in_one_sentence() -> None:
+    from worker.options import registry
+    from worker.options.option import Environment
+
+    problems = registry.validate(EngineSettings(device="cpu", cfg_batch=True, cfg_parallel=True, num_gpus=2), Environment("cpu"))
+    assert any(p.startswith("--cfg-batch is for one GPU") for p in problems.configuration)

@@ -74,3 +74,32 @@ def test_preview_picks_are_the_frames_the_previews_show(tmp_path: Path) -> None:
     export.write_spritesheet(frames, tmp_path / "all.jpg")
     export.write_spritesheet(Held(), tmp_path / "held.jpg")
     assert (tmp_path / "all.jpg").read_bytes() == (tmp_path / "held.jpg").read_bytes()
+
+
+def test_an_mp4_fed_chunk_by_chunk_is_the_file_write_mp4_writes(tmp_path: Path) -> None:
+    """export.Mp4Stream (the encoder that runs beside the decode) gets the frames in uneven chunks, as the VAE's
+    temporal loop makes them (1, then 4 at a time); it must decode to what write_mp4 makes of the same frames."""
+    frames = moving(13, seed=3)
+    whole = export.write_mp4(frames, 16, tmp_path / "whole.mp4")
+    stream = export.Mp4Stream(tmp_path / "streamed.mp4", 16)
+    for chunk in (frames[:1], frames[1:5], frames[5:9], frames[9:]):
+        stream.send(chunk)
+    streamed = stream.close()
+    assert stream.frames == 13
+    assert export.probe_mp4(streamed)["frames"] == 13 and export.probe_mp4(streamed)["fps"] == 16
+    assert np.array_equal(decoded(streamed), decoded(whole))
+
+
+def test_an_aborted_mp4_stream_leaves_no_file_and_a_failed_one_says_so(tmp_path: Path) -> None:
+    stream = export.Mp4Stream(tmp_path / "dropped.mp4", 16)
+    stream.send(moving(5, seed=4))
+    stream.abort()
+    assert not (tmp_path / "dropped.mp4").exists()
+    broken = export.Mp4Stream(tmp_path / "odd.mp4", 16)
+    broken.send(np.zeros((2, 7, 9, 3), dtype=np.uint8))  # odd sizes: yuv420p cannot hold them
+    broken.send(np.zeros((2, 7, 9, 3), dtype=np.uint8))
+    with pytest.raises(RuntimeError, match="MP4 encoder"):
+        broken.close()
+    empty = export.Mp4Stream(tmp_path / "empty.mp4", 16)
+    with pytest.raises(RuntimeError, match="no frames"):
+        empty.close()

@@ -52,7 +52,20 @@ def engine(stack: Stack) -> WanEngine:
 @pytest.fixture
 def runner(settings: Settings, store: JobStore, engine: WanEngine) -> Iterator[tuple[JobRunner, SlowUploads]]:
     storage = SlowUploads(settings)
-    yield JobRunner(settings, store, storage, engine, worker_id=f"test-runner:{time.time_ns()}"), storage
+    job_runner = JobRunner(settings, store, storage, engine, worker_id=f"test-runner:{time.time_ns()}")
+    # Beats as a worker's heartbeat does (worker/service.py): without it, upkeep takes a job that runs longer than the
+    # heartbeat TTL (a loaded machine) for one whose worker died, and requeues it.
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            jobs = job_runner.busy_with()
+            store.heartbeat(job_runner.worker_id, "tiny-runner", {"job": jobs[0] if jobs else None, "jobs": jobs}, 5.0)
+            stop.wait(0.5)
+
+    threading.Thread(target=beat, daemon=True).start()
+    yield job_runner, storage
+    stop.set()
     storage.release.set()
 
 
@@ -184,14 +197,14 @@ def test_a_run_whose_job_was_requeued_stops_at_its_next_step(
     job = make_job(store, "requeued mid-denoise")
 
     class RequeuedAfterStepOne:
-        def generate(self, spec, image=None, *, on_stage=None, on_step=None, on_preview=None):  # type: ignore[no-untyped-def]
+        def generate(self, spec, image=None, *, on_stage=None, on_step=None, on_preview=None, on_frames=None):  # type: ignore[no-untyped-def]
             def step(done: int, total: int) -> None:
                 if done == 1:
                     requeue_as_upkeep_does(store, job, attempts=1)
                 assert on_step is not None
                 on_step(done, total)
 
-            return engine.generate(spec, image, on_stage=on_stage, on_step=step)
+            return engine.generate(spec, image, on_stage=on_stage, on_step=step, on_frames=on_frames)
 
     run = JobRunner(settings, store, storage, RequeuedAfterStepOne(), worker_id=f"test-runner-3:{time.time_ns()}")
     assert run.run(job, wait=True) == "superseded"
@@ -242,11 +255,11 @@ def test_each_delivery_reports_its_outcome_once_a_failed_one_by_its_error_code(
     assert thread.startswith("wanq-finish") and len(reports) == 2
 
     class OutOfMemoryAtStepOne:
-        def generate(self, spec, image=None, *, on_stage=None, on_step=None, on_preview=None):  # type: ignore[no-untyped-def]
+        def generate(self, spec, image=None, *, on_stage=None, on_step=None, on_preview=None, on_frames=None):  # type: ignore[no-untyped-def]
             def step(done: int, total: int) -> None:
                 raise OutOfMemory("CUDA out of memory (at step one)")
 
-            return engine.generate(spec, image, on_stage=on_stage, on_step=step)
+            return engine.generate(spec, image, on_stage=on_stage, on_step=step, on_frames=on_frames)
 
     failing = JobRunner(settings, store, storage, OutOfMemoryAtStepOne(), worker_id=f"test-runner-5:{time.time_ns()}")
     doomed = make_job(store, "out of memory")

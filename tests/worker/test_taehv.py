@@ -173,3 +173,27 @@ def test_wanq_tiny_model_writes_a_tiny_decoder_beside_the_pipeline(variant: str,
     pipe = DiffusionPipeline.from_pretrained(path)  # the extra file does not disturb diffusers
     assert pipe.vae.config.z_dim == decoder.latent_channels
     torch.testing.assert_close(decoder.state_dict(), tiny_taehv_for(pipe.vae).state_dict(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_full_decode_hands_its_frames_over_as_it_makes_them(variant: str) -> None:
+    """decode_latents(on_frames=...) (what feeds the MP4 encoder beside the decode): one chunk per latent frame,
+    1 frame then 4 at a time, and together the same bytes as the decode without it."""
+    pipe = tiny_pipeline(variant)
+    vae = pipe.vae
+    scale = vae.config.scale_factor_spatial
+    latents = torch.randn(1, vae.config.z_dim, 4, 64 // scale, 96 // scale, generator=torch.Generator().manual_seed(5))
+    chunks: list[np.ndarray] = []
+    streamed = decode_latents(vae, pipe.video_processor, latents, chunks.append)
+    whole = decode_latents(vae, pipe.video_processor, latents)
+    assert [len(c) for c in chunks] == [1, 4, 4, 4]
+    assert np.array_equal(np.concatenate(chunks), whole) and np.array_equal(streamed, whole)
+    vae.enable_tiling(
+        tile_sample_min_height=32, tile_sample_min_width=32, tile_sample_stride_height=16, tile_sample_stride_width=16
+    )
+    try:
+        tiled: list[np.ndarray] = []
+        frames = decode_latents(vae, pipe.video_processor, latents, tiled.append)
+    finally:
+        vae.disable_tiling()
+    assert [len(c) for c in tiled] == [13] and np.array_equal(tiled[0], frames)  # tiles: all at the end

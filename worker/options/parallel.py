@@ -3,6 +3,8 @@ groups (worker/parallel/mesh.py applies them)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from shared.settings import EngineSettings
 from worker.options.option import Environment, Option, context_parallel, rule
 
@@ -61,4 +63,28 @@ SEVERAL_GPUS = Option(
         ),
     ),
     applied="rank processes (worker/parallel/), `enable_parallelism` and the CFG hook on each transformer",
+)
+
+
+def _batch_cfg(transformers: Any, _settings: EngineSettings, _device: Any) -> None:
+    from worker import cfg_batch
+
+    cfg_batch.enable(transformers)
+
+
+CFG_BATCH = Option(
+    flag="--cfg-batch",
+    kind="parallel",
+    summary="one GPU: the two CFG branches as one batch-2 forward (twice the activations)",
+    chosen=lambda s: s.cfg_batch,
+    conflicts=(
+        rule(
+            "one GPU",
+            lambda s, _e: s.num_gpus > 1 or s.cfg_parallel or context_parallel(s),
+            "--cfg-batch is for one GPU; with several, --cfg-parallel runs the two branches on two GPU groups: drop one",
+        ),
+    ),
+    applies_to="transformers",
+    apply=_batch_cfg,
+    applied="a diffusers hook on each transformer, on per job when it guides (worker/cfg_batch.py)",
 )

@@ -26,6 +26,7 @@ OPTIONS: tuple[Option, ...] = (
     placement.PIN_CPU_MEMORY,
     # 3. Several GPUs
     parallel.SEVERAL_GPUS,
+    parallel.CFG_BATCH,
     # 4. Quantization (after placement on one GPU, after the weights sync on several)
     quantization.FP8,
     # 5. The VAE and its decode, in this order
