@@ -135,6 +135,9 @@ def test_preview_events_only_where_asked_for(lua_redis: redis.Redis, keys: Keys)
     for record in (asks, silent, follows):
         call(lua_redis, keys, record.id, ["in_progress"], {"preview_step": 4, "outputs": {"preview": "k"}})
         call(lua_redis, keys, record.id, ["in_progress"], {"outputs": {"preview": "k"}})  # same step: no event
-    previews = [(e[b"job"].decode(), json.loads(e[b"record"])["preview_step"]) for _, e in lua_redis.xrange(keys.job_events)
-                if e[b"type"] == b"video.preview"]
+    previews = [
+        (e[b"job"].decode(), json.loads(e[b"record"])["preview_step"])
+        for _, e in lua_redis.xrange(keys.job_events)
+        if e[b"type"] == b"video.preview"
+    ]
     assert previews == [(asks.id, 2), (asks.id, 4), (follows.id, 4)]
