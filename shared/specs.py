@@ -109,7 +109,7 @@ class VideoRequest(BaseModel):
     webhook_events: list[str] | None = Field(
         default=None,
         description="Events sent to webhook_url: video.started, video.completed, video.failed, video.canceled "
-        "(default: these four), video.progress.",
+        "(default: these four), video.progress, video.preview (each new preview: see preview_every).",
     )
     extend_video_id: str | None = Field(
         default=None,

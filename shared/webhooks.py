@@ -22,7 +22,12 @@ from shared.errors import InvalidRequest
 
 LIFECYCLE_EVENTS = ("video.started", "video.completed", "video.failed", "video.canceled")
 PROGRESS_EVENT = "video.progress"
-EVENTS = (*LIFECYCLE_EVENTS, PROGRESS_EVENT)
+PREVIEW_EVENT = "video.preview"
+"""A new preview was stored (the video object's `preview_step`). Opt-in like progress: a preview every few steps
+would flood endpoints that did not ask for it."""
+EVENTS = (*LIFECYCLE_EVENTS, PROGRESS_EVENT, PREVIEW_EVENT)
+SUPERSEDED_EVENTS = frozenset({PROGRESS_EVENT, PREVIEW_EVENT})
+"""Events the next one of their kind replaces: one attempt each, no retries (the lifecycle ones follow the schedule)."""
 SECRET_PREFIX = "whsec_"
 MAX_RETRY_AFTER_S = 24 * 3600
 

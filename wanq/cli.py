@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
 import sys
 import tempfile
@@ -199,7 +200,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     model_id = args.model or model_ids(shape.variant, tiny=args.tiny or shape.tiny)[0]
     catalog = {model_id: PRESETS[model_id]}
     image = Image.open(args.image).convert("RGB") if args.image else None
-    fields = {k: getattr(args, k, None) for k in ("size", *NUMBER_FIELDS, "negative_prompt")}
+    fields = {k: getattr(args, k, None) for k in ("size", *NUMBER_FIELDS, "negative_prompt", "decoder")}
     fields = {k: v for k, v in fields.items() if v is not None}  # fields `wanq generate` has no flag for are absent
     try:
         spec = resolve_spec(
@@ -224,10 +225,20 @@ def cmd_generate(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     # On a terminal one line, redrawn; in a log one line per step.
     tty = sys.stderr.isatty()
+    previews: list[str] = []
+
+    def keep_preview(step: int, mp4: Path) -> None:
+        # --preview-every: each preview beside the output (the engine deletes its own copy when the job ends)
+        kept = out.with_name(f"{out.stem}.preview_step{step:03d}.mp4")
+        shutil.copyfile(mp4, kept)
+        previews.append(str(kept))
+        print(f"\rpreview after step {step}: {kept}" if tty else f"preview after step {step}: {kept}", file=sys.stderr)
+
     result = engine.generate(
         spec,
         image,
         on_step=lambda i, n: print(f"\rstep {i}/{n}" if tty else f"step {i}/{n}", end="" if tty else "\n", file=sys.stderr),
+        on_preview=keep_preview,
     )
     if tty:
         print(file=sys.stderr)
@@ -239,6 +250,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         json.dumps(
             {
                 "output": str(out),
+                "previews": previews,
                 "load_s": round(engine.load_time_s, 3),
                 "timings": {k: round(v, 3) for k, v in result.timings.items()},
                 "spec": spec.model_dump(),
@@ -372,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance-scale-2", type=float)
     p.add_argument("--flow-shift", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--decoder", choices=["full", "tiny"], help="full: the VAE (default); tiny: a quick draft decode (--preview-vae-path)"
+    )
     p.add_argument("-o", "--output", help="the MP4 to write; its folder is made (default: out.mp4)")
     p.add_argument("--output-path", metavar="DIR", help="SGLang's spelling: the folder of the MP4 (made if missing)")
     p.add_argument(

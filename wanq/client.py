@@ -9,6 +9,10 @@ list, delete; and images.
             print(event["status"], event["stage"], event["progress"])
         client.download(video["id"], "fox.mp4")
 
+        draft = client.submit("a red fox in the snow", preview_every=5, decoder="tiny")  # previews; a quick draft
+        for shown in client.previews(draft["id"]):  # each new preview as it is stored, until the job ends
+            client.download_preview(draft["id"], f"preview_step{shown['preview_step']:03d}.mp4")
+
         three = client.submit("a red fox in the snow", n=3)  # 3 jobs, seeds seed, seed+1, seed+2 (or seeds=[...])
         for final in client.wait_all(video_ids(three)):
             client.download(final["id"], f"{final['id']}.mp4")
@@ -32,7 +36,8 @@ import httpx
 
 Video = dict[str, Any]
 """The server's video object: OpenAI's Video fields (id, status, progress, ...) plus wanq's (stage, step, ...)."""
-Variant = Literal["video", "thumbnail", "spritesheet", "image"]
+Variant = Literal["video", "thumbnail", "spritesheet", "image", "preview"]
+"""`preview`: the latest preview MP4 of a job that asked for previews (`preview_every`), while it runs and after."""
 
 TERMINAL = frozenset({"completed", "failed", "canceled"})
 # The server sends a keep-alive comment every 15 s on an idle stream; silence for longer means a dead connection.
@@ -152,8 +157,9 @@ class Client:
         `video_ids`, all n ids in seed order (`video_ids(answer)`); `wait_all` follows them.
 
         `fields` are the other create fields: num_frames, num_inference_steps, fps, negative_prompt, guidance_scale,
-        webhook_url, loras=[{"name": ..., "strength": ..., "expert": ...}], ... (None values are dropped, so the
-        model's defaults apply). `image` is a file sent as the first frame (`input_reference`, multipart)."""
+        webhook_url, loras=[{"name": ..., "strength": ..., "expert": ...}], preview_every (a preview every N steps:
+        `previews`), decoder ("full" or "tiny", a quick draft), ... (None values are dropped, so the model's
+        defaults apply). `image` is a file sent as the first frame (`input_reference`, multipart)."""
         seed_list = None if seeds is None else [int(s) for s in seeds]
         given = {"model": model, "size": size, "seconds": seconds, "seed": seed, "n": n, "seeds": seed_list, **fields}
         body = {"prompt": prompt, **{k: v for k, v in given.items() if v is not None}}
@@ -194,9 +200,11 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return self._request("POST", "/v1/videos/extensions", json=body, headers=headers)  # type: ignore[no-any-return]
 
-    def remix(self, video_id: str, prompt: str) -> Video:
-        """A job with the video's parameters, seed and image, and a new prompt."""
-        return self._request("POST", f"/v1/videos/{_segment(video_id)}/remix", json={"prompt": prompt})  # type: ignore[no-any-return]
+    def remix(self, video_id: str, prompt: str, **fields: Any) -> Video:
+        """A job with the video's parameters, seed and image, and a new prompt. `fields` may replace some of them:
+        decoder (a draft remixed with "full"), preview_every, interpolate, upscale (None values are dropped)."""
+        body = {"prompt": prompt, **{k: v for k, v in fields.items() if v is not None}}
+        return self._request("POST", f"/v1/videos/{_segment(video_id)}/remix", json=body)  # type: ignore[no-any-return]
 
     def images(
         self,
@@ -242,7 +250,8 @@ class Client:
 
         The first event is the current state. A dropped connection, a stream the server ended early (`event:
         interrupted`) or a 503 is reopened after a pause (the server starts again from the current state);
-        `timeout` bounds the whole wait and raises TimeoutError."""
+        `timeout` bounds the whole wait and raises TimeoutError. A change that brought a new preview (the server's
+        `event: video.preview`) is one of these too; `previews` yields only those."""
         deadline = None if timeout is None else time.monotonic() + timeout
         failures = 0
         while True:
@@ -266,6 +275,19 @@ class Client:
                 raise TimeoutError(f"video {video_id} did not finish within {timeout} s")
             time.sleep(min(0.2 * 2**failures, 5.0))
 
+    def previews(self, video_id: str, *, timeout: float | None = None) -> Iterator[Video]:
+        """Yields the video object each time the job has a newer preview (its `preview_step`: the steps it shows; the
+        first at once if the job already has one), ending when the job ends. Fetch the preview itself with
+        `download_preview` or `content(..., variant="preview")`: always the latest, so it may already be a newer one
+        than the event's if the job runs ahead. A reconnect (see `events`) skips none: its first event carries the
+        job's current `preview_step`."""
+        shown = None
+        for video in self.events(video_id, timeout=timeout):
+            step = video.get("preview_step")
+            if step is not None and step != shown:
+                shown = step
+                yield video
+
     def _event_stream(self, video_id: str, deadline: float | None) -> Iterator[Video]:
         read = _SSE_READ_TIMEOUT_S if deadline is None else max(0.1, min(_SSE_READ_TIMEOUT_S, deadline - time.monotonic()))
         with self._http.stream(
@@ -286,7 +308,7 @@ class Client:
                     if event == "interrupted":
                         error = payload.get("error") or {}
                         raise _Interrupted(APIError(503, error.get("message", "stream interrupted"), error.get("code")))
-                    if event in ("video", "message"):
+                    if event in ("video", "video.preview", "message"):
                         yield payload
                     data, event = [], "message"
                 if deadline is not None and time.monotonic() >= deadline:
@@ -320,6 +342,14 @@ class Client:
         if not response.is_success:
             raise _api_error(response)
         return response.content
+
+    def content_url(self, video_id: str, *, variant: Variant = "video") -> str:
+        """Where an output is served (`GET`, with this client's API key; the server may redirect to storage)."""
+        return f"{self.base_url}/v1/videos/{_segment(video_id)}/content?variant={variant}"
+
+    def download_preview(self, video_id: str, path: str | Path) -> Path:
+        """The job's latest preview MP4 to `path` (see `previews`); an APIError 409 while it has none yet."""
+        return self.download(video_id, path, variant="preview")
 
     def download(self, video_id: str, path: str | Path, *, variant: Variant = "video") -> Path:
         """Streams a finished job's output to `path` (written whole or not at all). Follows the redirect to S3 when

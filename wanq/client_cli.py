@@ -23,13 +23,29 @@ from wanq.client import TERMINAL, APIError, Client, ServerUnreachable, Variant, 
 from wanq.config import DEFAULT_URL, UsageError, load_client_settings
 
 T = TypeVar("T")
-EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg", "image": "png"}
+EXTENSIONS = {"video": "mp4", "thumbnail": "webp", "spritesheet": "jpg", "image": "png", "preview": "mp4"}
 
 
 def add_commands(sub: Any) -> None:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--url", default=None, help=f"server URL (default: WANQ_URL, else {DEFAULT_URL})")
         p.add_argument("--api-key", default=None, help="API key (default: WANQ_API_KEY)")
+
+    def previews(p: argparse.ArgumentParser, default: str) -> None:
+        p.add_argument(
+            "--preview-every",
+            type=_preview_every_arg,
+            metavar="N",
+            help=f"a preview every N denoising steps (0: none; default: {default}); --wait says where each is",
+        )
+        p.add_argument(
+            "--decoder", choices=["full", "tiny"], help=f"full: the VAE; tiny: a quick draft decode (default: {default})"
+        )
+        p.add_argument(
+            "--preview-dir",
+            metavar="DIR",
+            help="save each preview as it comes, as DIR/preview_step<NNN>.mp4 (made if missing; implies --wait)",
+        )
 
     p = sub.add_parser("submit", help="submit a prompt; --wait shows live progress, then downloads the MP4")
     p.add_argument("prompt")
@@ -69,6 +85,7 @@ def add_commands(sub: Any) -> None:
         "--interpolate", type=int, choices=[1, 2, 4], help="frame interpolation: fps and frames times k (default 1, none)"
     )
     p.add_argument("--upscale", type=int, choices=[1, 2, 4], help="upscaling: width and height times k (default 1, none)")
+    previews(p, "the worker's")
     p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the video")
     p.add_argument(
         "-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4; with -n: NAME-1.mp4, NAME-2.mp4...)"
@@ -85,6 +102,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--steps", dest="num_inference_steps", type=int, help="denoising steps (default: the source's)")
     p.add_argument("--negative-prompt")
     p.add_argument("--seed", type=int, help="default: the source's + 1")
+    previews(p, "the source's with the same model")
     p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the whole video")
     p.add_argument("-o", "--output", help="where to write the MP4 (implies --wait; default ID.mp4)")
     common(p)
@@ -93,6 +111,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser("remix", help="a new job with a video's parameters, seed and image, and a new prompt")
     p.add_argument("id")
     p.add_argument("prompt")
+    previews(p, "the video's")
     p.add_argument("--wait", action="store_true", help="follow progress until it ends and download the result")
     p.add_argument("-o", "--output", help="where to write it (implies --wait; default ID.mp4, or ID.png for an image)")
     common(p)
@@ -131,7 +150,7 @@ def add_commands(sub: Any) -> None:
     common(p)
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("download", help="download a finished job's video, thumbnail or spritesheet")
+    p = sub.add_parser("download", help="download a finished job's video, thumbnail or spritesheet, or any job's latest preview")
     p.add_argument("id")
     p.add_argument("--variant", default="video", choices=list(EXTENSIONS))
     p.add_argument("-o", "--output", help="default ID.mp4 / ID.webp / ID.jpg")
@@ -194,6 +213,13 @@ def _seeds_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: say the seeds as whole numbers separated by commas, e.g. 1,2,3") from None
 
 
+def _preview_every_arg(text: str) -> int:
+    """N -> the `preview_every` field (the server checks it against the job's steps)."""
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r}: say a whole number of steps, 0 or more (0: no previews)")
+    return int(text)
+
+
 def _cache_arg(text: str) -> dict[str, Any] | bool:
     """on / off / a JSON object -> the `cache` field (true, false or settings)."""
     if text in ("on", "off"):
@@ -229,6 +255,8 @@ SUBMIT_FLAGS = {
             "seeds",
             "webhook_url",
             "guidance_scale",
+            "preview_every",
+            "decoder",
         )
     },
 }
@@ -340,6 +368,15 @@ class ProgressBar:
             self.out.write(f"{pct:3d}%  {label}  {timing}\n")
         self.out.flush()
 
+    def note(self, text: str) -> None:
+        """A line of its own (e.g. where a preview is) between the bar's: on a terminal the bar is redrawn below it."""
+        if self.tty and self.drawn:
+            self.out.write("\r\x1b[K")
+        self.out.write(text + "\n")
+        self.out.flush()
+        self.drawn = False
+        self.last_key = None  # the next update draws the bar again
+
     def close(self) -> None:
         if self.tty and self.drawn:
             self.out.write("\n")
@@ -391,12 +428,24 @@ def _detail(video: Video, step: int, total: int) -> str:
 
 def cmd_submit(args: argparse.Namespace) -> None:
     names = ("model", "size", "seconds", "num_frames", "num_inference_steps", "fps", "negative_prompt", "seed", "guidance_scale")
-    extras = ("webhook_url", "webhook_events", "loras", "cache", "n", "seeds", "interpolate", "upscale")
+    extras = (
+        "webhook_url",
+        "webhook_events",
+        "loras",
+        "cache",
+        "n",
+        "seeds",
+        "interpolate",
+        "upscale",
+        "preview_every",
+        "decoder",
+    )
     fields = {k: getattr(args, k) for k in (*names, *extras)}
     if args.image and not Path(args.image).is_file():
         raise UsageError(f"wanq submit: --image {args.image!r}: no such file")
     if args.seeds is not None and args.n is not None and args.n != len(args.seeds):
         raise UsageError(f"wanq submit: -n {args.n} and --seeds with {len(args.seeds)} seeds: give one seed per video")
+    _check_preview_dir("submit", args)
 
     def action(client: Client) -> None:
         answer = client.submit(args.prompt, image=args.image, **fields)
@@ -413,12 +462,14 @@ def _follow(client: Client, video: Video, args: argparse.Namespace) -> None:
     """Prints the new job's id; with --wait or -o, follows it with the progress bar and downloads what it made."""
     video_id = video["id"]
     print(video_id, flush=True)
-    if not (args.wait or args.output):
+    if not (args.wait or args.output or args.preview_dir):
         return
     bar = ProgressBar()
+    previews = Previews(client, args.preview_dir, bar)
     try:
         for event in client.events(video_id):
             bar.update(event)
+            previews.seen(event)
             video = event
     except KeyboardInterrupt:
         bar.close()
@@ -440,15 +491,18 @@ def _follow_all(client: Client, ids: list[str], args: argparse.Namespace) -> Non
     """The n jobs of one submit: prints their ids (seed order); with --wait or -o, follows each in turn and downloads
     every one that completed (-o fox.mp4: fox-1.mp4, fox-2.mp4...), then fails if any did not."""
     print("\n".join(ids), flush=True)
-    if not (args.wait or args.output):
+    if not (args.wait or args.output or args.preview_dir):
         return
     failed = []
     for number, video_id in enumerate(ids, start=1):
         bar = ProgressBar()
+        # Each job's previews in a folder of its own: DIR/ID/preview_step<NNN>.mp4
+        previews = Previews(client, args.preview_dir and str(Path(args.preview_dir) / video_id), bar)
         video: Video = {"id": video_id, "status": "queued"}
         try:
             for event in client.events(video_id):
                 bar.update(event)
+                previews.seen(event)
                 video = event
         except KeyboardInterrupt:
             bar.close()
@@ -469,8 +523,42 @@ def _follow_all(client: Client, ids: list[str], args: argparse.Namespace) -> Non
         raise SystemExit("wanq: " + "; ".join(failed))
 
 
+class Previews:
+    """Says where each new preview of a followed job is (its content URL, on stderr) and, with --preview-dir, saves it
+    as DIR/preview_step<NNN>.mp4. The variant is always the latest preview: one fetched late may show a later step
+    than its name (the worker does not wait); a preview that cannot be fetched is said and skipped."""
+
+    def __init__(self, client: Client, folder: str | None, bar: ProgressBar) -> None:
+        self.client, self.folder, self.bar = client, Path(folder) if folder else None, bar
+        self.shown: int | None = None
+
+    def seen(self, video: Video) -> None:
+        step = video.get("preview_step")
+        if step is None or step == self.shown:
+            return
+        self.shown = step
+        where = self.client.content_url(video["id"], variant="preview")
+        if self.folder is None:
+            self.bar.note(f"wanq: preview after step {step}: {where}")
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            path = self.client.download_preview(video["id"], self.folder / f"preview_step{step:03d}.mp4")
+        except WanqClientError as exc:
+            self.bar.note(f"wanq: preview after step {step} not saved ({exc}); it is at {where}")
+            return
+        self.bar.note(f"wanq: preview after step {step}: {path}")
+
+
+def _check_preview_dir(command: str, args: argparse.Namespace) -> None:
+    folder = args.preview_dir
+    if folder is not None and Path(folder).exists() and not Path(folder).is_dir():
+        raise UsageError(f"wanq {command}: --preview-dir {folder!r} is a file: give a folder (it is made if missing)")
+
+
 def cmd_extend(args: argparse.Namespace) -> None:
-    names = ("seconds", "num_frames", "model", "num_inference_steps", "negative_prompt", "seed")
+    names = ("seconds", "num_frames", "model", "num_inference_steps", "negative_prompt", "seed", "preview_every", "decoder")
+    _check_preview_dir("extend", args)
     call(
         args,
         lambda client: _follow(client, client.extend(args.id, args.prompt, **{k: getattr(args, k) for k in names}), args),
@@ -479,7 +567,9 @@ def cmd_extend(args: argparse.Namespace) -> None:
 
 
 def cmd_remix(args: argparse.Namespace) -> None:
-    call(args, lambda client: _follow(client, client.remix(args.id, args.prompt), args))
+    _check_preview_dir("remix", args)
+    fields = {"preview_every": args.preview_every, "decoder": args.decoder}
+    call(args, lambda client: _follow(client, client.remix(args.id, args.prompt, **fields), args), flags=True)
 
 
 def cmd_image(args: argparse.Namespace) -> None:
@@ -573,7 +663,8 @@ def cmd_delete(args: argparse.Namespace) -> None:
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    out = args.output or f"{args.id}.{EXTENSIONS[args.variant]}"
+    suffix = "-preview" if args.variant == "preview" else ""  # not to be taken for the video
+    out = args.output or f"{args.id}{suffix}.{EXTENSIONS[args.variant]}"
     call(args, lambda client: print(client.download(args.id, out, variant=args.variant).resolve()))
 
 

@@ -38,7 +38,16 @@ from shared.schemas import JobRecord
 from shared.settings import Settings
 from shared.video import Video
 from shared.webhook_store import GROUP, Attempt, Delivery, WebhookStore
-from shared.webhooks import LIFECYCLE_EVENTS, PROGRESS_EVENT, RETRY_STATUSES, event_body, headers, next_delay_s, retry_after_s
+from shared.webhooks import (
+    LIFECYCLE_EVENTS,
+    PROGRESS_EVENT,
+    RETRY_STATUSES,
+    SUPERSEDED_EVENTS,
+    event_body,
+    headers,
+    next_delay_s,
+    retry_after_s,
+)
 
 log = logging.getLogger("wanq.webhooks")
 
@@ -164,8 +173,8 @@ class Deliverer:
             target=kind,
             url=url,
             created_at=now,
-            # Progress is superseded by the next one: one try. Lifecycle events follow the whole schedule.
-            max_attempts=1 if event == PROGRESS_EVENT else len(schedule),
+            # Progress and previews are superseded by the next ones: one try. Lifecycle events follow the whole schedule.
+            max_attempts=1 if event in SUPERSEDED_EVENTS else len(schedule),
             next_attempt_at=now + schedule[0],
             body=event_body(event, happened_at, Video.of(record).dump()).decode(),
         )

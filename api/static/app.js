@@ -84,7 +84,8 @@ function say(text, isError = false) {
   message.classList.toggle("is-error", isError);
 }
 
-// Server-Sent Events over fetch: yields each event's data, parsed as JSON.
+// Server-Sent Events over fetch: yields each event's data, parsed as JSON. `video.preview` is the change that brought a
+// new preview: the same video object (its preview_step the new one's), so it is handled like any other change.
 async function* sseEvents(body) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
@@ -105,7 +106,7 @@ async function* sseEvents(body) {
           .map((line) => line.slice(5).replace(/^ /, ""))
           .join("\n");
         // `interrupted`: the server ended the stream early; the caller reopens it.
-        if (data && (event === "video" || event === "message")) yield JSON.parse(data);
+        if (data && (event === "video" || event === "video.preview" || event === "message")) yield JSON.parse(data);
       }
     }
   } finally {
@@ -236,6 +237,49 @@ function render(job) {
   el.querySelector(".extend").hidden = !(video.status === "completed" && video.kind !== "image");
   el.querySelector(".remix").hidden = video.status !== "completed";
   if (video.status === "completed" && !job.media) mediaObserver.observe(el);
+  showPreview(job);
+}
+
+// The latest preview (`preview_every`): on the card while the job runs, and kept when it is canceled or fails; the
+// video replaces it once the job completes. Fetched again whenever preview_step changes, whether that came as a
+// `video.preview` event or from polling the list.
+function showPreview(job) {
+  const { video, el } = job;
+  const box = el.querySelector(".preview-box");
+  if (video.status === "completed" || video.preview_step == null) {
+    if (video.status === "completed" && job.previewUrl) {
+      URL.revokeObjectURL(job.previewUrl);
+      job.previewUrl = null;
+      box.hidden = true;
+    }
+    return;
+  }
+  if (job.previewStep === video.preview_step) return;
+  job.previewStep = video.preview_step;
+  loadPreview(job, video.preview_step);
+}
+
+async function loadPreview(job, step) {
+  const { el } = job;
+  try {
+    const blob = await api(`/v1/videos/${job.video.id}/content?variant=preview`).then((r) => r.blob());
+    // A newer preview was asked for meanwhile, the job completed or the card is gone: this one is stale.
+    if (job.previewStep !== step || job.video.status === "completed" || !jobs.has(job.video.id)) return;
+    const url = URL.createObjectURL(new Blob([blob], { type: "video/mp4" }));
+    if (job.previewUrl) URL.revokeObjectURL(job.previewUrl);
+    job.previewUrl = url;
+    const player = el.querySelector("video.preview");
+    player.muted = true; // autoplay needs it
+    player.src = url;
+    player.dataset.step = String(step);
+    player.play().catch(() => {}); // a browser that refuses autoplay still shows the first frame
+    const decoder = job.video.decoder === "tiny" ? "; the video: tiny decoder" : "";
+    el.querySelector(".preview-box figcaption").textContent =
+      `Preview after step ${step} of ${job.video.total_steps} (a quick draft of the frames${decoder})`;
+    el.querySelector(".preview-box").hidden = false;
+  } catch {
+    job.previewStep = null; // tried again on the next change
+  }
 }
 
 function update(video) {
@@ -249,14 +293,15 @@ function addJob(video, { prepend = false } = {}) {
   if (jobs.has(video.id)) return update(video);
   const el = $("#job-template").content.firstElementChild.cloneNode(true);
   el.dataset.id = video.id;
-  el.querySelector("video").setAttribute("aria-label", `Video: ${video.prompt.slice(0, 80)}`);
+  el.querySelector("video.full").setAttribute("aria-label", `Video: ${video.prompt.slice(0, 80)}`);
+  el.querySelector("video.preview").setAttribute("aria-label", `Latest preview: ${video.prompt.slice(0, 80)}`);
   el.querySelector(".cancel").addEventListener("click", () => cancelJob(video.id));
   el.querySelector(".delete").addEventListener("click", () => deleteJob(video.id));
   el.querySelector(".extend").addEventListener("click", () => openFollowup(video.id, "extend"));
   el.querySelector(".remix").addEventListener("click", () => openFollowup(video.id, "remix"));
   el.querySelector(".followup-close").addEventListener("click", () => (el.querySelector(".followup").hidden = true));
   el.querySelector(".followup").addEventListener("submit", (event) => submitFollowup(event, video.id));
-  const job = { video, el, media: null, added: performance.now() };
+  const job = { video, el, media: null, added: performance.now(), previewStep: null, previewUrl: null };
   jobs.set(video.id, job);
   const list = $("#jobs");
   if (prepend) list.prepend(el);
@@ -272,6 +317,7 @@ function forget(id) {
   unfollow(id);
   mediaObserver.unobserve(job.el);
   if (job.media) job.media.forEach((url) => URL.revokeObjectURL(url));
+  if (job.previewUrl) URL.revokeObjectURL(job.previewUrl);
   job.el.remove();
   jobs.delete(id);
   $("#empty").hidden = jobs.size > 0;
@@ -291,7 +337,7 @@ async function loadMedia(job) {
   job.media = [];
   const id = job.video.id;
   if (job.video.kind === "image") return loadImage(job);
-  const player = job.el.querySelector("video");
+  const player = job.el.querySelector("video.full");
   try {
     const thumbnail = await api(`/v1/videos/${id}/content?variant=thumbnail`).then((r) => r.blob());
     const poster = URL.createObjectURL(thumbnail);
@@ -478,11 +524,11 @@ async function submitJob(event) {
     return say("Write a prompt first.", true);
   }
   const fields = { prompt, model: $("#model").value };
-  for (const name of ["size", "negative_prompt"]) {
+  for (const name of ["size", "negative_prompt", "decoder"]) {
     const value = form.elements[name].value.trim();
     if (value) fields[name] = value;
   }
-  for (const name of ["seconds", "seed", "num_frames", "num_inference_steps", "fps"]) {
+  for (const name of ["seconds", "seed", "num_frames", "num_inference_steps", "fps", "preview_every", "interpolate", "upscale"]) {
     const value = form.elements[name].value;
     if (value !== "") fields[name] = Number(value);
   }

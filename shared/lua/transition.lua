@@ -9,7 +9,7 @@
 local raw = redis.call('GET', KEYS[1])
 if not raw then return {0, ''} end
 local job = cjson.decode(raw)
-local was_status, was_progress = job.status, job.progress
+local was_status, was_progress, was_preview_step = job.status, job.progress, job.preview_step
 local allowed = false
 for _, s in ipairs(args.allowed) do
   if s == job.status then allowed = true end
@@ -58,7 +58,8 @@ end
 redis.call('PUBLISH', args.channel, out)
 
 -- Webhook events: written here, in the one place state changes, so that none is lost or doubled; only for jobs
--- with a webhook_url or whose tenant has a default endpoint; progress only for jobs that opted in.
+-- with a webhook_url or whose tenant has a default endpoint; progress only for jobs that opted in, previews only
+-- where the job or the tenant's endpoint asked for them.
 local event = nil
 if job.status ~= was_status then
   event = ({in_progress = 'video.started', completed = 'video.completed', failed = 'video.failed',
@@ -66,6 +67,19 @@ if job.status ~= was_status then
 elseif job.status == 'in_progress' and job.progress ~= was_progress and type(job.webhook_events) == 'table' then
   for _, name in ipairs(job.webhook_events) do
     if name == 'video.progress' then event = name end
+  end
+elseif job.status == 'in_progress' and job.preview_step ~= was_preview_step then
+  -- A new preview: only where it was asked for, by the job's own events or (a job naming none and no webhook_url
+  -- of its own) by the tenant's endpoint's, so that endpoints that did not ask are not flooded.
+  local wanted = job.webhook_events
+  if type(wanted) ~= 'table' and type(job.webhook_url) ~= 'string' then
+    local endpoint = redis.call('GET', KEYS[10])
+    if endpoint then wanted = cjson.decode(endpoint).events end
+  end
+  if type(wanted) == 'table' then
+    for _, name in ipairs(wanted) do
+      if name == 'video.preview' then event = name end
+    end
   end
 end
 if event and (type(job.webhook_url) == 'string' or redis.call('EXISTS', KEYS[10]) == 1) then

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from api.web import STATIC
+from tests.conftest import LATE
 from wanq.stack import Stack
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -354,3 +355,77 @@ def test_the_page_asks_for_a_key_and_sends_it(browser: Any, keyed_server: tuple[
     page.wait_for_function("document.querySelector('#message').textContent.includes('refused this API key')")
     assert set(seen) == {"Bearer wq_typed_once"} and page.input_value("#api-key") == ""
     page.close()
+
+
+@needs_chromium
+def test_a_running_jobs_preview_and_the_new_form_fields_in_chromium(
+    stack: Stack, api: httpx.Client, browser: Any, artifacts: Path, api_key_for_page: str | None, tmp_path: Path
+) -> None:
+    # A fault-injected worker of this test's own (tests/faulty.py): every step of a `[[fault:sleep@1]]` prompt takes
+    # 0.5 s, so the job runs long enough for its previews to be shown while it runs.
+    from tests.faulty import Workers
+
+    workers = Workers(stack, tmp_path / "runs.jsonl")
+    page = browser.new_page(viewport={"width": 1000, "height": 1300})
+    page.set_default_timeout(60_000)
+    script_errors: list[str] = []
+    page.on("pageerror", lambda exc: script_errors.append(str(exc)))
+    if api_key_for_page:
+        page.add_init_script(f"localStorage.setItem('wanq.apiKey', {json.dumps(api_key_for_page)})")
+    try:
+        workers.start(1)
+        page.goto(f"{stack.api_url}/")
+        page.wait_for_selector(f'#model option[value="{LATE}"]', state="attached")
+        known = set(page.eval_on_selector_all("#jobs li.job", "items => items.map(li => li.dataset.id)"))
+
+        # 1. A job with previews every 2 of 20 steps and the tiny decoder, from the form's advanced fields.
+        _fill_tiny_job(page, "a lantern drifting on a dark river [[fault:sleep@1]]", steps=20)
+        page.select_option("#model", LATE)
+        page.fill("#preview_every", "2")
+        page.select_option("#decoder", "tiny")
+        running_id = _submit(page, known)
+        known.add(running_id)
+        item = f'li[data-id="{running_id}"]'
+        # The card shows the latest preview, live: a muted, looping, autoplaying <video> of the preview variant.
+        page.wait_for_function(
+            "sel => { const v = document.querySelector(sel + ' video.preview'); return v.readyState >= 2 && v.dataset.step; }",
+            arg=item,
+            timeout=120_000,
+        )
+        assert page.get_attribute(item, "data-status") == "in_progress" and page.is_visible(f"{item} video.preview")
+        shown = page.eval_on_selector(
+            f"{item} video.preview",
+            "v => ({src: v.src, muted: v.muted, loop: v.loop, autoplay: v.autoplay, w: v.videoWidth, step: Number(v.dataset.step)})",
+        )
+        assert shown["src"].startswith("blob:") and shown["muted"] and shown["loop"] and shown["autoplay"], shown
+        assert shown["w"] == 32 and shown["step"] % 2 == 0, shown  # one frame per latent frame, at half the size
+        first = shown["step"]
+        # Refreshed as newer previews come
+        page.wait_for_function(
+            "([sel, step]) => Number(document.querySelector(sel + ' video.preview').dataset.step) > step",
+            arg=[item, first],
+            timeout=60_000,
+        )
+        assert "Preview after step" in page.inner_text(f"{item} .preview-box figcaption")
+        page.screenshot(path=str(artifacts / "web-page-preview.png"), full_page=True)
+        video = api.get(f"/v1/videos/{running_id}").json()
+        assert (video["preview_every"], video["decoder"], video["num_inference_steps"]) == (2, "tiny", 20), video
+        # Canceled: the card keeps its last preview (the job has no video to replace it)
+        page.click(f"{item} button.cancel")
+        page.wait_for_function("sel => document.querySelector(sel).dataset.status === 'canceled'", arg=item)
+        assert page.is_visible(f"{item} video.preview")
+
+        # 2. Interpolation and upscaling from the form reach the job (a worker without those stages may refuse it:
+        # what is checked here is the request the page made).
+        _fill_tiny_job(page, "a lantern, interpolated and upscaled", steps=1)
+        page.fill("#preview_every", "")
+        page.select_option("#decoder", "")
+        page.select_option("#interpolate", "2")
+        page.select_option("#upscale", "2")
+        post_id = _submit(page, known)
+        posted = api.get(f"/v1/videos/{post_id}").json()
+        assert (posted["interpolate"], posted["upscale"], posted["decoder"], posted["preview_every"]) == (2, 2, "full", None)
+        assert script_errors == []
+    finally:
+        page.close()
+        workers.stop_all()

@@ -119,3 +119,25 @@ def test_webhook_events_only_for_jobs_someone_listens_to(lua_redis: redis.Redis,
     call(lua_redis, keys, silent.id, ["in_progress"], {"status": "failed"})
     assert [e[b"type"] for _, e in lua_redis.xrange(keys.job_events)][-1:] == [b"video.failed"]
     assert len(lua_redis.xrange(keys.job_events)) == 3
+
+
+def test_preview_events_only_where_asked_for(lua_redis: redis.Redis, keys: Keys) -> None:
+    # The job asks (its own URL), the job does not ask (lifecycle only), and a job that names nothing follows the
+    # tenant's endpoint, which asks once its events include video.preview.
+    asks = stored(lua_redis, keys, job(webhook_url="https://example.com/a", webhook_events=["video.preview"]))
+    silent = stored(lua_redis, keys, job(webhook_url="https://example.com/b"))
+    follows = stored(lua_redis, keys, job())
+    lua_redis.set(keys.webhook_endpoint("t"), json.dumps({"url": "https://example.com/t", "events": None}))
+    for record in (asks, silent, follows):
+        call(lua_redis, keys, record.id, ["queued"], {"status": "in_progress"})
+        call(lua_redis, keys, record.id, ["in_progress"], {"preview_step": 2, "outputs": {"preview": "k"}})
+    lua_redis.set(keys.webhook_endpoint("t"), json.dumps({"url": "https://example.com/t", "events": ["video.preview"]}))
+    for record in (asks, silent, follows):
+        call(lua_redis, keys, record.id, ["in_progress"], {"preview_step": 4, "outputs": {"preview": "k"}})
+        call(lua_redis, keys, record.id, ["in_progress"], {"outputs": {"preview": "k"}})  # same step: no event
+    previews = [
+        (e[b"job"].decode(), json.loads(e[b"record"])["preview_step"])
+        for _, e in lua_redis.xrange(keys.job_events)
+        if e[b"type"] == b"video.preview"
+    ]
+    assert previews == [(asks.id, 2), (asks.id, 4), (follows.id, 4)]
