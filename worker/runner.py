@@ -27,7 +27,7 @@ from PIL import Image
 from shared import jobstate
 from shared.errors import ClaimLost, JobCanceled, JobTimeout, WanqError
 from shared.estimate import RunClock, video_tokens
-from shared.schemas import GenerationSpec, JobRecord, JobStatus, Stage
+from shared.schemas import LAST_FRAME, GenerationSpec, JobRecord, JobStatus, Stage
 from shared.settings import Settings
 from shared.storage import CONTENT_TYPES, Storage
 from shared.store import JobStore
@@ -271,7 +271,7 @@ class JobRunner:
             self._progress(
                 record,
                 attempt,
-                Stage.encoding_video,
+                self._export_stages(spec)[0],
                 0,
                 0,
                 timings,
@@ -377,10 +377,21 @@ class JobRunner:
             return None
         return Image.open(io.BytesIO(self.storage.get_bytes(spec.image_key))).convert("RGB")
 
+    def _export_stages(self, spec: GenerationSpec) -> list[Stage]:
+        """The stages after the decode, up to the upload: post-processing (if any), then the MP4's encode. The first
+        is reported as the GPU part ends, each later one as it begins (`_export_and_upload`)."""
+        return [*self.post.stages(spec), Stage.encoding_video]
+
     def _export_and_upload(
         self, record: JobRecord, attempt: int, frames: Any, timings: dict[str, float], source: extension.Source | None = None
     ) -> dict[str, str]:
         spec = record.spec
+        stages = self._export_stages(spec)
+
+        def begin(stage: Stage) -> None:
+            if stage is not stages[0]:  # the first was reported when the GPU part ended
+                self._progress(record, attempt, stage, 0, 0, timings)
+
         with tempfile.TemporaryDirectory(prefix="wanq-") as tmp:
             folder = Path(tmp)
             t0 = time.perf_counter()
@@ -393,7 +404,9 @@ class JobRunner:
                 }
             else:
                 # decode -> interpolate -> upscale -> MP4; thumbnail and spritesheet from the final frames
-                whole: export.Frames = (frames := self.post.apply(frames, spec, timings))
+                generated_last = frames[-1]
+                whole: export.Frames = (frames := self.post.apply(frames, spec, timings, on_stage=begin))
+                begin(Stage.encoding_video)
                 t0 = time.perf_counter()
                 if source is not None:
                     # the new part's first frame (the source's last, generated) is left out; both at output_fps
@@ -405,6 +418,9 @@ class JobRunner:
                     "thumbnail": export.write_thumbnail(whole, folder / "thumbnail.webp"),
                     "spritesheet": export.write_spritesheet(whole, folder / "spritesheet.jpg"),
                 }
+                if spec.upscale != 1:
+                    # An extension continues from the generated last frame, which the upscaled MP4 no longer holds.
+                    files[LAST_FRAME] = export.write_png(generated_last, folder / "last_frame.png")
             timings["encoding_video"] = time.perf_counter() - t0
             self._progress(record, attempt, Stage.uploading, 0, 0, timings)
             t0 = time.perf_counter()
