@@ -26,7 +26,7 @@ from PIL import Image
 
 from shared import jobstate
 from shared.errors import ClaimLost, JobCanceled, JobTimeout, WanqError
-from shared.estimate import RunClock, video_tokens
+from shared.estimate import RunClock, tail_pixel_frames, video_tokens
 from shared.schemas import LAST_FRAME, GenerationSpec, JobRecord, JobStatus, Stage
 from shared.settings import Settings
 from shared.storage import CONTENT_TYPES, Storage
@@ -225,7 +225,10 @@ class JobRunner:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         clock = claim.clock = RunClock(
-            spec.num_inference_steps, self.store.run_times(spec.model, video_tokens(spec)), started=time.time()
+            spec.num_inference_steps,
+            self.store.run_times(spec.model, video_tokens(spec)),
+            started=time.time(),
+            tail_work=tail_pixel_frames(spec),
         )
         try:
             self.post.check(spec)  # a stage this worker lacks fails the job now, before any GPU work
