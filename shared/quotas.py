@@ -69,7 +69,9 @@ class Quotas:
         size = job_pixel_frames(spec)
         if size > policy.max_pixel_frames:
             generated = spec.width * spec.height * spec.num_frames
-            post = f", plus {size - generated} for interpolate {spec.interpolate} and upscale {spec.upscale}," * (size != generated)
+            post = f", plus {size - generated} for interpolate {spec.interpolate} and upscale {spec.upscale}," * (
+                size != generated
+            )
             raise RateLimited(
                 f"{spec.width}x{spec.height} x {spec.num_frames} frames = {generated} pixel-frames{post} exceeds tenant "
                 f"{tenant!r}'s per-job limit of {policy.max_pixel_frames} (quota max_pixel_frames); ask for a smaller "
