@@ -2,6 +2,9 @@
 the tenant's queue. (`max_running_jobs` is not refused at the door: the dispatcher holds a tenant's
 extra jobs back until its running ones end; see shared/fairqueue.py.)
 
+A job's size counts its post-processing too (interpolation, upscaling): each pixel-frame that writes counts a
+fraction of a generated one (shared/estimate.py `job_pixel_frames`).
+
 A request of `n` videos is checked as a whole: each of its jobs against the per-job size, and all n
 against the room in the tenant's queue (`FairQueue.create_many` admits all n or none).
 
@@ -21,6 +24,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from shared.errors import RateLimited
+from shared.estimate import job_pixel_frames
 from shared.fairqueue import FairQueue, queue_full
 from shared.schemas import GenerationSpec
 from shared.settings import QuotaSettings, TenantPolicy
@@ -59,13 +63,19 @@ class Quotas:
         )
 
     def check_size(self, tenant: str, spec: GenerationSpec) -> None:
-        """Refuses a job larger than the tenant's per-job size (no I/O)."""
+        """Refuses a job larger than the tenant's per-job size (no I/O): the pixel-frames it generates, plus its
+        post-processing's at a fraction each (shared/estimate.py `job_pixel_frames`)."""
         policy = self.policy(tenant)
-        size = spec.width * spec.height * spec.num_frames
+        size = job_pixel_frames(spec)
         if size > policy.max_pixel_frames:
+            generated = spec.width * spec.height * spec.num_frames
+            post = f", plus {size - generated} for interpolate {spec.interpolate} and upscale {spec.upscale}," * (
+                size != generated
+            )
             raise RateLimited(
-                f"{spec.width}x{spec.height} x {spec.num_frames} frames = {size} pixel-frames exceeds tenant {tenant!r}'s "
-                f"per-job limit of {policy.max_pixel_frames} (quota max_pixel_frames); ask for a smaller size or fewer frames",
+                f"{spec.width}x{spec.height} x {spec.num_frames} frames = {generated} pixel-frames{post} exceeds tenant "
+                f"{tenant!r}'s per-job limit of {policy.max_pixel_frames} (quota max_pixel_frames); ask for a smaller "
+                "size, fewer frames or less post-processing",
                 retry_after_s=60,
                 param="max_pixel_frames",
             )

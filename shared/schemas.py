@@ -41,19 +41,26 @@ class Stage(StrEnum):
     encoding_prompt = "encoding_prompt"
     denoising = "denoising"
     decoding = "decoding"
+    interpolating = "interpolating"
+    """The job's `interpolate` (RIFE), after the decode; skipped when it is 1."""
+    upscaling = "upscaling"
+    """The job's `upscale`, after the interpolation; skipped when it is 1."""
     encoding_video = "encoding_video"
     uploading = "uploading"
     done = "done"
 
 
-# Share of the progress bar each stage covers, in order; denoising moves with its steps.
+# Share of the progress bar each stage covers, in order; denoising moves with its steps. The post-processing stages
+# are seconds beside a denoise of minutes (benchmarks/gpu_postprocess.py), hence their small spans.
 _STAGE_SPANS: dict[Stage, tuple[int, int]] = {
     Stage.queued: (0, 0),
     Stage.loading: (0, 2),
     Stage.encoding_prompt: (2, 5),
     Stage.denoising: (5, 88),
-    Stage.decoding: (88, 94),
-    Stage.encoding_video: (94, 98),
+    Stage.decoding: (88, 92),
+    Stage.interpolating: (92, 94),
+    Stage.upscaling: (94, 96),
+    Stage.encoding_video: (96, 98),
     Stage.uploading: (98, 99),
     Stage.done: (100, 100),
 }
@@ -282,6 +289,11 @@ class GenerationSpec(BaseModel):
         """Duration of the delivered video (an extension's: the whole video, its source's frames included)."""
         value = self.output_frames / self.output_fps
         return f"{value:g}" if value != int(value) else str(int(value))
+
+
+LAST_FRAME = "last_frame"
+"""The output an upscaled video keeps beside its MP4: its last generated frame as a PNG, before interpolation and
+upscaling, which an extension of it continues from (worker/extension.py). Not a downloadable variant."""
 
 
 class JobError(BaseModel):

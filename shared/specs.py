@@ -11,8 +11,8 @@ Rules, applied in this order:
   the new part's.
 - A remix (`remix_spec`) is its parent's spec with a new prompt (and its post-processing, unless the remix says).
 - Post-processing (`interpolate`, `upscale`): the delivered MP4's width x height x frames at most
-  WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES. An extension keeps its source's `interpolate` (one fps for the joined
-  parts); `upscale` is refused on extensions for now (as is extending an upscaled video).
+  WANQ_JOBS_MAX_OUTPUT_PIXEL_FRAMES. An extension keeps its source's `interpolate` and `upscale`: its parts are
+  joined by copying their H.264 streams, which needs one size and one fps (a different factor is a 400 naming it).
 - An image (`kind="image"`) is one frame; only images may have fewer than 5 frames.
 """
 
@@ -52,7 +52,7 @@ from shared.fields import (
     short,
 )
 from shared.loras import LoraRecord, LoraRequest, resolve_job_loras
-from shared.schemas import CacheOptions, GenerationSpec, JobCache, JobRecord, JobStatus, RequestCache
+from shared.schemas import LAST_FRAME, CacheOptions, GenerationSpec, JobCache, JobRecord, JobStatus, RequestCache
 from shared.settings import JobSettings, LoraSettings
 
 # The request's numeric generation fields (each refuses a JSON boolean); `wanq generate` takes the same ones.
@@ -484,7 +484,13 @@ def resolve_extension(
         )
     if req.image_url is not None:
         raise InvalidRequest("an extension continues from its source's last frame: drop 'image_url'", param="image_url")
-    interpolate = extension_post_processing(req.interpolate, req.upscale, base, source.id)
+    interpolate, upscale = extension_post_processing(req.interpolate, req.upscale, base)
+    if base.upscale != 1 and LAST_FRAME not in source.outputs:
+        raise InvalidRequest(
+            f"video {source.id} was upscaled by a wanq that did not keep its last generated frame, which an extension "
+            "continues from; it cannot be extended (a video made since can)",
+            param="video",
+        )
     if req.size is not None and req.size.lower() != base.size:
         raise InvalidRequest(
             f"invalid 'size' {req.size!r}: an extension keeps its source's size ({base.size}); leave it out", param="size"
@@ -525,28 +531,25 @@ def resolve_extension(
             param="loras",
         ) from None
     whole = spec.model_copy(update={"extend_from": source.id, "source_frames": base.total_frames})
-    return post_processed(whole, interpolate if interpolate != 1 else None, None, limits)
+    return post_processed(whole, interpolate, upscale, limits)
 
 
-def extension_post_processing(
-    interpolate: int | None, upscale: int | None, base: GenerationSpec, source_id: str, *, param: str = "video"
-) -> int:
-    """An extension's `interpolate`: its source's, since the parts join at one fps (the source's MP4 ends on its
-    last generated frame, at (F-1) x k, which the extension continues from). `upscale` is refused for now: the frame
-    to continue from would be an upscaled one, not the generated one."""
-    if upscale is not None and upscale != 1:
-        raise InvalidRequest(f"invalid 'upscale' {upscale!r}: extensions take no upscaling yet", param="upscale")
-    if base.upscale != 1:
-        raise InvalidRequest(
-            f"video {source_id} is upscaled and cannot be extended yet; extend a video without upscaling", param=param
-        )
-    if interpolate is not None and interpolate != base.interpolate:
-        raise InvalidRequest(
-            f"invalid 'interpolate' {interpolate!r}: an extension keeps its source's interpolate "
-            f"({base.interpolate}), so that its parts join at one fps; leave it out",
-            param="interpolate",
-        )
-    return base.interpolate
+def extension_post_processing(interpolate: int | None, upscale: int | None, base: GenerationSpec) -> tuple[int, int]:
+    """An extension's (`interpolate`, `upscale`): its source's. The parts are joined by copying their H.264 streams
+    (worker/extension.py), which needs one fps and one size; re-encoding the source instead would lose quality at
+    every link of a chain. The new part is generated at the source's generated size, conditioned on the source's
+    last generated frame (never an interpolated or upscaled one), then post-processed with these factors."""
+    for field, given, kept, what in (
+        ("interpolate", interpolate, base.interpolate, f"fps ({base.output_fps})"),
+        ("upscale", upscale, base.upscale, f"size ({base.output_size})"),
+    ):
+        if given is not None and given != kept:
+            raise InvalidRequest(
+                f"invalid '{field}' {given!r}: an extension keeps its source's {field} ({kept}), so that its parts "
+                f"join at one {what}; leave it out",
+                param=field,
+            )
+    return base.interpolate, base.upscale
 
 
 def extension_inherits_loras(req: VideoRequest, base: GenerationSpec) -> bool:
@@ -592,5 +595,5 @@ def remix_spec(
     if preview_every is not None:
         update["preview_every"] = PREVIEW_EVERY.check(preview_every, maximum=parent.num_inference_steps)
     if parent.extend_from is not None:
-        extension_post_processing(interpolate, upscale, parent, parent.extend_from, param="video_id")
+        extension_post_processing(interpolate, upscale, parent)
     return post_processed(parent.model_copy(update=update), interpolate, upscale, limits)

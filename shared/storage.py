@@ -31,6 +31,7 @@ CONTENT_TYPES = {
     "spritesheet": "image/jpeg",
     "image": "image/png",
     "preview": "video/mp4",
+    "last_frame": "image/png",
 }
 FILE_NAMES = {
     "video": "video.mp4",
@@ -42,7 +43,9 @@ FILE_NAMES = {
 # S3's answers that a later try may not get: throttling (SlowDown and its AWS-wide names) and a request that timed out.
 RETRYABLE_CODES = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"})
 # An output named like an input: an image job's PNG is its `image` variant, beside (not over) an input image.
-OUTPUT_FILE_NAMES = {**FILE_NAMES, "image": "image.png"}
+# `last_frame`: an upscaled video's last generated frame (before post-processing), what an extension continues from;
+# kept for the worker, not a downloadable variant.
+OUTPUT_FILE_NAMES = {**FILE_NAMES, "image": "image.png", "last_frame": "last_frame.png"}
 
 
 class Storage:

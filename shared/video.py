@@ -67,7 +67,7 @@ class Video(BaseModel):
     prompt: str = Field(description="What the video shows.")
     remixed_from_video_id: str | None = Field(default=None, description="The job this one remixes, if any.")
     stage: Stage = Field(
-        description="queued, loading, encoding_prompt, denoising (see step), decoding, encoding_video, uploading, done."
+        description="queued, loading, encoding_prompt, denoising (see step), decoding, interpolating and upscaling (when the job asks for them), encoding_video, uploading, done."
     )
     step: int = Field(ge=0, description="Denoising steps done.")
     total_steps: int = Field(ge=1, description="Denoising steps in all (num_inference_steps).")

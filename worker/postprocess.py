@@ -5,6 +5,7 @@ advertises the factors it can run (`capabilities`), which the API checks a job a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from shared.errors import InvalidRequest
-from shared.schemas import GenerationSpec
+from shared.schemas import GenerationSpec, Stage
 from shared.settings import EngineSettings
 from worker.interpolate import FACTORS, Interpolator, InterpolatorFileError, interpolate, load_interpolator
 from worker.upscale import Upscaler, UpscalerFileError, load_upscaler, upscale
@@ -43,22 +44,37 @@ class PostProcessors:
             if factor not in can[field]:
                 raise InvalidRequest(f"invalid '{field}' {factor}: this worker can {field} by {can[field]} only", param=field)
 
-    def apply(self, frames: np.ndarray, spec: GenerationSpec, timings: dict[str, float]) -> np.ndarray:
+    @staticmethod
+    def stages(spec: GenerationSpec) -> list[Stage]:
+        """The post-processing stages `spec` runs, in order (none for a job without it, or an image)."""
+        if spec.kind != "video":
+            return []
+        return [
+            stage for stage, factor in ((Stage.interpolating, spec.interpolate), (Stage.upscaling, spec.upscale)) if factor != 1
+        ]
+
+    def apply(
+        self,
+        frames: np.ndarray,
+        spec: GenerationSpec,
+        timings: dict[str, float],
+        on_stage: Callable[[Stage], None] | None = None,
+    ) -> np.ndarray:
         """frames [F, H, W, 3] -> the delivered ones: interpolated, then upscaled, each stage timed in `timings`
-        (`interpolating`, `upscaling`). A factor this worker cannot run fails the job in one sentence."""
-        can = self.capabilities()
-        for field in ("interpolate", "upscale"):
-            factor = getattr(spec, field)
-            if factor not in can[field]:
-                raise InvalidRequest(f"invalid '{field}' {factor}: this worker can {field} by {can[field]} only", param=field)
-        if spec.interpolate != 1 and self.interpolator is not None:
+        (`interpolating`, `upscaling`) and announced to `on_stage` as it begins. A factor this worker cannot run
+        fails the job in one sentence."""
+        self.check(spec)
+        for stage in self.stages(spec):
+            if on_stage is not None:
+                on_stage(stage)
             t0 = time.perf_counter()
-            frames = interpolate(frames, spec.interpolate, model=self.interpolator)
-            timings["interpolating"] = time.perf_counter() - t0
-        if spec.upscale != 1 and self.upscaler is not None:
-            t0 = time.perf_counter()
-            frames = upscale(frames, model=self.upscaler)
-            timings["upscaling"] = time.perf_counter() - t0
+            if stage is Stage.interpolating:
+                assert self.interpolator is not None  # check() saw to it
+                frames = interpolate(frames, spec.interpolate, model=self.interpolator)
+            else:
+                assert self.upscaler is not None
+                frames = upscale(frames, model=self.upscaler)
+            timings[stage.value] = time.perf_counter() - t0
         return frames
 
 

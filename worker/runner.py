@@ -27,8 +27,8 @@ from PIL import Image
 
 from shared import jobstate
 from shared.errors import ClaimLost, JobCanceled, JobTimeout, WanqError
-from shared.estimate import RunClock, video_tokens
-from shared.schemas import GenerationSpec, JobRecord, JobStatus, Stage
+from shared.estimate import RunClock, tail_pixel_frames, video_tokens
+from shared.schemas import LAST_FRAME, GenerationSpec, JobRecord, JobStatus, Stage
 from shared.settings import Settings
 from shared.storage import CONTENT_TYPES, Storage
 from shared.store import JobStore
@@ -229,7 +229,10 @@ class JobRunner:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         clock = claim.clock = RunClock(
-            spec.num_inference_steps, self.store.run_times(spec.model, video_tokens(spec)), started=time.time()
+            spec.num_inference_steps,
+            self.store.run_times(spec.model, video_tokens(spec)),
+            started=time.time(),
+            tail_work=tail_pixel_frames(spec),
         )
         stream: export.Mp4Stream | None = None
         try:
@@ -284,7 +287,7 @@ class JobRunner:
             self._progress(
                 record,
                 attempt,
-                Stage.encoding_video,
+                self._export_stages(spec)[0],
                 0,
                 0,
                 timings,
@@ -419,6 +422,11 @@ class JobRunner:
             return None
         return Image.open(io.BytesIO(self.storage.get_bytes(spec.image_key))).convert("RGB")
 
+    def _export_stages(self, spec: GenerationSpec) -> list[Stage]:
+        """The stages after the decode, up to the upload: post-processing (if any), then the MP4's encode. The first
+        is reported as the GPU part ends, each later one as it begins (`_export_and_upload`)."""
+        return [*self.post.stages(spec), Stage.encoding_video]
+
     def _export_and_upload(
         self,
         record: JobRecord,
@@ -432,6 +440,12 @@ class JobRunner:
         """`video`: the MP4 already encoded beside the decode (`_mp4_stream`); `encoding_video` then times only the
         stills (the encode's tail after the decode is waited for before)."""
         spec = record.spec
+        stages = self._export_stages(spec)
+
+        def begin(stage: Stage) -> None:
+            if stage is not stages[0]:  # the first was reported when the GPU part ended
+                self._progress(record, attempt, stage, 0, 0, timings)
+
         with tempfile.TemporaryDirectory(prefix="wanq-") as tmp:
             folder = Path(tmp)
             t0 = time.perf_counter()
@@ -444,7 +458,9 @@ class JobRunner:
                 }
             else:
                 # decode -> interpolate -> upscale -> MP4; thumbnail and spritesheet from the final frames
-                whole: export.Frames = (frames := self.post.apply(frames, spec, timings))
+                generated_last = frames[-1]
+                whole: export.Frames = (frames := self.post.apply(frames, spec, timings, on_stage=begin))
+                begin(Stage.encoding_video)
                 t0 = time.perf_counter()
                 if source is not None:
                     # the new part's first frame (the source's last, generated) is left out; both at output_fps
@@ -456,6 +472,9 @@ class JobRunner:
                     "thumbnail": export.write_thumbnail(whole, folder / "thumbnail.webp"),
                     "spritesheet": export.write_spritesheet(whole, folder / "spritesheet.jpg"),
                 }
+                if spec.upscale != 1:
+                    # An extension continues from the generated last frame, which the upscaled MP4 no longer holds.
+                    files[LAST_FRAME] = export.write_png(generated_last, folder / "last_frame.png")
             timings["encoding_video"] = time.perf_counter() - t0
             self._progress(record, attempt, Stage.uploading, 0, 0, timings)
             t0 = time.perf_counter()

@@ -14,6 +14,8 @@ const STAGES = {
   encoding_prompt: "Encoding the prompt",
   denoising: "Denoising",
   decoding: "Decoding frames",
+  interpolating: "Interpolating frames",
+  upscaling: "Upscaling",
   encoding_video: "Encoding the MP4",
   uploading: "Uploading",
   done: "Done",

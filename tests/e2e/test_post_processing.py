@@ -10,6 +10,7 @@ tested on the frames themselves (tests/worker/test_postprocess.py)."""
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,18 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import torch
+from PIL import Image
 
+from shared.schemas import LAST_FRAME
+from shared.settings import EngineSettings
+from shared.storage import Storage
+from shared.store import JobStore
 from tests.clips import SOURCE, extend, frames_of, make_video
 from tests.conftest import wait_for_status
 from wanq.stack import Stack
 from worker import export
+from worker.engine import WanEngine
 
 MEAN_TOLERANCE = 8.0
 
@@ -129,12 +137,75 @@ def test_an_extension_keeps_its_sources_interpolation_and_joins_at_its_fps(api: 
     assert np.array_equal(whole[: len(first)], first)  # the source's stream, copied
 
 
+def _extend_and_wait(api: httpx.Client, source_id: str, **fields: Any) -> dict[str, Any]:
+    created = extend(api, source_id, model="tiny-ti2v-5b", num_frames=5, **fields)
+    assert created.status_code == 202, created.text
+    return wait_for_status(api, created.json()["id"], {"completed", "failed"})
+
+
+def _png(storage: Storage, key: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(storage.get_bytes(key))).convert("RGB"))
+
+
+@pytest.mark.parametrize("interpolate", [1, 2])
+def test_an_extension_of_an_upscaled_video_continues_its_last_generated_frame(
+    stack: Stack, api: httpx.Client, store: JobStore, storage: Storage, tmp_path: Path, interpolate: int
+) -> None:
+    source = make_video(api, interpolate=interpolate, upscale=2)
+    assert source["status"] == "completed", source
+    ext = _extend_and_wait(api, source["id"])
+    assert ext["status"] == "completed", ext
+
+    # The joined video: the source's size and fps, (generated - 1) x k + 1 frames, the source's stream first.
+    generated = SOURCE["num_frames"] + 5 - 1
+    frames, fps = (generated - 1) * interpolate + 1, SOURCE["fps"] * interpolate
+    assert (ext["upscale"], ext["interpolate"], ext["size"], ext["fps"]) == (2, interpolate, "128x128", fps)
+    assert ext["total_frames"] == frames and ext["timings"]["upscaling"] > 0
+    probe = _mp4(api, ext, tmp_path)
+    assert (probe["frames"], probe["fps"], probe["size"]) == (frames, fps, (128, 128))
+    whole, first = frames_of(api, ext["id"], tmp_path), frames_of(api, source["id"], tmp_path)
+    assert np.array_equal(whole[: len(first)], first)
+
+    # The conditioning frame: exactly the source's kept last frame, which is exactly the last frame its pipeline
+    # generates (the same tiny pipeline run here with the source's spec, one torch thread as the workers run).
+    source_record, ext_record = store.get(source["id"]), store.get(ext["id"])
+    assert source_record is not None and ext_record is not None
+    kept = _png(storage, source_record.outputs[LAST_FRAME])
+    start = _png(storage, storage.key(ext["id"], "image"))
+    assert start.shape == (64, 64, 3) and np.array_equal(start, kept)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        engine = WanEngine(stack.model_paths["tiny-t2v-a14b"], EngineSettings(device="cpu"), model_id="tiny-t2v-a14b")
+        generated_frames = engine.generate(source_record.spec).frames
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(start, generated_frames[-1])
+    # ...and the extension keeps its own, for the next link of a chain.
+    assert _png(storage, ext_record.outputs[LAST_FRAME]).shape == (64, 64, 3)
+
+
+def test_an_extension_of_an_extension_of_an_upscaled_video(api: httpx.Client, tmp_path: Path) -> None:
+    source = make_video(api, upscale=2)
+    assert source["status"] == "completed", source
+    first = _extend_and_wait(api, source["id"])
+    second = _extend_and_wait(api, first["id"])
+    assert second["status"] == "completed", second
+    frames = SOURCE["num_frames"] + 2 * (5 - 1)
+    assert _mp4(api, second, tmp_path) == {**_mp4(api, first, tmp_path), "frames": frames}
+    assert np.array_equal(frames_of(api, second["id"], tmp_path)[: frames - 4], frames_of(api, first["id"], tmp_path))
+
+
 def test_extensions_refuse_other_post_processing(api: httpx.Client) -> None:
-    source = make_video(api, interpolate=2)
+    smooth = make_video(api, interpolate=2)
     upscaled = make_video(api, upscale=2)
-    other = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5, interpolate=4)
-    assert other.status_code == 400 and other.json()["error"]["param"] == "interpolate", other.text
-    bigger = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5, upscale=2)
-    assert bigger.status_code == 400 and bigger.json()["error"]["param"] == "upscale", bigger.text
-    of_upscaled = extend(api, upscaled["id"], model="tiny-ti2v-5b", num_frames=5)
-    assert of_upscaled.status_code == 400 and "is upscaled" in of_upscaled.json()["error"]["message"], of_upscaled.text
+
+    def refused(source: dict[str, Any], field: str, value: int, words: str) -> None:
+        response = extend(api, source["id"], model="tiny-ti2v-5b", num_frames=5, **{field: value})
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == field and words in error["message"], error
+
+    refused(smooth, "interpolate", 4, "keeps its source's interpolate (2), so that its parts join at one fps (16)")
+    refused(smooth, "upscale", 2, "keeps its source's upscale (1), so that its parts join at one size (64x64)")
+    refused(upscaled, "upscale", 1, "keeps its source's upscale (2), so that its parts join at one size (128x128)")

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from shared.estimate import RunClock, RunTimes, video_tokens
+from shared.estimate import (
+    RunClock,
+    RunTimes,
+    job_pixel_frames,
+    post_processing_pixel_frames,
+    tail_pixel_frames,
+    video_tokens,
+)
 from shared.schemas import GenerationSpec
 
 EARLIER = RunTimes(head_s=2.0, step_s=3.0, tail_s=5.0)
@@ -61,3 +70,47 @@ def test_video_tokens(size: tuple[int, int], frames: int, tokens: int) -> None:
         num_inference_steps=4, guidance_scale=1.0, guidance_scale_2=None, flow_shift=5.0, seed=0,
     )  # fmt: skip
     assert video_tokens(spec) == tokens
+
+
+def _spec(**fields: Any) -> GenerationSpec:
+    base: dict[str, Any] = dict(
+        model="m", prompt="p", negative_prompt="", width=1280, height=720, num_frames=81, fps=16,
+        num_inference_steps=40, guidance_scale=4.0, guidance_scale_2=3.0, flow_shift=5.0, seed=0,
+    )  # fmt: skip
+    return GenerationSpec(**(base | fields))
+
+
+def test_post_processing_counts_in_a_jobs_size() -> None:
+    plain, smooth_large = _spec(), _spec(interpolate=4, upscale=2)
+    assert post_processing_pixel_frames(plain) == 0 and job_pixel_frames(plain) == 1280 * 720 * 81
+    # 321 frames written by RIFE at 1280x720, then 321 by the upscaler at 2560x1440, at 1/256 each
+    written = 1280 * 720 * 321 + 2560 * 1440 * 321
+    assert post_processing_pixel_frames(smooth_large) == written
+    assert job_pixel_frames(smooth_large) == 1280 * 720 * 81 + written // 256 > job_pixel_frames(plain)
+    assert job_pixel_frames(_spec(interpolate=2)) < job_pixel_frames(_spec(interpolate=4))
+    assert job_pixel_frames(_spec(upscale=2)) < job_pixel_frames(_spec(upscale=4))
+    # An extension post-processes its new part only; an image job has none
+    ext = _spec(interpolate=2, upscale=2, extend_from="video_src", source_frames=81, num_frames=17)
+    assert post_processing_pixel_frames(ext) == 1280 * 720 * 33 + 2560 * 1440 * 33
+    assert post_processing_pixel_frames(_spec(kind="image", num_frames=1)) == 0
+
+
+def test_the_tail_of_a_run_with_post_processing_is_expected_to_take_longer() -> None:
+    plain, post = _spec(), _spec(interpolate=4, upscale=2)
+    earlier = RunTimes(head_s=2.0, step_s=3.0, tail_s=5.0, tail_work=tail_pixel_frames(plain))
+    ratio = tail_pixel_frames(post) / tail_pixel_frames(plain)
+    assert ratio > 1
+    slower = RunClock(40, earlier, started=100.0, tail_work=tail_pixel_frames(post))
+    same = RunClock(40, earlier, started=100.0, tail_work=tail_pixel_frames(plain))
+    assert same.completes_at(100.0) == 100.0 + 2 + 40 * 3 + 5
+    assert slower.completes_at(100.0) == pytest.approx(100.0 + 2 + 40 * 3 + 5 * ratio)
+    slower.denoising_from, slower.denoising_until = 102.0, 222.0
+    assert slower.completes_at(223.0) == pytest.approx(222.0 + 5 * ratio)
+    # A run recorded before tail_work existed: its tail as it was, and it still loads
+    old = RunTimes.loads('{"head_s": 2.0, "step_s": 3.0, "tail_s": 5.0}')
+    assert RunClock(40, old, started=100.0, tail_work=tail_pixel_frames(post)).completes_at(100.0) == 227.0
+    # A finished run leaves its tail's pixel-frames for the next
+    slower.finished_at = 240.0
+    times = slower.times()
+    assert times is not None and times.tail_work == tail_pixel_frames(post)
+    assert RunTimes.loads(times.dumps()) == times

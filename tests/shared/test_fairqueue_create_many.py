@@ -119,3 +119,16 @@ def test_the_early_room_check_counts_the_whole_request(store: JobStore, own_redi
     quotas.check_sizes(tenant, [spec, spec])
     with pytest.raises(RateLimited, match="max_pixel_frames"):
         quotas.check_sizes(tenant, [spec, job_record(model, tenant, num_frames=9).spec])
+
+
+def test_a_jobs_size_counts_its_post_processing(store: JobStore, own_redis: redis.Redis) -> None:
+    # 64x64 x 9 generated; x2 interpolation and x2 upscaling write 17 frames at 64x64 and 17 at 128x128, 1/256 each
+    generated, post = 64 * 64 * 9, (64 * 64 * 17 + 128 * 128 * 17) // 256
+    fairq, model, tenant = _fresh(store, max_pixel_frames=generated)
+    url = own_redis.connection_pool.connection_kwargs
+    quotas = Quotas(fairq.quotas, fairq, aioredis.Redis(host=url["host"], port=url["port"]))
+    quotas.check_size(tenant, job_record(model, tenant, num_frames=9).spec)  # at the limit
+    with pytest.raises(RateLimited, match="max_pixel_frames") as refused:
+        quotas.check_size(tenant, job_record(model, tenant, num_frames=9, interpolate=2, upscale=2).spec)
+    expected = f"64x64 x 9 frames = {generated} pixel-frames, plus {post} for interpolate 2 and upscale 2, exceeds"
+    assert expected in refused.value.message

@@ -17,13 +17,14 @@ import torch
 
 from shared import jobstate
 from shared.errors import OutOfMemory
-from shared.schemas import GenerationSpec, JobRecord, JobStatus
+from shared.schemas import GenerationSpec, JobRecord, JobStatus, Stage
 from shared.settings import EngineSettings, Settings
 from shared.storage import Storage
 from shared.store import JobStore
 from tests.records import rewrite, store_job
 from wanq.stack import Stack
 from worker.engine import PromptCache, WanEngine
+from worker.postprocess import PostProcessors, load_post_processors
 from worker.runner import Ended, JobRunner, Outcome
 
 
@@ -290,3 +291,36 @@ def test_a_stage_this_worker_lacks_fails_the_job_before_any_gpu_work(
     failed = store.get(job_id)
     assert failed is not None and failed.error is not None and failed.error.code == "invalid_request"
     assert failed.error.message == "invalid 'interpolate' 2: this worker can interpolate by [1] only"
+
+
+def test_post_processing_stages_are_recorded_as_each_begins(
+    stack: Stack, settings: Settings, store: JobStore, engine: WanEngine
+) -> None:
+    seen: list[tuple[str, str, int]] = []  # (the stage beginning, the record's stage then, its progress)
+    job_id = ""
+
+    class Watched(PostProcessors):
+        def apply(self, frames, spec, timings, on_stage=None):  # type: ignore[no-untyped-def]
+            def begin(stage: Stage) -> None:
+                assert on_stage is not None
+                on_stage(stage)
+                record = store.get(job_id)
+                assert record is not None
+                seen.append((stage.value, record.stage.value, record.progress))
+
+            return super().apply(frames, spec, timings, begin)
+
+    tiny = load_post_processors(EngineSettings(), stack.model_paths["tiny-t2v-a14b"])
+    post = Watched(tiny.interpolator, tiny.upscaler)
+    storage = SlowUploads(settings)
+    storage.release.set()
+    runner = JobRunner(settings, store, storage, engine, worker_id=f"test-runner-7:{time.time_ns()}", post=post)
+    job_id = make_job(store, "smoother and larger", interpolate=2, upscale=2)
+    assert runner.run(job_id, wait=True) is Outcome.completed
+    assert seen == [("interpolating", "interpolating", 92), ("upscaling", "upscaling", 94)]
+    done = store.get(job_id)
+    assert done is not None and done.stage is Stage.done
+    assert {"decoding", "interpolating", "upscaling", "encoding_video", "uploading"} <= set(done.timings)
+    assert post.stages(done.spec) == [Stage.interpolating, Stage.upscaling]
+    assert post.stages(done.spec.model_copy(update={"interpolate": 1})) == [Stage.upscaling]
+    assert post.stages(done.spec.model_copy(update={"kind": "image", "interpolate": 1, "upscale": 1})) == []
