@@ -13,8 +13,10 @@ import gc
 import importlib
 import logging
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,12 +32,13 @@ from PIL import Image
 from shared.errors import InvalidRequest, JobCanceled, OutOfMemory
 from shared.schemas import GenerationSpec, Stage
 from shared.settings import EngineSettings, LoraSettings
-from worker import accel, cfg_batch, lora_slots, pipeline_dir
+from worker import accel, cfg_batch, lora_slots, pipeline_dir, uniform_timestep
 from worker.cache import DBCacheSetting, StepCache, check_fits, resolve
 from worker.exits import ExitStatus
 from worker.lora_cache import LoraCache
 from worker.lora_slots import LoraSlots
 from worker.options import cache as cache_options
+from worker.options.option import context_parallel
 from worker.parallel import mesh
 from worker.parallel.messages import Adapters, Job
 from worker.pipeline_dir import transformers_of
@@ -111,39 +114,86 @@ def decode_latents(vae: Any, video_processor: Any, latents: torch.Tensor, on_fra
     With `on_frames`, each chunk of frames goes to it as soon as the VAE's temporal loop has made it (a forward hook
     on `vae.decoder`, which diffusers calls once per latent frame with its causal cache), so an MP4 encoder can run
     beside the decode (export.Mp4Stream). The chunks get the same elementwise postprocess as the whole video, so the
-    frames are the same bytes either way. A tiled or compiled decoder is not hooked: it gets the frames at the end."""
+    frames are the same bytes either way. On a GPU each chunk is copied to pinned host memory without a sync and
+    handed over by a relay thread once its copy is done: the decode never waits for the encoder or the copy. A
+    tiled or compiled decoder is not hooked: it gets the frames at the end."""
     with torch.no_grad():
         device = accel.module_device(vae)
         latents = latents.to(device=device, dtype=vae.dtype)
         mean = torch.tensor(vae.config.latents_mean).view(1, vae.config.z_dim, 1, 1, 1).to(device, latents.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, vae.config.z_dim, 1, 1, 1).to(device, latents.dtype)
-        chunks: list[np.ndarray] = []
-        hook = None
-        if on_frames is not None and _streamable(vae):
-            from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+        if on_frames is None or not _streamable(vae):
+            video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+            frames = _uint8_frames(video_processor, video).cpu().numpy()
+            if on_frames is not None:
+                on_frames(frames)
+            return frames  # type: ignore[no-any-return]
+        from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
-            patch = vae.config.patch_size
+        patch = vae.config.patch_size
+        relay = _Relay(on_frames)
 
-            def streamed(_module: Any, _args: Any, out: torch.Tensor) -> None:
-                video = unpatchify(out, patch_size=patch) if patch is not None else out
-                chunk = _uint8_frames(video_processor, video.clamp(-1.0, 1.0))
-                chunks.append(chunk)
-                on_frames(chunk)
+        def streamed(_module: Any, _args: Any, out: torch.Tensor) -> None:
+            video = unpatchify(out, patch_size=patch) if patch is not None else out
+            relay.put(_uint8_frames(video_processor, video.clamp(-1.0, 1.0)))
 
-            hook = vae.decoder.register_forward_hook(streamed)
+        hook = vae.decoder.register_forward_hook(streamed)
         try:
             video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
         finally:
-            if hook is not None:
-                hook.remove()
-        if hook is None:
-            frames = _uint8_frames(video_processor, video)
-            if on_frames is not None:
-                on_frames(frames)
-            return frames
+            hook.remove()
+            chunks = relay.close()
         if sum(len(c) for c in chunks) != video.shape[2]:
             raise RuntimeError(f"streamed decode made {sum(len(c) for c in chunks)} frames, the VAE {video.shape[2]}")
         return np.concatenate(chunks)
+
+
+class _Relay:
+    """Chunks of uint8 frames on the decode's device -> `on_frames`, in order. On a GPU: an asynchronous copy to
+    pinned memory and an event per chunk, and a thread that waits for each event before handing the chunk over."""
+
+    def __init__(self, on_frames: FrameSink) -> None:
+        self.on_frames = on_frames
+        self.chunks: list[np.ndarray] = []
+        self.error: BaseException | None = None
+        self._queue: queue.Queue[tuple[torch.Tensor, Any] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def put(self, frames: torch.Tensor) -> None:
+        if frames.device.type != "cuda":
+            self._deliver(frames.numpy())
+            return
+        host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+        host.copy_(frames, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="wanq-decode-relay", daemon=True)
+            self._thread.start()
+        self._queue.put((host, done))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            host, done = item
+            done.synchronize()
+            self._deliver(host.numpy())
+
+    def _deliver(self, frames: np.ndarray) -> None:
+        if self.error is not None:
+            return
+        self.chunks.append(frames)
+        try:
+            self.on_frames(frames)
+        except BaseException as exc:  # raised again by close(), on the decode's thread
+            self.error = exc
+
+    def close(self) -> list[np.ndarray]:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
+        return self.chunks
 
 
 def _streamable(vae: Any) -> bool:
@@ -152,10 +202,10 @@ def _streamable(vae: Any) -> bool:
     return not getattr(vae, "use_tiling", False) and getattr(vae.decoder, "_compiled_call_impl", None) is None
 
 
-def _uint8_frames(video_processor: Any, video: torch.Tensor) -> np.ndarray:
-    """The VAE's [1, C, F, H, W] in -1..1 -> uint8 [F, H, W, 3] on the CPU."""
+def _uint8_frames(video_processor: Any, video: torch.Tensor) -> torch.Tensor:
+    """The VAE's [1, C, F, H, W] in -1..1 -> uint8 [F, H, W, 3] (on the VAE's device)."""
     frames = video_processor.postprocess_video(video, output_type="pt")[0]  # [F, C, H, W] in 0..1
-    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # type: ignore[no-any-return]
+    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)  # type: ignore[no-any-return]
 
 
 def rank_device(settings: EngineSettings, rank: int) -> torch.device:
@@ -292,6 +342,8 @@ class WanEngine:
         self.plan = accel.apply(self.pipe, settings, self.device, member=self.member, sync_weights=factory is not None)
         if self.image_pipe is not None and self.image_pipe is not self.pipe:
             accel.share_placement(self.pipe, self.image_pipe)
+        if self.variant == "ti2v-5b" and not context_parallel(settings):
+            uniform_timestep.install(self.pipe.transformer)  # text-to-video jobs: one timestep, not one per token
         # 5. The step cache wraps the forward it finds (offload hooks, CFG-parallel hook): installed after them,
         # now if the worker caches by default, else at the first job that asks.
         self.step_cache: StepCache | None = None
@@ -669,6 +721,7 @@ class WanEngine:
         cache: DBCacheSetting | None = None,
     ) -> torch.Tensor:
         pipe.scheduler = self._scheduler(spec.flow_shift)
+        uniform_timestep.set_uniform(pipe.transformer, image is None)
         if cache is not None or self.step_cache is not None:
             self._step_cache().prepare(
                 cache, num_inference_steps=spec.num_inference_steps, do_cfg=spec.guidance_scale > 1.0, scheduler=pipe.scheduler

@@ -232,3 +232,28 @@ def test_cfg_batch_is_refused_with_several_gpus_in_one_sentence() -> None:
 
     problems = registry.validate(EngineSettings(device="cpu", cfg_batch=True, cfg_parallel=True, num_gpus=2), Environment("cpu"))
     assert any(p.startswith("--cfg-batch is for one GPU") for p in problems.configuration)
+
+
+def test_ti2v_text_jobs_run_with_one_timestep_and_compute_the_same_video(models: dict[str, Path]) -> None:
+    """worker/uniform_timestep.py: a TI2V-5B job without an image hands the transformer one timestep instead of one
+    per token (the same value in every row); its latents are those of the per-token path. An image job keeps the
+    per-token timesteps (its first frame is held at t = 0)."""
+    from PIL import Image
+
+    from worker import uniform_timestep
+
+    engine = WanEngine(models["ti2v-5b"], EngineSettings(device="cpu"))
+    hook = uniform_timestep.hook_of(engine.pipe.transformer)
+    assert hook is not None
+    seen: list[int] = []
+    job = spec(steps=3)
+    uniform = engine.generate(job, on_step=lambda done, total: seen.append(hook.applied))
+    assert seen == [2, 4, 6]  # both CFG branches of every step
+    engine.pipe.transformer._diffusers_hook.remove_hook(uniform_timestep.HOOK_NAME)  # the per-token path again
+    per_token = engine.generate(job)
+    torch.testing.assert_close(uniform.latents, per_token.latents, rtol=1e-5, atol=1e-5)
+    uniform_timestep.install(engine.pipe.transformer)
+    again = uniform_timestep.hook_of(engine.pipe.transformer)
+    assert again is not None
+    image_job = engine.generate(job, Image.new("RGB", (64, 64), (200, 40, 40)), on_step=lambda d, t: seen.append(again.applied))
+    assert seen[-3:] == [0, 0, 0] and image_job.frames.shape == (5, 64, 64, 3)
