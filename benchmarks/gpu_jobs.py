@@ -10,6 +10,8 @@ generate + the encoder's tail after the decode + the stills (the upload is not t
      batch-2 forward; a kernel profile of one step of each (GEMMs, attention, the rest); 50 steps end to end with
      the faster; a 4-step guidance-1 job with the full and with the tiny decoder (issue 27's draft); 10 steps with
      and without previews every 5 steps (their cost in a run); then fa4 + fp8 end to end (lossy).
+  --part ti2v-e2e (TI2V-5B, ~5 min): one timestep against per-token timesteps per step; 50 steps lossless end
+     to end; the 4-step drafts; 50 steps fa4 + fp8 end to end.
   --part a14b-lightning (T2V-A14B 1280x720x81, ~6 min): fa4, compiled, the text encoder on the CPU, one LoRA slot
      of rank 64; a 4-step guidance-1 job on both experts with a Lightning-shaped LoRA (rank 64 on every block
      linear of both experts, random weights), end to end; the decode's own peak memory; RIFE x2 and the compact
@@ -270,6 +272,62 @@ def part_ti2v(args: argparse.Namespace) -> None:
     _, e2e = streamed_job(engine, spec(4 if args.tiny else 50, prompt=harness.PROMPT + ", wide shot"), args.out / "e2e_lossy")
     e2e.update(cfg_batch=batched, quantization=lossy.quantization, **memory())
     args.results.save("ti2v_e2e_lossy", e2e)
+    engine.close()
+
+
+@part("ti2v-e2e")
+def part_ti2v_e2e(args: argparse.Namespace) -> None:
+    """The shorter TI2V-5B run: one timestep against per-token timesteps (per step), 50 steps lossless end to end,
+    the 4-step drafts, 50 steps lossy end to end."""
+    from worker import uniform_timestep
+
+    head(args)
+    size = (64, 64, 9) if args.tiny else (1280, 704, 81)
+
+    def spec(steps: int, **over: Any) -> Any:
+        return harness.spec_for("ti2v-5b", size, steps, **over)
+
+    settings = harness.engine_settings(options(args), tiny=args.tiny, command_line=args.engine)
+    t0 = time.perf_counter()
+    engine = harness.make_engine(settings, "ti2v-5b", tiny=args.tiny)
+    with_tiny_decoder(engine, args)
+    record: dict[str, Any] = {"options": settings.model_dump(exclude_defaults=True), "load_s": round(time.perf_counter() - t0, 2)}
+    transformer = engine.pipe.transformer
+    for label in ("one_timestep", "per_token", "one_timestep", "per_token"):
+        if label == "per_token":
+            transformer._diffusers_hook.remove_hook(uniform_timestep.HOOK_NAME)
+        elif uniform_timestep.hook_of(transformer) is None:
+            uniform_timestep.install(transformer)
+        step_seconds(engine, spec(2))  # compiles this path's graph the first time
+        record.setdefault(label, []).extend(step_seconds(engine, spec(3 if args.tiny else 7)))
+    if uniform_timestep.hook_of(transformer) is None:
+        uniform_timestep.install(transformer)
+    one, per = median(record["one_timestep"]), median(record["per_token"])
+    record.update(median_one_timestep_s=one, median_per_token_s=per, ratio=round(one / per, 4) if one and per else None)
+    args.results.save("ti2v_timesteps", record)
+
+    reset_peak()
+    _, e2e = streamed_job(engine, spec(4 if args.tiny else 50, prompt=harness.PROMPT + ", wide shot"), args.out / "e2e")
+    args.results.save("ti2v_e2e_lossless", e2e | memory())
+    drafts: dict[str, Any] = {}
+    for decoder in ("full", "tiny", "full", "tiny"):
+        _, job = streamed_job(engine, spec(4, guidance_scale=1.0, decoder=decoder), args.out / f"four_{decoder}")
+        drafts[decoder] = job
+    args.results.save("ti2v_four_steps", drafts)
+    engine.close()
+    del engine
+    harness.free()
+    if time.time() > args.deadline - (20 if args.tiny else 130):
+        args.results.save("ti2v_e2e_lossy", {"skipped": "deadline"})
+        return
+    lossy = harness.engine_settings(
+        options(args, quantization="none" if args.tiny else "fp8"), tiny=args.tiny, command_line=args.engine
+    )
+    engine = harness.make_engine(lossy, "ti2v-5b", tiny=args.tiny)
+    step_seconds(engine, spec(2))
+    reset_peak()
+    _, e2e = streamed_job(engine, spec(4 if args.tiny else 50, prompt=harness.PROMPT + ", wide shot"), args.out / "e2e_lossy")
+    args.results.save("ti2v_e2e_lossy", e2e | {"quantization": lossy.quantization} | memory())
     engine.close()
 
 
