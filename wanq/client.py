@@ -158,7 +158,8 @@ class Client:
 
         `fields` are the other create fields: num_frames, num_inference_steps, fps, negative_prompt, guidance_scale,
         webhook_url, loras=[{"name": ..., "strength": ..., "expert": ...}], preview_every (a preview every N steps:
-        `previews`), decoder ("full" or "tiny", a quick draft), ... (None values are dropped, so the model's
+        `previews`), decoder ("full" or "tiny", a quick draft), interpolate and upscale (1, 2 or 4: smoother or larger
+        output, where the model's workers can), ... (None values are dropped, so the model's
         defaults apply). `image` is a file sent as the first frame (`input_reference`, multipart)."""
         seed_list = None if seeds is None else [int(s) for s in seeds]
         given = {"model": model, "size": size, "seconds": seconds, "seed": seed, "n": n, "seeds": seed_list, **fields}
