@@ -505,6 +505,8 @@ def resolve_extension(
         "fps": base.fps,
         "negative_prompt": base.negative_prompt,
         "seed": seeds_from(base.seed, 2)[1],
+        # a draft's extension is a draft too (one decoder's frames in the joined video), unless it asks for "full"
+        "decoder": base.decoder,
     }
     if extension_inherits_loras(req, base):
         # Sampling parameters are tuned per model and per LoRA (a step-distilled one above all): taken over, with the

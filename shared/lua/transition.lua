@@ -58,29 +58,31 @@ end
 redis.call('PUBLISH', args.channel, out)
 
 -- Webhook events: written here, in the one place state changes, so that none is lost or doubled; only for jobs
--- with a webhook_url or whose tenant has a default endpoint; progress only for jobs that opted in, previews only
--- where the job or the tenant's endpoint asked for them.
-local event = nil
-if job.status ~= was_status then
-  event = ({in_progress = 'video.started', completed = 'video.completed', failed = 'video.failed',
-            canceled = 'video.canceled'})[job.status]
-elseif job.status == 'in_progress' and job.progress ~= was_progress and type(job.webhook_events) == 'table' then
-  for _, name in ipairs(job.webhook_events) do
-    if name == 'video.progress' then event = name end
-  end
-elseif job.status == 'in_progress' and job.preview_step ~= was_preview_step then
-  -- A new preview: only where it was asked for, by the job's own events or (a job naming none and no webhook_url
-  -- of its own) by the tenant's endpoint's, so that endpoints that did not ask are not flooded.
+-- with a webhook_url or whose tenant has a default endpoint; progress and previews only where the job (or, for a
+-- job naming no events, the tenant's endpoint) asked for them.
+local function asked(name)
+  -- The job's own events; for a job naming none and no webhook_url of its own, the tenant's endpoint's.
   local wanted = job.webhook_events
   if type(wanted) ~= 'table' and type(job.webhook_url) ~= 'string' then
     local endpoint = redis.call('GET', KEYS[10])
     if endpoint then wanted = cjson.decode(endpoint).events end
   end
   if type(wanted) == 'table' then
-    for _, name in ipairs(wanted) do
-      if name == 'video.preview' then event = name end
+    for _, n in ipairs(wanted) do
+      if n == name then return true end
     end
   end
+  return false
+end
+local event = nil
+if job.status ~= was_status then
+  event = ({in_progress = 'video.started', completed = 'video.completed', failed = 'video.failed',
+            canceled = 'video.canceled'})[job.status]
+elseif job.status == 'in_progress' and job.progress ~= was_progress and asked('video.progress') then
+  event = 'video.progress'
+elseif job.status == 'in_progress' and job.preview_step ~= was_preview_step and asked('video.preview') then
+  -- A new preview: only where it was asked for, so that endpoints that did not ask are not flooded.
+  event = 'video.preview'
 end
 if event and (type(job.webhook_url) == 'string' or redis.call('EXISTS', KEYS[10]) == 1) then
   -- Bounded in case no delivery process runs; it deletes what it has handled.
