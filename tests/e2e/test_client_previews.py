@@ -124,6 +124,8 @@ def test_an_extension_of_a_draft_may_ask_for_previews_and_the_full_decoder(stack
         body = {"size": "64x64", "num_frames": 9, "num_inference_steps": 2, "seed": 7}
         draft = client.submit("a draft to extend", model="tiny-ti2v-5b", decoder="tiny", **body)
         assert client.wait(draft["id"], timeout=180)["status"] == "completed"
+        kept = client.extend(draft["id"], "and on, still a draft", num_frames=5)  # a draft's extension is one too
+        assert kept["decoder"] == "tiny" and client.wait(kept["id"], timeout=180)["status"] == "completed"
         longer = client.extend(draft["id"], "and on", num_frames=5, decoder="full", preview_every=1)
         assert longer["decoder"] == "full" and longer["preview_every"] == 1
         done = client.wait(longer["id"], timeout=180)

@@ -141,3 +141,16 @@ def test_preview_events_only_where_asked_for(lua_redis: redis.Redis, keys: Keys)
         if e[b"type"] == b"video.preview"
     ]
     assert previews == [(asks.id, 2), (asks.id, 4), (follows.id, 4)]
+
+
+def test_progress_events_follow_the_tenant_endpoint_as_previews_do(lua_redis: redis.Redis, keys: Keys) -> None:
+    # A job naming no events and no URL follows the tenant's endpoint: once the endpoint lists video.progress, its
+    # progress changes are written; a job with a URL of its own and no events keeps the lifecycle set.
+    follows = stored(lua_redis, keys, job())
+    own_url = stored(lua_redis, keys, job(webhook_url="https://example.com/own"))
+    lua_redis.set(keys.webhook_endpoint("t"), json.dumps({"url": "https://example.com/t", "events": ["video.progress"]}))
+    for record in (follows, own_url):
+        call(lua_redis, keys, record.id, ["queued"], {"status": "in_progress"})
+        call(lua_redis, keys, record.id, ["in_progress"], {"progress": 40})
+    progress = [e[b"job"].decode() for _, e in lua_redis.xrange(keys.job_events) if e[b"type"] == b"video.progress"]
+    assert progress == [follows.id]
