@@ -560,6 +560,8 @@ def settings_table() -> str:
 
 
 def _show(value: object) -> str:
+    if value is None:
+        return "unset"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):
