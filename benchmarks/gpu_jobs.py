@@ -16,6 +16,7 @@ generate + the encoder's tail after the decode + the stills (the upload is not t
      of rank 64; a 4-step guidance-1 job on both experts with a Lightning-shaped LoRA (rank 64 on every block
      linear of both experts, random weights), end to end; the decode's own peak memory; RIFE x2 and the compact
      x2 upscaler on its frames, and the 2560x1440 MP4 (issue 28's share of an A14B job).
+     With --fused, the same LoRA fused into both experts at start (--fuse-lora) instead of a job's slot.
   --part a14b-run (T2V-A14B, ~9 min): fa4, compiled, the text encoder on the CPU; the longest real run a
      10-minute call allows (--steps, default 20, both experts, guidance on), end to end, against the sum of the
      per-step figures.
@@ -295,7 +296,7 @@ def part_ti2v_e2e(args: argparse.Namespace) -> None:
     transformer = engine.pipe.transformer
     for label in ("one_timestep", "per_token", "one_timestep", "per_token"):
         if label == "per_token":
-            transformer._diffusers_hook.remove_hook(uniform_timestep.HOOK_NAME)
+            uniform_timestep.uninstall(transformer)
         elif uniform_timestep.hook_of(transformer) is None:
             uniform_timestep.install(transformer)
         step_seconds(engine, spec(2))  # compiles this path's graph the first time
@@ -342,6 +343,25 @@ def lightning_lora(engine: Any, rank: int, folder: Path) -> Any:
     return lora
 
 
+def lightning_lora_file(rank: int, folder: Path, tiny: bool) -> Any:
+    """The Lightning-shaped LoRA of `lightning_lora`, made before any engine: the block linears' shapes from the
+    architecture on the meta device."""
+    import torch
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+
+    from benchmarks import gpu_models
+    from benchmarks.gpu_lora import lora_file
+    from worker.fused_lora import shapes_of
+
+    if tiny:
+        transformer = gpu_models.build(device=torch.device("cpu"), dtype=torch.float32, variant="t2v-a14b", tiny=True).transformer
+    else:
+        with torch.device("meta"):
+            transformer = WanTransformer3DModel(**gpu_models.transformer_config("t2v-a14b"))
+    lora, _ = lora_file(folder, "lightning-like", shapes_of(transformer), rank=rank, seed=1)
+    return lora
+
+
 @part("a14b-lightning")
 def part_a14b_lightning(args: argparse.Namespace) -> None:
     import torch
@@ -356,16 +376,31 @@ def part_a14b_lightning(args: argparse.Namespace) -> None:
     size = (64, 64, 9) if args.tiny else (1280, 720, 81)
     cache = Path(tempfile.mkdtemp(prefix="wanq-lora-", dir=args.out))
     rank = 8 if args.tiny else 64
-    loras = LoraSettings(max_resident=1, max_rank=rank, cache_dir=str(cache))
-    settings = harness.engine_settings(options(args, text_encoder_cpu_offload=True), tiny=args.tiny, command_line=args.engine)
+    extra: dict[str, Any] = {}
+    if args.fused:
+        # --fuse-lora: the same LoRA summed into both experts' weights at start; jobs name none
+        lora = lightning_lora_file(rank, cache, args.tiny)
+        extra = {"fuse_lora": str(cache / f"{lora.sha256}.safetensors")}
+    loras = None if args.fused else LoraSettings(max_resident=1, max_rank=rank, cache_dir=str(cache))
+    settings = harness.engine_settings(
+        options(args, text_encoder_cpu_offload=True, **extra), tiny=args.tiny, command_line=args.engine
+    )
     t0 = time.perf_counter()
     engine = harness.make_engine(settings, "t2v-a14b", tiny=args.tiny, loras=loras)
     record: dict[str, Any] = {"options": settings.model_dump(exclude_defaults=True), "load_s": round(time.perf_counter() - t0, 2)}
-    lora = lightning_lora(engine, rank, cache)
-    record["lora"] = {"rank": rank, "expert": lora.expert, "mib": round(lora.size_bytes / 2**20, 1)}
-    # Lightning's schedule: 4 steps, guidance 1 (one forward per step), shift 5: 2 steps on each expert
+    if not args.fused:
+        lora = lightning_lora(engine, rank, cache)
+    record["lora"] = {"rank": rank, "expert": lora.expert, "mib": round(lora.size_bytes / 2**20, 1), "fused": args.fused}
+    # Lightning's schedule: 4 steps, guidance 1 (one forward per step), shift 5
     spec = harness.spec_for(
-        "t2v-a14b", size, 4, negative_prompt="", guidance_scale=1.0, guidance_scale_2=1.0, flow_shift=5.0, loras=(lora,)
+        "t2v-a14b",
+        size,
+        4,
+        negative_prompt="",
+        guidance_scale=1.0,
+        guidance_scale_2=1.0,
+        flow_shift=5.0,
+        loras=() if args.fused else (lora,),
     )
     record["steps_per_expert"] = expert_steps(engine.pipe, engine.pipe.scheduler, 4)
     t0 = time.perf_counter()
@@ -399,6 +434,8 @@ def part_a14b_lightning(args: argparse.Namespace) -> None:
     engine.close()
     del engine
     harness.free()
+    if args.fused:
+        return
 
     # Issue 28: interpolation x2 and upscale x2 of this job's frames, and the MP4 of the result
     device = "cuda" if harness.cuda() else "cpu"
@@ -481,6 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mirror", type=Path, action="append", default=[], help="also keep results.json here ($OUT)")
     parser.add_argument("--budget-s", type=float, default=560.0, help="nothing optional starts past this")
     parser.add_argument("--steps", type=int, default=0, help="a14b-run: the run's steps (default 20)")
+    parser.add_argument("--fused", action="store_true", help="a14b-lightning: the LoRA fused at start (--fuse-lora)")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU: checks this script's logic")
     parser.add_argument("--engine", action="append", default=[], help="extra EngineSettings key=value for every engine")
     args = parser.parse_args(argv)

@@ -167,6 +167,14 @@ class EngineSettings(BaseModel):
     """dbcache: TaylorSeer calibrator (extrapolates the skipped blocks' residual). SGLANG_CACHE_DIT_TAYLORSEER."""
     cache_ts_order: int = Field(default=_DBCACHE.ts_order, ge=1, le=2)
     """dbcache: TaylorSeer order (1 or 2). SGLANG_CACHE_DIT_TS_ORDER."""
+    fuse_lora: str = ""
+    """A LoRA file fused into the transformer's weights at start (worker/fused_lora.py): every job runs with it at no
+    cost per step (a step-distilled LoRA a worker serves on every job). T2V-A14B: both experts, unless
+    `fuse_lora_2` names the low-noise expert's own file. Jobs may still name LoRAs of their own."""
+    fuse_lora_2: str = ""
+    """T2V-A14B: the low-noise expert's LoRA file to fuse (Wan2.2-Lightning ships one per expert)."""
+    fuse_lora_strength: float = 1.0
+    """The strength the fused LoRAs are fused at."""
     vae_path: str = ""
     """A VAE to use instead of the model's own: a diffusers directory (with config.json, or a `vae/` subfolder)
     or a single .safetensors/.pth file. Its latent channels must match the transformer's."""

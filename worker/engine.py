@@ -32,7 +32,7 @@ from PIL import Image
 from shared.errors import InvalidRequest, JobCanceled, OutOfMemory
 from shared.schemas import GenerationSpec, Stage
 from shared.settings import EngineSettings, LoraSettings
-from worker import accel, cfg_batch, lora_slots, pipeline_dir, uniform_timestep
+from worker import accel, cfg_batch, fused_lora, lora_slots, pipeline_dir, uniform_timestep
 from worker.cache import DBCacheSetting, StepCache, check_fits, resolve
 from worker.exits import ExitStatus
 from worker.lora_cache import LoraCache
@@ -140,9 +140,12 @@ def decode_latents(vae: Any, video_processor: Any, latents: torch.Tensor, on_fra
         hook = vae.decoder.register_forward_hook(streamed)
         try:
             video = vae.decode(latents / inv_std + mean, return_dict=False)[0]
+        except BaseException:
+            relay.close(raise_error=False)  # the decode's own error (an OOM, say) is the one that counts
+            raise
         finally:
             hook.remove()
-            chunks = relay.close()
+        chunks = relay.close()
         if sum(len(c) for c in chunks) != video.shape[2]:
             raise RuntimeError(f"streamed decode made {sum(len(c) for c in chunks)} frames, the VAE {video.shape[2]}")
         return np.concatenate(chunks)
@@ -164,9 +167,10 @@ class _Relay:
             self._deliver(frames.numpy())
             return
         host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
-        host.copy_(frames, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
+        with torch.cuda.device(frames.device):  # the copy's stream and device, whatever the current device is
+            host.copy_(frames, non_blocking=True)
+            done = torch.cuda.Event(blocking=True)  # the relay thread sleeps on it instead of spinning a core
+            done.record(torch.cuda.current_stream(frames.device))
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="wanq-decode-relay", daemon=True)
             self._thread.start()
@@ -175,7 +179,11 @@ class _Relay:
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
             host, done = item
-            done.synchronize()
+            try:
+                done.synchronize()
+            except BaseException as exc:  # a CUDA error: kept for close(), the rest of the queue drained
+                self.error = self.error or exc
+                continue
             self._deliver(host.numpy())
 
     def _deliver(self, frames: np.ndarray) -> None:
@@ -187,11 +195,12 @@ class _Relay:
         except BaseException as exc:  # raised again by close(), on the decode's thread
             self.error = exc
 
-    def close(self) -> list[np.ndarray]:
+    def close(self, *, raise_error: bool = True) -> list[np.ndarray]:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
-        if self.error is not None:
+            self._thread = None
+        if self.error is not None and raise_error:
             raise self.error
         return self.chunks
 
@@ -330,7 +339,9 @@ class WanEngine:
         elif self.variant == "i2v-a14b":
             self.image_pipe = self.pipe
 
-        # 3. LoRA adapter slots, before placement, parallelism and compile (worker/lora_slots.py says why)
+        # 3. A LoRA fused into the weights (--fuse-lora), then the adapter slots, before placement, parallelism and
+        # compile (worker/lora_slots.py says why)
+        self.fused_loras = fused_lora.fuse_configured(self.pipe, settings)
         self.adapters: LoraSlots | None = None
         self.lora_cache: LoraCache | None = None
         if loras is not None and loras.max_resident > 0:
@@ -743,8 +754,11 @@ class WanEngine:
             kwargs["guidance_scale_2"] = spec.guidance_scale_2
         if image is not None:
             kwargs["image"] = image
-        with torch.no_grad():
-            latents = pipe(**kwargs).frames
+        try:
+            with torch.no_grad():
+                latents = pipe(**kwargs).frames
+        finally:
+            uniform_timestep.set_uniform(pipe.transformer, False)
         return latents  # type: ignore[no-any-return]
 
     def decode(self, pipe: Any, latents: torch.Tensor, on_frames: FrameSink | None = None) -> np.ndarray:

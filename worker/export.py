@@ -68,11 +68,11 @@ class Mp4Stream:
         self._thread.start()
 
     def send(self, frames: np.ndarray) -> None:
-        """Queues uint8 [n, H, W, 3] frames (the array is not copied: the caller must not reuse it)."""
-        if self._error is not None:
-            raise RuntimeError(f"the MP4 encoder stopped: {self._error}")
+        """Queues uint8 [n, H, W, 3] frames (the array is not copied: the caller must not reuse it). Never raises: an
+        encoder that failed drops what it is sent, and `close()` says so (the caller then encodes the frames again)."""
         self.frames += len(frames)
-        self._queue.put(frames)
+        if self._error is None:
+            self._queue.put(frames)
 
     def close(self) -> Path:
         self._queue.put(self._END)

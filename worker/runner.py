@@ -173,10 +173,14 @@ class JobRunner:
                 self.journal.write("ended", job_id, attempt=claim.attempt, outcome=generated.label)
                 report(generated)
                 return generated.outcome
-            self.wait_pending()
-            # Marked as finishing before it stops being current: the heartbeat always names it (see busy_with).
-            self._finishing = job_id
-            self._pending = self._finisher.submit(self._finalize, claim, generated, report)
+            try:
+                self.wait_pending()
+                # Marked as finishing before it stops being current: the heartbeat always names it (see busy_with).
+                self._finishing = job_id
+                self._pending = self._finisher.submit(self._finalize, claim, generated, report)
+            except BaseException:
+                self._close_stream(generated.stream, None)  # its encoder thread and folder go with the run
+                raise
         finally:
             self.current_job = None
         if wait or not self.settings.worker.overlap_export:
@@ -346,8 +350,12 @@ class JobRunner:
         spec, timings, started = record.spec, generated.timings, generated.started
         stream = generated.stream
         try:
+            t0 = time.perf_counter()
             video = self._close_stream(stream, len(generated.result.frames))
+            tail = time.perf_counter() - t0  # what was left of the encode when the decode ended
             outputs = self._export_and_upload(record, attempt, generated.result.frames, timings, claim.source, video=video)
+            if stream is not None:
+                timings["encoding_video"] = timings.get("encoding_video", 0.0) + tail
         except Exception as exc:
             return self._fail(record, attempt, exc, timings)
         finally:

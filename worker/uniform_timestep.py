@@ -18,40 +18,49 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers.hooks import HookRegistry
-from diffusers.hooks.hooks import ModelHook
-
-HOOK_NAME = "wanq_uniform_timestep"
 
 
-class UniformTimestepHook(ModelHook):  # type: ignore[misc]
+class UniformTimestep:
+    """A forward pre-hook of torch's own (`register_forward_pre_hook(with_kwargs=True)`): it runs in the module's
+    `__call__` before whatever `forward` is installed, so offload hooks that swap `forward` (accelerate's, which
+    diffusers re-installs after each call with `--offload model`) never drop it."""
+
     def __init__(self) -> None:
-        super().__init__()
         self.active = False
         self.applied = 0
         """Forwards given one timestep per sample since the last `set_uniform`."""
 
-    def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
-        original: Any = self.fn_ref.original_forward
+    def __call__(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         timestep = kwargs.get("timestep")
-        if self.active and not args and timestep is not None and timestep.ndim == 2:
-            kwargs["timestep"] = timestep[:, 0]  # every token's value: the job has no image
-            self.applied += 1
-        return original(*args, **kwargs)
+        if not self.active or args or timestep is None or timestep.ndim != 2:
+            return None
+        self.applied += 1
+        return args, {**kwargs, "timestep": timestep[:, 0]}  # every token's value: the job has no image
 
 
-def install(transformer: Any) -> None:
-    HookRegistry.check_if_exists_or_initialize(transformer).register_hook(UniformTimestepHook(), HOOK_NAME)
+def install(transformer: Any) -> UniformTimestep:
+    hook = UniformTimestep()
+    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    transformer._wanq_uniform_timestep = (hook, handle)
+    return hook
 
 
-def hook_of(transformer: Any) -> UniformTimestepHook | None:
-    registry = getattr(transformer, "_diffusers_hook", None)
-    return registry.get_hook(HOOK_NAME) if registry is not None else None  # type: ignore[no-any-return]
+def hook_of(transformer: Any) -> UniformTimestep | None:
+    found = getattr(transformer, "_wanq_uniform_timestep", None)
+    return found[0] if found is not None else None
+
+
+def uninstall(transformer: Any) -> None:
+    found = getattr(transformer, "_wanq_uniform_timestep", None)
+    if found is not None:
+        found[1].remove()
+        del transformer._wanq_uniform_timestep
 
 
 def set_uniform(transformer: Any, active: bool) -> None:
-    """Per job: on for a job whose tokens share one timestep (no image), off otherwise."""
+    """Per job: on for a job whose tokens share one timestep (no image), off otherwise (and after every job)."""
     hook = hook_of(transformer)
     if hook is not None:
         hook.active = active
-        hook.applied = 0
+        if active:
+            hook.applied = 0

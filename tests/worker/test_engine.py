@@ -232,6 +232,8 @@ def test_cfg_batch_is_refused_with_several_gpus_in_one_sentence() -> None:
 
     problems = registry.validate(EngineSettings(device="cpu", cfg_batch=True, cfg_parallel=True, num_gpus=2), Environment("cpu"))
     assert any(p.startswith("--cfg-batch is for one GPU") for p in problems.configuration)
+    problems = registry.validate(EngineSettings(device="cpu", cfg_batch=True, offload="model"), Environment("cpu"))
+    assert any(p.startswith("--cfg-batch cannot be combined with --offload model") for p in problems.configuration)
 
 
 def test_ti2v_text_jobs_run_with_one_timestep_and_compute_the_same_video(models: dict[str, Path]) -> None:
@@ -249,7 +251,7 @@ def test_ti2v_text_jobs_run_with_one_timestep_and_compute_the_same_video(models:
     job = spec(steps=3)
     uniform = engine.generate(job, on_step=lambda done, total: seen.append(hook.applied))
     assert seen == [2, 4, 6]  # both CFG branches of every step
-    engine.pipe.transformer._diffusers_hook.remove_hook(uniform_timestep.HOOK_NAME)  # the per-token path again
+    uniform_timestep.uninstall(engine.pipe.transformer)  # the per-token path again
     per_token = engine.generate(job)
     torch.testing.assert_close(uniform.latents, per_token.latents, rtol=1e-5, atol=1e-5)
     uniform_timestep.install(engine.pipe.transformer)
@@ -257,3 +259,10 @@ def test_ti2v_text_jobs_run_with_one_timestep_and_compute_the_same_video(models:
     assert again is not None
     image_job = engine.generate(job, Image.new("RGB", (64, 64), (200, 40, 40)), on_step=lambda d, t: seen.append(again.applied))
     assert seen[-3:] == [0, 0, 0] and image_job.frames.shape == (5, 64, 64, 3)
+    # --offload model re-installs the transformer's forward after every job: the pre-hook stays in force
+    offloaded = WanEngine(models["ti2v-5b"], EngineSettings(device="cpu", offload="model"))
+    kept = uniform_timestep.hook_of(offloaded.pipe.transformer)
+    assert kept is not None
+    for _ in range(2):
+        offloaded.generate(spec(steps=2), on_step=lambda d, t: seen.append(kept.applied))
+    assert seen[-2:] == [2, 4]

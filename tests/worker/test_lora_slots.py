@@ -309,3 +309,53 @@ def test_slots_cover_every_block_linear_and_start_disabled(models: dict[str, Pat
     assert not any(p.requires_grad for n, p in pipe.transformer.named_parameters() if "lora_" in n)
     floats_per_block = 8 * 4 * (24 + 24) + 4 * (24 + 32) + 4 * (32 + 24)  # 8 attention linears, 2 FFN ones, rank 4
     assert slots.nbytes() == 2 * 2 * 2 * floats_per_block * 4  # experts x slots x blocks, fp32
+
+
+def test_a_fused_lora_computes_what_the_same_lora_computes_in_a_slot(
+    models: dict[str, Path], library: Library, engine: WanEngine
+) -> None:
+    """--fuse-lora (worker/fused_lora.py): the LoRA summed into the weights at start gives the latents the same LoRA
+    gives through an adapter slot; --fuse-lora-2 gives the low-noise expert its own file; a fused worker still runs
+    a job's own LoRA on top of it."""
+    slotted = engine.generate(spec(library.job("orig", strength=0.7)))
+    fused = WanEngine(
+        models["t2v-a14b"], EngineSettings(device="cpu", fuse_lora=str(library.files["orig"]), fuse_lora_strength=0.7)
+    )
+    assert fused.fused_loras == {"transformer": 20, "transformer_2": 20}  # 2 blocks x 10 linears, each expert
+    torch.testing.assert_close(fused.generate(spec()).latents, slotted.latents, **TOLERANCE)
+    per_expert = engine.generate(spec(library.job("a", expert="high_noise"), library.job("c", expert="low_noise")))
+    both = WanEngine(
+        models["t2v-a14b"],
+        EngineSettings(device="cpu", fuse_lora=str(library.files["a"]), fuse_lora_2=str(library.files["c"])),
+        loras=library.settings(),
+    )
+    torch.testing.assert_close(both.generate(spec()).latents, per_expert.latents, **TOLERANCE)
+    on_top = engine.generate(spec(library.job("a", expert="high_noise"), library.job("c", expert="low_noise"), library.job("b")))
+    torch.testing.assert_close(both.generate(spec(library.job("b"))).latents, on_top.latents, **TOLERANCE)
+
+
+def test_a_fused_lora_that_does_not_fit_is_refused_at_start_in_one_sentence(
+    models: dict[str, Path], library: Library, tmp_path: Path
+) -> None:
+    from worker.options import registry
+    from worker.options.option import Environment
+
+    odd = save_raw(
+        {
+            "transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 7),
+            "transformer.blocks.0.attn1.to_q.lora_B.weight": torch.zeros(5, 4),
+        },
+        tmp_path / "odd.safetensors",
+    )
+    with pytest.raises(ValueError, match=r"^--fuse-lora .*odd\.safetensors: blocks\.0\.attn1\.to_q: .* do not fit"):
+        WanEngine(models["t2v-a14b"], EngineSettings(device="cpu", fuse_lora=str(odd)))
+    with pytest.raises(ValueError, match="this model has one transformer: drop it"):
+        WanEngine(
+            models["ti2v-5b"],
+            EngineSettings(device="cpu", fuse_lora=str(library.files["t"]), fuse_lora_2=str(library.files["t"])),
+        )
+    problems = registry.validate(EngineSettings(device="cpu", fuse_lora_2="/nope.safetensors"), Environment("cpu"))
+    assert problems.configuration == [
+        "--fuse-lora-2 /nope.safetensors is not a file: give a LoRA .safetensors (diffusers, original Wan, ComfyUI or musubi keys)",
+        "--fuse-lora-2 is the low-noise expert's file: give the high-noise expert's with --fuse-lora too",
+    ]

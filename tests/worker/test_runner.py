@@ -64,9 +64,11 @@ def runner(settings: Settings, store: JobStore, engine: WanEngine) -> Iterator[t
             store.heartbeat(job_runner.worker_id, "tiny-runner", {"job": jobs[0] if jobs else None, "jobs": jobs}, 5.0)
             stop.wait(0.5)
 
-    threading.Thread(target=beat, daemon=True).start()
+    beating = threading.Thread(target=beat, daemon=True)
+    beating.start()
     yield job_runner, storage
     stop.set()
+    beating.join()
     storage.release.set()
 
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from shared.settings import EngineSettings
 
 Kind = Literal[
-    "attention", "quantization", "decode", "offload", "parallel", "compile", "cache", "precision", "vae", "postprocess"
+    "attention", "quantization", "decode", "offload", "parallel", "compile", "cache", "precision", "vae", "postprocess", "lora"
 ]
 Applies = Literal["pipe", "vae", "transformers", ""]
 

@@ -83,6 +83,12 @@ CFG_BATCH = Option(
             lambda s, _e: s.num_gpus > 1 or s.cfg_parallel or context_parallel(s),
             "--cfg-batch is for one GPU; with several, --cfg-parallel runs the two branches on two GPU groups: drop one",
         ),
+        rule(
+            "not --offload model",
+            lambda s, _e: s.offload == "model",
+            "--cfg-batch cannot be combined with --offload model (diffusers re-installs the transformer's forward "
+            "after every job, which drops the batching hook): drop one",
+        ),
     ),
     applies_to="transformers",
     apply=_batch_cfg,

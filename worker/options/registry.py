@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.settings import EngineSettings
-from worker.options import attention, cache, decode, parallel, placement, postprocess, quantization
+from worker.options import attention, cache, decode, lora, parallel, placement, postprocess, quantization
 from worker.options.option import Environment, Kind, Option, context_parallel
 
 OPTIONS: tuple[Option, ...] = (
@@ -17,29 +17,31 @@ OPTIONS: tuple[Option, ...] = (
     attention.DIFFUSERS,
     attention.FA4,
     attention.OTHER,
-    # 2. Placement and precision
+    # 2. A LoRA fused into the weights (at load, before everything below)
+    lora.FUSED,
+    # 3. Placement and precision
     placement.FP16,
     placement.MODEL,
     placement.GROUP,
     placement.SEQUENTIAL,
     placement.COMPONENT_OFFLOAD,
     placement.PIN_CPU_MEMORY,
-    # 3. Several GPUs
+    # 4. Several GPUs
     parallel.SEVERAL_GPUS,
     parallel.CFG_BATCH,
-    # 4. Quantization (after placement on one GPU, after the weights sync on several)
+    # 5. Quantization (after placement on one GPU, after the weights sync on several)
     quantization.FP8,
-    # 5. The VAE and its decode, in this order
+    # 6. The VAE and its decode, in this order
     decode.VAE_PATH,
     decode.PREVIEW_VAE_PATH,
     decode.TILING,
     decode.CUDNN_BENCHMARK,
     decode.CHANNELS_LAST,
     decode.COMPILE_DECODER,
-    # 6. Compile, last; the step cache is set per job
+    # 7. Compile, last; the step cache is set per job
     placement.COMPILE,
     cache.DBCACHE,
-    # 7. Post-processing after the decode, loaded by the worker beside the engine (worker/postprocess.py)
+    # 8. Post-processing after the decode, loaded by the worker beside the engine (worker/postprocess.py)
     postprocess.INTERPOLATOR,
     postprocess.UPSCALER,
 )
