@@ -65,7 +65,12 @@ def lora(a14b: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Jo
     sha = sha256_of(made)
     (cache / f"{sha}.safetensors").write_bytes(made.read_bytes())
     job = JobLora(
-        name="made", sha256=sha, storage_key="loras/t/made.safetensors", size_bytes=made.stat().st_size, strength=1.0, expert="both"
+        name="made",
+        sha256=sha,
+        storage_key="loras/t/made.safetensors",
+        size_bytes=made.stat().st_size,
+        strength=1.0,
+        expert="both",
     )
     return cache, job
 
@@ -93,9 +98,7 @@ def test_a_job_on_the_step_cache_previews_every_two_of_eight_steps(engine: WanEn
 
 def test_a_job_with_a_lora_previews_what_the_lora_makes(engine: WanEngine, lora: tuple[Path, JobLora], tmp_path: Path) -> None:
     with_lora = Previews(tmp_path / "lora", every=2)
-    result = engine.generate(
-        spec(preview_every=2, loras=[lora[1]]), on_step=with_lora.on_step, on_preview=with_lora.on_preview
-    )
+    result = engine.generate(spec(preview_every=2, loras=[lora[1]]), on_step=with_lora.on_step, on_preview=with_lora.on_preview)
     assert with_lora.shapes() == [(2, 3, (32, 32)), (4, 3, (32, 32))]  # after steps 2 and 4 of 6
     assert torch.equal(result.latents, engine.generate(spec(loras=[lora[1]])).latents)
     # The previews show the LoRA's denoising: the same job without it previews other pictures at the same steps.
