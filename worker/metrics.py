@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from shared.schemas import JobRecord
+from shared.schemas import JobRecord, Stage
 
 log = logging.getLogger("wanq.worker")
 
@@ -24,9 +24,15 @@ JOBS = Counter("wanq_worker_jobs", "Jobs this worker ended, by outcome", ["model
 JOB_SECONDS = Histogram(
     "wanq_worker_job_duration_seconds", "Claim to recorded outcome", ["model", "outcome"], buckets=_LONG, registry=REGISTRY
 )
+TIMED_STAGES: tuple[str, ...] = tuple(s.value for s in Stage if s not in (Stage.queued, Stage.loading, Stage.done))
+"""The stages a job's timings record when it runs them (the post-processing ones only for a job that asks)."""
+PREPARATIONS = ("fetching_source", "fetching_loras", "loading_loras")
+"""The job's other timings, before the denoising: an extension's source, its LoRA files, their adapter slots."""
+STAGE_HELP = f"Time per stage ({', '.join(TIMED_STAGES)}; and {', '.join(PREPARATIONS)} where a job has them)"
+
 STAGE_SECONDS = Histogram(
     "wanq_worker_stage_duration_seconds",
-    "Time per stage (encoding_prompt, denoising, decoding, encoding_video, uploading)",
+    STAGE_HELP,
     ["model", "stage"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, float("inf")),
     registry=REGISTRY,

@@ -7,7 +7,7 @@ Idempotency-Key) by api/creation.py; the event stream is api/sse.py.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import RedirectResponse, StreamingResponse
@@ -28,6 +28,9 @@ from shared.video import Video, VideoDeleted, VideoList
 router = APIRouter(prefix="/v1/videos", tags=["videos"])
 
 Variant = Literal["video", "thumbnail", "spritesheet", "image", "preview"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+"""The outputs a client may download, in the order a missing one's message lists them; a job's other outputs
+(LAST_FRAME) are kept for the worker."""
 
 _create_schema = job_body_schema(
     VideoRequest,
@@ -171,7 +174,7 @@ def download_content(
         raise Gone(f"the outputs of video {video_id} expired at {int(record.expires_at)}", param="video_id")
     key = record.outputs.get(variant)
     if key is None:
-        kinds = ", ".join(v for v in record.outputs)
+        kinds = ", ".join(v for v in VARIANTS if v in record.outputs)
         raise NotFound(f"{record.spec.kind} {video_id} has no {variant}; it has: {kinds or 'nothing stored'}", param="variant")
     if services.settings.s3.presigned_content:
         return RedirectResponse(services.storage.presigned_url(key), status_code=302)
