@@ -17,6 +17,7 @@ from shared.schemas import GenerationSpec
 from shared.settings import EngineSettings
 from worker.engine import WanEngine
 from worker.export import probe_mp4
+from worker.previews import is_preview_step
 from worker.taehv import TINY_FILE
 from worker.tiny_model import write_tiny_model
 
@@ -68,8 +69,8 @@ class Collected:
             self.previews.append((done, probe_mp4(Path(kept))))
             self.published.notify_all()
 
-    def on_step(self, done: int, _total: int) -> None:
-        if done % self.every == 0:
+    def on_step(self, done: int, total: int) -> None:
+        if is_preview_step(done, total, self.every):  # none after the last step: nothing to wait for there
             with self.published:
                 self.published.wait_for(lambda: any(d == done for d, _ in self.previews), timeout=30)
 
