@@ -132,7 +132,7 @@ def share(results: dict[str, Any]) -> dict[str, Any]:
     if None in parts.values():
         return {"job_s": job_s, **parts, "share": None}
     added = sum(v for v in parts.values() if v is not None)
-    return {"job_s": job_s, **parts, "added_s": round(added, 3), "share": round(added / job_s, 4)}
+    return {"job_s": job_s, **parts, "added_s": round(added, 3), "share": round(added / job_s, 6)}
 
 
 def main(argv: list[str] | None = None) -> None:

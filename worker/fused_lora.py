@@ -30,7 +30,7 @@ log = logging.getLogger("wanq.engine")
 
 def shapes_of(transformer: Any) -> dict[str, tuple[int, int]]:
     """(in, out) of every block linear a LoRA may touch, by module name ("blocks.0.attn1.to_q")."""
-    target = re.compile(TARGETS)
+    target = re.compile(TARGETS, re.ASCII)
     return {
         name: (module.in_features, module.out_features)
         for name, module in transformer.named_modules()

@@ -364,6 +364,17 @@ class JobRunner:
         if claim.preview_key is not None:
             outputs["preview"] = claim.preview_key  # kept after the job ends
         timings["total"] = time.perf_counter() - started
+        # The estimates learn from this run before it is seen completed: a client that submits the next job the moment
+        # it sees this one done gets an ETA from it. Best effort: an estimate never fails a run.
+        try:
+            self.store.record_duration(spec.model, timings["total"])
+            if claim.clock is not None:
+                claim.clock.finished_at = time.time()
+                times = claim.clock.times()
+                if times is not None:
+                    self.store.record_run_times(spec.model, video_tokens(spec), times)
+        except Exception as exc:
+            log.warning("could not record the run's times for the estimates: %s", exc, extra={"job_id": record.id})
         done = jobstate.complete(
             self.store, record, attempt, outputs=outputs, timings=timings, retention_s=self.settings.jobs.retention_s
         )
@@ -380,12 +391,6 @@ class JobRunner:
                 return Ended(record.id, Outcome.canceled)
             return Ended(record.id, Outcome.of_status(done.record.status))
         self._forget_other_runs(record, attempt)
-        self.store.record_duration(spec.model, timings["total"])
-        if claim.clock is not None:
-            claim.clock.finished_at = time.time()
-            times = claim.clock.times()
-            if times is not None:
-                self.store.record_run_times(spec.model, video_tokens(spec), times)
         log.info(
             "job completed",
             extra={"job_id": record.id, "model": spec.model, "tenant": record.tenant, "total_s": round(timings["total"], 3)},
