@@ -10,13 +10,34 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from shared.schemas import GenerationSpec
 from worker.export import probe_mp4, read_frames
 from worker.previews import is_preview_step
 
 WAIT_S = 60
+
+
+def preview_job(steps: int = 6, **overrides: Any) -> GenerationSpec:
+    """The previews' tests' job on a tiny model: 64x64x9 (3 latent frames), guided, seed 5."""
+    fields: dict[str, Any] = dict(
+        model="tiny",
+        prompt="a lighthouse at dusk",
+        negative_prompt="blurry",
+        width=64,
+        height=64,
+        num_frames=9,
+        fps=16,
+        num_inference_steps=steps,
+        guidance_scale=4.0,
+        guidance_scale_2=None,
+        flow_shift=5.0,
+        seed=5,
+    )
+    return GenerationSpec.model_validate({**fields, **overrides})
 
 
 class Previews:

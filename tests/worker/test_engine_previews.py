@@ -9,12 +9,14 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shared.errors import InvalidRequest, JobCanceled
 from shared.schemas import GenerationSpec
 from shared.settings import EngineSettings
+from tests.preview_steps import preview_job
 from worker.engine import WanEngine
 from worker.export import probe_mp4
 from worker.previews import is_preview_step
@@ -33,23 +35,8 @@ def engine(models: dict[str, Path]) -> WanEngine:
     return WanEngine(models["ti2v-5b"], EngineSettings(device="cpu", attention_backend="native"))
 
 
-def spec(steps: int = 6, **overrides: object) -> GenerationSpec:
-    fields: dict[str, object] = dict(
-        model="tiny",
-        prompt="a lighthouse at dusk",
-        negative_prompt="blurry",
-        width=64,
-        height=64,
-        num_frames=9,
-        fps=16,
-        num_inference_steps=steps,
-        guidance_scale=4.0,
-        guidance_scale_2=None,
-        flow_shift=5.0,
-        seed=5,
-    )
-    fields.update(overrides)
-    return GenerationSpec(**fields)  # type: ignore[arg-type]
+def spec(steps: int = 6, **overrides: Any) -> GenerationSpec:
+    return preview_job(steps, **overrides)
 
 
 class Collected:

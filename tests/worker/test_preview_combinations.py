@@ -20,7 +20,7 @@ import torch
 from shared.fetch import sha256_of
 from shared.schemas import GenerationSpec, JobLora
 from shared.settings import EngineSettings, LoraSettings
-from tests.preview_steps import Previews
+from tests.preview_steps import Previews, preview_job
 from worker.engine import WanEngine
 from worker.tiny_model import write_tiny_model
 
@@ -28,22 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def spec(steps: int = 6, **overrides: Any) -> GenerationSpec:
-    fields: dict[str, Any] = dict(
-        model="tiny",
-        prompt="a lighthouse at dusk",
-        negative_prompt="blurry",
-        width=64,
-        height=64,
-        num_frames=9,
-        fps=16,
-        num_inference_steps=steps,
-        guidance_scale=4.0,
-        guidance_scale_2=3.0,
-        flow_shift=5.0,
-        seed=5,
-    )
-    fields.update(overrides)
-    return GenerationSpec.model_validate(fields)
+    return preview_job(steps, **{"guidance_scale_2": 3.0, **overrides})
 
 
 @pytest.fixture(scope="module")
