@@ -261,18 +261,22 @@ def part_ti2v(args: argparse.Namespace) -> None:
     harness.free()
 
     # 6. Lossy: fa4 + fp8 end to end
-    if time.time() > args.deadline - (20 if args.tiny else 150):
+    ti2v_lossy_e2e(args, spec, room_s=150, cfg_batch=batched)
+
+
+def ti2v_lossy_e2e(args: argparse.Namespace, spec: Callable[..., Any], *, room_s: float, **extra: Any) -> None:
+    """fa4 + fp8, 50 steps end to end (after a 2-step job compiles it), if `room_s` is left before the deadline."""
+    if time.time() > args.deadline - (20 if args.tiny else room_s):
         args.results.save("ti2v_e2e_lossy", {"skipped": "deadline"})
         return
     lossy = harness.engine_settings(
-        options(args, quantization="none" if args.tiny else "fp8", cfg_batch=batched), tiny=args.tiny, command_line=args.engine
+        options(args, quantization="none" if args.tiny else "fp8", **extra), tiny=args.tiny, command_line=args.engine
     )
     engine = harness.make_engine(lossy, "ti2v-5b", tiny=args.tiny)
     step_seconds(engine, spec(2))
     reset_peak()
     _, e2e = streamed_job(engine, spec(4 if args.tiny else 50, prompt=harness.PROMPT + ", wide shot"), args.out / "e2e_lossy")
-    e2e.update(cfg_batch=batched, quantization=lossy.quantization, **memory())
-    args.results.save("ti2v_e2e_lossy", e2e)
+    args.results.save("ti2v_e2e_lossy", e2e | extra | {"quantization": lossy.quantization} | memory())
     engine.close()
 
 
@@ -318,34 +322,12 @@ def part_ti2v_e2e(args: argparse.Namespace) -> None:
     engine.close()
     del engine
     harness.free()
-    if time.time() > args.deadline - (20 if args.tiny else 130):
-        args.results.save("ti2v_e2e_lossy", {"skipped": "deadline"})
-        return
-    lossy = harness.engine_settings(
-        options(args, quantization="none" if args.tiny else "fp8"), tiny=args.tiny, command_line=args.engine
-    )
-    engine = harness.make_engine(lossy, "ti2v-5b", tiny=args.tiny)
-    step_seconds(engine, spec(2))
-    reset_peak()
-    _, e2e = streamed_job(engine, spec(4 if args.tiny else 50, prompt=harness.PROMPT + ", wide shot"), args.out / "e2e_lossy")
-    args.results.save("ti2v_e2e_lossy", e2e | {"quantization": lossy.quantization} | memory())
-    engine.close()
-
-
-def lightning_lora(engine: Any, rank: int, folder: Path) -> Any:
-    """A random LoRA of Lightning's shape: rank `rank` on every block linear, both experts; in the worker's cache."""
-    from benchmarks.gpu_lora import lora_file
-
-    assert engine.adapters is not None
-    lora, _ = lora_file(
-        folder, "lightning-like", engine.adapters.shapes, rank=rank, seed=1, device="cuda" if harness.cuda() else "cpu"
-    )
-    return lora
+    ti2v_lossy_e2e(args, spec, room_s=130)
 
 
 def lightning_lora_file(rank: int, folder: Path, tiny: bool) -> Any:
-    """The Lightning-shaped LoRA of `lightning_lora`, made before any engine: the block linears' shapes from the
-    architecture on the meta device."""
+    """A random LoRA of Lightning's shape (rank `rank` on every block linear, for both experts) in the worker's cache
+    folder, made before any engine: the block linears' shapes from the architecture (on the meta device)."""
     import torch
     from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
@@ -376,11 +358,9 @@ def part_a14b_lightning(args: argparse.Namespace) -> None:
     size = (64, 64, 9) if args.tiny else (1280, 720, 81)
     cache = Path(tempfile.mkdtemp(prefix="wanq-lora-", dir=args.out))
     rank = 8 if args.tiny else 64
-    extra: dict[str, Any] = {}
-    if args.fused:
-        # --fuse-lora: the same LoRA summed into both experts' weights at start; jobs name none
-        lora = lightning_lora_file(rank, cache, args.tiny)
-        extra = {"fuse_lora": str(cache / f"{lora.sha256}.safetensors")}
+    lora = lightning_lora_file(rank, cache, args.tiny)
+    # --fused: the LoRA summed into both experts' weights at start, jobs name none; else each job names it (a slot)
+    extra = {"fuse_lora": str(cache / f"{lora.sha256}.safetensors")} if args.fused else {}
     loras = None if args.fused else LoraSettings(max_resident=1, max_rank=rank, cache_dir=str(cache))
     settings = harness.engine_settings(
         options(args, text_encoder_cpu_offload=True, **extra), tiny=args.tiny, command_line=args.engine
@@ -388,8 +368,6 @@ def part_a14b_lightning(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     engine = harness.make_engine(settings, "t2v-a14b", tiny=args.tiny, loras=loras)
     record: dict[str, Any] = {"options": settings.model_dump(exclude_defaults=True), "load_s": round(time.perf_counter() - t0, 2)}
-    if not args.fused:
-        lora = lightning_lora(engine, rank, cache)
     record["lora"] = {"rank": rank, "expert": lora.expert, "mib": round(lora.size_bytes / 2**20, 1), "fused": args.fused}
     # Lightning's schedule: 4 steps, guidance 1 (one forward per step), shift 5
     spec = harness.spec_for(

@@ -20,14 +20,11 @@ from typing import Any
 
 import torch
 from diffusers.hooks import HookRegistry
-from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
+from diffusers.hooks.hooks import ModelHook, StateManager
+
+from worker.parallel.mesh import NoState, as_output
 
 HOOK_NAME = "wanq_cfg_batch"
-
-
-class _NoState(BaseState):  # type: ignore[misc]
-    def reset(self, *args: Any, **kwargs: Any) -> None:
-        pass
 
 
 class CfgBatchHook(ModelHook):  # type: ignore[misc]
@@ -37,7 +34,7 @@ class CfgBatchHook(ModelHook):  # type: ignore[misc]
         super().__init__()
         self.negative: torch.Tensor | None = None
         """The job's negative prompt embeddings; None: the hook passes every call through."""
-        self.state = StateManager(_NoState)  # type: ignore[arg-type]
+        self.state = StateManager(NoState)  # type: ignore[arg-type]
         self._uncond: torch.Tensor | None = None
         self._latents: torch.Tensor | None = None
         self.batched = 0
@@ -53,7 +50,7 @@ class CfgBatchHook(ModelHook):  # type: ignore[misc]
             if self._uncond is None or self._latents is not latents:
                 return original(*args, **kwargs)  # not the call the batch answered: computed as asked
             sample, self._uncond, self._latents = self._uncond, None, None
-            return _as_output(sample, kwargs)
+            return as_output(sample, kwargs)
         prompt = kwargs["encoder_hidden_states"]
         if prompt.shape != self.negative.shape:
             return original(*args, **kwargs)
@@ -69,19 +66,11 @@ class CfgBatchHook(ModelHook):  # type: ignore[misc]
         sample = original(**both)[0]
         self.batched += 1
         self._uncond, self._latents = sample[batch:], latents
-        return _as_output(sample[:batch], kwargs)
+        return as_output(sample[:batch], kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self._uncond = self._latents = None
         return module
-
-
-def _as_output(sample: torch.Tensor, kwargs: dict[str, Any]) -> Any:
-    if kwargs.get("return_dict", True):
-        from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
-        return Transformer2DModelOutput(sample=sample)
-    return (sample,)
 
 
 def enable(transformers: list[Any], *_: Any) -> None:

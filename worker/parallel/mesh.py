@@ -121,7 +121,7 @@ def set_cfg_active(transformers: list[Any], active: bool) -> None:
             hook.reset_state(model)
 
 
-class _NoState(BaseState):  # type: ignore[misc]
+class NoState(BaseState):  # type: ignore[misc]
     def reset(self, *args: Any, **kwargs: Any) -> None:
         pass
 
@@ -143,7 +143,7 @@ class CfgParallelHook(ModelHook):  # type: ignore[misc]
         self.group = group
         self.cfg_rank = cfg_rank
         self.active = False
-        self.state = StateManager(_NoState)  # type: ignore[arg-type]
+        self.state = StateManager(NoState)  # type: ignore[arg-type]
         self._uncond: torch.Tensor | None = None
 
     def new_forward(self, module: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -154,21 +154,22 @@ class CfgParallelHook(ModelHook):  # type: ignore[misc]
             if self._uncond is None:
                 raise RuntimeError("cfg-parallel: 'uncond' call without a preceding 'cond' call")
             sample, self._uncond = self._uncond, None
-            return _as_output(sample, kwargs)
+            return as_output(sample, kwargs)
         output = self.fn_ref.original_forward(*args, **kwargs)  # type: ignore[misc]
         sample = output[0] if isinstance(output, tuple) else output.sample
         batch = sample.shape[0]
         gathered = torch.empty((2 * batch, *sample.shape[1:]), dtype=sample.dtype, device=sample.device)
         dist.all_gather_into_tensor(gathered, sample.contiguous(), group=self.group)
         self._uncond = gathered[batch:]
-        return _as_output(gathered[:batch], kwargs)
+        return as_output(gathered[:batch], kwargs)
 
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self._uncond = None
         return module
 
 
-def _as_output(sample: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+def as_output(sample: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+    """A transformer call's answer in the form the call asked for (`return_dict`)."""
     if kwargs.get("return_dict", True):
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
