@@ -22,7 +22,7 @@ import torch
 from diffusers.hooks import HookRegistry
 from diffusers.hooks.hooks import ModelHook, StateManager
 
-from worker.parallel.mesh import NoState, as_output
+from worker.model_hooks import NoState, as_output
 
 HOOK_NAME = "wanq_cfg_batch"
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from diffusers.hooks.hooks import BaseState, ModelHook, StateManager
+from diffusers.hooks.hooks import ModelHook, StateManager
 
 from shared.settings import EngineSettings
+from worker.model_hooks import NoState, as_output
 from worker.options.option import context_parallel
 
 PROCESS_GROUP_TIMEOUT_S = 600
@@ -121,11 +122,6 @@ def set_cfg_active(transformers: list[Any], active: bool) -> None:
             hook.reset_state(model)
 
 
-class NoState(BaseState):  # type: ignore[misc]
-    def reset(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-
 class CfgParallelHook(ModelHook):  # type: ignore[misc]
     """Both CFG branches at once on two rank groups, inside diffusers' unchanged denoising loop.
 
@@ -166,12 +162,3 @@ class CfgParallelHook(ModelHook):  # type: ignore[misc]
     def reset_state(self, module: torch.nn.Module) -> torch.nn.Module:
         self._uncond = None
         return module
-
-
-def as_output(sample: torch.Tensor, kwargs: dict[str, Any]) -> Any:
-    """A transformer call's answer in the form the call asked for (`return_dict`)."""
-    if kwargs.get("return_dict", True):
-        from diffusers.models.modeling_outputs import Transformer2DModelOutput
-
-        return Transformer2DModelOutput(sample=sample)
-    return (sample,)
