@@ -27,6 +27,8 @@ class JobRuns:
     """Uploads by runs that were not interrupted."""
     dropped: int = 0
     """Messages for the job that a worker acknowledged without running them (duplicates)."""
+    completed_then_killed: int = 0
+    """Runs killed after their completion was recorded, before the journal's `ended` line (told by the record)."""
 
     def exactly_once(self) -> bool:
         return self.outcomes == ["completed"] and not self.unexplained and self.runs == self.killed + 1 and self.uploads == 1
@@ -35,8 +37,16 @@ class JobRuns:
         return {"runs": self.runs, "kills": self.killed, "uploads": self.uploads, "duplicates_dropped": self.dropped}
 
 
-def tally(events: Iterable[dict[str, Any]], jobs: Iterable[str], killed_pids: set[int]) -> dict[str, JobRuns]:
+def tally(
+    events: Iterable[dict[str, Any]],
+    jobs: Iterable[str],
+    killed_pids: set[int],
+    completed: dict[str, int] | None = None,
+) -> dict[str, JobRuns]:
+    """`completed`: each completed job's attempt, from its record. The worker journals a completion right after it
+    records it; a kill between the two leaves that run without an `ended` line: the record says how it ended."""
     wanted = set(jobs)
+    completed = completed or {}
     by_job = {job: JobRuns(job) for job in wanted}
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     for event in events:
@@ -55,6 +65,9 @@ def tally(events: Iterable[dict[str, Any]], jobs: Iterable[str], killed_pids: se
             by_job[job].dropped += 1
     for (job, attempt), run in runs.items():
         tallied = by_job[job]
+        if run["ended"] is None and run["uploaded"] and completed.get(job) == attempt:
+            run["ended"] = "completed"  # recorded completed, killed before its journal line
+            tallied.completed_then_killed += 1
         if run["ended"] is not None:
             tallied.outcomes.append(run["ended"])
             tallied.uploads += int(run["uploaded"])

@@ -18,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,6 +87,8 @@ class Ended:
     outcome: Outcome
     code: str | None = None
     """A failed run's error code (`out_of_memory`, `timeout`, ...), which its record holds too."""
+    journaled: bool = field(default=False, compare=False)
+    """Its `ended` line is in the run journal already (a completion is journaled the moment it is recorded)."""
 
     @property
     def label(self) -> str:
@@ -338,7 +340,8 @@ class JobRunner:
         ended = Ended(claim.record.id, Outcome.failed, WanqError.code)  # unless it is recorded below
         try:
             ended = self._export_and_record(claim, generated)  # the recorded outcome, whatever the journal does
-            self.journal.write("ended", claim.record.id, attempt=claim.attempt, outcome=ended.label)
+            if not ended.journaled:
+                self.journal.write("ended", claim.record.id, attempt=claim.attempt, outcome=ended.label)
             return ended.outcome
         finally:
             self._release(claim)
@@ -390,12 +393,15 @@ class JobRunner:
                 jobstate.cancel_running(self.store, done.record, attempt, timings)
                 return Ended(record.id, Outcome.canceled)
             return Ended(record.id, Outcome.of_status(done.record.status))
-        self._forget_other_runs(record, attempt)
+        # Journaled the moment it is recorded, before the cleanup's round trips: a kill after this line leaves the
+        # journal agreeing with the record (the `ended` line of _finalize is then not written again).
+        self.journal.write("ended", record.id, attempt=attempt, outcome=Outcome.completed.value)
         log.info(
             "job completed",
             extra={"job_id": record.id, "model": spec.model, "tenant": record.tenant, "total_s": round(timings["total"], 3)},
         )
-        return Ended(record.id, Outcome.completed)
+        self._forget_other_runs(record, attempt)
+        return Ended(record.id, Outcome.completed, journaled=True)
 
     def _forget_other_runs(self, record: JobRecord, attempt: int) -> None:
         """Deletes what interrupted runs of the job left in storage (a run killed mid-upload)."""

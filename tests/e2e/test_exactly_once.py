@@ -87,7 +87,7 @@ def test_killed_workers_jobs_run_once_more_each_never_twice(
     finals = [wait_for_status(api, i, {"completed", "failed", "canceled"}, timeout=10) for i in ids]
     log.close()
     assert [f["status"] for f in finals] == ["completed"] * len(ids), [(f["id"], f["status"], f["error"]) for f in finals]
-    runs = tally(journal.read(str(workers.journal)), ids, killed_pids)
+    runs = tally(journal.read(str(workers.journal)), ids, killed_pids, {f["id"]: f["attempts"] for f in finals})
     wrong = {job: r for job, r in runs.items() if not r.exactly_once()}
     assert not wrong, f"jobs not run exactly once more than they were killed: {wrong}"
     for video in finals:

@@ -81,7 +81,7 @@ def test_twenty_sigkills_mid_denoise_lose_nothing_and_complete_each_job_once(
         assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["spritesheet.jpg", "thumbnail.webp", "video.mp4"]
     assert sum(f["attempts"] for f in finals) >= len(ids) + len(set(kills)) - 2
     # Runs, from the workers' own journal: each job ran once more than it was killed, and uploaded once.
-    runs = tally(journal.read(str(workers.journal)), ids, killed_pids)
+    runs = tally(journal.read(str(workers.journal)), ids, killed_pids, {f["id"]: f["attempts"] for f in finals})
     assert all(r.exactly_once() for r in runs.values()), {j: r for j, r in runs.items() if not r.exactly_once()}
     assert all(f["attempts"] == runs[f["id"]].runs for f in finals)
     record_figures(

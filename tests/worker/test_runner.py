@@ -23,6 +23,7 @@ from shared.storage import Storage
 from shared.store import JobStore
 from tests.records import rewrite, store_job
 from wanq.stack import Stack
+from worker import journal
 from worker.engine import PromptCache, WanEngine
 from worker.postprocess import PostProcessors, load_post_processors
 from worker.runner import Ended, JobRunner, Outcome
@@ -326,3 +327,39 @@ def test_post_processing_stages_are_recorded_as_each_begins(
     assert post.stages(done.spec) == [Stage.interpolating, Stage.upscaling]
     assert post.stages(done.spec.model_copy(update={"interpolate": 1})) == [Stage.upscaling]
     assert post.stages(done.spec.model_copy(update={"kind": "image", "interpolate": 1, "upscale": 1})) == []
+
+
+class JournalWatch(Storage):
+    """The real storage client; notes what the run journal said when the completed run's cleanup began."""
+
+    def __init__(self, settings: Settings, journal: Path) -> None:
+        super().__init__(settings.s3)
+        self.journal = journal
+        self.at_cleanup: list[dict[str, Any]] | None = None
+
+    def list_keys(self, prefix: str) -> list[str]:
+        if self.at_cleanup is None:
+            self.at_cleanup = journal.read(str(self.journal))
+        return super().list_keys(prefix)
+
+
+def test_a_completion_is_journaled_before_the_cleanup_that_follows_it(
+    settings: Settings, store: JobStore, engine: WanEngine, tmp_path: Path
+) -> None:
+    """A kill during the cleanup after a run is recorded completed must find the journal agreeing with the record:
+    the fault suite counts runs from the journal (tests/runs.py)."""
+    path = tmp_path / "runs.jsonl"
+    watched = settings.model_copy(update={"worker": settings.worker.model_copy(update={"run_log": str(path)})})
+    storage = JournalWatch(watched, path)
+    job_runner = JobRunner(watched, store, storage, engine, worker_id=f"test-journal:{time.time_ns()}")
+    job = make_job(store, "journaled")
+    assert job_runner.run(job, wait=True) == "completed"
+    assert storage.at_cleanup is not None, "the completed run never cleaned up after other runs"
+    assert [(e["event"], e.get("outcome")) for e in storage.at_cleanup] == [
+        ("claimed", None),
+        ("uploaded", None),
+        ("ended", "completed"),
+    ]
+    events = journal.read(str(path))
+    assert [e["event"] for e in events] == ["claimed", "uploaded", "ended"], events  # not journaled twice
+    assert {e["attempt"] for e in events} == {1} and {e["job"] for e in events} == {job}
