@@ -10,6 +10,8 @@ generate + the encoder's tail after the decode + the stills (the upload is not t
      batch-2 forward; a kernel profile of one step of each (GEMMs, attention, the rest); 50 steps end to end with
      the faster; a 4-step guidance-1 job with the full and with the tiny decoder (issue 27's draft); 10 steps with
      and without previews every 5 steps (their cost in a run); then fa4 + fp8 end to end (lossy).
+  --part ti2v-fused (TI2V-5B, ~6 min): 50 steps lossless end to end with the fused kernels and without, one
+     engine each; 50 steps fa4 + fp8 end to end.
   --part ti2v-e2e (TI2V-5B, ~5 min): one timestep against per-token timesteps per step; 50 steps lossless end
      to end; the 4-step drafts; 50 steps fa4 + fp8 end to end.
   --part a14b-lightning (T2V-A14B 1280x720x81, ~6 min): fa4, compiled, the text encoder on the CPU, one LoRA slot
@@ -322,6 +324,34 @@ def part_ti2v_e2e(args: argparse.Namespace) -> None:
     engine.close()
     del engine
     harness.free()
+    ti2v_lossy_e2e(args, spec, room_s=130)
+
+
+@part("ti2v-fused")
+def part_ti2v_fused(args: argparse.Namespace) -> None:
+    """TI2V-5B 50 steps lossless end to end with the fused kernels (the default on a GPU: worker/fused_ffn.py,
+    worker/vae_fused.py) and without them, one engine each in this run; then 50 steps lossy (fa4 + fp8)."""
+    head(args)
+    size = (64, 64, 9) if args.tiny else (1280, 704, 81)
+
+    def spec(steps: int, **over: Any) -> Any:
+        return harness.spec_for("ti2v-5b", size, steps, **over)
+
+    for label, fused in (("fused", True), ("stock", False)):
+        settings = harness.engine_settings(
+            options(args, fused_ffn=fused, vae_fused=fused), tiny=args.tiny, command_line=args.engine
+        )
+        t0 = time.perf_counter()
+        engine = harness.make_engine(settings, "ti2v-5b", tiny=args.tiny)
+        load_s = round(time.perf_counter() - t0, 2)
+        _, warm = streamed_job(engine, spec(2), args.out / f"warm_{label}")  # compiles the blocks and the decode's norm
+        reset_peak()
+        _, e2e = streamed_job(engine, spec(4 if args.tiny else 50, prompt=harness.PROMPT + ", wide shot"), args.out / label)
+        extra = {"load_s": load_s, "warm_job_s": warm["generate_s"], "plan": str(engine.plan)}
+        args.results.save(f"ti2v_e2e_{label}", e2e | extra | memory())
+        engine.close()
+        del engine
+        harness.free()
     ti2v_lossy_e2e(args, spec, room_s=130)
 
 

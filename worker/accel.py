@@ -37,6 +37,7 @@ class Plan:
     quantization: str = "none"
     vae: str = "the model's"
     decode: tuple[str, ...] = ()
+    kernels: tuple[str, ...] = ()
     num_gpus: int = 1
     ulysses_degree: int = 1
     ring_degree: int = 1
@@ -163,10 +164,17 @@ def apply(
     if quantization is not None and quantize_as_placed is None and quantization.apply is not None:
         quantization.apply(transformers, settings, device)
 
-    # 5. The VAE's decode
+    # 5. Fused kernels in the transformer blocks
+    kernels = []
+    for option in registry.chosen(settings, "kernels"):
+        if option.apply is not None:
+            option.apply(transformers, settings, device)
+            kernels.append(option.name)
+
+    # 6. The VAE's decode
     decode = prepare_vae(pipe.vae, settings)
 
-    # 6. Regional compile of the repeated transformer blocks. fullgraph where nothing in the block
+    # 7. Regional compile of the repeated transformer blocks. fullgraph where nothing in the block
     # breaks the graph; context parallelism's collectives run inside attention, so it is left to dynamo.
     if settings.compile or settings.vae_compile:
         # One static graph per video size: a worker sees few sizes, and dynamic-shape kernels are slower.
@@ -188,6 +196,7 @@ def apply(
         quantization=settings.quantization,
         vae=settings.vae_path or "the model's",
         decode=decode,
+        kernels=tuple(kernels),
         num_gpus=settings.num_gpus,
         ulysses_degree=settings.ulysses_degree,
         ring_degree=settings.ring_degree,

@@ -47,6 +47,8 @@ def tiny_ti2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ({"quantization": "fp8", "offload": "sequential"}, {}, "fp8 quantizes whole transformers, which --offload sequential"),
         ({"vae_compile": True, "vae_cpu_offload": True}, {}, "--vae-compile cannot be combined with offload hooks"),
         ({"vae_path": "/no/such/vae"}, {}, "--vae-path /no/such/vae does not exist"),
+        ({"fused_ffn": True, "offload": "sequential"}, {}, "--fused-ffn cannot be combined with --offload sequential"),
+        ({"vae_fused": True, "vae_cpu_offload": True}, {}, "--vae-fused cannot be combined with offload hooks on the VAE"),
     ],
 )
 def test_impossible_configurations_are_refused_with_what_to_change(options: dict, context: dict, message: str) -> None:
@@ -78,6 +80,8 @@ def test_impossible_configurations_are_refused_with_what_to_change(options: dict
         },
         {"attention_backend": "fa4", "num_gpus": 2, "ring_degree": 2},
         {"vae_compile": True, "vae_channels_last": True, "cudnn_benchmark": True, "compile": True},
+        {"fused_ffn": True, "vae_fused": True, "attention_backend": "fa4", "quantization": "fp8", "compile": True},
+        {"fused_ffn": True, "offload": "group"},
     ],
 )
 def test_possible_configurations_pass(options: dict) -> None:

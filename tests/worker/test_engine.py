@@ -161,6 +161,25 @@ def test_decode_options_give_the_stock_frames(models: dict[str, Path], plain: Wa
     torch.backends.cudnn.benchmark = False  # process-wide; leave it as found
 
 
+def test_the_fused_kernels_give_the_stock_latents_and_frames(models: dict[str, Path], plain: WanEngine) -> None:
+    """--fused-ffn and --vae-fused replace modules (same weights); on a CPU both run the stock arithmetic, so the
+    numbers are the stock ones exactly (on the GPU: rounding, which benchmarks/gpu_fusions.py measures)."""
+    from worker.fused_ffn import FusedGELU
+    from worker.vae_fused import NormSiLU, PaddedInConv
+
+    job = spec(steps=2)
+    stock = plain.generate(job)
+    settings = EngineSettings(device="cpu", attention_backend="native", vae_tiling=True, fused_ffn=True, vae_fused=True)
+    engine = WanEngine(models["ti2v-5b"], settings)
+    assert engine.plan.kernels == ("fused_ffn",) and engine.plan.decode == ("tiling", "fused")
+    assert all(isinstance(block.ffn.net[0], FusedGELU) for block in engine.pipe.transformer.blocks)
+    assert any(isinstance(m, NormSiLU) for m in engine.pipe.vae.decoder.modules())
+    assert any(isinstance(m, PaddedInConv) for m in engine.pipe.vae.decoder.modules())
+    result = engine.generate(job)
+    assert torch.equal(result.latents, stock.latents)
+    assert (result.frames == stock.frames).all()
+
+
 @pytest.mark.slow
 def test_the_compiled_decoder_gives_the_stock_frames(models: dict[str, Path]) -> None:
     """Inductor on the CPU takes minutes for the decoder's graphs (first, second and later latent frames)."""

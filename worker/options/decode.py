@@ -37,6 +37,12 @@ def _compile_decoder(vae: Any, _settings: EngineSettings, _device: Any) -> None:
     vae.decoder.compile()
 
 
+def _fused(vae: Any, _settings: EngineSettings, _device: Any) -> None:
+    from worker import vae_fused
+
+    vae_fused.install(vae.decoder)
+
+
 def _decode(flag: str, name: str, setting: str, summary: str, apply: Apply, applied: str, *conflicts: Rule) -> Option:
     return Option(
         flag=flag,
@@ -70,6 +76,30 @@ CHANNELS_LAST = _decode(
     _channels_last,
     "the VAE's conv weights in channels-last memory format",
 )
+
+
+def vae_hooks(flag: str, why: str) -> Rule:
+    return rule(
+        "VAE offload hooks (--offload sequential/group, --vae-cpu-offload)",
+        lambda s, _e: vae_has_hooks(s),
+        f"{flag} cannot be combined with offload hooks on the VAE (--offload sequential/group, --vae-cpu-offload): "
+        f"{why}; drop one",
+    )
+
+
+def vae_has_hooks(settings: EngineSettings) -> bool:
+    return settings.offload in ("sequential", "group") or settings.vae_cpu_offload
+
+
+FUSED = _decode(
+    "--vae-fused",
+    "fused",
+    "vae_fused",
+    "the decoder's RMS norm + SiLU as one compiled kernel, spatial padding inside the convs; GPU not yet timed",
+    _fused,
+    "worker/vae_fused.py on `vae.decoder` (same weights)",
+    vae_hooks("--vae-fused", "they move the weights of the modules it replaces"),
+)
 COMPILE_DECODER = _decode(
     "--vae-compile",
     "compiled_decoder",
@@ -77,12 +107,7 @@ COMPILE_DECODER = _decode(
     "torch.compile of the VAE decoder (a few graphs per video size)",
     _compile_decoder,
     "`vae.decoder.compile()`",
-    rule(
-        "VAE offload hooks (--offload sequential/group, --vae-cpu-offload)",
-        lambda s, _e: s.offload in ("sequential", "group") or s.vae_cpu_offload,
-        "--vae-compile cannot be combined with offload hooks on the VAE (--offload sequential/group, "
-        "--vae-cpu-offload): they move its weights inside the compiled graph; drop one",
-    ),
+    vae_hooks("--vae-compile", "they move its weights inside the compiled graph"),
 )
 
 VAE_PATH = Option(

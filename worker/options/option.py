@@ -10,7 +10,18 @@ from typing import Any, Literal
 from shared.settings import EngineSettings
 
 Kind = Literal[
-    "attention", "quantization", "decode", "offload", "parallel", "compile", "cache", "precision", "vae", "postprocess", "lora"
+    "attention",
+    "quantization",
+    "kernels",
+    "decode",
+    "offload",
+    "parallel",
+    "compile",
+    "cache",
+    "precision",
+    "vae",
+    "postprocess",
+    "lora",
 ]
 Applies = Literal["pipe", "vae", "transformers", ""]
 

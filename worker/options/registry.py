@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.settings import EngineSettings
-from worker.options import attention, cache, decode, lora, parallel, placement, postprocess, quantization
+from worker.options import attention, cache, decode, kernels, lora, parallel, placement, postprocess, quantization
 from worker.options.option import Environment, Kind, Option, context_parallel
 
 OPTIONS: tuple[Option, ...] = (
@@ -31,17 +31,20 @@ OPTIONS: tuple[Option, ...] = (
     parallel.CFG_BATCH,
     # 5. Quantization (after placement on one GPU, after the weights sync on several)
     quantization.FP8,
-    # 6. The VAE and its decode, in this order
+    # 6. Fused kernels in the blocks (after quantization, which decides what they run on)
+    kernels.FUSED_FFN,
+    # 7. The VAE and its decode, in this order
     decode.VAE_PATH,
     decode.PREVIEW_VAE_PATH,
     decode.TILING,
     decode.CUDNN_BENCHMARK,
     decode.CHANNELS_LAST,
+    decode.FUSED,
     decode.COMPILE_DECODER,
-    # 7. Compile, last; the step cache is set per job
+    # 8. Compile, last; the step cache is set per job
     placement.COMPILE,
     cache.DBCACHE,
-    # 8. Post-processing after the decode, loaded by the worker beside the engine (worker/postprocess.py)
+    # 9. Post-processing after the decode, loaded by the worker beside the engine (worker/postprocess.py)
     postprocess.INTERPOLATOR,
     postprocess.UPSCALER,
 )

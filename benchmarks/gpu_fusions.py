@@ -1,0 +1,204 @@
+"""The fusions of issue 26's second pass, each against the stock path in the same run (one GPU).
+
+    python3 benchmarks/gpu_fusions.py --out DIR [--mirror DIR] [--part gemm --part step --part decode] [--tiny]
+
+- `gemm`: the FFN's first product + bias + tanh GELU at TI2V-5B's and A14B's 720p shapes: inductor's product then
+  its fused bias+GELU kernel (what the compiled block runs), against `wanq::linear_gelu_tanh` (worker/fused_ffn.py,
+  cuBLASLt's GELU_BIAS epilogue); seconds and the largest difference.
+- `step`: one TI2V-5B transformer forward at 1280x704x81 (fa4, regional compile), stock, with the fused FFN, and
+  with the fused FFN and diffusers' fused QKV projections (`fuse_projections`); median of CUDA-event timings, the
+  relative error of the output against stock.
+- `decode`: the VAE decode at 720p x81 (Wan2.2's for TI2V-5B, Wan2.1's for A14B), channels-last as the worker runs
+  it, stock and with worker/vae_fused.py; median of 3 after a warm-up, the largest difference in 8-bit levels.
+`--tiny`: the tiny models on the CPU, to check the script (numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks import gpu_models, harness
+
+FFN_SHAPES = {"ti2v-5b": (18_480, 3072, 14_336), "t2v-a14b": (75_600, 5120, 13_824)}
+TINY_FFN = (256, 64, 128)
+
+
+def part_gemm(results: harness.Results, tiny: bool) -> None:
+    from worker import fused_ffn  # noqa: F401  (registers wanq::linear_gelu_tanh)
+
+    device, dtype = harness.device_and_dtype()
+    out: dict[str, Any] = {}
+    for name, shape in ({"tiny": TINY_FFN} if tiny else FFN_SHAPES).items():
+        out[name] = _gemm(shape, device, dtype)
+        harness.free(dynamo=False)
+    results.save("gemm", out)
+
+
+def _gemm(shape: tuple[int, int, int], device: Any, dtype: Any) -> dict[str, Any]:
+    m, k, n = shape
+    stock = torch.compile(lambda x, w, b: F.gelu(F.linear(x, w, b), approximate="tanh"), fullgraph=True)
+    fused = torch.ops.wanq.linear_gelu_tanh
+    x = torch.randn(m, k, device=device, dtype=dtype)
+    w = torch.randn(n, k, device=device, dtype=dtype) / k**0.5
+    b = torch.randn(n, device=device, dtype=dtype)
+    a, c = stock(x, w, b), fused(x, w, b)
+    reference = F.gelu(F.linear(x.float(), w.float(), b.float()), approximate="tanh")
+    t_stock = harness.event_seconds(lambda: stock(x, w, b), reps=10, inner=5)
+    t_fused = harness.event_seconds(lambda: fused(x, w, b), reps=10, inner=5)
+    return {
+        "m_k_n": [m, k, n],
+        "stock_ms": harness.ms(t_stock),
+        "fused_ms": harness.ms(t_fused),
+        "change": round(t_fused / t_stock - 1, 4),
+        "max_abs_diff": float((a.float() - c.float()).abs().max()),
+        "stock_rel_err_vs_fp32": round(harness.rel_err(a, reference), 6),
+        "fused_rel_err_vs_fp32": round(harness.rel_err(c, reference), 6),
+    }
+
+
+def _forward_args(tiny: bool, device: Any, dtype: Any) -> dict[str, Any]:
+    if tiny:
+        latents = torch.randn(1, 48, 3, 4, 4, device=device, dtype=dtype)
+    else:
+        latents = torch.randn(1, 48, 21, 44, 80, device=device, dtype=dtype)  # 1280x704x81
+    text = torch.randn(1, 512, 4096 if not tiny else 32, device=device, dtype=dtype)
+    return {"hidden_states": latents, "timestep": torch.tensor([500.0], device=device), "encoder_hidden_states": text}
+
+
+def part_step(results: harness.Results, tiny: bool) -> None:
+    from shared.settings import EngineSettings
+    from worker import fused_ffn
+    from worker.options import registry
+
+    device, dtype = harness.device_and_dtype()
+    if tiny:
+        transformer = gpu_models.tiny_model.build_tiny_pipeline("ti2v-5b").transformer.eval().to(dtype)
+    else:
+        config = gpu_models.transformer_config("ti2v-5b")
+        transformer = gpu_models.make_component(lambda: gpu_models.WanTransformer3DModel(**config), device, dtype, seed=2)
+        settings = EngineSettings(device="cuda", attention_backend="fa4", compile=True)
+        backend = registry.one(settings, "attention")
+        assert backend is not None and backend.apply is not None
+        backend.apply([transformer], settings, device)
+    args = _forward_args(tiny, device, dtype)
+    out: dict[str, Any] = {}
+    reference = None
+
+    def measure(name: str) -> None:
+        nonlocal reference
+        torch._dynamo.reset()
+        if not tiny:
+            transformer.compile_repeated_blocks(fullgraph=True)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            result = transformer(**args, return_dict=False)[0]
+            harness.sync()
+            first = time.perf_counter() - t0
+            transformer(**args, return_dict=False)
+            seconds = harness.event_seconds(lambda: transformer(**args, return_dict=False), reps=3 if tiny else 8)
+        if reference is None:
+            reference = result.float().cpu()
+        out[name] = {
+            "s_per_forward": round(seconds, 4),
+            "first_call_s": round(first, 1),
+            "rel_err_vs_stock": round(harness.rel_err(result, reference), 6),
+        }
+        results.save("step", out)
+
+    measure("stock")
+    fused_ffn.install(transformer)
+    measure("fused_ffn")
+    for block in transformer.blocks:
+        block.attn1.fuse_projections()
+        for name in ("to_q", "to_k", "to_v"):
+            delattr(block.attn1, name)  # diffusers keeps them; only to_qkv is used
+    measure("fused_ffn_qkv")
+    stock_s = out["stock"]["s_per_forward"]
+    for name in ("fused_ffn", "fused_ffn_qkv"):
+        out[name]["change"] = round(out[name]["s_per_forward"] / stock_s - 1, 4)
+    results.save("step", out)
+
+
+def _frames(video: torch.Tensor) -> torch.Tensor:
+    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def part_decode(results: harness.Results, tiny: bool) -> None:
+    from shared.settings import EngineSettings
+    from worker import vae_fused
+    from worker.options import decode
+
+    device, dtype = harness.device_and_dtype()
+    out: dict[str, Any] = {}
+    for variant in ("ti2v-5b", "t2v-a14b"):
+        stock = gpu_models.full_vae(variant, tiny=tiny)
+        if not tiny:
+            decode.CHANNELS_LAST.apply(stock, EngineSettings(device="cuda"), None)  # type: ignore[misc]
+        fused = copy.deepcopy(stock)
+        counts = vae_fused.install(fused.decoder)
+        channels = stock.config.z_dim
+        if tiny:
+            shape = (1, channels, 3, 4, 4)
+        else:
+            shape = (1, channels, 21, 44, 80) if variant == "ti2v-5b" else (1, channels, 21, 90, 160)
+        latents = torch.randn(*shape, device=device, dtype=dtype)
+        row: dict[str, Any] = {"latents": list(shape), "fused": counts}
+        frames = {}
+        for name, vae in (("stock", stock), ("fused", fused)):
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                video = vae.decode(latents).sample
+                harness.sync()
+                row[f"{name}_first_s"] = round(time.perf_counter() - t0, 2)
+                times = []
+                for _ in range(1 if tiny else 3):
+                    harness.reset_peak()
+                    times.append(harness.timed(partial(vae.decode, latents)))
+                row[f"{name}_s"] = harness.median(times)
+                row[f"{name}_peak_gib"] = harness.memory().get("peak_allocated_gib")
+            frames[name] = _frames(video)
+            del video
+        diff = (frames["stock"].int() - frames["fused"].int()).abs()
+        row["max_levels_apart"] = int(diff.max())
+        row["share_of_values_apart"] = round(float((diff > 0).float().mean()), 6)
+        if row["stock_s"]:
+            row["change"] = round(row["fused_s"] / row["stock_s"] - 1, 4)
+        out[variant] = row
+        results.save("decode", out)
+        del stock, fused, latents, frames
+        harness.free(dynamo=False)
+
+
+PARTS = {"gemm": part_gemm, "step": part_step, "decode": part_decode}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--mirror", type=Path, action="append", default=[])
+    parser.add_argument("--part", action="append", choices=sorted(PARTS), default=[])
+    parser.add_argument("--tiny", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = harness.Results(args.out, args.mirror)
+    results.save("environment", harness.environment("torch", "diffusers", "flash-attn-4"))
+    results.save("matmul", harness.matmul_rate(args.tiny))
+    for name in args.part or list(PARTS):
+        started = time.perf_counter()
+        PARTS[name](results, args.tiny)
+        print(f"[part] {name}: {time.perf_counter() - started:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

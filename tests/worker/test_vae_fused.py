@@ -1,0 +1,86 @@
+"""worker/vae_fused.py: the fused decoder decodes what the stock one does, in both Wan VAEs, with and without a cache."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan, WanRMS_norm
+from torch import nn
+
+from worker import vae_fused
+
+
+def wan21(seed: int = 0) -> AutoencoderKLWan:
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+
+
+def wan22(seed: int = 0) -> AutoencoderKLWan:
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=8,
+        decoder_base_dim=12,
+        z_dim=48,
+        dim_mult=[1, 2, 2, 2],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_temporal=4,
+        scale_factor_spatial=16,
+    )
+
+
+def randomized(vae: AutoencoderKLWan) -> AutoencoderKLWan:
+    """Norm gains away from 1, so that a norm the fusion mishandled shows in the frames."""
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for module in vae.modules():
+            if isinstance(module, WanRMS_norm):
+                module.gamma.copy_(0.5 + torch.rand(module.gamma.shape, generator=generator))
+    return vae.eval()
+
+
+@pytest.mark.parametrize("make", [wan21, wan22], ids=["wan2.1-vae", "wan2.2-vae"])
+def test_the_fused_decoder_gives_the_stock_frames(make) -> None:  # type: ignore[no-untyped-def]
+    stock = randomized(make())
+    fused = copy.deepcopy(stock)
+    counts = vae_fused.install(fused.decoder)
+    blocks = sum(1 for m in stock.decoder.modules() if type(m).__name__ == "WanResidualBlock")
+    convs = sum(1 for m in stock.decoder.modules() if type(m).__name__ == "WanCausalConv3d")
+    assert counts == {"norms": 2 * blocks + 1, "convs": convs}
+    assert isinstance(fused.decoder.norm_out, vae_fused.NormSiLU)
+    assert set(fused.state_dict()) == set(stock.state_dict())  # weights load into it unchanged
+    # Five latent frames: the first chunk (no cache, the causal padding), then four with the conv cache.
+    latents = torch.randn(1, stock.config.z_dim, 5, 4, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = stock.decode(latents).sample
+        got = fused.decode(latents).sample
+    assert got.shape == want.shape and want.shape[2] == 17
+    assert torch.equal(got, want)  # on a CPU: the stock arithmetic, in the stock order
+    assert vae_fused.install(fused.decoder) == {"norms": 0, "convs": 0}  # idempotent
+
+
+def test_a_norm_followed_by_no_activation_is_left_alone() -> None:
+    vae = wan21()
+    vae_fused.install(vae.decoder)
+    attention_norms = [m.norm for m in vae.decoder.modules() if type(m).__name__ == "WanAttentionBlock"]
+    assert attention_norms and all(isinstance(n, WanRMS_norm) for n in attention_norms)
+    residual = next(m for m in vae.decoder.modules() if type(m).__name__ == "WanResidualBlock")
+    assert isinstance(residual.nonlinearity, nn.Identity) and isinstance(residual.norm1, vae_fused.NormSiLU)
+
+
+def test_norm_silu_is_the_stock_norm_then_silu_in_low_precision() -> None:
+    norm = WanRMS_norm(6, images=False)
+    with torch.no_grad():
+        norm.gamma.copy_(torch.linspace(0.5, 1.5, 6).view(6, 1, 1, 1))
+    x = torch.randn(1, 6, 2, 3, 4).to(torch.bfloat16)
+    norm = norm.to(torch.bfloat16)
+    want = torch.nn.functional.silu(norm(x))
+    assert torch.equal(vae_fused.NormSiLU(norm)(x), want)

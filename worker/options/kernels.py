@@ -1,0 +1,35 @@
+"""Fused kernels in the transformer blocks: the same functions, fewer round trips through memory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shared.settings import EngineSettings
+from worker.options.option import Option, rule
+
+
+def _fused_ffn(transformers: list[Any], _settings: EngineSettings, _device: Any) -> None:
+    from worker import fused_ffn
+
+    for transformer in transformers:
+        fused_ffn.install(transformer)
+
+
+FUSED_FFN = Option(
+    flag="--fused-ffn",
+    name="fused_ffn",
+    kind="kernels",
+    summary="the FFN's first product, bias and tanh GELU as one cuBLASLt product (GELU epilogue); GPU not yet timed",
+    chosen=lambda s: bool(s.fused_ffn),
+    conflicts=(
+        rule(
+            "--offload sequential",
+            lambda s, _e: s.offload == "sequential",
+            "--fused-ffn cannot be combined with --offload sequential (its hooks move each weight as its own layer is "
+            "called, which the fused product skips); use --offload group or model, or --no-fused-ffn",
+        ),
+    ),
+    applies_to="transformers",
+    apply=_fused_ffn,
+    applied="each block's `ffn.net.0` replaced by worker/fused_ffn.py's `FusedGELU` (same weights), before compile",
+)
