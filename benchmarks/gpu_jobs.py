@@ -70,14 +70,15 @@ def streamed_job(engine: Any, spec: Any, folder: Path, **generate: Any) -> tuple
     from worker import export
 
     folder.mkdir(parents=True, exist_ok=True)
-    stream = export.Mp4Stream(folder / "video.mp4", spec.output_fps)
+    stream = export.Mp4Stream(folder / "video.mp4", spec.output_fps, expected=spec.num_frames)
     t0 = time.perf_counter()
     result = engine.generate(spec, on_step=lambda done, total: sync(), on_frames=stream.send, **generate)
     t1 = time.perf_counter()
     stream.close()
     t2 = time.perf_counter()
-    export.write_thumbnail(result.frames, folder / "thumbnail.webp")
-    export.write_spritesheet(result.frames, folder / "spritesheet.jpg")
+    if stream.stills() is None:  # the stills made beside the decode, as the runner takes them; else from the frames
+        export.write_thumbnail(result.frames, folder / "thumbnail.webp")
+        export.write_spritesheet(result.frames, folder / "spritesheet.jpg")
     t3 = time.perf_counter()
     record = {
         "size": f"{spec.width}x{spec.height}x{spec.num_frames}",

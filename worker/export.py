@@ -51,16 +51,22 @@ class Mp4Stream:
     """write_mp4 fed while the frames are still being made: `send` hands a chunk of frames [n, H, W, 3] to a thread
     that pipes them to x264 (a separate process), so the encode runs beside the VAE's decode and only its tail is
     left when the decode ends. The same encoder settings as write_mp4, so the file is the one write_mp4 would write.
-    `close()` waits for the tail and returns the path; `abort()` stops and deletes it. Both are idempotent."""
+    `close()` waits for the tail and returns the path; `abort()` stops and deletes it. Both are idempotent.
+
+    With `expected` (the video's frame count), the same thread also makes the stills as their frames go by (the
+    thumbnail's middle frame, the spritesheet's tiles), beside the MP4: `stills()` then gives the files
+    write_thumbnail and write_spritesheet would write, if the stream got exactly `expected` frames."""
 
     _END = None
 
-    def __init__(self, path: Path, fps: int, *, preset: str = "veryfast", crf: int = 18) -> None:
+    def __init__(self, path: Path, fps: int, *, preset: str = "veryfast", crf: int = 18, expected: int | None = None) -> None:
         self.path = path
         self.fps = fps
         self.preset = preset
         self.crf = crf
         self.frames = 0
+        self.expected = expected
+        self._stills = StreamedStills(path.parent, expected) if expected else None
         self._queue: queue.Queue[np.ndarray | None] = queue.Queue()
         self._error: BaseException | None = None
         self._aborted = False
@@ -85,6 +91,13 @@ class Mp4Stream:
             raise RuntimeError(f"the MP4 encoder wrote nothing to {self.path.name}")
         return self.path
 
+    def stills(self) -> dict[str, Path] | None:
+        """After `close()`: the thumbnail and spritesheet made from the streamed frames, or None (not asked for, or
+        the stream did not get exactly the expected frames: the caller writes them from the frames)."""
+        if self._stills is None or self.frames != self.expected or self._error is not None:
+            return None
+        return self._stills.finish()
+
     def abort(self) -> None:
         self._aborted = True
         self._queue.put(self._END)
@@ -102,6 +115,8 @@ class Mp4Stream:
                     writer = _x264(self.path, (width, height), self.fps, self.preset, self.crf)
                 for frame in chunk:
                     writer.send(np.ascontiguousarray(frame))
+                    if self._stills is not None:
+                        self._stills.add(frame)
         except BaseException as exc:  # kept for close(); the rest of the queue is drained by the loop's end
             self._error = exc
             while self._queue.get() is not None:
@@ -112,6 +127,38 @@ class Mp4Stream:
                     writer.close()
                 except BaseException as exc:
                     self._error = self._error or exc
+
+
+class StreamedStills:
+    """write_thumbnail and write_spritesheet for a video of `count` frames seen one at a time, in order."""
+
+    def __init__(self, folder: Path, count: int, *, tiles: int = SPRITE_TILES) -> None:
+        self.folder = folder
+        self.count = count
+        self.seen = 0
+        self.thumbnail_at = thumbnail_index(count)
+        self.picks = sprite_picks(count, tiles)
+        self.tiles: dict[int, Image.Image] = {}
+        self.thumbnail: Path | None = None
+        self.size: tuple[int, int] | None = None
+
+    def add(self, frame: np.ndarray) -> None:
+        index, self.seen = self.seen, self.seen + 1
+        if index >= self.count:
+            return
+        if self.size is None:
+            self.size = (frame.shape[1], frame.shape[0])
+        if index == self.thumbnail_at:
+            self.thumbnail = write_thumbnail(frame[None], self.folder / "thumbnail.webp")
+        if index in self.picks:
+            self.tiles[index] = sprite_tile(frame)
+
+    def finish(self) -> dict[str, Path] | None:
+        if self.seen != self.count or self.thumbnail is None or len(self.tiles) != len(self.picks) or self.size is None:
+            return None
+        sheet = self.folder / "spritesheet.jpg"
+        spritesheet_of([self.tiles[i] for i in self.picks], self.size, sheet)
+        return {"thumbnail": self.thumbnail, "spritesheet": sheet}
 
 
 class Frames(Protocol):
@@ -142,15 +189,28 @@ def sprite_picks(count: int, tiles: int = SPRITE_TILES) -> list[int]:
 def write_spritesheet(frames: Frames, path: Path, *, tiles: int = SPRITE_TILES) -> Path:
     """Up to `tiles` evenly spaced frames in a square-ish grid, as JPEG (for scrubbing previews)."""
     picks = sprite_picks(len(frames), tiles)
-    count = len(picks)
     height, width = frames[0].shape[:2]
+    return spritesheet_of([sprite_tile(frames[index]) for index in picks], (width, height), path)
+
+
+def _tile_size(width: int, height: int) -> tuple[int, int]:
     tile_w = min(SPRITE_TILE_WIDTH, width)
-    tile_h = max(1, round(height * tile_w / width))
-    cols = math.ceil(math.sqrt(count))
-    rows = math.ceil(count / cols)
+    return tile_w, max(1, round(height * tile_w / width))
+
+
+def sprite_tile(frame: np.ndarray) -> Image.Image:
+    """One frame as a spritesheet tile."""
+    height, width = frame.shape[:2]
+    return Image.fromarray(frame).resize(_tile_size(width, height), Image.Resampling.BILINEAR)
+
+
+def spritesheet_of(tiles: list[Image.Image], size: tuple[int, int], path: Path) -> Path:
+    """The tiles of frames of `size` (width, height), in order, in a square-ish grid, as JPEG."""
+    tile_w, tile_h = _tile_size(*size)
+    cols = math.ceil(math.sqrt(len(tiles)))
+    rows = math.ceil(len(tiles) / cols)
     sheet = Image.new("RGB", (cols * tile_w, rows * tile_h))
-    for n, index in enumerate(picks):
-        tile = Image.fromarray(frames[index]).resize((tile_w, tile_h), Image.Resampling.BILINEAR)
+    for n, tile in enumerate(tiles):
         sheet.paste(tile, ((n % cols) * tile_w, (n // cols) * tile_h))
     sheet.save(path, format="JPEG", quality=85)
     return path

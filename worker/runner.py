@@ -312,7 +312,8 @@ class JobRunner:
         and no source to join (those need every frame first). Its folder is removed by `_close_stream` or the export."""
         if spec.kind == "image" or spec.extend_from is not None or spec.interpolate != 1 or spec.upscale != 1:
             return None
-        return export.Mp4Stream(Path(tempfile.mkdtemp(prefix="wanq-mp4-")) / "video.mp4", spec.output_fps)
+        folder = Path(tempfile.mkdtemp(prefix="wanq-mp4-"))
+        return export.Mp4Stream(folder / "video.mp4", spec.output_fps, expected=spec.num_frames)  # and the stills
 
     @staticmethod
     def _close_stream(stream: export.Mp4Stream | None, frames: int | None) -> Path | None:
@@ -356,7 +357,10 @@ class JobRunner:
             t0 = time.perf_counter()
             video = self._close_stream(stream, len(generated.result.frames))
             tail = time.perf_counter() - t0  # what was left of the encode when the decode ended
-            outputs = self._export_and_upload(record, attempt, generated.result.frames, timings, claim.source, video=video)
+            stills = stream.stills() if stream is not None and video is not None else None
+            outputs = self._export_and_upload(
+                record, attempt, generated.result.frames, timings, claim.source, video=video, stills=stills
+            )
             if stream is not None:
                 timings["encoding_video"] = timings.get("encoding_video", 0.0) + tail
         except Exception as exc:
@@ -455,9 +459,10 @@ class JobRunner:
         source: extension.Source | None = None,
         *,
         video: Path | None = None,
+        stills: dict[str, Path] | None = None,
     ) -> dict[str, str]:
-        """`video`: the MP4 already encoded beside the decode (`_mp4_stream`); `encoding_video` then times only the
-        stills (the encode's tail after the decode is waited for before)."""
+        """`video`: the MP4 already encoded beside the decode (`_mp4_stream`), `stills` the thumbnail and spritesheet
+        made beside it; `encoding_video` then times what is left (the encode's tail is waited for before)."""
         spec = record.spec
         stages = self._export_stages(spec)
 
@@ -486,11 +491,12 @@ class JobRunner:
                     video, whole = extension.write_video(source, frames, spec.output_fps, folder)
                 elif video is None:
                     video = export.write_mp4(frames, spec.output_fps, folder / "video.mp4")
-                files = {
-                    "video": video,
-                    "thumbnail": export.write_thumbnail(whole, folder / "thumbnail.webp"),
-                    "spritesheet": export.write_spritesheet(whole, folder / "spritesheet.jpg"),
-                }
+                if stills is None or source is not None:
+                    stills = {
+                        "thumbnail": export.write_thumbnail(whole, folder / "thumbnail.webp"),
+                        "spritesheet": export.write_spritesheet(whole, folder / "spritesheet.jpg"),
+                    }
+                files = {"video": video, **stills}
                 if spec.upscale != 1:
                     # An extension continues from the generated last frame, which the upscaled MP4 no longer holds.
                     files[LAST_FRAME] = export.write_png(generated_last, folder / "last_frame.png")

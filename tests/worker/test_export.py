@@ -90,6 +90,37 @@ def test_an_mp4_fed_chunk_by_chunk_is_the_file_write_mp4_writes(tmp_path: Path) 
     assert np.array_equal(decoded(streamed), decoded(whole))
 
 
+@pytest.mark.parametrize("count", [81, 13, 1])
+def test_the_stills_made_beside_the_stream_are_the_files_written_from_the_frames(tmp_path: Path, count: int) -> None:
+    frames = moving(count, seed=5, size=48)
+    (tmp_path / "streamed").mkdir()
+    stream = export.Mp4Stream(tmp_path / "streamed" / "video.mp4", 16, expected=count)
+    for start in range(0, count, 4):
+        stream.send(frames[start : start + 4])
+    stream.close()
+    stills = stream.stills()
+    assert stills is not None and set(stills) == {"thumbnail", "spritesheet"}
+    thumbnail = export.write_thumbnail(frames, tmp_path / "thumbnail.webp")
+    sheet = export.write_spritesheet(frames, tmp_path / "spritesheet.jpg")
+    assert stills["thumbnail"].read_bytes() == thumbnail.read_bytes()
+    assert stills["spritesheet"].read_bytes() == sheet.read_bytes()
+
+
+def test_a_stream_that_got_other_than_the_expected_frames_leaves_the_stills_to_the_caller(tmp_path: Path) -> None:
+    short = export.Mp4Stream(tmp_path / "short.mp4", 16, expected=9)
+    short.send(moving(8, seed=6))
+    short.close()
+    assert short.stills() is None
+    long = export.Mp4Stream(tmp_path / "long.mp4", 16, expected=9)
+    long.send(moving(10, seed=6))
+    long.close()
+    assert long.stills() is None
+    unasked = export.Mp4Stream(tmp_path / "unasked.mp4", 16)
+    unasked.send(moving(9, seed=6))
+    unasked.close()
+    assert unasked.stills() is None
+
+
 def test_an_aborted_mp4_stream_leaves_no_file_and_a_failed_one_says_so(tmp_path: Path) -> None:
     stream = export.Mp4Stream(tmp_path / "dropped.mp4", 16)
     stream.send(moving(5, seed=4))
