@@ -65,7 +65,7 @@ def tally(
             by_job[job].dropped += 1
     for (job, attempt), run in runs.items():
         tallied = by_job[job]
-        if run["ended"] is None and run["uploaded"] and completed.get(job) == attempt:
+        if run["ended"] is None and run["uploaded"] and run["pid"] in killed_pids and completed.get(job) == attempt:
             run["ended"] = "completed"  # recorded completed, killed before its journal line
             tallied.completed_then_killed += 1
         if run["ended"] is not None:

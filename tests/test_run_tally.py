@@ -37,3 +37,7 @@ def test_a_run_that_was_not_killed_and_never_ended_stays_unexplained() -> None:
     events = [event("claimed", 10, 1), event("claimed", 12, 2), event("ended", 12, 2, outcome="completed")]
     told = tally(events, ["video_a"], killed_pids=set(), completed={"video_a": 2})["video_a"]
     assert told.unexplained == [1] and not told.exactly_once()
+    # The record's word explains only a kill: a completing run that lost its `ended` line otherwise is a fault.
+    lost_line = [event("claimed", 12, 1), event("uploaded", 12, 1)]
+    told = tally(lost_line, ["video_a"], killed_pids=set(), completed={"video_a": 1})["video_a"]
+    assert told.unexplained == [1] and told.completed_then_killed == 0 and not told.exactly_once()

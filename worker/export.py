@@ -3,6 +3,7 @@ image job); and back: an MP4's frames, and several MP4s of the same settings joi
 
 from __future__ import annotations
 
+import logging
 import math
 import queue
 import subprocess
@@ -14,6 +15,8 @@ from typing import Any, Protocol
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
+
+log = logging.getLogger("wanq.export")
 
 SPRITE_TILES = 16
 SPRITE_TILE_WIDTH = 160
@@ -91,12 +94,27 @@ class Mp4Stream:
             raise RuntimeError(f"the MP4 encoder wrote nothing to {self.path.name}")
         return self.path
 
+    def _still(self, frame: np.ndarray) -> None:
+        """The stills' share of a frame; a failure there drops the stills (the caller writes them from the frames),
+        never the MP4."""
+        if self._stills is None:
+            return
+        try:
+            self._stills.add(frame)
+        except Exception:
+            log.exception("the stills made beside the MP4 failed: they are written from the frames instead")
+            self._stills = None
+
     def stills(self) -> dict[str, Path] | None:
         """After `close()`: the thumbnail and spritesheet made from the streamed frames, or None (not asked for, or
         the stream did not get exactly the expected frames: the caller writes them from the frames)."""
         if self._stills is None or self.frames != self.expected or self._error is not None:
             return None
-        return self._stills.finish()
+        try:
+            return self._stills.finish()
+        except Exception:
+            log.exception("the spritesheet made beside the MP4 failed: the stills are written from the frames instead")
+            return None
 
     def abort(self) -> None:
         self._aborted = True
@@ -115,8 +133,7 @@ class Mp4Stream:
                     writer = _x264(self.path, (width, height), self.fps, self.preset, self.crf)
                 for frame in chunk:
                     writer.send(np.ascontiguousarray(frame))
-                    if self._stills is not None:
-                        self._stills.add(frame)
+                    self._still(frame)
         except BaseException as exc:  # kept for close(); the rest of the queue is drained by the loop's end
             self._error = exc
             while self._queue.get() is not None:

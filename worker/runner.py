@@ -88,7 +88,7 @@ class Ended:
     code: str | None = None
     """A failed run's error code (`out_of_memory`, `timeout`, ...), which its record holds too."""
     journaled: bool = field(default=False, compare=False)
-    """Its `ended` line is in the run journal already (a completion is journaled the moment it is recorded)."""
+    """Its `ended` line was written to the run journal already, or tried (a completion's, the moment it is recorded)."""
 
     @property
     def label(self) -> str:
@@ -397,14 +397,20 @@ class JobRunner:
                 jobstate.cancel_running(self.store, done.record, attempt, timings)
                 return Ended(record.id, Outcome.canceled)
             return Ended(record.id, Outcome.of_status(done.record.status))
-        # Journaled the moment it is recorded, before the cleanup's round trips: a kill after this line leaves the
-        # journal agreeing with the record (the `ended` line of _finalize is then not written again).
-        self.journal.write("ended", record.id, attempt=attempt, outcome=Outcome.completed.value)
+        # Recorded completed: whatever happens below, that is the outcome. Journaled the moment it is recorded,
+        # before the cleanup's round trips, so that a kill during them leaves the journal agreeing with the record.
+        try:
+            self.journal.write("ended", record.id, attempt=attempt, outcome=Outcome.completed.value)
+        except OSError as exc:
+            log.warning("could not journal the run's end: %s", exc, extra={"job_id": record.id})
         log.info(
             "job completed",
             extra={"job_id": record.id, "model": spec.model, "tenant": record.tenant, "total_s": round(timings["total"], 3)},
         )
-        self._forget_other_runs(record, attempt)
+        try:
+            self._forget_other_runs(record, attempt)
+        except Exception as exc:  # left for the job's expiry, which deletes its whole prefix
+            log.warning("could not delete what interrupted runs stored: %s", exc, extra={"job_id": record.id})
         return Ended(record.id, Outcome.completed, journaled=True)
 
     def _forget_other_runs(self, record: JobRecord, attempt: int) -> None:

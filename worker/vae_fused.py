@@ -1,7 +1,8 @@
 """The Wan VAE decoder's memory-bound parts, fused: RMS norm + SiLU in one kernel, spatial padding inside the conv.
 
-The decoder (diffusers' `AutoencoderKLWan`, both Wan2.1's and Wan2.2's) runs at up to 1280x704 with 96-256
-channels, four frames a chunk, so each activation is hundreds of MB, and the convolutions are not the whole cost:
+The decoder (diffusers' `AutoencoderKLWan`, both Wan2.1's and Wan2.2's) is called once per latent frame, which its
+upsamplers make four frames at up to 1280x704 with 96-256 channels: each activation is hundreds of MB, and the
+convolutions are not the whole cost:
 - `WanRMS_norm` then `SiLU` run as eight eager kernels (to fp32, the norm's reduction, clamp, divide, back to
   bf16, two scalings, the bias, the activation), each reading and writing the whole activation. `NormSiLU` is the
   same arithmetic in one compiled (inductor) kernel: one read, one write. Where the activation followed a norm, the
@@ -23,6 +24,10 @@ import torch.nn.functional as F
 from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d, WanDecoder3d, WanResidualBlock, WanRMS_norm
 from torch import nn
 
+BACKEND = "inductor"
+COMPILE_ON_CPU = False
+"""Tests compile on the CPU too (with the "eager" backend: dynamo's graphs and guards, no C++ compiler)."""
+RECOMPILE_LIMIT = 64
 _compiled: Callable[..., torch.Tensor] | None = None
 
 
@@ -37,12 +42,14 @@ def norm_silu(x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | None, s
 
 
 def _norm_silu_kernel(x: torch.Tensor) -> Callable[..., torch.Tensor]:
-    """One compiled kernel per process on a GPU (dynamic shapes: every chunk and resolution shares it); eager elsewhere."""
+    """Compiled on a GPU, with dynamic shapes: a few graphs per process (a chunk of one frame, the layouts met), not
+    one per channel count and size; eager elsewhere. Not `fullgraph`: past the recompile limit dynamo runs the
+    function eagerly instead of failing the decode."""
     global _compiled
-    if x.device.type != "cuda":
+    if x.device.type != "cuda" and not COMPILE_ON_CPU:
         return norm_silu
     if _compiled is None:
-        _compiled = torch.compile(norm_silu, dynamic=True, fullgraph=True)
+        _compiled = torch.compile(norm_silu, dynamic=True, backend=BACKEND)
     return _compiled
 
 
@@ -57,13 +64,15 @@ class NormSiLU(nn.Module):
         self.bias = norm.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias if isinstance(self.bias, torch.Tensor) else None  # else the stock 0.0: adding it is exact
-        return _norm_silu_kernel(x)(x, self.gamma, bias, self.scale, 1 if self.channel_first else -1)
+        # Detached: dynamo keeps a Parameter's shape static (a graph per channel count); a plain tensor's is dynamic.
+        bias = self.bias.detach() if isinstance(self.bias, torch.Tensor) else None  # else the stock 0.0: exact to add
+        return _norm_silu_kernel(x)(x, self.gamma.detach(), bias, self.scale, 1 if self.channel_first else -1)
 
 
 class PaddedInConv(WanCausalConv3d):
-    """`WanCausalConv3d` with the spatial zero padding done by the convolution itself (set as an instance's class:
-    its weights, and any hook wrapped around its forward before, stay as they were)."""
+    """`WanCausalConv3d` with the spatial zero padding done by the convolution itself, set as an instance's class (its
+    weights stay). A hook that wrapped the instance's forward before keeps calling the stock one: the option is
+    refused with the VAE's offload hooks (worker/options/decode.py)."""
 
     def forward(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
         pw, _, ph, _, pt, _ = (int(p) for p in self._padding)
@@ -79,6 +88,9 @@ class PaddedInConv(WanCausalConv3d):
 
 def install(decoder: nn.Module) -> dict[str, int]:
     """Fuses `decoder` (an `AutoencoderKLWan`'s `.decoder`) in place; returns what was changed. Idempotent."""
+    for limit in ("recompile_limit", "cache_size_limit"):  # as worker/accel.py does for --compile
+        if hasattr(torch._dynamo.config, limit):
+            setattr(torch._dynamo.config, limit, max(RECOMPILE_LIMIT, getattr(torch._dynamo.config, limit)))
     counts = {"norms": 0, "convs": 0}
     for module in decoder.modules():
         norm_names: tuple[str, ...] = ()

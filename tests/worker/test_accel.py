@@ -48,6 +48,7 @@ def tiny_ti2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ({"vae_compile": True, "vae_cpu_offload": True}, {}, "--vae-compile cannot be combined with offload hooks"),
         ({"vae_path": "/no/such/vae"}, {}, "--vae-path /no/such/vae does not exist"),
         ({"fused_ffn": True, "offload": "sequential"}, {}, "--fused-ffn cannot be combined with --offload sequential"),
+        ({"fused_ffn": True, "quantization": "fp8"}, {}, "--fused-ffn does nothing with --quantization fp8"),
         ({"vae_fused": True, "vae_cpu_offload": True}, {}, "--vae-fused cannot be combined with offload hooks on the VAE"),
     ],
 )
@@ -80,7 +81,8 @@ def test_impossible_configurations_are_refused_with_what_to_change(options: dict
         },
         {"attention_backend": "fa4", "num_gpus": 2, "ring_degree": 2},
         {"vae_compile": True, "vae_channels_last": True, "cudnn_benchmark": True, "compile": True},
-        {"fused_ffn": True, "vae_fused": True, "attention_backend": "fa4", "quantization": "fp8", "compile": True},
+        {"fused_ffn": True, "vae_fused": True, "attention_backend": "fa4", "compile": True},
+        {"vae_fused": True, "attention_backend": "fa4", "quantization": "fp8", "compile": True},
         {"fused_ffn": True, "offload": "group"},
     ],
 )

@@ -106,6 +106,19 @@ def test_the_stills_made_beside_the_stream_are_the_files_written_from_the_frames
     assert stills["spritesheet"].read_bytes() == sheet.read_bytes()
 
 
+def test_stills_that_fail_beside_the_stream_leave_the_mp4_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(frames: object, path: Path) -> Path:
+        raise OSError("no room for the thumbnail")
+
+    monkeypatch.setattr(export, "write_thumbnail", broken)
+    frames = moving(9, seed=7)
+    stream = export.Mp4Stream(tmp_path / "video.mp4", 16, expected=9)
+    stream.send(frames)
+    assert stream.close() == tmp_path / "video.mp4"  # the MP4 is kept: only the stills are left to the caller
+    assert stream.stills() is None
+    assert export.probe_mp4(tmp_path / "video.mp4")["frames"] == 9
+
+
 def test_a_stream_that_got_other_than_the_expected_frames_leaves_the_stills_to_the_caller(tmp_path: Path) -> None:
     short = export.Mp4Stream(tmp_path / "short.mp4", 16, expected=9)
     short.send(moving(8, seed=6))

@@ -84,3 +84,48 @@ def test_norm_silu_is_the_stock_norm_then_silu_in_low_precision() -> None:
     norm = norm.to(torch.bfloat16)
     want = torch.nn.functional.silu(norm(x))
     assert torch.equal(vae_fused.NormSiLU(norm)(x), want)
+
+
+def wan22_shaped(seed: int = 0) -> AutoencoderKLWan:
+    """Wan2.2's VAE with its channel multipliers (three channel counts in the decoder, as in the released one), narrow."""
+    torch.manual_seed(seed)
+    return AutoencoderKLWan(
+        base_dim=8,
+        decoder_base_dim=16,
+        z_dim=48,
+        dim_mult=[1, 2, 4, 4],
+        num_res_blocks=2,
+        temperal_downsample=[False, True, True],
+        is_residual=True,
+        in_channels=12,
+        out_channels=12,
+        patch_size=2,
+        scale_factor_temporal=4,
+        scale_factor_spatial=16,
+    )
+
+
+@pytest.mark.parametrize("make", [wan21, wan22_shaped], ids=["wan2.1-vae", "wan2.2-vae"])
+def test_the_compiled_norm_takes_a_few_graphs_for_every_size_and_never_falls_back(make, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """On a GPU the norm + SiLU is compiled with dynamic shapes. Compiled here with dynamo's "eager" backend (its graphs
+    and guards, no C++ compiler): two video sizes and both chunk lengths must share a handful of graphs, well under
+    the recompile limit past which dynamo would run it eagerly (a Parameter's shape, static to dynamo, would give a
+    graph per channel count)."""
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setattr(vae_fused, "BACKEND", "eager")
+    monkeypatch.setattr(vae_fused, "COMPILE_ON_CPU", True)
+    monkeypatch.setattr(vae_fused, "_compiled", None)
+    torch._dynamo.reset()
+    counters.clear()
+    stock = randomized(make())
+    fused = copy.deepcopy(stock)
+    vae_fused.install(fused.decoder)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for height, width in ((4, 6), (6, 4)):
+            latents = torch.randn(1, stock.config.z_dim, 3, height, width, generator=generator)
+            torch.testing.assert_close(fused.decode(latents).sample, stock.decode(latents).sample, rtol=0, atol=1e-6)
+    graphs = counters["stats"]["unique_graphs"]
+    assert 1 <= graphs <= 6, f"{graphs} graphs for the norm"  # 4-5 measured; 7-9 with the Parameter's static shape
+    torch._dynamo.reset()

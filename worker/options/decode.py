@@ -98,7 +98,9 @@ FUSED = _decode(
     "the decoder's RMS norm + SiLU as one compiled kernel, spatial padding inside the convs; GPU not yet timed",
     _fused,
     "worker/vae_fused.py on `vae.decoder` (same weights)",
-    vae_hooks("--vae-fused", "they move the weights of the modules it replaces"),
+    vae_hooks(
+        "--vae-fused", "they wrap the forwards of the modules it replaces, so the fused ones would not run or not be onloaded"
+    ),
 )
 COMPILE_DECODER = _decode(
     "--vae-compile",

@@ -26,7 +26,13 @@ FUSED_FFN = Option(
             "--offload sequential",
             lambda s, _e: s.offload == "sequential",
             "--fused-ffn cannot be combined with --offload sequential (its hooks move each weight as its own layer is "
-            "called, which the fused product skips); use --offload group or model, or --no-fused-ffn",
+            "called, which the fused product skips); use --offload group or model, or drop --fused-ffn",
+        ),
+        rule(
+            "--quantization fp8",
+            lambda s, _e: s.quantization == "fp8",
+            "--fused-ffn does nothing with --quantization fp8 (FP8 quantizes the FFN's linear, which then runs "
+            "torchao's product); drop one",
         ),
     ),
     applies_to="transformers",
