@@ -18,6 +18,7 @@ stock arithmetic in the stock order (bit-identical frames: tests/worker/test_vae
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,10 @@ def _norm_silu_kernel(x: torch.Tensor) -> Callable[..., torch.Tensor]:
 class NormSiLU(nn.Module):
     """A `WanRMS_norm` and the SiLU after it; the norm's parameters are kept under their names (`gamma`, `bias`)."""
 
-    def __init__(self, norm: nn.Module) -> None:
+    gamma: nn.Parameter
+    bias: nn.Parameter | float
+
+    def __init__(self, norm: Any) -> None:
         super().__init__()
         self.channel_first = norm.channel_first
         self.scale = norm.scale
