@@ -9,6 +9,7 @@ import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan, WanRMS_norm
 from torch import nn
 
+from benchmarks.gpu_models import WAN22_VAE
 from worker import vae_fused
 
 
@@ -19,22 +20,16 @@ def wan21(seed: int = 0) -> AutoencoderKLWan:
     )
 
 
-def wan22(seed: int = 0) -> AutoencoderKLWan:
+def wan22(seed: int = 0, *, dim_mult: tuple[int, ...] = (1, 2, 2, 2), blocks: int = 1, width: int = 12) -> AutoencoderKLWan:
+    """The released Wan2.2 VAE's layout (benchmarks/gpu_models.py), narrow."""
     torch.manual_seed(seed)
-    return AutoencoderKLWan(
-        base_dim=8,
-        decoder_base_dim=12,
-        z_dim=48,
-        dim_mult=[1, 2, 2, 2],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-        is_residual=True,
-        in_channels=12,
-        out_channels=12,
-        patch_size=2,
-        scale_factor_temporal=4,
-        scale_factor_spatial=16,
-    )
+    narrow = {"base_dim": 8, "decoder_base_dim": width, "dim_mult": list(dim_mult), "num_res_blocks": blocks}
+    return AutoencoderKLWan(**{**WAN22_VAE, **narrow})
+
+
+def wan22_shaped(seed: int = 0) -> AutoencoderKLWan:
+    """With the released one's channel multipliers and blocks (three channel counts in the decoder)."""
+    return wan22(seed, dim_mult=(1, 2, 4, 4), blocks=2, width=16)
 
 
 def randomized(vae: AutoencoderKLWan) -> AutoencoderKLWan:
@@ -84,25 +79,6 @@ def test_norm_silu_is_the_stock_norm_then_silu_in_low_precision() -> None:
     norm = norm.to(torch.bfloat16)
     want = torch.nn.functional.silu(norm(x))
     assert torch.equal(vae_fused.NormSiLU(norm)(x), want)
-
-
-def wan22_shaped(seed: int = 0) -> AutoencoderKLWan:
-    """Wan2.2's VAE with its channel multipliers (three channel counts in the decoder, as in the released one), narrow."""
-    torch.manual_seed(seed)
-    return AutoencoderKLWan(
-        base_dim=8,
-        decoder_base_dim=16,
-        z_dim=48,
-        dim_mult=[1, 2, 4, 4],
-        num_res_blocks=2,
-        temperal_downsample=[False, True, True],
-        is_residual=True,
-        in_channels=12,
-        out_channels=12,
-        patch_size=2,
-        scale_factor_temporal=4,
-        scale_factor_spatial=16,
-    )
 
 
 @pytest.mark.parametrize("make", [wan21, wan22_shaped], ids=["wan2.1-vae", "wan2.2-vae"])
