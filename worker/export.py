@@ -58,17 +58,21 @@ class Mp4Stream:
 
     With `expected` (the video's frame count), the same thread also makes the stills as their frames go by (the
     thumbnail's middle frame, the spritesheet's tiles), beside the MP4: `stills()` then gives the files
-    write_thumbnail and write_spritesheet would write, if the stream got exactly `expected` frames."""
+    write_thumbnail and write_spritesheet would write, if the stream got exactly `expected` frames. `skip` leaves the
+    first frames sent out of the MP4 (an extension's first, which repeats its source's last); `frames` counts them."""
 
     _END = None
 
-    def __init__(self, path: Path, fps: int, *, preset: str = "veryfast", crf: int = 18, expected: int | None = None) -> None:
+    def __init__(
+        self, path: Path, fps: int, *, preset: str = "veryfast", crf: int = 18, expected: int | None = None, skip: int = 0
+    ) -> None:
         self.path = path
         self.fps = fps
         self.preset = preset
         self.crf = crf
         self.frames = 0
         self.expected = expected
+        self._skip = skip
         self._stills = StreamedStills(path.parent, expected) if expected else None
         self._queue: queue.Queue[np.ndarray | None] = queue.Queue()
         self._error: BaseException | None = None
@@ -126,7 +130,10 @@ class Mp4Stream:
         writer = None
         try:
             while (chunk := self._queue.get()) is not None:
-                if self._aborted:
+                if self._skip:
+                    dropped, self._skip = min(self._skip, len(chunk)), self._skip - min(self._skip, len(chunk))
+                    chunk = chunk[dropped:]
+                if self._aborted or len(chunk) == 0:
                     continue
                 if writer is None:
                     height, width = chunk.shape[1:3]

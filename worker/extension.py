@@ -136,11 +136,19 @@ def _generated_last_frame(storage: Storage, source: JobRecord, spec: GenerationS
     return frame
 
 
-def write_video(source: Source, generated: np.ndarray, fps: int, folder: Path) -> tuple[Path, Stitched]:
+NEW_PART_SKIPS = 1
+"""The generated frames the joined video leaves out: the first repeats the source's last frame."""
+
+
+def write_video(
+    source: Source, generated: np.ndarray, fps: int, folder: Path, *, part: Path | None = None
+) -> tuple[Path, Stitched]:
     """The whole video's MP4 (the source's stream, then the new frames but the first) and its frames for the
-    previews."""
-    new = generated[1:]  # the first repeats the source's last frame
-    part = export.write_mp4(new, fps, folder / "part.mp4")
+    previews. `part`: the new frames' MP4 already encoded beside the decode (export.Mp4Stream with
+    `skip=NEW_PART_SKIPS`), else it is encoded here."""
+    new = generated[NEW_PART_SKIPS:]
+    if part is None:
+        part = export.write_mp4(new, fps, folder / "part.mp4")
     video = export.concat_mp4([source.path, part], folder / "video.mp4")
     part.unlink()
     return video, source.whole(new)

@@ -309,10 +309,13 @@ class JobRunner:
     @staticmethod
     def _mp4_stream(spec: GenerationSpec) -> export.Mp4Stream | None:
         """An MP4 encoder fed by the decode, for a video whose frames go to the MP4 as decoded: no post-processing
-        and no source to join (those need every frame first). Its folder is removed by `_close_stream` or the export."""
-        if spec.kind == "image" or spec.extend_from is not None or spec.interpolate != 1 or spec.upscale != 1:
+        (it needs every frame first). An extension's stream is its new part, joined to the source by the export;
+        its stills are the joined video's, made by the export. Its folder is removed by `_close_stream` or the export."""
+        if spec.kind == "image" or spec.interpolate != 1 or spec.upscale != 1:
             return None
         folder = Path(tempfile.mkdtemp(prefix="wanq-mp4-"))
+        if spec.extend_from is not None:
+            return export.Mp4Stream(folder / "part.mp4", spec.output_fps, skip=extension.NEW_PART_SKIPS)
         return export.Mp4Stream(folder / "video.mp4", spec.output_fps, expected=spec.num_frames)  # and the stills
 
     @staticmethod
@@ -494,7 +497,7 @@ class JobRunner:
                 t0 = time.perf_counter()
                 if source is not None:
                     # the new part's first frame (the source's last, generated) is left out; both at output_fps
-                    video, whole = extension.write_video(source, frames, spec.output_fps, folder)
+                    video, whole = extension.write_video(source, frames, spec.output_fps, folder, part=video)
                 elif video is None:
                     video = export.write_mp4(frames, spec.output_fps, folder / "video.mp4")
                 if stills is None or source is not None:

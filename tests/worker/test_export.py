@@ -90,6 +90,20 @@ def test_an_mp4_fed_chunk_by_chunk_is_the_file_write_mp4_writes(tmp_path: Path) 
     assert np.array_equal(decoded(streamed), decoded(whole))
 
 
+@pytest.mark.parametrize("chunks", [(1, 4, 4), (5, 4), (9,)])
+def test_a_stream_that_skips_the_first_frame_is_the_mp4_of_the_rest(tmp_path: Path, chunks: tuple[int, ...]) -> None:
+    """An extension's new part, streamed: its first frame repeats the source's last and stays out of the MP4."""
+    frames = moving(9, seed=8)
+    stream = export.Mp4Stream(tmp_path / "part.mp4", 16, skip=1)
+    start = 0
+    for count in chunks:
+        stream.send(frames[start : start + count])
+        start += count
+    part = stream.close()
+    assert stream.frames == 9  # every frame sent is counted: the runner checks it against the decode's
+    assert np.array_equal(decoded(part), decoded(export.write_mp4(frames[1:], 16, tmp_path / "rest.mp4")))
+
+
 @pytest.mark.parametrize("count", [81, 13, 1])
 def test_the_stills_made_beside_the_stream_are_the_files_written_from_the_frames(tmp_path: Path, count: int) -> None:
     frames = moving(count, seed=5, size=48)

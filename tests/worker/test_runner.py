@@ -6,6 +6,7 @@ is finishing at a time, and the prompt cache stays within its bound.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -363,3 +364,35 @@ def test_a_completion_is_journaled_before_the_cleanup_that_follows_it(
     events = journal.read(str(path))
     assert [e["event"] for e in events] == ["claimed", "uploaded", "ended"], events  # not journaled twice
     assert {e["attempt"] for e in events} == {1} and {e["job"] for e in events} == {job}
+
+
+@pytest.mark.parametrize(
+    ("fields", "stream"),
+    [
+        ({}, "video.mp4 with its stills"),
+        ({"extend_from": "video_source", "source_frames": 17}, "part.mp4 without its first frame"),
+        ({"upscale": 2}, None),  # post-processing needs every frame first
+        ({"interpolate": 2}, None),
+        ({"kind": "image", "num_frames": 1}, None),
+    ],
+)
+def test_which_jobs_encode_their_mp4_beside_the_decode(fields: dict[str, Any], stream: str | None) -> None:
+    base: dict[str, Any] = dict(
+        model="tiny-runner", prompt="p", negative_prompt="", width=64, height=64, num_frames=9, fps=8,
+        num_inference_steps=2, guidance_scale=2.0, guidance_scale_2=2.0, flow_shift=5.0, seed=1,
+    )  # fmt: skip
+    spec = GenerationSpec(**{**base, **fields})
+    made = JobRunner._mp4_stream(spec)
+    if stream is None:
+        assert made is None
+        return
+    assert made is not None
+    made.abort()
+    shutil.rmtree(made.path.parent)
+    if made.expected == spec.num_frames and made._skip == 0:
+        described = f"{made.path.name} with its stills"
+    elif made.expected is None and made._skip == 1:
+        described = f"{made.path.name} without its first frame"
+    else:
+        described = f"{made.path.name}: expected {made.expected}, skip {made._skip}"
+    assert described == stream
