@@ -59,7 +59,8 @@ class Mp4Stream:
     With `expected` (the video's frame count), the same thread also makes the stills as their frames go by (the
     thumbnail's middle frame, the spritesheet's tiles), beside the MP4: `stills()` then gives the files
     write_thumbnail and write_spritesheet would write, if the stream got exactly `expected` frames. `skip` leaves the
-    first frames sent out of the MP4 (an extension's first, which repeats its source's last); `frames` counts them."""
+    first frames sent out of the MP4 (an extension's first, which repeats its source's last); `frames` counts them.
+    The two are not combined (the stills would be of the MP4's frames, `expected` of those sent)."""
 
     _END = None
 
@@ -71,8 +72,11 @@ class Mp4Stream:
         self.preset = preset
         self.crf = crf
         self.frames = 0
+        if expected and skip:
+            raise ValueError("Mp4Stream: the stills (expected) and skipped frames are not combined")
         self.expected = expected
-        self._skip = skip
+        self.skip = skip
+        self._to_skip = skip
         self._stills = StreamedStills(path.parent, expected) if expected else None
         self._queue: queue.Queue[np.ndarray | None] = queue.Queue()
         self._error: BaseException | None = None
@@ -130,8 +134,9 @@ class Mp4Stream:
         writer = None
         try:
             while (chunk := self._queue.get()) is not None:
-                if self._skip:
-                    dropped, self._skip = min(self._skip, len(chunk)), self._skip - min(self._skip, len(chunk))
+                if self._to_skip:
+                    dropped = min(self._to_skip, len(chunk))
+                    self._to_skip -= dropped
                     chunk = chunk[dropped:]
                 if self._aborted or len(chunk) == 0:
                     continue

@@ -182,6 +182,9 @@ class JobRunner:
                 self._pending = self._finisher.submit(self._finalize, claim, generated, report)
             except BaseException:
                 self._close_stream(generated.stream, None)  # its encoder thread and folder go with the run
+                self._release(claim)  # an extension's source folder too
+                if self._finishing == job_id:
+                    self._finishing = None
                 raise
         finally:
             self.current_job = None
@@ -320,8 +323,9 @@ class JobRunner:
 
     @staticmethod
     def _close_stream(stream: export.Mp4Stream | None, frames: int | None) -> Path | None:
-        """The streamed MP4 if it holds all `frames` (None: the run failed); else it is dropped, and the export
-        encodes the frames itself (an engine that did not feed it, or fed it only part)."""
+        """The streamed MP4 if it was fed all `frames` (None: the run failed): the video, or an extension's new part
+        (all but its first frame); else it is dropped, and the export encodes the frames itself (an engine that did
+        not feed it, or fed it only part)."""
         if stream is None:
             return None
         if frames is not None and stream.frames == frames:
@@ -470,8 +474,9 @@ class JobRunner:
         video: Path | None = None,
         stills: dict[str, Path] | None = None,
     ) -> dict[str, str]:
-        """`video`: the MP4 already encoded beside the decode (`_mp4_stream`), `stills` the thumbnail and spritesheet
-        made beside it; `encoding_video` then times what is left (the encode's tail is waited for before)."""
+        """`video`: the MP4 already encoded beside the decode (`_mp4_stream`; an extension's new part, joined here),
+        `stills` the thumbnail and spritesheet made beside it; `encoding_video` then times what is left (the encode's
+        tail is waited for before)."""
         spec = record.spec
         stages = self._export_stages(spec)
 

@@ -389,10 +389,39 @@ def test_which_jobs_encode_their_mp4_beside_the_decode(fields: dict[str, Any], s
     assert made is not None
     made.abort()
     shutil.rmtree(made.path.parent)
-    if made.expected == spec.num_frames and made._skip == 0:
+    if made.expected == spec.num_frames and made.skip == 0:
         described = f"{made.path.name} with its stills"
-    elif made.expected is None and made._skip == 1:
+    elif made.expected is None and made.skip == 1:
         described = f"{made.path.name} without its first frame"
     else:
-        described = f"{made.path.name}: expected {made.expected}, skip {made._skip}"
+        described = f"{made.path.name}: expected {made.expected}, skip {made.skip}"
     assert described == stream
+
+
+def test_a_run_that_cannot_be_handed_to_the_export_lets_go_of_what_it_holds(
+    runner: tuple[JobRunner, SlowUploads], store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If waiting for the previous export raises, the run's stream and its claim's source (an extension's folder) are
+    released, and the heartbeat names no job as finishing; the record is left to the requeue of lost attempts."""
+    job_runner, _ = runner
+    released: list[str] = []
+    streams: list[Path] = []
+    real_stream = JobRunner._mp4_stream
+
+    def stream(spec: GenerationSpec) -> Any:
+        made = real_stream(spec)
+        streams.append(made.path.parent)
+        return made
+
+    def broken_wait() -> None:
+        raise RuntimeError("the previous export failed")
+
+    monkeypatch.setattr(JobRunner, "_mp4_stream", staticmethod(stream))
+    monkeypatch.setattr(JobRunner, "_release", staticmethod(lambda claim: released.append(claim.record.id)))
+    monkeypatch.setattr(job_runner, "wait_pending", broken_wait)
+    job = make_job(store, "handed off to nobody")
+    with pytest.raises(RuntimeError, match="the previous export failed"):
+        job_runner.run(job)
+    assert released == [job]
+    assert job_runner.busy_with() == []
+    assert streams and not streams[0].exists()  # the encoder's folder went with the run
