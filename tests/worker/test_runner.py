@@ -74,23 +74,16 @@ def runner(settings: Settings, store: JobStore, engine: WanEngine) -> Iterator[t
     storage.release.set()
 
 
+def tiny_spec(prompt: str = "p", **fields: Any) -> GenerationSpec:
+    base: dict[str, Any] = dict(
+        model="tiny-runner", prompt=prompt, negative_prompt="", width=64, height=64, num_frames=5, fps=8,
+        num_inference_steps=2, guidance_scale=2.0, guidance_scale_2=2.0, flow_shift=5.0, seed=1,
+    )  # fmt: skip
+    return GenerationSpec(**{**base, **fields})
+
+
 def make_job(store: JobStore, prompt: str, **fields: Any) -> str:
-    spec = GenerationSpec(
-        model="tiny-runner",
-        prompt=prompt,
-        negative_prompt="",
-        width=64,
-        height=64,
-        num_frames=5,
-        fps=8,
-        num_inference_steps=2,
-        guidance_scale=2.0,
-        guidance_scale_2=2.0,
-        flow_shift=5.0,
-        seed=1,
-        **fields,
-    )
-    record = JobRecord(id=f"video_runner_{time.time_ns()}", tenant="runner-test", spec=spec)
+    record = JobRecord(id=f"video_runner_{time.time_ns()}", tenant="runner-test", spec=tiny_spec(prompt, **fields))
     store_job(store, record)
     return record.id
 
@@ -377,11 +370,7 @@ def test_a_completion_is_journaled_before_the_cleanup_that_follows_it(
     ],
 )
 def test_which_jobs_encode_their_mp4_beside_the_decode(fields: dict[str, Any], stream: str | None) -> None:
-    base: dict[str, Any] = dict(
-        model="tiny-runner", prompt="p", negative_prompt="", width=64, height=64, num_frames=9, fps=8,
-        num_inference_steps=2, guidance_scale=2.0, guidance_scale_2=2.0, flow_shift=5.0, seed=1,
-    )  # fmt: skip
-    spec = GenerationSpec(**{**base, **fields})
+    spec = tiny_spec(**{"num_frames": 9, **fields})
     made = JobRunner._mp4_stream(spec)
     if stream is None:
         assert made is None
