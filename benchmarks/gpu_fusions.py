@@ -1,12 +1,14 @@
 """The fusions of issue 26's second pass, each against the stock path in the same run (one GPU).
 
-    python3 benchmarks/gpu_fusions.py --out DIR [--mirror DIR] [--part gemm --part step --part decode] [--tiny]
+    python3 benchmarks/gpu_fusions.py --out DIR [--mirror DIR] [--part attn --part gemm --part step --part decode] [--tiny]
 
+- `attn`: FA4's sm90 forward at TI2V-5B's and A14B's attention shapes with each feasible tile shape (FA4 picks
+  128 x 128 at head dim 128; FA3 picks 128 x 176); TFLOP/s and the difference from the default.
 - `gemm`: the FFN's first product + bias + tanh GELU at TI2V-5B's and A14B's 720p shapes: inductor's product then
   its fused bias+GELU kernel (what the compiled block runs), against `wanq::linear_gelu_tanh` (worker/fused_ffn.py,
   cuBLASLt's GELU_BIAS epilogue); seconds and the largest difference.
-- `step`: one TI2V-5B transformer forward at 1280x704x81 (fa4, regional compile), stock, with the fused FFN, and
-  with the fused FFN and diffusers' fused QKV projections (`fuse_projections`); median of CUDA-event timings, the
+- `step`: one TI2V-5B transformer forward at 1280x704x81 (fa4, regional compile), stock, with the `attn` part's
+  fastest tile (when it is not FA4's default), then also with the fused FFN, and also with diffusers' fused QKV projections (`fuse_projections`); median of CUDA-event timings, the
   relative error of the output against stock.
 - `decode`: the VAE decode at 720p x81 (Wan2.2's for TI2V-5B, Wan2.1's for A14B), channels-last as the worker runs
   it, stock and with worker/vae_fused.py; median of 3 after a warm-up, the largest difference in 8-bit levels.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from functools import partial
@@ -67,6 +70,81 @@ def _gemm(shape: tuple[int, int, int], device: Any, dtype: Any) -> dict[str, Any
     }
 
 
+ATTN_SHAPES = {"ti2v-5b": (18_480, 24), "t2v-a14b": (75_600, 40)}  # 720p x81 tokens, heads (head dim 128)
+TINY_ATTN = {"tiny": (1_024, 2)}
+ATTN_TILES = [
+    "default",
+    "128x144",
+    "128x160",
+    "128x176",
+    "128x192",
+    "128x176,no-overlap",
+    "128x192,no-overlap",
+    "192x128,no-overlap,512",
+]
+"""$WANQ_BENCH_FA4_TILE's spellings (benchmarks/harness.py): FA4's own sm90 choice at head dim 128 (128 x 128, P in
+registers, intra-warpgroup overlap), wider k/v tiles (128 x 176 is FA3's, hopper/tile_size.h), without the overlap,
+and three consumer warpgroups on 192 rows of q."""
+
+
+def part_attn(results: harness.Results, tiny: bool) -> None:
+    """FA4's sm90 forward at Wan's shapes (B=1, head dim 128, no mask) for tile shapes the config search
+    (flash_attn/cute/sm90_config_search.py) calls feasible: TFLOP/s = 4 B H L^2 D / t, and the largest difference
+    from FA4's default output. On a CPU (--tiny) SDPA stands in and only the bookkeeping runs."""
+    device, dtype = harness.device_and_dtype()
+    if not tiny:
+        from worker import fa4
+
+        fa4.register()  # reads the card's compute capability, which the sm90 configurations need
+    out: dict[str, Any] = {}
+    for name, (length, heads) in (TINY_ATTN if tiny else ATTN_SHAPES).items():
+        q, k, v = (torch.randn(1, length, heads, 128, device=device, dtype=dtype) for _ in range(3))
+        row: dict[str, Any] = {"tokens": length, "heads": heads}
+        reference = None
+        for label in ATTN_TILES:
+            if tiny:
+                fn = partial(F.scaled_dot_product_attention, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            else:
+                from worker import fa4
+
+                os.environ[harness.FA4_TILE_ENV] = label
+                harness.fa4_tile_from_env()
+                fn = partial(fa4._fa4_kernel, q, k, v, 128**-0.5, False)
+            try:
+                t0 = time.perf_counter()
+                result = fn()[0]
+                harness.sync()
+                first = time.perf_counter() - t0
+                seconds = harness.event_seconds(fn, reps=5 if tiny else 7, inner=1 if tiny else 5)
+            except Exception as exc:  # an infeasible config fails to compile: recorded, the next one runs
+                row[label] = {"error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+                continue
+            if reference is None:
+                reference = result.float()
+            row[label] = {
+                "ms": harness.ms(seconds),
+                "tflops": round(4 * heads * length**2 * 128 / seconds / 1e12, 1),
+                "first_call_s": round(first, 1),
+                "max_abs_diff_vs_default": float((result.float() - reference).abs().max()),
+            }
+            results.save("attn", out | {name: row})
+        timed_rows = {k: r for k, r in row.items() if isinstance(r, dict) and "ms" in r}
+        row["fastest"] = min(timed_rows, key=lambda k: timed_rows[k]["ms"])
+        out[name] = row
+        results.save("attn", out)
+        del q, k, v, reference
+        harness.free(dynamo=False)
+    os.environ.pop(harness.FA4_TILE_ENV, None)
+    if not tiny:
+        from worker import fa4
+
+        fa4.set_sm90_tile(128, None)
+    # the one configuration for both models: the smallest sum of times relative to the default
+    shared = [t for t in ATTN_TILES if all("ms" in out[m].get(t, {}) for m in out)]
+    out["best_for_both"] = min(shared, key=lambda t: sum(out[m][t]["ms"] / out[m]["default"]["ms"] for m in out))
+    results.save("attn", out)
+
+
 def _forward_args(tiny: bool, device: Any, dtype: Any) -> dict[str, Any]:
     if tiny:
         latents = torch.randn(1, 48, 3, 4, 4, device=device, dtype=dtype)
@@ -82,6 +160,7 @@ def part_step(results: harness.Results, tiny: bool) -> None:
     from worker.options import registry
 
     device, dtype = harness.device_and_dtype()
+    results.save("step_fa4_tile", harness.fa4_tile_from_env() or "default")
     if tiny:
         transformer = gpu_models.tiny_model.build_tiny_pipeline("ti2v-5b").transformer.eval().to(dtype)
     else:
@@ -117,6 +196,11 @@ def part_step(results: harness.Results, tiny: bool) -> None:
         results.save("step", out)
 
     measure("stock")
+    best = results.load().get("attn", {}).get("best_for_both")
+    if best and best != "default" and not tiny:  # the attention part's winner, under the FFN fusions too
+        os.environ[harness.FA4_TILE_ENV] = best
+        harness.fa4_tile_from_env()
+        measure(f"fa4 {best}")
     fused_ffn.install(transformer)
     measure("fused_ffn")
     for block in transformer.blocks:
@@ -125,7 +209,7 @@ def part_step(results: harness.Results, tiny: bool) -> None:
             delattr(block.attn1, name)  # diffusers keeps them; only to_qkv is used
     measure("fused_ffn_qkv")
     stock_s = out["stock"]["s_per_forward"]
-    for name in ("fused_ffn", "fused_ffn_qkv"):
+    for name in out:
         out[name]["change"] = round(out[name]["s_per_forward"] / stock_s - 1, 4)
     results.save("step", out)
 
@@ -180,7 +264,7 @@ def part_decode(results: harness.Results, tiny: bool) -> None:
         harness.free(dynamo=False)
 
 
-PARTS = {"gemm": part_gemm, "step": part_step, "decode": part_decode}
+PARTS = {"attn": part_attn, "gemm": part_gemm, "step": part_step, "decode": part_decode}
 
 
 def main() -> None:

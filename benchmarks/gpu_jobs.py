@@ -188,6 +188,10 @@ def with_tiny_decoder(engine: Any, args: argparse.Namespace) -> None:
 def head(args: argparse.Namespace) -> None:
     args.results.save("env", harness.environment("diffusers", "torchao", "flash-attn-4", "transformers"))
     args.results.save("matmul", harness.matmul_rate(args.tiny))
+    from worker import fa4
+
+    harness.fa4_tile_from_env()
+    args.results.save("fa4_sm90_tiles", {f"{d}{' causal' if c else ''}": list(t) for (d, c), t in fa4.SM90_TILES.items()})
 
 
 def options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
@@ -353,7 +357,7 @@ def part_ti2v_fused(args: argparse.Namespace) -> None:
         engine.close()
         del engine
         harness.free()
-    ti2v_lossy_e2e(args, spec, room_s=130)
+    ti2v_lossy_e2e(args, spec, room_s=130, vae_fused=True)
 
 
 def lightning_lora_file(rank: int, folder: Path, tiny: bool) -> Any:

@@ -431,12 +431,36 @@ def engine_settings(options: dict[str, Any], *, tiny: bool, command_line: list[s
     return EngineSettings.model_validate(values)
 
 
+FA4_TILE_ENV = "WANQ_BENCH_FA4_TILE"
+"""`MxN[,no-overlap][,THREADS]` (or `default`): FA4's sm90 forward configuration at head dim 128 for the engines a
+benchmark makes, children included (a comparison; worker/fa4.py's SM90_TILES is what a worker runs)."""
+
+
+def fa4_tile_from_env() -> str | None:
+    """Applies $WANQ_BENCH_FA4_TILE to worker/fa4.py, in this process; the configuration applied, or None."""
+    raw = os.environ.get(FA4_TILE_ENV, "").strip().lower()
+    if not raw:
+        return None
+    from worker import fa4
+
+    if raw == "default":
+        fa4.set_sm90_tile(128, None)
+        return raw
+    tile, *flags = raw.split(",")
+    m, _, n = tile.partition("x")
+    threads = next((int(f) for f in flags if f.isdigit()), 384)
+    fa4.set_sm90_tile(128, (int(m), int(n)), overlap="no-overlap" not in flags, threads=threads)
+    return raw
+
+
 def make_engine(
     settings: Any, variant: str, *, tiny: bool, model_path: str = "", loras: Any = None, **factory_kwargs: Any
 ) -> Any:
     """The worker's engine (`worker.startup.start_engine`): from `model_path`, or on random weights of the real
     architecture (FACTORY; `factory_kwargs` such as `place` and `limit_bytes` go to it)."""
     from worker.startup import start_engine
+
+    fa4_tile_from_env()
 
     model_id = f"wan2.2-{variant}"
     if model_path:

@@ -62,9 +62,36 @@ def gpu_problem(name: str, capability: tuple[int, int]) -> str | None:
     return None
 
 
+SM90_TILES: dict[tuple[int, bool], dict[str, Any]] = {}
+"""(head dim, causal) -> FA4's sm90 forward configuration (`tile_mn`, `intra_wg_overlap`, `num_threads` of
+`_flash_attn_fwd`) where one measured faster than FA4's own choice (128 x 128, intra-warpgroup overlap, 384 threads
+at head dim 128); see `set_sm90_tile` and benchmarks/RESULTS.md. Empty: FA4 chooses."""
+
+
+def set_sm90_tile(
+    head_dim: int, tile: tuple[int, int] | None, *, causal: bool = False, overlap: bool = True, threads: int = 384
+) -> None:
+    """Sets (or, with None, clears) the sm90 forward configuration for one head dim: benchmarks compare them with it."""
+    if tile is None:
+        SM90_TILES.pop((head_dim, causal), None)
+    else:
+        SM90_TILES[(head_dim, causal)] = {
+            "tile_mn": (int(tile[0]), int(tile[1])),
+            "intra_wg_overlap": overlap,
+            "num_threads": threads,
+        }
+
+
 def _fa4_kernel(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    config = SM90_TILES.get((q.shape[-1], causal)) if _STATE.limits == ("cuda", 9) else None
+    if config is not None:
+        # flash_attn_func takes no tile; its forward is `_flash_attn_fwd`, with FA4's own choice when tile_mn is None
+        from flash_attn.cute.interface import _flash_attn_fwd
+
+        out, lse, *_ = _flash_attn_fwd(q, k, v, softmax_scale=scale, causal=causal, return_lse=True, **config)
+        return out, lse
     from flash_attn.cute import flash_attn_func
 
     out, lse = flash_attn_func(q, k, v, softmax_scale=scale, causal=causal, return_lse=True)
