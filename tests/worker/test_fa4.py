@@ -178,3 +178,54 @@ def test_ulysses_and_ring_attention_give_full_attention_and_its_lse(tmp_path: Pa
         out, got_lse = result[name]
         torch.testing.assert_close(out, full, atol=1e-5, rtol=1e-5, msg=name)
         torch.testing.assert_close(got_lse, lse, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_an_sm90_tile_goes_to_fa4s_forward_on_sm90_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FA4 cannot run here: stand-ins for its two entry points record which one the kernel calls, and with what."""
+    import sys
+    import types
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> tuple[Any, ...]:
+        calls.append(("_flash_attn_fwd", kwargs))
+        return (*reference_kernel(q, k, v, kwargs["softmax_scale"], kwargs["causal"]), None, None, None)
+
+    def func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(("flash_attn_func", kwargs))
+        return reference_kernel(q, k, v, kwargs["softmax_scale"], kwargs["causal"])
+
+    cute = types.ModuleType("flash_attn.cute")
+    cute.flash_attn_func = func  # type: ignore[attr-defined]
+    interface = types.ModuleType("flash_attn.cute.interface")
+    interface._flash_attn_fwd = forward  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", interface)
+    monkeypatch.setattr(fa4, "SM90_TILES", {})
+    q, k, v = (torch.randn(1, 8, 2, 128) for _ in range(3))
+    expected = reference_kernel(q, k, v, 0.1, False)[0]
+
+    fa4.use_kernel(fa4._fa4_kernel, limits=("cuda", 9))
+    fa4.set_sm90_tile(128, (128, 176))
+    out, _ = fa4._fa4_kernel(q, k, v, 0.1, False)
+    assert calls[-1] == (
+        "_flash_attn_fwd",
+        {
+            "softmax_scale": 0.1,
+            "causal": False,
+            "return_lse": True,
+            "tile_mn": (128, 176),
+            "intra_wg_overlap": True,
+            "num_threads": 384,
+        },
+    )
+    assert torch.equal(out, expected)
+    fa4._fa4_kernel(q, k, v, 0.1, True)  # causal has no tile of its own: FA4 chooses
+    fa4._fa4_kernel(q[..., :64], k[..., :64], v[..., :64], 0.1, False)  # nor does head dim 64
+    assert [name for name, _ in calls[-2:]] == ["flash_attn_func", "flash_attn_func"]
+    fa4.use_kernel(fa4._fa4_kernel, limits=("cuda", 10))  # sm100: FA4's own choice, whatever sm90's table says
+    fa4._fa4_kernel(q, k, v, 0.1, False)
+    assert calls[-1][0] == "flash_attn_func"
+    fa4.set_sm90_tile(128, None)
+    assert fa4.SM90_TILES == {}
