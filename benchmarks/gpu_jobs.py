@@ -524,6 +524,24 @@ def part_a14b_run(args: argparse.Namespace) -> None:
     engine.close()
 
 
+def after_fusions(path: Path) -> list[str]:
+    """What benchmarks/gpu_fusions.py measured, for this run: its `attn` part's tile shared by both models (in
+    $WANQ_BENCH_FA4_TILE), and `--engine` items turning off a fusion whose part failed or never ran."""
+    import json
+
+    fusions = json.loads(path.read_text()) if path.exists() else {}
+    best = fusions.get("attn", {}).get("best_for_both")
+    if best:
+        os.environ[harness.FA4_TILE_ENV] = best
+    off = []
+    if "fused_ffn" not in fusions.get("step", {}):
+        off.append("fused_ffn=false")
+    if "fused_s" not in fusions.get("decode", {}).get("ti2v-5b", {}):
+        off.append("vae_fused=false")
+    print(f"[after-fusions] tile {best or 'FA4 default'}; off: {off or 'none'}", flush=True)
+    return off
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=sorted(PARTS), required=True)
@@ -534,7 +552,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fused", action="store_true", help="a14b-lightning: the LoRA fused at start (--fuse-lora)")
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU: checks this script's logic")
     parser.add_argument("--engine", action="append", default=[], help="extra EngineSettings key=value for every engine")
+    parser.add_argument(
+        "--after-fusions",
+        type=Path,
+        default=None,
+        help="gpu_fusions.py's results.json: its fastest FA4 tile for every engine, and a fusion it could not run off",
+    )
     args = parser.parse_args(argv)
+    if args.after_fusions:
+        args.engine = after_fusions(args.after_fusions) + args.engine
     args.out.mkdir(parents=True, exist_ok=True)
     args.results = harness.Results(args.out, args.mirror)
     args.deadline = time.time() + args.budget_s
