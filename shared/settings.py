@@ -147,11 +147,12 @@ class EngineSettings(BaseModel):
     """Ring-attention context-parallel degree."""
     cfg_parallel: bool = False
     """Conditional and unconditional branches on two GPU groups."""
-    fused_ffn: bool = False
+    fused_ffn: bool | None = None
     """The transformer's feed-forward: its first product, bias and tanh GELU as one cuBLASLt product with a GELU
     epilogue (worker/fused_ffn.py): the same function, one rounding instead of two, none of the [tokens, ffn]
     tensor's extra round trip. Runs on a CUDA GPU, on plain bf16/fp16 weights (not FP8) and while a LoRA slot on the
-    layer is off; elsewhere the stock path. Not yet timed on a GPU (benchmarks/gpu_fusions.py): off by default."""
+    layer is off; elsewhere the stock path. Unset: on where a CUDA GPU runs the transformer without FP8 or
+    `--offload sequential` (1.6-1.9% faster TI2V-5B step on an H100), off elsewhere."""
     cfg_batch: bool = False
     """One GPU: the conditional and unconditional branches as one batch-2 forward (worker/cfg_batch.py); more
     activation memory. Jobs that run the step cache keep two forwards."""
@@ -195,10 +196,11 @@ class EngineSettings(BaseModel):
     """The VAE in channels-last (NDHWC) memory format for cuDNN's conv3d kernels. Unset: on where the VAE decodes on
     a CUDA GPU (7% faster decode at 720p on an H100, frames at most 4 levels of 255 from the stock layout's; set
     false for the stock layout's exact frames), off on the CPU."""
-    vae_fused: bool = False
+    vae_fused: bool | None = None
     """The VAE decoder's RMS norm + SiLU as one kernel (compiled on a GPU) and its spatial padding done by the
     convolutions (worker/vae_fused.py); frames differ from the stock decoder's only by rounding on a GPU, not at all
-    on a CPU. Not yet timed on a GPU (benchmarks/gpu_fusions.py): off by default."""
+    on a CPU. Unset: on where the VAE decodes on a CUDA GPU without offload hooks (TI2V-5B's 720p decode 18-19%
+    faster on an H100, frames at most 4 levels of 255 from the stock decoder's), off elsewhere."""
     cudnn_benchmark: bool = False
     """torch.backends.cudnn.benchmark: cuDNN times its conv algorithms per new shape (the VAE's conv3d) and keeps
     the fastest; process-wide; the first decode at a size pays for the search."""

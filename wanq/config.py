@@ -166,7 +166,14 @@ ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
             help="channels-last VAE weights for cuDNN's conv3d (default: on a GPU)",
         ),
     ),
-    ("--vae-fused", dict(action="store_true", default=None, help="the VAE decoder's norm + SiLU as one kernel")),
+    (
+        "--vae-fused",
+        dict(
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="the VAE decoder's norm + SiLU as one kernel (default: on a GPU without VAE offload hooks)",
+        ),
+    ),
     ("--cudnn-benchmark", dict(action="store_true", default=None, help="let cuDNN time its conv algorithms per shape")),
     ("--preview-vae-path", dict(help="a TAEHV checkpoint: the tiny decoder of previews and draft decodes")),
     ("--preview-every", dict(type=int, help="a preview every N steps for jobs that do not say (0: none)")),
@@ -174,7 +181,14 @@ ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--ulysses-degree", dict(type=int)),
     ("--ring-degree", dict(type=int)),
     ("--cfg-parallel", dict(action="store_true", default=None)),
-    ("--fused-ffn", dict(action="store_true", default=None, help="the FFN's product, bias and GELU as one product")),
+    (
+        "--fused-ffn",
+        dict(
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="the FFN's product, bias and GELU as one product (default: on a GPU, without fp8 or sequential offload)",
+        ),
+    ),
     ("--cfg-batch", dict(action="store_true", default=None, help="one GPU: both CFG branches as one batch-2 forward")),
     ("--cache", dict(choices=["none", "dbcache"], help="default step cache of jobs that do not say (cache-dit; lossy)")),
     ("--cache-fn", dict(type=int, help="dbcache: first blocks always computed (1)")),

@@ -266,6 +266,25 @@ class PromptCache:
         return len(self._items)
 
 
+def gpu_defaults(settings: EngineSettings, device: torch.device) -> EngineSettings:
+    """The options left unset (None) that are on where they were measured faster (benchmarks/RESULTS.md): on a CUDA
+    GPU, each where nothing else in the settings keeps it from applying; off on the CPU.
+    - `vae_channels_last`: cuDNN's NDHWC conv3d, 7% faster decode at 720p; frames at most 4 levels of 255 apart.
+    - `fused_ffn`: not with FP8 linears (they run torchao's product) nor `--offload sequential` (its per-layer hooks).
+    - `vae_fused`: not with offload hooks on the VAE."""
+    from worker.options import decode
+
+    cuda = device.type == "cuda"
+    update: dict[str, bool] = {}
+    if settings.vae_channels_last is None:
+        update["vae_channels_last"] = cuda
+    if settings.fused_ffn is None:
+        update["fused_ffn"] = cuda and settings.quantization != "fp8" and settings.offload != "sequential"
+    if settings.vae_fused is None:
+        update["vae_fused"] = cuda and not decode.vae_has_hooks(settings)
+    return settings.model_copy(update=update) if update else settings
+
+
 class WanEngine:
     """One resident pipeline. `model_path` is a diffusers directory; `factory` ('module:function',
     called with device, dtype and text_encoder) builds the pipeline instead (benchmarks). With several
@@ -289,10 +308,7 @@ class WanEngine:
             raise ValueError("WanEngine needs a model_path or a factory")
         self.model_path = Path(model_path) if model_path is not None else None
         self.device = rank_device(settings, member.rank if member else 0)
-        if settings.vae_channels_last is None:
-            # Unset: channels-last where the VAE decodes on a GPU (cuDNN's NDHWC conv3d, 7% faster at 720p; frames
-            # at most 4 levels of 255 from the stock layout's), the stock layout elsewhere.
-            settings = settings.model_copy(update={"vae_channels_last": self.device.type == "cuda"})
+        settings = gpu_defaults(settings, self.device)
         self.settings = settings
         self.factory, self.factory_kwargs = factory, dict(factory_kwargs or {})
         self.dtype = (

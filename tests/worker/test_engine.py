@@ -14,7 +14,7 @@ from shared.errors import InvalidRequest, JobCanceled
 from shared.schemas import GenerationSpec
 from shared.settings import EngineSettings
 from wanq.cli import main
-from worker.engine import WanEngine, is_out_of_memory
+from worker.engine import WanEngine, gpu_defaults, is_out_of_memory
 from worker.export import probe_mp4
 from worker.startup import start_engine
 from worker.tiny_model import write_tiny_model
@@ -181,6 +181,27 @@ def test_the_fused_kernels_give_the_stock_latents_and_frames(models: dict[str, P
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("given", "device", "expected"),
+    [
+        ({}, "cpu", (False, False, False)),
+        ({}, "cuda", (True, True, True)),
+        ({"quantization": "fp8"}, "cuda", (True, False, True)),
+        ({"offload": "sequential"}, "cuda", (True, False, False)),
+        ({"offload": "group"}, "cuda", (True, True, False)),
+        ({"vae_cpu_offload": True}, "cuda", (True, True, False)),
+        ({"offload": "model"}, "cuda", (True, True, True)),
+        ({"fused_ffn": False, "vae_fused": False, "vae_channels_last": False}, "cuda", (False, False, False)),
+        ({"fused_ffn": True, "vae_fused": True}, "cpu", (False, True, True)),
+    ],
+)
+def test_unset_gpu_options_are_on_where_a_gpu_can_run_them(
+    given: dict[str, object], device: str, expected: tuple[bool, ...]
+) -> None:
+    settings = gpu_defaults(EngineSettings(**given), torch.device(device))  # type: ignore[arg-type]
+    assert (settings.vae_channels_last, settings.fused_ffn, settings.vae_fused) == expected
+
+
 def test_the_compiled_decoder_gives_the_stock_frames(models: dict[str, Path]) -> None:
     """Inductor on the CPU takes minutes for the decoder's graphs (first, second and later latent frames)."""
     job = spec(steps=2)

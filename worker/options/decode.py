@@ -95,7 +95,7 @@ FUSED = _decode(
     "--vae-fused",
     "fused",
     "vae_fused",
-    "the decoder's RMS norm + SiLU as one compiled kernel, spatial padding inside the convs; GPU not yet timed",
+    "the decoder's RMS norm + SiLU as one compiled kernel, spatial padding inside the convs; on by default on a GPU",
     _fused,
     "worker/vae_fused.py on `vae.decoder` (same weights)",
     vae_hooks(
