@@ -8,8 +8,8 @@
   its fused bias+GELU kernel (what the compiled block runs), against `wanq::linear_gelu_tanh` (worker/fused_ffn.py,
   cuBLASLt's GELU_BIAS epilogue); seconds and the largest difference.
 - `step`: one TI2V-5B transformer forward at 1280x704x81 (fa4, regional compile), stock, with the `attn` part's
-  fastest tile (when it is not FA4's default), then also with the fused FFN, and also with diffusers' fused QKV projections (`fuse_projections`); median of CUDA-event timings, the
-  relative error of the output against stock.
+  fastest tile (when it is not FA4's default), then also with the fused FFN, and also with diffusers' fused QKV
+  projections (`fuse_projections`); median of CUDA-event timings, the relative error of the output against stock.
 - `decode`: the VAE decode at 720p x81 (Wan2.2's for TI2V-5B, Wan2.1's for A14B), channels-last as the worker runs
   it, stock and with worker/vae_fused.py; median of 3 after a warm-up, the largest difference in 8-bit levels.
 `--tiny`: the tiny models on the CPU, to check the script (numbers mean nothing).
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import sys
 import time
 from functools import partial
@@ -91,10 +90,10 @@ def part_attn(results: harness.Results, tiny: bool) -> None:
     """FA4's sm90 forward at Wan's shapes (B=1, head dim 128, no mask) for tile shapes the config search
     (flash_attn/cute/sm90_config_search.py) calls feasible: TFLOP/s = 4 B H L^2 D / t, and the largest difference
     from FA4's default output. On a CPU (--tiny) SDPA stands in and only the bookkeeping runs."""
+    from worker import fa4
+
     device, dtype = harness.device_and_dtype()
     if not tiny:
-        from worker import fa4
-
         fa4.register()  # reads the card's compute capability, which the sm90 configurations need
     out: dict[str, Any] = {}
     for name, (length, heads) in (TINY_ATTN if tiny else ATTN_SHAPES).items():
@@ -105,10 +104,7 @@ def part_attn(results: harness.Results, tiny: bool) -> None:
             if tiny:
                 fn = partial(F.scaled_dot_product_attention, q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
             else:
-                from worker import fa4
-
-                os.environ[harness.FA4_TILE_ENV] = label
-                harness.fa4_tile_from_env()
+                harness.apply_fa4_tile(label)
                 fn = partial(fa4._fa4_kernel, q, k, v, 128**-0.5, False)
             try:
                 t0 = time.perf_counter()
@@ -134,11 +130,7 @@ def part_attn(results: harness.Results, tiny: bool) -> None:
         results.save("attn", out)
         del q, k, v, reference
         harness.free(dynamo=False)
-    os.environ.pop(harness.FA4_TILE_ENV, None)
-    if not tiny:
-        from worker import fa4
-
-        fa4.set_sm90_tile(128, None)
+    fa4.set_sm90_tile(128, None)
     # the one configuration for both models: the smallest sum of times relative to the default
     shared = [t for t in ATTN_TILES if all("ms" in out[m].get(t, {}) for m in out)]
     out["best_for_both"] = min(shared, key=lambda t: sum(out[m][t]["ms"] / out[m]["default"]["ms"] for m in out))
@@ -198,8 +190,7 @@ def part_step(results: harness.Results, tiny: bool) -> None:
     measure("stock")
     best = results.load().get("attn", {}).get("best_for_both")
     if best and best != "default" and not tiny:  # the attention part's winner, under the FFN fusions too
-        os.environ[harness.FA4_TILE_ENV] = best
-        harness.fa4_tile_from_env()
+        harness.apply_fa4_tile(best)
         measure(f"fa4 {best}")
     fused_ffn.install(transformer)
     measure("fused_ffn")

@@ -188,10 +188,7 @@ def with_tiny_decoder(engine: Any, args: argparse.Namespace) -> None:
 def head(args: argparse.Namespace) -> None:
     args.results.save("env", harness.environment("diffusers", "torchao", "flash-attn-4", "transformers"))
     args.results.save("matmul", harness.matmul_rate(args.tiny))
-    from worker import fa4
-
-    harness.fa4_tile_from_env()
-    args.results.save("fa4_sm90_tiles", {f"{d}{' causal' if c else ''}": list(t) for (d, c), t in fa4.SM90_TILES.items()})
+    args.results.save("fa4_sm90_tile", harness.fa4_tile_from_env() or "worker/fa4.py's SM90_TILES")
 
 
 def options(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:

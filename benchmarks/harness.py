@@ -436,9 +436,10 @@ FA4_TILE_ENV = "WANQ_BENCH_FA4_TILE"
 benchmark makes, children included (a comparison; worker/fa4.py's SM90_TILES is what a worker runs)."""
 
 
-def fa4_tile_from_env() -> str | None:
-    """Applies $WANQ_BENCH_FA4_TILE to worker/fa4.py, in this process; the configuration applied, or None."""
-    raw = os.environ.get(FA4_TILE_ENV, "").strip().lower()
+def apply_fa4_tile(spelling: str) -> str | None:
+    """Sets worker/fa4.py's sm90 configuration at head dim 128 from a $WANQ_BENCH_FA4_TILE spelling, in this
+    process; the spelling applied, or None for an empty one (nothing changed)."""
+    raw = spelling.strip().lower()
     if not raw:
         return None
     from worker import fa4
@@ -451,6 +452,11 @@ def fa4_tile_from_env() -> str | None:
     threads = next((int(f) for f in flags if f.isdigit()), 384)
     fa4.set_sm90_tile(128, (int(m), int(n)), overlap="no-overlap" not in flags, threads=threads)
     return raw
+
+
+def fa4_tile_from_env() -> str | None:
+    """Applies $WANQ_BENCH_FA4_TILE (see `apply_fa4_tile`)."""
+    return apply_fa4_tile(os.environ.get(FA4_TILE_ENV, ""))
 
 
 def make_engine(
