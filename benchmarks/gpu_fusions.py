@@ -12,6 +12,11 @@
   projections (`fuse_projections`); median of CUDA-event timings, the relative error of the output against stock.
 - `decode`: the VAE decode at 720p x81 (Wan2.2's for TI2V-5B, Wan2.1's for A14B), channels-last as the worker runs
   it, stock and with worker/vae_fused.py; median of 3 after a warm-up, the largest difference in 8-bit levels.
+- `fa3`: FlashAttention-3's forward (worker/fa3.py) beside FA4's at the `attn` part's shapes: bf16, FP8 e4m3 alone (q, k
+  and v already quantized) and FP8 with its quantization (per-head scales, centred k; compiled as the engine runs it);
+  TFLOP/s, and each one's relative error against float32 attention on 512 query rows.
+- `fa3step`: one compiled transformer forward of TI2V-5B (1280x704x81) and of one A14B expert (1280x720x81), with the
+  fused FFN (the GPU default), under `fa4`, `fa3` and `fa3-fp8`; seconds and the output's error against fa4's.
 `--tiny`: the tiny models on the CPU, to check the script (numbers mean nothing).
 """
 
@@ -255,7 +260,141 @@ def part_decode(results: harness.Results, tiny: bool) -> None:
         harness.free(dynamo=False)
 
 
-PARTS = {"attn": part_attn, "gemm": part_gemm, "step": part_step, "decode": part_decode}
+def _fa3_standins() -> None:
+    """--tiny: float32 references behind both ops (no FA3 or FA4 on a CPU)."""
+    from worker import fa3, fa4
+
+    fa3.use_kernel(fa3.reference_kernel)
+    fa4.use_kernel(lambda q, k, v, scale, causal: fa3.reference_kernel(q, k, v, scale, causal, None, None, None))
+
+
+def _rows_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int) -> torch.Tensor:
+    """float32 attention of the first `rows` queries, head by head: (rows, H, D)."""
+    out = []
+    for h in range(q.shape[2]):
+        logits = q[0, :rows, h].float() @ k[0, :, h].float().T * q.shape[-1] ** -0.5
+        out.append(torch.softmax(logits, dim=-1) @ v[0, :, h].float())
+    return torch.stack(out, dim=1)
+
+
+def part_fa3(results: harness.Results, tiny: bool) -> None:
+    from worker import fa3, fa4
+
+    device, dtype = harness.device_and_dtype()
+    if tiny:
+        _fa3_standins()
+    else:
+        fa4.register()
+        fa3.register()
+    out: dict[str, Any] = {}
+    fp8_total = torch.compile(partial(fa3._forward, causal=False, fp8=True), fullgraph=True)
+    for name, (length, heads) in (TINY_ATTN if tiny else ATTN_SHAPES).items():
+        q, k, v = (torch.randn(1, length, heads, 128, device=device, dtype=dtype) for _ in range(3))
+        k = k + 0.5 * torch.randn(1, 1, heads, 128, device=device, dtype=dtype)  # keys share an offset, as real ones do
+        scale = 128**-0.5
+        (q8, k8, v8, qd, kd, vd), _correction = fa3.fp8_inputs(q, k, v, scale)
+        variants = {
+            "fa4": partial(torch.ops.wanq.fa4_forward, q, k, v, scale, False),
+            "fa3": partial(torch.ops.wanq.fa3_forward, q, k, v, scale, False, None, None, None),
+            "fa3-fp8 kernel": partial(torch.ops.wanq.fa3_forward, q8, k8, v8, scale, False, qd, kd, vd),
+            "fa3-fp8": partial(fp8_total, q, k, v, scale),
+        }
+        rows = 64 if tiny else 512
+        reference = _rows_reference(q, k, v, rows)
+        row: dict[str, Any] = {"tokens": length, "heads": heads}
+        for label, fn in variants.items():
+            try:
+                t0 = time.perf_counter()
+                result = fn()[0]
+                harness.sync()
+                first = time.perf_counter() - t0
+                seconds = harness.event_seconds(fn, reps=5 if tiny else 7, inner=1 if tiny else 5)
+            except Exception as exc:  # recorded; the next one runs
+                row[label] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                results.save("fa3", out | {name: row})
+                continue
+            row[label] = {
+                "ms": harness.ms(seconds),
+                "tflops": round(4 * heads * length**2 * 128 / seconds / 1e12, 1),
+                "first_call_s": round(first, 1),
+                "rel_err_vs_fp32": round(harness.rel_err(result[0, :rows], reference), 6),
+            }
+            results.save("fa3", out | {name: row})
+        if "ms" in row.get("fa4", {}):
+            for label in variants:
+                if "ms" in row.get(label, {}):
+                    row[label]["speedup_vs_fa4"] = round(row["fa4"]["ms"] / row[label]["ms"], 3)
+        out[name] = row
+        results.save("fa3", out)
+        del q, k, v, q8, k8, v8, reference
+        harness.free(dynamo=False)
+
+
+def part_fa3step(results: harness.Results, tiny: bool) -> None:
+    from worker import fa3, fa4, fused_ffn
+
+    device, dtype = harness.device_and_dtype()
+    if tiny:
+        _fa3_standins()
+    fa4.register()
+    fa3.register()
+    out: dict[str, Any] = {}
+    for variant in ("ti2v-5b", "t2v-a14b"):
+        if tiny:
+            transformer = gpu_models.tiny_model.build_tiny_pipeline(variant).transformer.eval().to(dtype)
+            args = _forward_args(True, device, dtype)
+            if variant != "ti2v-5b":
+                args["hidden_states"] = torch.randn(1, transformer.config.in_channels, 3, 4, 4, device=device, dtype=dtype)
+        else:
+            config = gpu_models.transformer_config(variant)
+            transformer = gpu_models.make_component(partial(gpu_models.WanTransformer3DModel, **config), device, dtype, seed=2)
+            args = _forward_args(False, device, dtype)
+            if variant != "ti2v-5b":
+                args["hidden_states"] = torch.randn(1, 16, 21, 90, 160, device=device, dtype=dtype)  # 1280x720x81
+        fused_ffn.install(transformer)
+        forward = partial(transformer, **args, return_dict=False)
+        row: dict[str, Any] = {}
+        reference = None
+        for backend in ("fa4", "fa3", "fa3-fp8"):
+            transformer.set_attention_backend(backend)
+            torch._dynamo.reset()
+            if not tiny:
+                transformer.compile_repeated_blocks(fullgraph=True)
+            try:
+                with torch.no_grad():
+                    t0 = time.perf_counter()
+                    result = forward()[0]
+                    harness.sync()
+                    first = time.perf_counter() - t0
+                    seconds = harness.event_seconds(forward, reps=3 if tiny or variant == "ti2v-5b" else 2)
+            except Exception as exc:
+                row[backend] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+                results.save("fa3step", out | {variant: row})
+                continue
+            if reference is None:
+                reference = result.float().cpu()
+            row[backend] = {
+                "s_per_forward": round(seconds, 4),
+                "first_call_s": round(first, 1),
+                "rel_err_vs_fa4": round(harness.rel_err(result, reference), 6),
+            }
+            if "s_per_forward" in row.get("fa4", {}):
+                row[backend]["change_vs_fa4"] = round(seconds / row["fa4"]["s_per_forward"] - 1, 4)
+            results.save("fa3step", out | {variant: row})
+        out[variant] = row
+        results.save("fa3step", out)
+        del transformer, args, forward, reference
+        harness.free()
+
+
+PARTS = {
+    "attn": part_attn,
+    "gemm": part_gemm,
+    "step": part_step,
+    "decode": part_decode,
+    "fa3": part_fa3,
+    "fa3step": part_fa3step,
+}
 
 
 def main() -> None:
@@ -267,7 +406,7 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = harness.Results(args.out, args.mirror)
-    results.save("environment", harness.environment("torch", "diffusers", "flash-attn-4"))
+    results.save("environment", harness.environment("torch", "diffusers", "flash-attn-4", "flash_attn_3"))
     results.save("matmul", harness.matmul_rate(args.tiny))
     for name in args.part or list(PARTS):
         started = time.perf_counter()

@@ -12,6 +12,8 @@ generate + the encoder's tail after the decode + the stills (the upload is not t
      and without previews every 5 steps (their cost in a run); then fa4 + fp8 end to end (lossy).
   --part ti2v-fused (TI2V-5B, ~6 min): 50 steps lossless end to end with the fused kernels and without, one
      engine each; 50 steps fa4 + fp8 end to end.
+  --part ti2v-fa3 (TI2V-5B, ~6 min): 50 steps end to end, one engine each: lossless with FlashAttention-3 (fa3),
+     lossy with FA3 on FP8 q, k, v and FP8 linears (fa3-fp8 + fp8), then lossless fa4 (the baseline of the same run).
   --part ti2v-e2e (TI2V-5B, ~5 min): one timestep against per-token timesteps per step; 50 steps lossless end
      to end; the 4-step drafts; 50 steps fa4 + fp8 end to end.
   --part a14b-lightning (T2V-A14B 1280x720x81, ~6 min): fa4, compiled, the text encoder on the CPU, one LoRA slot
@@ -355,6 +357,36 @@ def part_ti2v_fused(args: argparse.Namespace) -> None:
         del engine
         harness.free()
     ti2v_lossy_e2e(args, spec, room_s=130, vae_fused=True)
+
+
+@part("ti2v-fa3")
+def part_ti2v_fa3(args: argparse.Namespace) -> None:
+    """TI2V-5B 50 steps end to end under FlashAttention-3: lossless (fa3) and lossy (fa3-fp8 + fp8 linears), then the
+    fa4 baseline; one engine each, with the fused kernels (the GPU default)."""
+    head(args)
+    size = (64, 64, 9) if args.tiny else (1280, 704, 81)
+
+    def spec(steps: int, **over: Any) -> Any:
+        return harness.spec_for("ti2v-5b", size, steps, **over)
+
+    runs = (("fa3", "fa3", "none"), ("fa3_fp8_lossy", "fa3-fp8", "fp8"), ("fa4", "fa4", "none"))
+    for label, backend, quantization in runs:
+        if time.time() > args.deadline - (20 if args.tiny else 100):
+            args.results.save(f"ti2v_e2e_{label}", {"skipped": "deadline"})
+            continue
+        chosen = {"attention_backend": "native" if args.tiny else backend, "quantization": "none" if args.tiny else quantization}
+        settings = harness.engine_settings(options(args, **chosen), tiny=args.tiny, command_line=args.engine)
+        t0 = time.perf_counter()
+        engine = harness.make_engine(settings, "ti2v-5b", tiny=args.tiny)
+        load_s = round(time.perf_counter() - t0, 2)
+        _, warm = streamed_job(engine, spec(2), args.out / f"warm_{label}")  # compiles the blocks and the decode's norm
+        reset_peak()
+        _, e2e = streamed_job(engine, spec(4 if args.tiny else 50, prompt=harness.PROMPT + ", wide shot"), args.out / label)
+        extra = {"load_s": load_s, "warm_job_s": warm["generate_s"], "plan": str(engine.plan), **chosen}
+        args.results.save(f"ti2v_e2e_{label}", e2e | extra | memory())
+        engine.close()
+        del engine
+        harness.free()
 
 
 def lightning_lora_file(rank: int, folder: Path, tiny: bool) -> Any:

@@ -153,7 +153,7 @@ def _check_inputs(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *
         raise ValueError(f"FA4 on sm100 needs head dims in 8..128 divisible by 8, (192, 128) or (256, 256), got ({d}, {dv})")
 
 
-def _scale(query: torch.Tensor, scale: float | None) -> float:
+def softmax_scale(query: torch.Tensor, scale: float | None) -> float:
     return float(scale) if scale is not None else 1.0 / math.sqrt(query.shape[-1])
 
 
@@ -185,7 +185,7 @@ def _fa4_attention(
     """The registered backend: (B, S, H, D) in, (B, S, H, D) out, and lse (B, S, H) when asked."""
     _check_inputs(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, enable_gqa=enable_gqa)
     if _parallel_config is None:
-        out, lse = torch.ops.wanq.fa4_forward(query, key, value, _scale(query, scale), is_causal)
+        out, lse = torch.ops.wanq.fa4_forward(query, key, value, softmax_scale(query, scale), is_causal)
         return (out, lse.transpose(1, 2).contiguous()) if return_lse else out  # (B, H, S) -> diffusers' (B, S, H)
     from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
@@ -229,6 +229,13 @@ def _add_enum_member(enum_cls: Any, name: str, value: str) -> Any:
         enum_cls._member_names_.append(name)
     enum_cls._value2member_map_[value] = member
     return member
+
+
+def add_backend_name(enum_name: str, value: str) -> Any:
+    """Adds a backend name to diffusers' `AttentionBackendName` (once) and returns the member (fa4, fa3, fa3-fp8)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    return _add_enum_member(AttentionBackendName, enum_name, value)
 
 
 def register() -> Any:

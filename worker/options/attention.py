@@ -1,4 +1,5 @@
-"""Attention backends: diffusers' own (`set_attention_backend`) and FlashAttention-4 (worker/fa4.py)."""
+"""Attention backends: diffusers' own (`set_attention_backend`), FlashAttention-4 (worker/fa4.py) and FlashAttention-3
+with its FP8 variant (worker/fa3.py)."""
 
 from __future__ import annotations
 
@@ -27,13 +28,16 @@ def set_backend(transformers: list[Any], settings: EngineSettings, _device: Any)
         model.set_attention_backend(settings.attention_backend)
 
 
+OWN = ("fa4", "fa3", "fa3-fp8")
+
+
 def known_backends() -> set[str]:
-    """Every name diffusers knows, and the registry's own (fa4); empty where diffusers is not installed."""
+    """Every name diffusers knows, and the registry's own (fa4, fa3, fa3-fp8); empty where diffusers is not installed."""
     try:
         from diffusers.models.attention_dispatch import AttentionBackendName
     except ImportError:  # the API process has no diffusers; the worker checks again
         return set()
-    return {b.value for b in AttentionBackendName} | {"fa4"}  # fa4 is registered by worker/fa4.py when used
+    return {b.value for b in AttentionBackendName} | set(OWN)  # registered by worker/fa4.py and fa3.py when used
 
 
 DEFAULT = Option(
@@ -107,4 +111,59 @@ FA4 = Option(
     applies_to="transformers",
     apply=_fa4_apply,
     applied="registered as diffusers backend `fa4` (worker/fa4.py), then `set_attention_backend`",
+)
+
+
+def _fa3_missing() -> str | None:
+    from worker import fa3
+
+    return fa3.missing_package()
+
+
+def _fa3_gpu(name: str, capability: tuple[int, int]) -> str | None:
+    from worker import fa3
+
+    return fa3.gpu_problem(name, capability)
+
+
+def _fa3_apply(transformers: list[Any], settings: EngineSettings, device: Any) -> None:
+    from worker import fa3
+
+    fa3.register()
+    set_backend(transformers, settings, device)
+
+
+_FA3_NEEDS = (
+    cuda("--attention-backend fa3 needs a Hopper GPU (sm90); on CPU leave --attention-backend empty"),
+    dtype(("auto", "bf16", "fp16"), "--attention-backend fa3 computes in bf16 or fp16; use --dtype bf16 (or auto) with it"),
+)
+
+FA3 = Option(
+    flag="--attention-backend fa3",
+    kind="attention",
+    summary="FlashAttention-3 (flash-attn-3, built from flash-attention's hopper/): exact, Hopper only; Ulysses and ring",
+    names=("fa3",),
+    needs=_FA3_NEEDS,
+    package=_fa3_missing,
+    package_doc="FlashAttention-3 built from source (deploy/Dockerfile.worker)",
+    min_capability=(9, 0),
+    gpu=_fa3_gpu,
+    applies_to="transformers",
+    apply=_fa3_apply,
+    applied="registered as diffusers backend `fa3` (worker/fa3.py), then `set_attention_backend`",
+)
+
+FA3_FP8 = Option(
+    flag="--attention-backend fa3-fp8",
+    kind="attention",
+    summary="FlashAttention-3 on FP8 e4m3 q, k, v (per-head scales, centred keys): lossy, 1.3x FA4's attention on an H100",
+    names=("fa3-fp8",),
+    needs=_FA3_NEEDS,
+    package=_fa3_missing,
+    package_doc="FlashAttention-3 built from source with FP8 (deploy/Dockerfile.worker)",
+    min_capability=(9, 0),
+    gpu=_fa3_gpu,
+    applies_to="transformers",
+    apply=_fa3_apply,
+    applied="registered as diffusers backend `fa3-fp8` (worker/fa3.py), then `set_attention_backend`",
 )

@@ -16,6 +16,8 @@ OPTIONS: tuple[Option, ...] = (
     attention.DEFAULT,
     attention.DIFFUSERS,
     attention.FA4,
+    attention.FA3,
+    attention.FA3_FP8,
     attention.OTHER,
     # 2. A LoRA fused into the weights (at load, before everything below)
     lora.FUSED,
