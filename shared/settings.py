@@ -121,8 +121,9 @@ class EngineSettings(BaseModel):
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     """auto = bf16 on GPUs, fp32 on CPU (where bf16 matmuls are slow)."""
     attention_backend: str = ""
-    """A diffusers attention backend name (e.g. native, _native_cudnn, flash), or fa4 (FlashAttention-4 from the
-    locally installed flash-attn-4 package, `wanq[fa4]`; Hopper or newer); empty = diffusers' default."""
+    """A diffusers attention backend name (e.g. native, _native_cudnn, flash), fa4 (FlashAttention-4 from the
+    locally installed flash-attn-4 package, `wanq[fa4]`; Hopper or newer), or fa3 / fa3-fp8 (FlashAttention-3,
+    exact / on FP8 inputs (lossy); Hopper only; deploy/docker/build-fa3.sh); empty = diffusers' default."""
     quantization: Quantization = "none"
     """fp8: dynamic FP8 rowwise (torchao) for the transformer blocks' linear layers (lossy; Ada/Hopper or newer)."""
     compile: bool = False

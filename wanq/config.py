@@ -142,7 +142,7 @@ def _explain(cls: type[BaseSettings], error: ErrorDetails) -> str:
 ENGINE_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--device", dict(help="cuda, cuda:N, cpu or auto")),
     ("--dtype", dict(choices=["auto", "bf16", "fp16", "fp32"])),
-    ("--attention-backend", dict(help="a diffusers attention backend (native, _native_cudnn, flash, ...) or fa4")),
+    ("--attention-backend", dict(help="a diffusers attention backend (native, _native_cudnn, flash, ...), fa4, fa3 or fa3-fp8")),
     ("--quantization", dict(choices=["none", "fp8"], help="fp8: FP8 rowwise linears in the transformer blocks (lossy)")),
     ("--compile", dict(action="store_true", default=None, help="regional compile of the repeated transformer blocks")),
     ("--warmup", dict(action="store_true", default=None, help="one small generation before taking jobs")),

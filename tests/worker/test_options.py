@@ -52,15 +52,16 @@ def test_an_option_nobody_asked_for_is_never_checked() -> None:
 def test_the_registrys_context_parallel_backends_are_diffusers_own() -> None:
     from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
 
-    from worker import fa4
+    from worker import fa3, fa4
 
     fa4.register()
+    fa3.register()
     supports = {b.value for b in AttentionBackendName if _AttentionBackendRegistry._is_context_parallel_available(b)}
     assert set(registry.context_parallel_backends()) <= supports
-    assert "fa4" in registry.context_parallel_backends()
+    assert {"fa4", "fa3", "fa3-fp8"} <= set(registry.context_parallel_backends())
     problems = registry.validate(EngineSettings(num_gpus=2, ring_degree=2, attention_backend="xformers"), Environment())
     assert problems.configuration == [
-        f"attention backend 'xformers' has no context-parallel support in diffusers; use one of {sorted((*attention.CONTEXT_PARALLEL, 'fa4'))}"
+        f"attention backend 'xformers' has no context-parallel support in diffusers; use one of {sorted((*attention.CONTEXT_PARALLEL, *attention.OWN))}"
     ]
 
 
