@@ -3,8 +3,8 @@ backends "fa3" (bf16/fp16, exact) and "fa3-fp8" (q, k and v in FP8 e4m3, lossy).
 
 diffusers 0.42.1 has `_flash_3` (local, one GPU only) and `_flash_3_hub` (downloads kernels at run time). These two are
 local and support Ulysses and ring attention through diffusers' templates, like worker/fa4.py's "fa4", whose
-registration they share. FA3 has no wheel on PyPI: it is built from flash-attention's `hopper/` folder (the worker's
-Dockerfile builds it; docs/ENGINE.md says how).
+registration they share. FA3 has no wheel on PyPI: deploy/docker/build-fa3.sh builds one from flash-attention's
+`hopper/` folder with only the kernels Wan runs (docs/ENGINE.md).
 
 - The kernel is one `torch.library.custom_op` (`wanq::fa3_forward`) with a fake, so that regional compile keeps it as
   one graph node.
@@ -31,10 +31,7 @@ from worker import fa4
 
 BACKEND = "fa3"
 BACKEND_FP8 = "fa3-fp8"
-INSTALL = (
-    "build FlashAttention-3 from flash-attention's hopper/ folder (`cd hopper && python setup.py install`; "
-    "deploy/worker.Dockerfile's fa3 stage does it)"
-)
+INSTALL = "build its wheel with deploy/docker/build-fa3.sh OUT_DIR (a few minutes, no GPU needed) and pip install it"
 CAPABILITY = (9, 0)
 E4M3_MAX = 448.0
 FP8 = torch.float8_e4m3fn
@@ -140,7 +137,9 @@ def _(
     return q.new_empty((b, s, h, v.shape[-1]), dtype=out_dtype), q.new_empty((b, h, s), dtype=torch.float32)
 
 
-def _check_inputs(name: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs: Any) -> None:
+def _check_inputs(
+    name: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, fp8: bool = False, **kwargs: Any
+) -> None:
     if kwargs.get("attn_mask") is not None:
         raise ValueError(f"attention backend {name!r} takes no attn_mask")
     if kwargs.get("dropout_p", 0.0):
@@ -153,9 +152,9 @@ def _check_inputs(name: str, query: torch.Tensor, key: torch.Tensor, value: torc
         raise ValueError(f"attention backend {name!r} needs cuda tensors, got {query.device.type}")
     if query.dtype not in (torch.float16, torch.bfloat16) or not query.dtype == key.dtype == value.dtype:
         raise ValueError(f"attention backend {name!r} needs bf16 or fp16 q, k and v, got {query.dtype}/{key.dtype}/{value.dtype}")
-    d, dv = query.shape[-1], value.shape[-1]
-    if not (8 <= d <= 256 and 8 <= dv <= 256 and d % 8 == 0 and dv % 8 == 0):
-        raise ValueError(f"FA3 needs head dims in 8..256 divisible by 8, got ({d}, {dv})")
+    d, dv, multiple = query.shape[-1], value.shape[-1], 16 if fp8 else 8
+    if not (8 <= d <= 256 and 8 <= dv <= 256 and d % multiple == 0 and dv % multiple == 0):
+        raise ValueError(f"FA3{' in FP8' if fp8 else ''} needs head dims in 8..256 divisible by {multiple}, got ({d}, {dv})")
 
 
 def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,11 +165,13 @@ def quantize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fp8_inputs(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float
-) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
-    """FP8 q, k (centred), v and their descales, and the (B, H, S) log-sum-exp correction the centring takes away."""
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, *, lse: bool = True
+) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """FP8 q, k (centred), v and their descales, and (with `lse`) the (B, H, S) log-sum-exp correction the centring
+    takes away. Computed in float32: under --compile (as measured) inductor fuses it into a few passes; eager, it
+    allocates float32 copies of q, k and v for the call."""
     mean_k = key.float().mean(dim=1, keepdim=True)  # (B, 1, H, D)
-    correction = scale * torch.einsum("bshd,bhd->bhs", query.float(), mean_k[:, 0])
+    correction = scale * torch.einsum("bshd,bhd->bhs", query.float(), mean_k[:, 0]) if lse else None
     q8, qd = quantize(query)
     k8, kd = quantize(key.float() - mean_k)
     v8, vd = quantize(value)
@@ -178,14 +179,15 @@ def fp8_inputs(
 
 
 def _forward(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, causal: bool, fp8: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """out (B, S, H, D) in query's dtype, lse (B, H, S)."""
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, causal: bool, fp8: bool, lse: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """out (B, S, H, D) in query's dtype, and with `lse` the log-sum-exp (B, H, S)."""
     if not fp8:
-        return torch.ops.wanq.fa3_forward(query, key, value, scale, causal, None, None, None)
-    (q8, k8, v8, qd, kd, vd), correction = fp8_inputs(query, key, value, scale)
-    out, lse = torch.ops.wanq.fa3_forward(q8, k8, v8, scale, causal, qd, kd, vd)
-    return out.to(query.dtype), lse + correction
+        out, logsumexp = torch.ops.wanq.fa3_forward(query, key, value, scale, causal, None, None, None)
+        return out, logsumexp if lse else None
+    (q8, k8, v8, qd, kd, vd), correction = fp8_inputs(query, key, value, scale, lse=lse)
+    out, logsumexp = torch.ops.wanq.fa3_forward(q8, k8, v8, scale, causal, qd, kd, vd)
+    return out.to(query.dtype), logsumexp + correction if correction is not None else None
 
 
 def _make_backend(name: str, fp8: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -210,10 +212,10 @@ def _make_backend(name: str, fp8: bool) -> tuple[Callable[..., Any], Callable[..
         _parallel_config: Any = None,
     ) -> Any:
         """(B, S, H, D) in, (B, S, H, D) out, and lse (B, S, H) when asked (diffusers' layout)."""
-        _check_inputs(name, query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, enable_gqa=enable_gqa)
+        _check_inputs(name, query, key, value, fp8=fp8, attn_mask=attn_mask, dropout_p=dropout_p, enable_gqa=enable_gqa)
         if _parallel_config is None:
-            out, lse = _forward(query, key, value, fa4.softmax_scale(query, scale), is_causal, fp8)
-            return (out, lse.transpose(1, 2).contiguous()) if return_lse else out
+            out, lse = _forward(query, key, value, fa4.softmax_scale(query, scale), is_causal, fp8, lse=return_lse)
+            return (out, lse.transpose(1, 2).contiguous()) if lse is not None else out
         from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
         return _templated_context_parallel_attention(

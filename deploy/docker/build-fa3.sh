@@ -25,7 +25,7 @@ NVCC="$CUDA_HOME/bin/nvcc"
 TORCH_INCLUDE=$("$PYTHON" -c 'import torch.utils.cpp_extension as c; print(" ".join("-I" + p for p in c.include_paths()))') \
     || { echo "$PYTHON has no torch: install torch >= 2.9 (the CPU build will do)" >&2; exit 2; }
 WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
+trap 'jobs -p | xargs -r kill 2>/dev/null; rm -rf "$WORK"' EXIT  # a failed compile stops the others too
 
 if [ -n "${FA_SRC:-}" ]; then
     SRC=$FA_SRC
@@ -76,7 +76,8 @@ for pid in "${pids[@]}"; do wait "$pid" || { echo "an nvcc compile failed (its o
 for lib in torch torch_cpu torch_cuda c10 c10_cuda; do
     echo "" | gcc -shared -x c - -o "$WORK/stubs/lib$lib.so" -Wl,-soname,"lib$lib.so"
 done
-CUDART=$(cd "$CUDA_HOME" && find lib lib64 -maxdepth 1 -name 'libcudart.so.*' 2>/dev/null | grep -E 'libcudart\.so\.[0-9]+$' | head -1 || true)
+# lib64 is a link to targets/<arch>/lib in NVIDIA's toolkits; the PyPI toolchain has a plain lib
+CUDART=$(cd "$CUDA_HOME" && find -L lib lib64 -maxdepth 1 -name 'libcudart.so.*' 2>/dev/null | grep -E 'libcudart\.so\.[0-9]+$' | head -1 || true)
 [ -n "$CUDART" ] || { echo "no libcudart.so.N under $CUDA_HOME/lib or lib64" >&2; exit 2; }
 g++ -shared -o "$WORK/pkg/flash_attn_3/_C.abi3.so" "$WORK"/obj/*.o -Wl,--no-as-needed -L"$WORK/stubs" \
     -ltorch -ltorch_cpu -ltorch_cuda -lc10 -lc10_cuda -L"$CUDA_HOME/$(dirname "$CUDART")" -l:"$(basename "$CUDART")"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 import torch.multiprocessing as mp
 
 from shared.settings import EngineSettings
-from worker import fa3, fa4
+from worker import fa3
 from worker.options import registry
 from worker.options.option import Environment
 from worker.tiny_model import build_tiny_pipeline
@@ -99,6 +100,7 @@ def test_centred_keys_leave_attention_as_it_was_and_the_lse_is_given_back() -> N
     scale = 16**-0.5
     out, lse = fa3.reference_kernel(q, k, v, scale, False, None, None, None)
     (q8, k8, v8, qd, kd, vd), correction = fa3.fp8_inputs(q, k, v, scale)
+    assert correction is not None and fa3.fp8_inputs(q, k, v, scale, lse=False)[1] is None
     assert q8.dtype == k8.dtype == v8.dtype == fa3.FP8 and qd.shape == kd.shape == vd.shape == (2, 3)
     # the quantized values use e4m3's range: each head's largest magnitude lands on 448
     assert float(k8.float().abs().amax(dim=(1, 3)).min()) == fa3.E4M3_MAX
@@ -154,11 +156,19 @@ def test_fa3s_limits_are_checked_where_the_real_kernel_runs() -> None:
 def test_the_registry_refuses_fa3_on_a_cpu_and_where_it_is_not_installed(backend: str) -> None:
     settings = EngineSettings(device="cpu", attention_backend=backend)
     problems = registry.validate(settings, Environment(device="cpu"))
-    assert any(f"--attention-backend {backend.split('-')[0]} needs a Hopper GPU" in p for p in problems.configuration)
+    assert any(f"--attention-backend {backend} needs a Hopper GPU" in p for p in problems.configuration)
     option = registry.one(settings, "attention")
     assert option is not None and backend in option.names
-    missing = fa3.missing_package()  # this machine has no FlashAttention-3
-    assert missing is not None and "FlashAttention-3" in missing and "hopper" in missing
+    fp16 = registry.validate(settings.model_copy(update={"device": "cuda", "dtype": "fp16"}), Environment(device="cuda"))
+    # the wheel of deploy/docker/build-fa3.sh has no fp16 kernels; FP8 inputs come out in bf16, cast to fp16
+    assert any("computes in bf16;" in p for p in fp16.configuration) == (backend == "fa3")
+
+
+def test_a_worker_without_fa3_is_told_how_to_build_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", None)  # as if not installed, on any machine
+    missing = fa3.missing_package()
+    assert missing is not None and "needs FlashAttention-3, which is not installed" in missing
+    assert "deploy/docker/build-fa3.sh" in missing
 
 
 def _free_port() -> int:

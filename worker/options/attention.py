@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.settings import EngineSettings
-from worker.options.option import Option, cuda, dtype, rule
+from worker.options.option import Option, Rule, cuda, dtype, rule
 
 # diffusers backends whose dispatch function implements Ulysses / ring attention (attention_dispatch.py,
 # `supports_context_parallel=True`).
@@ -133,20 +133,28 @@ def _fa3_apply(transformers: list[Any], settings: EngineSettings, device: Any) -
     set_backend(transformers, settings, device)
 
 
-_FA3_NEEDS = (
-    cuda("--attention-backend fa3 needs a Hopper GPU (sm90); on CPU leave --attention-backend empty"),
-    dtype(("auto", "bf16", "fp16"), "--attention-backend fa3 computes in bf16 or fp16; use --dtype bf16 (or auto) with it"),
-)
+def _fa3_needs(backend: str, dtypes: tuple[str, ...]) -> tuple[Rule, ...]:
+    say = f"--attention-backend {backend} needs a Hopper GPU (sm90); on CPU leave --attention-backend empty"
+    return (
+        cuda(say),
+        dtype(
+            dtypes,
+            f"--attention-backend {backend} computes in {'/'.join(d for d in dtypes if d != 'auto')}; use --dtype bf16 (or auto) with it",
+        ),
+    )
+
 
 FA3 = Option(
     flag="--attention-backend fa3",
     kind="attention",
     summary="FlashAttention-3 (flash-attn-3, built from flash-attention's hopper/): exact, Hopper only; Ulysses and ring",
     names=("fa3",),
-    needs=_FA3_NEEDS,
+    # deploy/docker/build-fa3.sh builds bf16 and FP8 kernels only (a full FA3 build also has fp16)
+    needs=_fa3_needs("fa3", ("auto", "bf16")),
     package=_fa3_missing,
-    package_doc="FlashAttention-3 built from source (deploy/Dockerfile.worker)",
+    package_doc="a FlashAttention-3 wheel (`deploy/docker/build-fa3.sh`)",
     min_capability=(9, 0),
+    capability_doc="sm90 only",
     gpu=_fa3_gpu,
     applies_to="transformers",
     apply=_fa3_apply,
@@ -158,10 +166,11 @@ FA3_FP8 = Option(
     kind="attention",
     summary="FlashAttention-3 on FP8 e4m3 q, k, v (per-head scales, centred keys): lossy, 1.3x FA4's attention on an H100",
     names=("fa3-fp8",),
-    needs=_FA3_NEEDS,
+    needs=_fa3_needs("fa3-fp8", ("auto", "bf16", "fp16")),
     package=_fa3_missing,
-    package_doc="FlashAttention-3 built from source with FP8 (deploy/Dockerfile.worker)",
+    package_doc="a FlashAttention-3 wheel (`deploy/docker/build-fa3.sh`)",
     min_capability=(9, 0),
+    capability_doc="sm90 only",
     gpu=_fa3_gpu,
     applies_to="transformers",
     apply=_fa3_apply,

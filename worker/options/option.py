@@ -107,6 +107,8 @@ class Option:
     """What is missing, with the command that installs it; None when it imports."""
     package_doc: str = ""
     min_capability: tuple[int, int] | None = None
+    capability_doc: str = ""
+    """The docs' words for the GPUs it runs on, where "smXY+" (from `min_capability`) is not the whole story."""
     gpu: Callable[[str, tuple[int, int]], str | None] | None = None
     """The GPU's problem (name, capability), with what to use instead."""
     context_parallel: bool = True

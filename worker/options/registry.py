@@ -120,7 +120,9 @@ def option_table() -> str:
         needs = [r.doc for r in o.needs]
         if o.package_doc:
             needs.append(o.package_doc)
-        if o.min_capability is not None:
+        if o.capability_doc:
+            needs.append(o.capability_doc)
+        elif o.min_capability is not None:
             needs.append(f"sm{o.min_capability[0]}{o.min_capability[1]}+")
         conflicts = [r.doc for r in o.conflicts]
         if o.kind == "attention" and not o.context_parallel:
