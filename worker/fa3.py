@@ -216,22 +216,7 @@ def _make_backend(name: str, fp8: bool) -> tuple[Callable[..., Any], Callable[..
         if _parallel_config is None:
             out, lse = _forward(query, key, value, fa4.softmax_scale(query, scale), is_causal, fp8, lse=return_lse)
             return (out, lse.transpose(1, 2).contiguous()) if lse is not None else out
-        from diffusers.models.attention_dispatch import _templated_context_parallel_attention
-
-        return _templated_context_parallel_attention(
-            query,
-            key,
-            value,
-            None,
-            0.0,
-            is_causal,
-            scale,
-            False,
-            return_lse,
-            forward_op=forward_op,
-            backward_op=backward_op,
-            _parallel_config=_parallel_config,
-        )
+        return fa4.context_parallel(query, key, value, is_causal, scale, return_lse, forward_op, backward_op, _parallel_config)
 
     return attention, forward_op
 

@@ -187,6 +187,21 @@ def _fa4_attention(
     if _parallel_config is None:
         out, lse = torch.ops.wanq.fa4_forward(query, key, value, softmax_scale(query, scale), is_causal)
         return (out, lse.transpose(1, 2).contiguous()) if return_lse else out  # (B, H, S) -> diffusers' (B, S, H)
+    return context_parallel(query, key, value, is_causal, scale, return_lse, _fa4_forward_op, _fa4_backward_op, _parallel_config)
+
+
+def context_parallel(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    is_causal: bool,
+    scale: float | None,
+    return_lse: bool,
+    forward_op: Callable[..., Any],
+    backward_op: Callable[..., Any],
+    parallel_config: Any,
+) -> Any:
+    """Ulysses / ring attention through diffusers' own templates, with a backend's forward op (fa4's, fa3's)."""
     from diffusers.models.attention_dispatch import _templated_context_parallel_attention
 
     return _templated_context_parallel_attention(
@@ -199,9 +214,9 @@ def _fa4_attention(
         scale,
         False,
         return_lse,
-        forward_op=_fa4_forward_op,
-        backward_op=_fa4_backward_op,
-        _parallel_config=_parallel_config,
+        forward_op=forward_op,
+        backward_op=backward_op,
+        _parallel_config=parallel_config,
     )
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from tests.attention_backends import context_parallel_results, free_port, keep_active_backend, transformer_and_inputs
 from worker import fa4
-from worker.tiny_model import build_tiny_pipeline
 
 
 def reference_kernel(
@@ -43,12 +42,7 @@ class Counting:
 
 @pytest.fixture(autouse=True)
 def process_wide_backend() -> Any:
-    """diffusers' `set_attention_backend` also makes the backend the process-wide default: put it back."""
-    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-
-    active = _AttentionBackendRegistry._active_backend
-    yield
-    _AttentionBackendRegistry.set_active_backend(active)
+    yield from keep_active_backend()
     fa4.use_kernel(fa4._fa4_kernel)
 
 
@@ -58,18 +52,6 @@ def kernel() -> Any:
     fa4.use_kernel(counting)
     fa4.register()
     return counting
-
-
-def transformer_and_inputs() -> tuple[Any, dict[str, Any]]:
-    model = build_tiny_pipeline("ti2v-5b").transformer.eval()
-    g = torch.Generator().manual_seed(0)
-    inputs = dict(
-        hidden_states=torch.randn(2, model.config.in_channels, 3, 8, 8, generator=g),
-        timestep=torch.tensor([500.0, 500.0]),
-        encoder_hidden_states=torch.randn(2, 512, model.config.text_dim, generator=g),
-        return_dict=False,
-    )
-    return model, inputs
 
 
 def test_fa4_is_a_named_backend_next_to_native(kernel: Counting) -> None:
@@ -124,18 +106,8 @@ def test_fa4s_own_limits_are_checked_where_the_real_kernel_runs() -> None:
     assert out.shape == (1, 8, 2, 16) and out.dtype == torch.bfloat16
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _context_parallel_rank(rank: int, world: int, port: int, outdir: str) -> None:
     import torch.distributed as dist
-    from diffusers import ContextParallelConfig
-    from diffusers.models._modeling_parallel import ParallelConfig
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-    from torch.distributed.device_mesh import init_device_mesh
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -143,24 +115,7 @@ def _context_parallel_rank(rank: int, world: int, port: int, outdir: str) -> Non
         member = fa4.register()
         g = torch.Generator().manual_seed(1)
         q, k, v = (torch.randn(2, 8 * world, 4, 16, generator=g) for _ in range(3))
-        results = {}
-        for name, ring, ulysses in (("ulysses", 1, world), ("ring", world, 1)):
-            mesh = init_device_mesh("cpu", (ring, ulysses), mesh_dim_names=("ring", "ulysses"))
-            config = ContextParallelConfig(ring_degree=ring, ulysses_degree=ulysses, mesh=mesh)
-            config.setup(rank, world, torch.device("cpu"), mesh)
-            local = [x.chunk(world, dim=1)[rank].contiguous() for x in (q, k, v)]  # the model's split of the tokens
-            out, lse = dispatch_attention_fn(
-                *local,
-                backend=member,
-                parallel_config=ParallelConfig(context_parallel_config=config),
-                attention_kwargs={"return_lse": True},
-            )
-            gathered = []
-            for tensor in (out, lse):
-                parts = [torch.empty_like(tensor) for _ in range(world)]
-                dist.all_gather(parts, tensor.contiguous())
-                gathered.append(torch.cat(parts, 1))
-            results[name] = gathered
+        results = context_parallel_results(member, q, k, v, rank, world)
         if rank == 0:
             torch.save({"q": q, "k": k, "v": v, **results}, os.path.join(outdir, "cp.pt"))
     finally:
@@ -168,7 +123,7 @@ def _context_parallel_rank(rank: int, world: int, port: int, outdir: str) -> Non
 
 
 def test_ulysses_and_ring_attention_give_full_attention_and_its_lse(tmp_path: Path) -> None:
-    mp.spawn(_context_parallel_rank, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_context_parallel_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     result = torch.load(tmp_path / "cp.pt")
     q, k, v = result["q"], result["k"], result["v"]
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(q.shape[-1])
