@@ -3,6 +3,8 @@ with its FP8 variant (worker/fa3.py)."""
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Any
 
 from shared.settings import EngineSettings
@@ -76,23 +78,23 @@ OTHER = Option(
 )
 
 
-def _fa4_missing() -> str | None:
-    from worker import fa4
+def _module(name: str, attr: str) -> Callable[..., Any]:
+    """`worker.<name>.<attr>`, imported when first called: nothing here imports torch before the options are checked."""
 
-    return fa4.missing_package()
+    def call(*args: Any) -> Any:
+        return getattr(importlib.import_module(f"worker.{name}"), attr)(*args)
 
-
-def _fa4_gpu(name: str, capability: tuple[int, int]) -> str | None:
-    from worker import fa4
-
-    return fa4.gpu_problem(name, capability)
+    return call
 
 
-def _fa4_apply(transformers: list[Any], settings: EngineSettings, device: Any) -> None:
-    from worker import fa4
+def _registering(name: str) -> Callable[[list[Any], EngineSettings, Any], None]:
+    """Registers `worker.<name>`'s backends with diffusers, then sets the chosen one on each transformer."""
 
-    fa4.register()
-    set_backend(transformers, settings, device)
+    def apply(transformers: list[Any], settings: EngineSettings, device: Any) -> None:
+        _module(name, "register")()
+        set_backend(transformers, settings, device)
+
+    return apply
 
 
 FA4 = Option(
@@ -104,33 +106,14 @@ FA4 = Option(
         cuda("--attention-backend fa4 needs a CUDA GPU (Hopper or newer); on CPU leave --attention-backend empty"),
         dtype(("auto", "bf16", "fp16"), "--attention-backend fa4 computes in bf16 or fp16; use --dtype bf16 (or auto) with it"),
     ),
-    package=_fa4_missing,
+    package=_module("fa4", "missing_package"),
     package_doc="`pip install 'wanq[fa4]'`",
     min_capability=(9, 0),
-    gpu=_fa4_gpu,
+    gpu=_module("fa4", "gpu_problem"),
     applies_to="transformers",
-    apply=_fa4_apply,
+    apply=_registering("fa4"),
     applied="registered as diffusers backend `fa4` (worker/fa4.py), then `set_attention_backend`",
 )
-
-
-def _fa3_missing() -> str | None:
-    from worker import fa3
-
-    return fa3.missing_package()
-
-
-def _fa3_gpu(name: str, capability: tuple[int, int]) -> str | None:
-    from worker import fa3
-
-    return fa3.gpu_problem(name, capability)
-
-
-def _fa3_apply(transformers: list[Any], settings: EngineSettings, device: Any) -> None:
-    from worker import fa3
-
-    fa3.register()
-    set_backend(transformers, settings, device)
 
 
 def _fa3_needs(backend: str, dtypes: tuple[str, ...]) -> tuple[Rule, ...]:
@@ -151,13 +134,13 @@ FA3 = Option(
     names=("fa3",),
     # deploy/docker/build-fa3.sh builds bf16 and FP8 kernels only (a full FA3 build also has fp16)
     needs=_fa3_needs("fa3", ("auto", "bf16")),
-    package=_fa3_missing,
+    package=_module("fa3", "missing_package"),
     package_doc="a FlashAttention-3 wheel (`deploy/docker/build-fa3.sh`)",
     min_capability=(9, 0),
     capability_doc="sm90 only",
-    gpu=_fa3_gpu,
+    gpu=_module("fa3", "gpu_problem"),
     applies_to="transformers",
-    apply=_fa3_apply,
+    apply=_registering("fa3"),
     applied="registered as diffusers backend `fa3` (worker/fa3.py), then `set_attention_backend`",
 )
 
@@ -167,12 +150,12 @@ FA3_FP8 = Option(
     summary="FlashAttention-3 on FP8 e4m3 q, k, v (per-head scales, centred keys): lossy, 1.3x FA4's attention on an H100",
     names=("fa3-fp8",),
     needs=_fa3_needs("fa3-fp8", ("auto", "bf16", "fp16")),
-    package=_fa3_missing,
+    package=_module("fa3", "missing_package"),
     package_doc="a FlashAttention-3 wheel (`deploy/docker/build-fa3.sh`)",
     min_capability=(9, 0),
     capability_doc="sm90 only",
-    gpu=_fa3_gpu,
+    gpu=_module("fa3", "gpu_problem"),
     applies_to="transformers",
-    apply=_fa3_apply,
+    apply=_registering("fa3"),
     applied="registered as diffusers backend `fa3-fp8` (worker/fa3.py), then `set_attention_backend`",
 )
