@@ -342,21 +342,25 @@ def part_ti2v_fused(args: argparse.Namespace) -> None:
         return harness.spec_for("ti2v-5b", size, steps, **over)
 
     for label, fused in (("fused", True), ("stock", False)):
-        settings = harness.engine_settings(
-            options(args, fused_ffn=fused, vae_fused=fused), tiny=args.tiny, command_line=args.engine
-        )
-        t0 = time.perf_counter()
-        engine = harness.make_engine(settings, "ti2v-5b", tiny=args.tiny)
-        load_s = round(time.perf_counter() - t0, 2)
-        _, warm = streamed_job(engine, spec(2), args.out / f"warm_{label}")  # compiles the blocks and the decode's norm
-        reset_peak()
-        _, e2e = streamed_job(engine, spec(4 if args.tiny else 50, prompt=harness.PROMPT + ", wide shot"), args.out / label)
-        extra = {"load_s": load_s, "warm_job_s": warm["generate_s"], "plan": str(engine.plan)}
-        args.results.save(f"ti2v_e2e_{label}", e2e | extra | memory())
-        engine.close()
-        del engine
-        harness.free()
+        ti2v_warm_then_e2e(args, spec, label, fused_ffn=fused, vae_fused=fused)
     ti2v_lossy_e2e(args, spec, room_s=130, vae_fused=True)
+
+
+def ti2v_warm_then_e2e(args: argparse.Namespace, spec: Callable[..., Any], label: str, **chosen: Any) -> None:
+    """One engine with `chosen` options: a whole 2-step job (compiles the blocks and the decode's norm), then 50 steps
+    end to end, saved as ti2v_e2e_<label>."""
+    settings = harness.engine_settings(options(args, **chosen), tiny=args.tiny, command_line=args.engine)
+    t0 = time.perf_counter()
+    engine = harness.make_engine(settings, "ti2v-5b", tiny=args.tiny)
+    load_s = round(time.perf_counter() - t0, 2)
+    _, warm = streamed_job(engine, spec(2), args.out / f"warm_{label}")
+    reset_peak()
+    _, e2e = streamed_job(engine, spec(4 if args.tiny else 50, prompt=harness.PROMPT + ", wide shot"), args.out / label)
+    extra = {"load_s": load_s, "warm_job_s": warm["generate_s"], "plan": str(engine.plan), **chosen}
+    args.results.save(f"ti2v_e2e_{label}", e2e | extra | memory())
+    engine.close()
+    del engine
+    harness.free()
 
 
 @part("ti2v-fa3")
@@ -374,19 +378,8 @@ def part_ti2v_fa3(args: argparse.Namespace) -> None:
         if time.time() > args.deadline - (20 if args.tiny else 100):
             args.results.save(f"ti2v_e2e_{label}", {"skipped": "deadline"})
             continue
-        chosen = {"attention_backend": "native" if args.tiny else backend, "quantization": "none" if args.tiny else quantization}
-        settings = harness.engine_settings(options(args, **chosen), tiny=args.tiny, command_line=args.engine)
-        t0 = time.perf_counter()
-        engine = harness.make_engine(settings, "ti2v-5b", tiny=args.tiny)
-        load_s = round(time.perf_counter() - t0, 2)
-        _, warm = streamed_job(engine, spec(2), args.out / f"warm_{label}")  # compiles the blocks and the decode's norm
-        reset_peak()
-        _, e2e = streamed_job(engine, spec(4 if args.tiny else 50, prompt=harness.PROMPT + ", wide shot"), args.out / label)
-        extra = {"load_s": load_s, "warm_job_s": warm["generate_s"], "plan": str(engine.plan), **chosen}
-        args.results.save(f"ti2v_e2e_{label}", e2e | extra | memory())
-        engine.close()
-        del engine
-        harness.free()
+        backend, quantization = ("native", "none") if args.tiny else (backend, quantization)
+        ti2v_warm_then_e2e(args, spec, label, attention_backend=backend, quantization=quantization)
 
 
 def lightning_lora_file(rank: int, folder: Path, tiny: bool) -> Any:
